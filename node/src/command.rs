@@ -1,0 +1,219 @@
+//! The protocol-neutral model of a conversation with the node.
+//!
+//! Both wire protocols decode into [`Request`] and encode from [`Reply`] and
+//! [`Push`]; the handlers in `service` only ever see these types, so every
+//! feature is written once whichever protocol a client speaks.
+
+use crate::store::{Contact, GroupId, GroupInfo, MessageId, StoredMessage, UserId};
+
+/// A decoded request with the client's request id (FlatBuffers) or 0 (JSON,
+/// which has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub command: Command,
+}
+
+/// What a client asks for. `actor` is the sender id the client wrote
+/// (`id` in the seed's JSON, `user_id` in FlatBuffers); `None` means "the
+/// session's user". A present actor that is not the session's user is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Register {
+        name: String,
+        password: String,
+    },
+    Login {
+        user: UserId,
+        password: String,
+    },
+    Logout {
+        actor: Option<UserId>,
+    },
+    AddFriend {
+        actor: Option<UserId>,
+        friend: UserId,
+    },
+    CreateGroup {
+        actor: Option<UserId>,
+        name: String,
+        description: String,
+    },
+    JoinGroup {
+        actor: Option<UserId>,
+        group: GroupId,
+    },
+    DirectMessage {
+        actor: Option<UserId>,
+        to: UserId,
+        text: String,
+    },
+    GroupMessage {
+        actor: Option<UserId>,
+        group: GroupId,
+        text: String,
+    },
+    /// Acknowledges every message pushed to this session up to `up_to`.
+    DeliveryAck {
+        up_to: MessageId,
+    },
+    Ping,
+}
+
+impl Command {
+    /// A short stable name, used as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Register { .. } => "register",
+            Command::Login { .. } => "login",
+            Command::Logout { .. } => "logout",
+            Command::AddFriend { .. } => "add_friend",
+            Command::CreateGroup { .. } => "create_group",
+            Command::JoinGroup { .. } => "join_group",
+            Command::DirectMessage { .. } => "direct_message",
+            Command::GroupMessage { .. } => "group_message",
+            Command::DeliveryAck { .. } => "delivery_ack",
+            Command::Ping => "ping",
+        }
+    }
+}
+
+/// The kind of request a reply answers; lets an encoder pick the right reply
+/// shape for an error (the seed's JSON answers a failed login with msgid 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Register,
+    Login,
+    Logout,
+    AddFriend,
+    CreateGroup,
+    JoinGroup,
+    DirectMessage,
+    GroupMessage,
+    DeliveryAck,
+    Ping,
+    /// A request that could not be decoded far enough to know its kind.
+    Unknown,
+}
+
+impl From<&Command> for RequestKind {
+    fn from(c: &Command) -> Self {
+        match c {
+            Command::Register { .. } => RequestKind::Register,
+            Command::Login { .. } => RequestKind::Login,
+            Command::Logout { .. } => RequestKind::Logout,
+            Command::AddFriend { .. } => RequestKind::AddFriend,
+            Command::CreateGroup { .. } => RequestKind::CreateGroup,
+            Command::JoinGroup { .. } => RequestKind::JoinGroup,
+            Command::DirectMessage { .. } => RequestKind::DirectMessage,
+            Command::GroupMessage { .. } => RequestKind::GroupMessage,
+            Command::DeliveryAck { .. } => RequestKind::DeliveryAck,
+            Command::Ping => RequestKind::Ping,
+        }
+    }
+}
+
+/// Why a request failed. The numbers are the protocol's (`ErrorCode` in
+/// `chat.fbs`, `errcode` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    InvalidCredentials = 1,
+    AlreadyOnline = 2,
+    NameTaken = 3,
+    NotLoggedIn = 4,
+    Forbidden = 5,
+    UnknownUser = 6,
+    UnknownGroup = 7,
+    NotAMember = 8,
+    AlreadyMember = 9,
+    AlreadyFriends = 10,
+    SelfFriend = 11,
+    TextTooLong = 12,
+    BadRequest = 13,
+    FrameTooLarge = 14,
+    AlreadyLoggedIn = 15,
+    InvalidName = 16,
+    Internal = 17,
+    Overloaded = 18,
+}
+
+impl ErrorCode {
+    /// A stable snake_case name, used as a metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::AlreadyOnline => "already_online",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NotLoggedIn => "not_logged_in",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::AlreadyMember => "already_member",
+            ErrorCode::AlreadyFriends => "already_friends",
+            ErrorCode::SelfFriend => "self_friend",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::AlreadyLoggedIn => "already_logged_in",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// A failed request: a typed code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a successful login returns. The `pending` messages are sent right
+/// after the reply, oldest first (FlatBuffers: as pushes; JSON: inside the
+/// reply's `offlinemsg`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginInfo {
+    pub user: UserId,
+    pub name: String,
+    pub friends: Vec<Contact>,
+    pub groups: Vec<GroupInfo>,
+    pub pending: Vec<StoredMessage>,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Registered { user: UserId },
+    LoggedIn(Box<LoginInfo>),
+    LoggedOut,
+    FriendAdded(Contact),
+    GroupCreated { group: GroupId },
+    GroupJoined(GroupInfo),
+    MessageSent { id: MessageId, time_ms: u64 },
+    Acked,
+    Pong { time_ms: u64 },
+    Error(Failure),
+}
+
+/// Something the node sends without being asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    Message(std::sync::Arc<StoredMessage>),
+    Presence {
+        user: UserId,
+        name: String,
+        online: bool,
+    },
+}

@@ -1,0 +1,21 @@
+//! `chat-node`: the chat server.
+//!
+//! A node is a set of glommio shards (one per core) that accept on the same
+//! port, plus one store thread:
+//!
+//! ```text
+//!  client ──TCP──▶ shard (session: decode → service → encode) ──▶ client
+//!                    │  requests that touch state            ▲ pushes
+//!                    ▼                                        │
+//!                 store writer thread ── commit (group) ──▶ router of the
+//!                 (sequencer: one order        recipient's home shard ──mesh──▶
+//!                  for every message)          shard holding the session
+//! ```
+//!
+//! - `protocol` decodes both wire protocols into `command` and encodes back;
+//! - `service` holds the one set of handlers;
+//! - `store` is the durable state behind the `Store` trait.
+
+pub mod command;
+pub mod protocol;
+pub mod store;

@@ -1,0 +1,191 @@
+//! Durable state of the chat: users, friendships, groups, the message logs and
+//! each user's delivery cursor, behind one [`Store`] trait that every backend
+//! implements and one contract suite (`tests/store_contract.rs`) checks.
+//!
+//! Data model:
+//! - a direct message is appended to the log of its recipient; a group message
+//!   is appended once, to the group's log;
+//! - message ids come from one increasing sequence, so they order every
+//!   message a user can receive;
+//! - each user has a delivery cursor: the highest message id they have
+//!   acknowledged. What they have not received yet is every direct message to
+//!   them and every group message (of a group they belong to, sent after they
+//!   joined, by someone else) with an id above the cursor.
+//!
+//! Writes are grouped: calls after the last [`Store::commit`] form one
+//! transaction, so the writer thread commits a whole batch of requests at once
+//! (group commit). Nothing is acknowledged to a client before `commit` returns.
+
+pub mod sqlite;
+
+pub type UserId = u64;
+pub type GroupId = u64;
+pub type MessageId = u64;
+
+/// A registered user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub name: String,
+    /// PHC string (argon2id), never the password itself.
+    pub password_hash: String,
+}
+
+/// Another user as seen by a friend: `online` is whether a live session holds
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub id: UserId,
+    pub name: String,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Creator,
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: UserId,
+    pub name: String,
+    pub online: bool,
+    pub role: Role,
+}
+
+/// A group with its members, creator first, then by joining order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub id: GroupId,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<Member>,
+}
+
+/// Where a new message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    User(UserId),
+    Group(GroupId),
+}
+
+/// A message before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub target: Target,
+    pub time_ms: u64,
+    pub text: String,
+}
+
+/// A stored message. Exactly one of `recipient_id` (direct) and `group_id`
+/// (group) is non-zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub recipient_id: UserId,
+    pub group_id: GroupId,
+    pub time_ms: u64,
+    pub text: String,
+}
+
+/// Failures of store operations: domain refusals the client is told about,
+/// and `Backend` for everything that went wrong underneath.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("user name is already taken")]
+    NameTaken,
+    #[error("no user with id {0}")]
+    UnknownUser(UserId),
+    #[error("no group with id {0}")]
+    UnknownGroup(GroupId),
+    #[error("user {user} is not a member of group {group}")]
+    NotAMember { user: UserId, group: GroupId },
+    #[error("user {user} is already a member of group {group}")]
+    AlreadyMember { user: UserId, group: GroupId },
+    #[error("users {0} and {1} are already friends")]
+    AlreadyFriends(UserId, UserId),
+    #[error("user {0} is already online")]
+    AlreadyOnline(UserId),
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One backend of the chat's durable state. Calls are blocking: the node runs
+/// them on its store thread, never on an executor.
+///
+/// Writes made since the last `commit` form one transaction. A domain error
+/// (`NameTaken`, `UnknownUser`, ...) leaves the transaction usable and has
+/// written nothing; after a `Backend` error the caller calls `rollback`.
+pub trait Store: Send + 'static {
+    /// Creates a user with a fresh id (never reused). Names are unique.
+    fn create_user(&mut self, name: &str, password_hash: &str) -> Result<UserId>;
+
+    /// The user with this id, if any.
+    fn user(&mut self, id: UserId) -> Result<Option<UserRecord>>;
+
+    /// Claims the one session `user` may have, for `node` and `epoch`.
+    /// `AlreadyOnline` while another claim holds; `UnknownUser` for a bad id.
+    fn claim_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<()>;
+
+    /// Releases the claim of `user` if `node` and `epoch` still hold it;
+    /// returns whether it did.
+    fn release_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<bool>;
+
+    /// Releases every claim held by `node` (start-up after a crash, shutdown)
+    /// and returns the users it held.
+    fn release_node(&mut self, node: &str) -> Result<Vec<UserId>>;
+
+    /// Makes `user` and `friend` friends of each other and returns `friend`.
+    /// `UnknownUser` if either does not exist, `AlreadyFriends` if they are.
+    fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact>;
+
+    /// The friends of `user`, by id, with their online state.
+    fn friends(&mut self, user: UserId) -> Result<Vec<Contact>>;
+
+    /// Creates a group whose creator is its first member (`Role::Creator`).
+    fn create_group(&mut self, creator: UserId, name: &str, description: &str) -> Result<GroupId>;
+
+    /// Adds `user` to `group` as `Role::Normal` and returns the group. The new
+    /// member receives only messages sent after joining.
+    fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo>;
+
+    /// The groups `user` belongs to, by id, with their members.
+    fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>>;
+
+    /// Ids of every member of `group`.
+    fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>>;
+
+    /// Stores a message under the next message id. A direct message needs an
+    /// existing recipient; a group message a sender who is a member.
+    fn append(&mut self, message: &NewMessage) -> Result<StoredMessage>;
+
+    /// Messages `user` has not acknowledged, with ids above `after` too,
+    /// oldest first, at most `limit`.
+    fn pending(&mut self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<StoredMessage>>;
+
+    /// Moves the delivery cursor of `user` up to `up_to` (never down).
+    fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()>;
+
+    /// The delivery cursor of `user`.
+    fn cursor(&mut self, user: UserId) -> Result<MessageId>;
+
+    /// How many (message, recipient) deliveries are stored and not yet
+    /// acknowledged, across all users.
+    fn pending_total(&mut self) -> Result<u64>;
+
+    /// Deletes messages every recipient has acknowledged; returns how many.
+    fn compact(&mut self) -> Result<u64>;
+
+    /// Makes every write since the last commit durable.
+    fn commit(&mut self) -> Result<()>;
+
+    /// Discards every write since the last commit.
+    fn rollback(&mut self);
+}
