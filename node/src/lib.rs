@@ -19,3 +19,13 @@
 pub mod command;
 pub mod protocol;
 pub mod store;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod outbound;
+pub mod password;
+pub mod router;
+pub mod service;
+pub mod session;
+pub mod shard;
+pub mod local;

@@ -1,15 +1,1403 @@
-//! STUB: being written (FlatBuffers codec).
+//! The FlatBuffers protocol: every frame is a 4-byte little-endian length
+//! followed by one `Envelope` (`schema/chat.fbs`).
+//!
+//! [`FrameDecoder`] never buffers more than one frame of at most `max_frame`
+//! bytes: the length prefix is checked before the body is waited for, and the
+//! body is run through the FlatBuffers verifier with limits tightened for
+//! network input before any field is read. A frame that fails verification or
+//! is not a well-formed request is consumed whole and reported as
+//! [`Decoded::Invalid`], so the stream stays in sync.
+//!
+//! [`FrameEncoder`] writes replies and pushes as size-prefixed envelopes with
+//! one reused builder.
+
+use chat_schema::fb;
+use chat_schema::frame::{self, FrameError, PREFIX_LEN};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
 use super::Decoded;
-use crate::command::{Push, Reply};
+use crate::command::{Command, ErrorCode, Failure, Push, Reply, Request, RequestKind};
+use crate::store::{Contact, GroupInfo, Role, StoredMessage, UserId};
+
+/// Splits a byte stream into FlatBuffers envelopes and decodes the requests.
 #[derive(Debug)]
-pub struct FrameDecoder;
-impl FrameDecoder {
-    pub fn new(_max: usize) -> Self { FrameDecoder }
-    pub fn decode(&mut self, _buf: &[u8]) -> (usize, Option<Decoded>) { todo!() }
+pub struct FrameDecoder {
+    max_frame: usize,
+    /// Set once the stream can not be followed; every later call repeats it.
+    fatal: Option<Failure>,
 }
-pub struct FrameEncoder;
+
+impl FrameDecoder {
+    /// A decoder that refuses frames whose body exceeds `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameDecoder {
+            max_frame,
+            fatal: None,
+        }
+    }
+
+    /// See [`super::Decoder::decode`]: `(0, None)` while the frame is not
+    /// complete, `(frame length, Some(..))` for a complete frame, `(0,
+    /// Some(Fatal))` for a length over the limit or zero.
+    pub fn decode(&mut self, buf: &[u8]) -> (usize, Option<Decoded>) {
+        if let Some(failure) = &self.fatal {
+            return (0, Some(Decoded::Fatal(failure.clone())));
+        }
+        let len = match frame::frame_len(buf, self.max_frame) {
+            Ok(Some(len)) => len,
+            Ok(None) => return (0, None),
+            Err(e) => {
+                let code = match e {
+                    FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    FrameError::Empty | FrameError::Invalid(_) => ErrorCode::BadRequest,
+                };
+                let failure = Failure::new(code, e.to_string());
+                self.fatal = Some(failure.clone());
+                return (0, Some(Decoded::Fatal(failure)));
+            }
+        };
+        let total = PREFIX_LEN + len;
+        let Some(frame) = buf.get(..total) else {
+            return (0, None);
+        };
+        let decoded = match parse_frame(frame, self.max_frame) {
+            Ok(envelope) => decode_envelope(&envelope),
+            Err(e) => Decoded::Invalid {
+                request_id: 0,
+                kind: RequestKind::Unknown,
+                failure: Failure::new(ErrorCode::BadRequest, first_line(&e.to_string())),
+            },
+        };
+        (total, Some(decoded))
+    }
+}
+
+/// Verifies one whole frame, length prefix included, and returns its
+/// envelope.
+///
+/// FlatBuffers aligns a size-prefixed buffer with its prefix (C++
+/// `FinishSizePrefixed`, Rust `finish_size_prefixed`), so the frame is
+/// verified from its first byte: verifying only the bytes after the prefix
+/// (as `chat_schema::frame::parse_envelope` does) sees every 8-byte field 4
+/// bytes off its alignment and refuses it. A client that finished a plain
+/// buffer and prepended its length has the opposite alignment; such a frame
+/// is verified again without its prefix, so both are accepted (the verifier's
+/// alignment rule is about well-formedness: reads never assume alignment).
+pub fn parse_frame(frame: &[u8], max_frame: usize) -> Result<fb::Envelope<'_>, FrameError> {
+    let mut opts = frame::verifier_options(max_frame);
+    opts.max_apparent_size = max_frame.saturating_add(PREFIX_LEN);
+    match flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(&opts, frame) {
+        Ok(envelope) => Ok(envelope),
+        Err(flatbuffers::InvalidFlatbuffer::Unaligned { .. }) if frame.len() > PREFIX_LEN => {
+            frame::parse_envelope(&frame[PREFIX_LEN..], max_frame)
+        }
+        Err(e) => Err(FrameError::Invalid(e.to_string())),
+    }
+}
+
+/// The verifier's messages carry a multi-line trace; the first line says it.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim_end().to_owned()
+}
+
+/// Why a verified envelope is not a usable request.
+struct Refusal {
+    kind: RequestKind,
+    message: String,
+}
+
+fn refuse(kind: RequestKind, message: impl Into<String>) -> Refusal {
+    Refusal {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn decode_envelope(envelope: &fb::Envelope<'_>) -> Decoded {
+    let request_id = envelope.request_id();
+    let result = command(envelope).and_then(|command| {
+        if request_id == 0 {
+            Err(refuse(
+                RequestKind::from(&command),
+                "request_id must be non-zero (0 is reserved for pushes)",
+            ))
+        } else {
+            Ok(command)
+        }
+    });
+    match result {
+        Ok(command) => Decoded::Request(Request {
+            id: request_id,
+            command,
+        }),
+        Err(refusal) => Decoded::Invalid {
+            request_id,
+            kind: refusal.kind,
+            failure: Failure::new(ErrorCode::BadRequest, refusal.message),
+        },
+    }
+}
+
+/// `user_id` 0 means "the session's user".
+fn actor(user_id: u64) -> Option<UserId> {
+    (user_id != 0).then_some(user_id)
+}
+
+fn required<'a>(
+    kind: RequestKind,
+    field: &str,
+    value: Option<&'a str>,
+) -> Result<&'a str, Refusal> {
+    value.ok_or_else(|| refuse(kind, format!("missing field `{field}`")))
+}
+
+fn missing_body(kind: RequestKind) -> Refusal {
+    refuse(kind, "envelope has a body type but no body")
+}
+
+fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
+    let body_type = envelope.body_type();
+    match body_type {
+        fb::Body::RegisterRequest => {
+            let k = RequestKind::Register;
+            let r = envelope
+                .body_as_register_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::Register {
+                name: required(k, "name", r.name())?.to_owned(),
+                password: required(k, "password", r.password())?.to_owned(),
+            })
+        }
+        fb::Body::LoginRequest => {
+            let k = RequestKind::Login;
+            let r = envelope
+                .body_as_login_request()
+                .ok_or_else(|| missing_body(k))?;
+            if r.user_id() == 0 {
+                return Err(refuse(k, "field `user_id` must be a non-zero user id"));
+            }
+            Ok(Command::Login {
+                user: r.user_id(),
+                password: required(k, "password", r.password())?.to_owned(),
+            })
+        }
+        fb::Body::LogoutRequest => {
+            let r = envelope
+                .body_as_logout_request()
+                .ok_or_else(|| missing_body(RequestKind::Logout))?;
+            Ok(Command::Logout {
+                actor: actor(r.user_id()),
+            })
+        }
+        fb::Body::AddFriendRequest => {
+            let r = envelope
+                .body_as_add_friend_request()
+                .ok_or_else(|| missing_body(RequestKind::AddFriend))?;
+            Ok(Command::AddFriend {
+                actor: actor(r.user_id()),
+                friend: r.friend_id(),
+            })
+        }
+        fb::Body::CreateGroupRequest => {
+            let k = RequestKind::CreateGroup;
+            let r = envelope
+                .body_as_create_group_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::CreateGroup {
+                actor: actor(r.user_id()),
+                name: required(k, "name", r.name())?.to_owned(),
+                description: r.description().unwrap_or_default().to_owned(),
+            })
+        }
+        fb::Body::JoinGroupRequest => {
+            let r = envelope
+                .body_as_join_group_request()
+                .ok_or_else(|| missing_body(RequestKind::JoinGroup))?;
+            Ok(Command::JoinGroup {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+            })
+        }
+        fb::Body::DirectMessageRequest => {
+            let k = RequestKind::DirectMessage;
+            let r = envelope
+                .body_as_direct_message_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::DirectMessage {
+                actor: actor(r.user_id()),
+                to: r.to_id(),
+                text: required(k, "text", r.text())?.to_owned(),
+            })
+        }
+        fb::Body::GroupMessageRequest => {
+            let k = RequestKind::GroupMessage;
+            let r = envelope
+                .body_as_group_message_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::GroupMessage {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+                text: required(k, "text", r.text())?.to_owned(),
+            })
+        }
+        fb::Body::DeliveryAckRequest => {
+            let r = envelope
+                .body_as_delivery_ack_request()
+                .ok_or_else(|| missing_body(RequestKind::DeliveryAck))?;
+            Ok(Command::DeliveryAck {
+                up_to: r.message_id(),
+            })
+        }
+        fb::Body::PingRequest => {
+            envelope
+                .body_as_ping_request()
+                .ok_or_else(|| missing_body(RequestKind::Ping))?;
+            Ok(Command::Ping)
+        }
+        fb::Body::NONE => Err(refuse(RequestKind::Unknown, "envelope has no body")),
+        other => Err(refuse(
+            RequestKind::Unknown,
+            match other.variant_name() {
+                Some(name) => format!("{name} is not a request"),
+                None => format!("unknown body type {}", other.0),
+            },
+        )),
+    }
+}
+
+/// Writes replies and pushes as size-prefixed envelopes. One builder is
+/// reused for every frame, so encoding allocates only while a frame is larger
+/// than every frame before it.
+pub struct FrameEncoder {
+    builder: FlatBufferBuilder<'static>,
+    /// Offsets of tables waiting to be put in a vector (login reply).
+    scratch: Vec<u32>,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type Body = (fb::Body, WIPOffset<UnionWIPOffset>);
+
 impl FrameEncoder {
-    pub fn new() -> Self { FrameEncoder }
-    pub fn reply(&mut self, _id: u64, _r: &Reply, _out: &mut Vec<u8>) { todo!() }
-    pub fn push(&mut self, _p: &Push, _out: &mut Vec<u8>) -> bool { todo!() }
+    pub fn new() -> Self {
+        FrameEncoder {
+            builder: FlatBufferBuilder::with_capacity(1024),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Appends the frame of `body` (built into the reset builder) to `out`.
+    fn frame(
+        &mut self,
+        request_id: u64,
+        out: &mut Vec<u8>,
+        build: impl FnOnce(&mut FlatBufferBuilder<'static>, &mut Vec<u32>) -> Body,
+    ) {
+        let b = &mut self.builder;
+        b.reset();
+        let (body_type, body) = build(b, &mut self.scratch);
+        let envelope = fb::Envelope::create(
+            b,
+            &fb::EnvelopeArgs {
+                request_id,
+                body_type,
+                body: Some(body),
+            },
+        );
+        out.extend_from_slice(frame::finish(b, envelope));
+    }
+
+    /// Appends the reply to request `request_id`, whose kind is `kind` (it
+    /// tells a direct message's reply from a group message's). A successful
+    /// login is followed by one `MessagePush` frame per pending message.
+    pub fn reply(&mut self, request_id: u64, kind: RequestKind, reply: &Reply, out: &mut Vec<u8>) {
+        self.frame(request_id, out, |b, scratch| match reply {
+            Reply::Error(failure) => {
+                let message = b.create_string(&failure.message);
+                let r = fb::ErrorReply::create(
+                    b,
+                    &fb::ErrorReplyArgs {
+                        code: fb::ErrorCode(failure.code as u16),
+                        message: Some(message),
+                    },
+                );
+                (fb::Body::ErrorReply, r.as_union_value())
+            }
+            Reply::Registered { user } => {
+                let r = fb::RegisterReply::create(b, &fb::RegisterReplyArgs { user_id: *user });
+                (fb::Body::RegisterReply, r.as_union_value())
+            }
+            Reply::LoggedIn(info) => {
+                let name = b.create_string(&info.name);
+                scratch.clear();
+                for f in &info.friends {
+                    scratch.push(user(b, f).value());
+                }
+                let friends = b.create_vector_from_iter(
+                    scratch.drain(..).map(WIPOffset::<fb::User<'static>>::new),
+                );
+                for g in &info.groups {
+                    let g = group(b, g, scratch);
+                    scratch.push(g.value());
+                }
+                let groups = b.create_vector_from_iter(
+                    scratch.drain(..).map(WIPOffset::<fb::Group<'static>>::new),
+                );
+                let r = fb::LoginReply::create(
+                    b,
+                    &fb::LoginReplyArgs {
+                        user_id: info.user,
+                        name: Some(name),
+                        friends: Some(friends),
+                        groups: Some(groups),
+                        pending: u32::try_from(info.pending.len()).unwrap_or(u32::MAX),
+                    },
+                );
+                (fb::Body::LoginReply, r.as_union_value())
+            }
+            Reply::LoggedOut => {
+                let r = fb::LogoutReply::create(b, &fb::LogoutReplyArgs {});
+                (fb::Body::LogoutReply, r.as_union_value())
+            }
+            Reply::FriendAdded(contact) => {
+                let friend = user(b, contact);
+                let r = fb::AddFriendReply::create(
+                    b,
+                    &fb::AddFriendReplyArgs {
+                        friend: Some(friend),
+                    },
+                );
+                (fb::Body::AddFriendReply, r.as_union_value())
+            }
+            Reply::GroupCreated { group } => {
+                let r =
+                    fb::CreateGroupReply::create(b, &fb::CreateGroupReplyArgs { group_id: *group });
+                (fb::Body::CreateGroupReply, r.as_union_value())
+            }
+            Reply::GroupJoined(info) => {
+                let g = group(b, info, scratch);
+                let r = fb::JoinGroupReply::create(b, &fb::JoinGroupReplyArgs { group: Some(g) });
+                (fb::Body::JoinGroupReply, r.as_union_value())
+            }
+            Reply::MessageSent { id, time_ms } if kind == RequestKind::GroupMessage => {
+                let r = fb::GroupMessageReply::create(
+                    b,
+                    &fb::GroupMessageReplyArgs {
+                        message_id: *id,
+                        time_ms: *time_ms,
+                    },
+                );
+                (fb::Body::GroupMessageReply, r.as_union_value())
+            }
+            Reply::MessageSent { id, time_ms } => {
+                let r = fb::DirectMessageReply::create(
+                    b,
+                    &fb::DirectMessageReplyArgs {
+                        message_id: *id,
+                        time_ms: *time_ms,
+                    },
+                );
+                (fb::Body::DirectMessageReply, r.as_union_value())
+            }
+            Reply::Acked => {
+                let r = fb::DeliveryAckReply::create(b, &fb::DeliveryAckReplyArgs {});
+                (fb::Body::DeliveryAckReply, r.as_union_value())
+            }
+            Reply::Pong { time_ms } => {
+                let r = fb::PingReply::create(b, &fb::PingReplyArgs { time_ms: *time_ms });
+                (fb::Body::PingReply, r.as_union_value())
+            }
+        });
+        if let Reply::LoggedIn(info) = reply {
+            for m in &info.pending {
+                self.message_push(m, out);
+            }
+        }
+    }
+
+    /// Appends a push (request id 0). Every push has a FlatBuffers form, so
+    /// this always returns true.
+    pub fn push(&mut self, push: &Push, out: &mut Vec<u8>) -> bool {
+        match push {
+            Push::Message(m) => self.message_push(m, out),
+            Push::Presence { user, name, online } => self.frame(0, out, |b, _| {
+                let name = b.create_string(name);
+                let p = fb::PresencePush::create(
+                    b,
+                    &fb::PresencePushArgs {
+                        user_id: *user,
+                        name: Some(name),
+                        online: *online,
+                    },
+                );
+                (fb::Body::PresencePush, p.as_union_value())
+            }),
+        }
+        true
+    }
+
+    fn message_push(&mut self, m: &StoredMessage, out: &mut Vec<u8>) {
+        self.frame(0, out, |b, _| {
+            let sender_name = b.create_string(&m.sender_name);
+            let text = b.create_string(&m.text);
+            let message = fb::Message::create(
+                b,
+                &fb::MessageArgs {
+                    id: m.id,
+                    sender_id: m.sender_id,
+                    sender_name: Some(sender_name),
+                    recipient_id: m.recipient_id,
+                    group_id: m.group_id,
+                    time_ms: m.time_ms,
+                    text: Some(text),
+                },
+            );
+            let p = fb::MessagePush::create(
+                b,
+                &fb::MessagePushArgs {
+                    message: Some(message),
+                },
+            );
+            (fb::Body::MessagePush, p.as_union_value())
+        });
+    }
+
+    /// Appends `request` as a request frame: what a client sends. The node
+    /// never sends requests; clients, tests and fuzzers use this. An actor of
+    /// `None` is written as `user_id` 0.
+    pub fn request(&mut self, request: &Request, out: &mut Vec<u8>) {
+        self.frame(request.id, out, |b, _| {
+            let a = |actor: &Option<UserId>| actor.unwrap_or(0);
+            match &request.command {
+                Command::Register { name, password } => {
+                    let name = b.create_string(name);
+                    let password = b.create_string(password);
+                    let r = fb::RegisterRequest::create(
+                        b,
+                        &fb::RegisterRequestArgs {
+                            name: Some(name),
+                            password: Some(password),
+                        },
+                    );
+                    (fb::Body::RegisterRequest, r.as_union_value())
+                }
+                Command::Login { user, password } => {
+                    let password = b.create_string(password);
+                    let r = fb::LoginRequest::create(
+                        b,
+                        &fb::LoginRequestArgs {
+                            user_id: *user,
+                            password: Some(password),
+                        },
+                    );
+                    (fb::Body::LoginRequest, r.as_union_value())
+                }
+                Command::Logout { actor } => {
+                    let r =
+                        fb::LogoutRequest::create(b, &fb::LogoutRequestArgs { user_id: a(actor) });
+                    (fb::Body::LogoutRequest, r.as_union_value())
+                }
+                Command::AddFriend { actor, friend } => {
+                    let r = fb::AddFriendRequest::create(
+                        b,
+                        &fb::AddFriendRequestArgs {
+                            user_id: a(actor),
+                            friend_id: *friend,
+                        },
+                    );
+                    (fb::Body::AddFriendRequest, r.as_union_value())
+                }
+                Command::CreateGroup {
+                    actor,
+                    name,
+                    description,
+                } => {
+                    let name = b.create_string(name);
+                    let description = b.create_string(description);
+                    let r = fb::CreateGroupRequest::create(
+                        b,
+                        &fb::CreateGroupRequestArgs {
+                            user_id: a(actor),
+                            name: Some(name),
+                            description: Some(description),
+                        },
+                    );
+                    (fb::Body::CreateGroupRequest, r.as_union_value())
+                }
+                Command::JoinGroup { actor, group } => {
+                    let r = fb::JoinGroupRequest::create(
+                        b,
+                        &fb::JoinGroupRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                        },
+                    );
+                    (fb::Body::JoinGroupRequest, r.as_union_value())
+                }
+                Command::DirectMessage { actor, to, text } => {
+                    let text = b.create_string(text);
+                    let r = fb::DirectMessageRequest::create(
+                        b,
+                        &fb::DirectMessageRequestArgs {
+                            user_id: a(actor),
+                            to_id: *to,
+                            text: Some(text),
+                        },
+                    );
+                    (fb::Body::DirectMessageRequest, r.as_union_value())
+                }
+                Command::GroupMessage { actor, group, text } => {
+                    let text = b.create_string(text);
+                    let r = fb::GroupMessageRequest::create(
+                        b,
+                        &fb::GroupMessageRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                            text: Some(text),
+                        },
+                    );
+                    (fb::Body::GroupMessageRequest, r.as_union_value())
+                }
+                Command::DeliveryAck { up_to } => {
+                    let r = fb::DeliveryAckRequest::create(
+                        b,
+                        &fb::DeliveryAckRequestArgs { message_id: *up_to },
+                    );
+                    (fb::Body::DeliveryAckRequest, r.as_union_value())
+                }
+                Command::Ping => {
+                    let r = fb::PingRequest::create(b, &fb::PingRequestArgs {});
+                    (fb::Body::PingRequest, r.as_union_value())
+                }
+            }
+        });
+    }
+}
+
+fn user(b: &mut FlatBufferBuilder<'static>, c: &Contact) -> WIPOffset<fb::User<'static>> {
+    let name = b.create_string(&c.name);
+    fb::User::create(
+        b,
+        &fb::UserArgs {
+            id: c.id,
+            name: Some(name),
+            online: c.online,
+        },
+    )
+}
+
+/// Builds a group table; uses the tail of `scratch` for member offsets and
+/// leaves `scratch` as it found it.
+fn group(
+    b: &mut FlatBufferBuilder<'static>,
+    g: &GroupInfo,
+    scratch: &mut Vec<u32>,
+) -> WIPOffset<fb::Group<'static>> {
+    let name = b.create_string(&g.name);
+    let description = b.create_string(&g.description);
+    let mark = scratch.len();
+    for m in &g.members {
+        let member_name = b.create_string(&m.name);
+        let member = fb::GroupMember::create(
+            b,
+            &fb::GroupMemberArgs {
+                id: m.id,
+                name: Some(member_name),
+                online: m.online,
+                role: match m.role {
+                    Role::Creator => fb::Role::Creator,
+                    Role::Normal => fb::Role::Normal,
+                },
+            },
+        );
+        scratch.push(member.value());
+    }
+    let members = b.create_vector_from_iter(
+        scratch
+            .drain(mark..)
+            .map(WIPOffset::<fb::GroupMember<'static>>::new),
+    );
+    fb::Group::create(
+        b,
+        &fb::GroupArgs {
+            id: g.id,
+            name: Some(name),
+            description: Some(description),
+            members: Some(members),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chat_schema::frame::DEFAULT_MAX_FRAME;
+
+    use super::*;
+    use crate::command::LoginInfo;
+    use crate::store::Member;
+
+    const MAX: usize = DEFAULT_MAX_FRAME;
+
+    fn req(id: u64, command: Command) -> Request {
+        Request { id, command }
+    }
+
+    /// The bytes a client sends for `request`.
+    fn wire(request: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        FrameEncoder::new().request(request, &mut out);
+        out
+    }
+
+    /// A frame holding whatever `build` puts in the envelope's body.
+    fn raw_frame(
+        request_id: u64,
+        build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> Option<Body>,
+    ) -> Vec<u8> {
+        let mut b = FlatBufferBuilder::new();
+        let body = build(&mut b);
+        let env = fb::Envelope::create(
+            &mut b,
+            &fb::EnvelopeArgs {
+                request_id,
+                body_type: body.map_or(fb::Body::NONE, |(t, _)| t),
+                body: body.map(|(_, o)| o),
+            },
+        );
+        frame::finish(&mut b, env).to_vec()
+    }
+
+    /// Decodes everything in `stream`, fed to the decoder in pieces of
+    /// `chunk` bytes the way a socket might deliver it.
+    fn decode_all(stream: &[u8], chunk: usize) -> Vec<Decoded> {
+        let mut d = FrameDecoder::new(MAX);
+        let mut buf = Vec::new();
+        let mut units = Vec::new();
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            loop {
+                let (n, unit) = d.decode(&buf);
+                buf.drain(..n);
+                match unit {
+                    Some(Decoded::Fatal(f)) => {
+                        units.push(Decoded::Fatal(f));
+                        return units;
+                    }
+                    Some(u) => units.push(u),
+                    None => break,
+                }
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes left over", buf.len());
+        units
+    }
+
+    fn decode_one(frame: &[u8]) -> Decoded {
+        let (n, unit) = FrameDecoder::new(MAX).decode(frame);
+        assert_eq!(n, frame.len(), "the whole frame is consumed");
+        unit.expect("a complete frame decodes")
+    }
+
+    fn invalid(request_id: u64, kind: RequestKind, message: &str) -> Decoded {
+        Decoded::Invalid {
+            request_id,
+            kind,
+            failure: Failure::new(ErrorCode::BadRequest, message),
+        }
+    }
+
+    /// Splits what an encoder wrote into frames and verifies each envelope.
+    fn envelopes(out: &[u8]) -> Vec<fb::Envelope<'_>> {
+        let mut rest = out;
+        let mut envs = Vec::new();
+        while !rest.is_empty() {
+            let len = frame::frame_len(rest, MAX).unwrap().unwrap();
+            let (f, tail) = rest.split_at(PREFIX_LEN + len);
+            envs.push(parse_frame(f, MAX).unwrap());
+            rest = tail;
+        }
+        envs
+    }
+
+    fn every_request() -> Vec<Request> {
+        vec![
+            req(
+                1,
+                Command::Register {
+                    name: "alice".into(),
+                    password: "123456".into(),
+                },
+            ),
+            req(
+                2,
+                Command::Login {
+                    user: 1,
+                    password: "123456".into(),
+                },
+            ),
+            req(3, Command::Logout { actor: None }),
+            req(4, Command::Logout { actor: Some(1) }),
+            req(
+                5,
+                Command::AddFriend {
+                    actor: Some(1),
+                    friend: 2,
+                },
+            ),
+            req(
+                6,
+                Command::CreateGroup {
+                    actor: None,
+                    name: "rustaceans".into(),
+                    description: "crabs only".into(),
+                },
+            ),
+            req(
+                7,
+                Command::JoinGroup {
+                    actor: Some(1),
+                    group: 9,
+                },
+            ),
+            req(
+                8,
+                Command::DirectMessage {
+                    actor: None,
+                    to: 2,
+                    text: "he said \"hi\" — 你好 🦀".into(),
+                },
+            ),
+            req(
+                9,
+                Command::GroupMessage {
+                    actor: Some(1),
+                    group: 9,
+                    text: String::new(),
+                },
+            ),
+            req(u64::MAX, Command::DeliveryAck { up_to: 41 }),
+            req(11, Command::Ping),
+        ]
+    }
+
+    #[test]
+    fn every_request_kind_round_trips() {
+        for request in every_request() {
+            assert_eq!(decode_one(&wire(&request)), Decoded::Request(request));
+        }
+    }
+
+    #[test]
+    fn a_session_arriving_byte_by_byte_decodes_in_order() {
+        let requests = every_request();
+        let stream: Vec<u8> = requests.iter().flat_map(wire).collect();
+        for chunk in [1, 3, 7, 64, stream.len()] {
+            let units = decode_all(&stream, chunk);
+            let expected: Vec<Decoded> = requests.iter().cloned().map(Decoded::Request).collect();
+            assert_eq!(units, expected, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_plain_buffer_with_its_length_prepended_is_accepted_too() {
+        let mut b = FlatBufferBuilder::new();
+        let p = fb::PingRequest::create(&mut b, &fb::PingRequestArgs {});
+        let env = fb::Envelope::create(
+            &mut b,
+            &fb::EnvelopeArgs {
+                request_id: u64::MAX,
+                body_type: fb::Body::PingRequest,
+                body: Some(p.as_union_value()),
+            },
+        );
+        b.finish(env, None);
+        let body = b.finished_data();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        assert_eq!(
+            decode_one(&frame),
+            Decoded::Request(req(u64::MAX, Command::Ping))
+        );
+    }
+
+    #[test]
+    fn a_truncated_frame_waits_for_more() {
+        let frame = wire(&req(1, Command::Ping));
+        let mut d = FrameDecoder::new(MAX);
+        for cut in 0..frame.len() {
+            assert_eq!(d.decode(&frame[..cut]), (0, None), "cut at {cut}");
+        }
+        assert!(matches!(
+            d.decode(&frame),
+            (n, Some(Decoded::Request(_))) if n == frame.len()
+        ));
+    }
+
+    #[test]
+    fn a_length_over_the_limit_is_fatal_before_the_body_arrives() {
+        let mut d = FrameDecoder::new(1024);
+        let (n, unit) = d.decode(&1025u32.to_le_bytes());
+        assert_eq!(n, 0);
+        let Some(Decoded::Fatal(f)) = unit else {
+            panic!("expected Fatal, got {unit:?}");
+        };
+        assert_eq!(f.code, ErrorCode::FrameTooLarge);
+        assert!(f.message.contains("1025"), "{}", f.message);
+        // Fatal is final: the decoder never reads on.
+        let frame = wire(&req(1, Command::Ping));
+        assert_eq!(d.decode(&frame), (0, Some(Decoded::Fatal(f))));
+    }
+
+    #[test]
+    fn an_empty_frame_is_fatal() {
+        let (n, unit) = FrameDecoder::new(MAX).decode(&[0, 0, 0, 0, 1, 2]);
+        assert_eq!(n, 0);
+        assert!(matches!(
+            unit,
+            Some(Decoded::Fatal(Failure {
+                code: ErrorCode::BadRequest,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn garbage_in_a_frame_is_refused_and_the_stream_stays_in_sync() {
+        let mut stream = 32u32.to_le_bytes().to_vec();
+        stream.extend_from_slice(&[0xff; 32]);
+        let ping = req(5, Command::Ping);
+        stream.extend_from_slice(&wire(&ping));
+        let units = decode_all(&stream, 1);
+        assert_eq!(units.len(), 2);
+        let Decoded::Invalid {
+            request_id: 0,
+            kind: RequestKind::Unknown,
+            failure,
+        } = &units[0]
+        else {
+            panic!("expected Invalid, got {:?}", units[0]);
+        };
+        assert_eq!(failure.code, ErrorCode::BadRequest);
+        assert!(
+            failure
+                .message
+                .starts_with("invalid FlatBuffers envelope: "),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.message.contains('\n'));
+        assert_eq!(units[1], Decoded::Request(ping));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_fails_the_verifier() {
+        let frame = raw_frame(3, |b| {
+            let bytes = b.create_byte_string(&[b'h', 0xff, 0xfe]);
+            let text = WIPOffset::<&str>::new(bytes.value());
+            let r = fb::DirectMessageRequest::create(
+                b,
+                &fb::DirectMessageRequestArgs {
+                    user_id: 0,
+                    to_id: 2,
+                    text: Some(text),
+                },
+            );
+            Some((fb::Body::DirectMessageRequest, r.as_union_value()))
+        });
+        let Decoded::Invalid {
+            request_id: 0,
+            failure,
+            ..
+        } = decode_one(&frame)
+        else {
+            panic!("expected Invalid");
+        };
+        assert!(failure.message.contains("Utf8"), "{}", failure.message);
+    }
+
+    #[test]
+    fn a_frame_cut_short_inside_fails_the_verifier() {
+        let mut frame = wire(&req(
+            3,
+            Command::DirectMessage {
+                actor: None,
+                to: 2,
+                text: "a long enough message to be cut".into(),
+            },
+        ));
+        // Claim a shorter frame: the string now runs past the buffer's end.
+        let short = frame.len() - PREFIX_LEN - 16;
+        frame.truncate(PREFIX_LEN + short);
+        frame[..PREFIX_LEN].copy_from_slice(&(short as u32).to_le_bytes());
+        assert!(matches!(
+            decode_one(&frame),
+            Decoded::Invalid {
+                request_id: 0,
+                kind: RequestKind::Unknown,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_reply_or_push_sent_to_the_node_is_not_a_request() {
+        let mut out = Vec::new();
+        FrameEncoder::new().reply(7, RequestKind::Ping, &Reply::Pong { time_ms: 1 }, &mut out);
+        assert_eq!(
+            decode_one(&out),
+            invalid(7, RequestKind::Unknown, "PingReply is not a request")
+        );
+        let empty = raw_frame(8, |_| None);
+        assert_eq!(
+            decode_one(&empty),
+            invalid(8, RequestKind::Unknown, "envelope has no body")
+        );
+        let unknown = raw_frame(9, |b| {
+            let p = fb::PingRequest::create(b, &fb::PingRequestArgs {});
+            Some((fb::Body(200), p.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&unknown),
+            invalid(9, RequestKind::Unknown, "unknown body type 200")
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let login = raw_frame(1, |b| {
+            let r = fb::LoginRequest::create(
+                b,
+                &fb::LoginRequestArgs {
+                    user_id: 3,
+                    password: None,
+                },
+            );
+            Some((fb::Body::LoginRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&login),
+            invalid(1, RequestKind::Login, "missing field `password`")
+        );
+
+        let register = raw_frame(2, |b| {
+            let password = b.create_string("pw");
+            let r = fb::RegisterRequest::create(
+                b,
+                &fb::RegisterRequestArgs {
+                    name: None,
+                    password: Some(password),
+                },
+            );
+            Some((fb::Body::RegisterRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&register),
+            invalid(2, RequestKind::Register, "missing field `name`")
+        );
+
+        let register = raw_frame(2, |b| {
+            let name = b.create_string("bob");
+            let r = fb::RegisterRequest::create(
+                b,
+                &fb::RegisterRequestArgs {
+                    name: Some(name),
+                    password: None,
+                },
+            );
+            Some((fb::Body::RegisterRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&register),
+            invalid(2, RequestKind::Register, "missing field `password`")
+        );
+
+        let direct = raw_frame(3, |b| {
+            let r = fb::DirectMessageRequest::create(
+                b,
+                &fb::DirectMessageRequestArgs {
+                    user_id: 0,
+                    to_id: 2,
+                    text: None,
+                },
+            );
+            Some((fb::Body::DirectMessageRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&direct),
+            invalid(3, RequestKind::DirectMessage, "missing field `text`")
+        );
+
+        let group = raw_frame(4, |b| {
+            let r = fb::GroupMessageRequest::create(
+                b,
+                &fb::GroupMessageRequestArgs {
+                    user_id: 0,
+                    group_id: 2,
+                    text: None,
+                },
+            );
+            Some((fb::Body::GroupMessageRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&group),
+            invalid(4, RequestKind::GroupMessage, "missing field `text`")
+        );
+
+        let create = raw_frame(5, |b| {
+            let r = fb::CreateGroupRequest::create(
+                b,
+                &fb::CreateGroupRequestArgs {
+                    user_id: 1,
+                    name: None,
+                    description: None,
+                },
+            );
+            Some((fb::Body::CreateGroupRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&create),
+            invalid(5, RequestKind::CreateGroup, "missing field `name`")
+        );
+    }
+
+    #[test]
+    fn a_group_without_description_gets_an_empty_one() {
+        let create = raw_frame(5, |b| {
+            let name = b.create_string("g");
+            let r = fb::CreateGroupRequest::create(
+                b,
+                &fb::CreateGroupRequestArgs {
+                    user_id: 0,
+                    name: Some(name),
+                    description: None,
+                },
+            );
+            Some((fb::Body::CreateGroupRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&create),
+            Decoded::Request(req(
+                5,
+                Command::CreateGroup {
+                    actor: None,
+                    name: "g".into(),
+                    description: String::new(),
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn login_needs_a_user_id_and_requests_need_an_id() {
+        let login = wire(&req(
+            1,
+            Command::Login {
+                user: 0,
+                password: "pw".into(),
+            },
+        ));
+        assert_eq!(
+            decode_one(&login),
+            invalid(
+                1,
+                RequestKind::Login,
+                "field `user_id` must be a non-zero user id"
+            )
+        );
+        assert_eq!(
+            decode_one(&wire(&req(0, Command::Ping))),
+            invalid(
+                0,
+                RequestKind::Ping,
+                "request_id must be non-zero (0 is reserved for pushes)"
+            )
+        );
+    }
+
+    #[test]
+    fn error_codes_have_the_schema_numbers() {
+        let all = [
+            (
+                ErrorCode::InvalidCredentials,
+                fb::ErrorCode::InvalidCredentials,
+            ),
+            (ErrorCode::AlreadyOnline, fb::ErrorCode::AlreadyOnline),
+            (ErrorCode::NameTaken, fb::ErrorCode::NameTaken),
+            (ErrorCode::NotLoggedIn, fb::ErrorCode::NotLoggedIn),
+            (ErrorCode::Forbidden, fb::ErrorCode::Forbidden),
+            (ErrorCode::UnknownUser, fb::ErrorCode::UnknownUser),
+            (ErrorCode::UnknownGroup, fb::ErrorCode::UnknownGroup),
+            (ErrorCode::NotAMember, fb::ErrorCode::NotAMember),
+            (ErrorCode::AlreadyMember, fb::ErrorCode::AlreadyMember),
+            (ErrorCode::AlreadyFriends, fb::ErrorCode::AlreadyFriends),
+            (ErrorCode::SelfFriend, fb::ErrorCode::SelfFriend),
+            (ErrorCode::TextTooLong, fb::ErrorCode::TextTooLong),
+            (ErrorCode::BadRequest, fb::ErrorCode::BadRequest),
+            (ErrorCode::FrameTooLarge, fb::ErrorCode::FrameTooLarge),
+            (ErrorCode::AlreadyLoggedIn, fb::ErrorCode::AlreadyLoggedIn),
+            (ErrorCode::InvalidName, fb::ErrorCode::InvalidName),
+            (ErrorCode::Internal, fb::ErrorCode::Internal),
+            (ErrorCode::Overloaded, fb::ErrorCode::Overloaded),
+        ];
+        assert_eq!(all.len() + 1, fb::ErrorCode::ENUM_VALUES.len());
+        let mut e = FrameEncoder::new();
+        for (code, expected) in all {
+            let mut out = Vec::new();
+            let failure = Failure::new(code, code.name());
+            e.reply(3, RequestKind::Login, &Reply::Error(failure), &mut out);
+            let envs = envelopes(&out);
+            let r = envs[0].body_as_error_reply().unwrap();
+            assert_eq!(envs[0].request_id(), 3);
+            assert_eq!(r.code(), expected);
+            assert_eq!(r.message(), Some(code.name()));
+        }
+    }
+
+    fn message(id: u64, group_id: u64, text: &str) -> StoredMessage {
+        StoredMessage {
+            id,
+            sender_id: 2,
+            sender_name: "bob".into(),
+            recipient_id: if group_id == 0 { 1 } else { 0 },
+            group_id,
+            time_ms: 1_700_000_000_000 + id,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn login_reply_is_followed_by_the_pending_messages_oldest_first() {
+        let info = LoginInfo {
+            user: 1,
+            name: "alice".into(),
+            friends: vec![
+                Contact {
+                    id: 2,
+                    name: "bob".into(),
+                    online: true,
+                },
+                Contact {
+                    id: 3,
+                    name: "carol".into(),
+                    online: false,
+                },
+            ],
+            groups: vec![GroupInfo {
+                id: 9,
+                name: "rustaceans".into(),
+                description: "crabs".into(),
+                members: vec![
+                    Member {
+                        id: 1,
+                        name: "alice".into(),
+                        online: true,
+                        role: Role::Creator,
+                    },
+                    Member {
+                        id: 2,
+                        name: "bob".into(),
+                        online: true,
+                        role: Role::Normal,
+                    },
+                ],
+            }],
+            pending: vec![
+                message(10, 0, "while you were out"),
+                message(11, 9, "group hi"),
+            ],
+        };
+        let mut out = Vec::new();
+        FrameEncoder::new().reply(
+            4,
+            RequestKind::Login,
+            &Reply::LoggedIn(Box::new(info)),
+            &mut out,
+        );
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 3);
+
+        assert_eq!(envs[0].request_id(), 4);
+        let r = envs[0].body_as_login_reply().unwrap();
+        assert_eq!((r.user_id(), r.name(), r.pending()), (1, Some("alice"), 2));
+        let friends: Vec<_> = r
+            .friends()
+            .unwrap()
+            .iter()
+            .map(|u| (u.id(), u.name().unwrap(), u.online()))
+            .collect();
+        assert_eq!(friends, [(2, "bob", true), (3, "carol", false)]);
+        let groups = r.groups().unwrap();
+        assert_eq!(groups.len(), 1);
+        let g = groups.get(0);
+        assert_eq!(
+            (g.id(), g.name(), g.description()),
+            (9, Some("rustaceans"), Some("crabs"))
+        );
+        let members: Vec<_> = g
+            .members()
+            .unwrap()
+            .iter()
+            .map(|m| (m.id(), m.name().unwrap(), m.online(), m.role()))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                (1, "alice", true, fb::Role::Creator),
+                (2, "bob", true, fb::Role::Normal)
+            ]
+        );
+
+        for (env, (id, group, text)) in envs[1..]
+            .iter()
+            .zip([(10, 0, "while you were out"), (11, 9, "group hi")])
+        {
+            assert_eq!(env.request_id(), 0, "pushes carry request id 0");
+            let m = env.body_as_message_push().unwrap().message().unwrap();
+            assert_eq!((m.id(), m.group_id(), m.text()), (id, group, Some(text)));
+            assert_eq!((m.sender_id(), m.sender_name()), (2, Some("bob")));
+            assert_eq!(m.time_ms(), 1_700_000_000_000 + id);
+        }
+    }
+
+    #[test]
+    fn every_reply_has_its_own_body() {
+        let group = GroupInfo {
+            id: 9,
+            name: "g".into(),
+            description: String::new(),
+            members: vec![],
+        };
+        let cases = [
+            (
+                RequestKind::Register,
+                Reply::Registered { user: 5 },
+                fb::Body::RegisterReply,
+            ),
+            (RequestKind::Logout, Reply::LoggedOut, fb::Body::LogoutReply),
+            (
+                RequestKind::AddFriend,
+                Reply::FriendAdded(Contact {
+                    id: 2,
+                    name: "bob".into(),
+                    online: true,
+                }),
+                fb::Body::AddFriendReply,
+            ),
+            (
+                RequestKind::CreateGroup,
+                Reply::GroupCreated { group: 9 },
+                fb::Body::CreateGroupReply,
+            ),
+            (
+                RequestKind::JoinGroup,
+                Reply::GroupJoined(group),
+                fb::Body::JoinGroupReply,
+            ),
+            (
+                RequestKind::DirectMessage,
+                Reply::MessageSent {
+                    id: 12,
+                    time_ms: 99,
+                },
+                fb::Body::DirectMessageReply,
+            ),
+            (
+                RequestKind::GroupMessage,
+                Reply::MessageSent {
+                    id: 13,
+                    time_ms: 99,
+                },
+                fb::Body::GroupMessageReply,
+            ),
+            (
+                RequestKind::DeliveryAck,
+                Reply::Acked,
+                fb::Body::DeliveryAckReply,
+            ),
+            (
+                RequestKind::Ping,
+                Reply::Pong { time_ms: 77 },
+                fb::Body::PingReply,
+            ),
+        ];
+        let mut e = FrameEncoder::new();
+        for (i, (kind, reply, body)) in cases.into_iter().enumerate() {
+            let mut out = Vec::new();
+            e.reply(100 + i as u64, kind, &reply, &mut out);
+            let envs = envelopes(&out);
+            assert_eq!(envs.len(), 1);
+            assert_eq!(envs[0].request_id(), 100 + i as u64);
+            assert_eq!(envs[0].body_type(), body, "{reply:?}");
+        }
+
+        let mut out = Vec::new();
+        e.reply(1, RequestKind::AddFriend, &cases_friend(), &mut out);
+        let f = envelopes(&out)[0]
+            .body_as_add_friend_reply()
+            .unwrap()
+            .friend()
+            .unwrap();
+        assert_eq!((f.id(), f.name(), f.online()), (2, Some("bob"), false));
+
+        out.clear();
+        let sent = Reply::MessageSent {
+            id: 13,
+            time_ms: 99,
+        };
+        e.reply(1, RequestKind::GroupMessage, &sent, &mut out);
+        let r = envelopes(&out)[0].body_as_group_message_reply().unwrap();
+        assert_eq!((r.message_id(), r.time_ms()), (13, 99));
+    }
+
+    fn cases_friend() -> Reply {
+        Reply::FriendAdded(Contact {
+            id: 2,
+            name: "bob".into(),
+            online: false,
+        })
+    }
+
+    #[test]
+    fn pushes_carry_request_id_zero() {
+        let mut e = FrameEncoder::new();
+        let mut out = Vec::new();
+        assert!(e.push(
+            &Push::Presence {
+                user: 2,
+                name: "bob".into(),
+                online: true
+            },
+            &mut out
+        ));
+        assert!(e.push(&Push::Message(Arc::new(message(5, 0, "hi"))), &mut out));
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 2);
+        let p = envs[0].body_as_presence_push().unwrap();
+        assert_eq!(
+            (envs[0].request_id(), p.user_id(), p.name(), p.online()),
+            (0, 2, Some("bob"), true)
+        );
+        let m = envs[1].body_as_message_push().unwrap().message().unwrap();
+        assert_eq!((envs[1].request_id(), m.id(), m.recipient_id()), (0, 5, 1));
+    }
+
+    #[test]
+    fn the_reused_builder_leaves_nothing_behind() {
+        let mut e = FrameEncoder::new();
+        let big = Push::Message(Arc::new(message(1, 0, &"x".repeat(10_000))));
+        let small = Push::Message(Arc::new(message(2, 0, "y")));
+        let mut first = Vec::new();
+        e.push(&small, &mut first);
+        let mut out = Vec::new();
+        e.push(&big, &mut out);
+        out.clear();
+        e.push(&small, &mut out);
+        assert_eq!(out, first);
+    }
 }

@@ -104,7 +104,7 @@ impl Encoder {
     /// pushes right after the reply, JSON inside the reply's `offlinemsg`.
     pub fn reply(&mut self, request_id: u64, kind: RequestKind, reply: &Reply, out: &mut Vec<u8>) {
         match self {
-            Encoder::FlatBuffers(e) => e.reply(request_id, reply, out),
+            Encoder::FlatBuffers(e) => e.reply(request_id, kind, reply, out),
             Encoder::Json(e) => e.reply(kind, reply, out),
         }
     }

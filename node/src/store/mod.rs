@@ -17,6 +17,7 @@
 //! (group commit). Nothing is acknowledged to a client before `commit` returns.
 
 pub mod sqlite;
+pub mod writer;
 
 pub type UserId = u64;
 pub type GroupId = u64;

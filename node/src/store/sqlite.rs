@@ -1,0 +1,868 @@
+//! The embedded backend: the whole [`Store`] in one SQLite database file.
+//!
+//! # Why SQLite in WAL mode
+//!
+//! Several node processes of one cluster run on the same machine against the
+//! same state. SQLite's write-ahead log lets them share one file: any number
+//! of readers, one writer at a time, the writer lock taken and released per
+//! transaction through the file's locks. Embedded key-value engines such as
+//! fjall or redb lock their files to a single process, so they cannot serve a
+//! cluster without a server in front of them.
+//!
+//! # How a batch flows
+//!
+//! The trait's group commit maps onto one SQLite transaction:
+//!
+//! 1. the first call after a [`Store::commit`] (a read as much as a write)
+//!    opens a transaction with `BEGIN IMMEDIATE`, which takes the database's
+//!    write lock at once, waiting up to [`BUSY_TIMEOUT`] for another process
+//!    to finish its own batch;
+//! 2. every further call of the batch runs inside that transaction, so the
+//!    batch sees one consistent state, and checks such as "is this name free"
+//!    followed by the insert cannot race with another process: unique names,
+//!    id allocation and the one-session claim are atomic across processes;
+//! 3. [`Store::commit`] commits: one WAL append (and, with
+//!    [`SyncPolicy::Full`], one fsync) for the whole batch;
+//!    [`Store::rollback`] discards it.
+//!
+//! Because a transaction holds the write lock from its first call, the caller
+//! must end every batch, reads included, with `commit` or `rollback`; an
+//! open transaction blocks every other process sharing the file.
+//!
+//! Domain errors (`NameTaken`, `UnknownUser`, ...) are detected by reads
+//! before anything is written, so they leave the transaction usable with
+//! nothing partial in it. Every SQLite error becomes [`StoreError::Backend`].
+//!
+//! Every statement goes through the connection's prepared-statement cache,
+//! and every query is served by an index (see the schema below).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    Contact, GroupId, GroupInfo, Member, MessageId, NewMessage, Result, Role, Store, StoreError,
+    StoredMessage, Target, UserId, UserRecord,
+};
+
+/// How long a call waits for another process's transaction to release the
+/// database before failing with a `Backend` error.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema version this code reads and writes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The schema, created if missing.
+///
+/// - `users.cursor` is the delivery cursor;
+/// - `friends` holds both directions of a friendship;
+/// - `group_members.joined_after` is the highest message id allocated when
+///   the member joined (they receive only later messages), `seq` their join
+///   order (the creator has 0);
+/// - `messages` has `recipient_id` 0 for group messages and `group_id` 0 for
+///   direct ones; `(recipient_id, id)` serves a user's direct backlog,
+///   `(group_id, id)` a group's;
+/// - `sessions` holds the one claim a user may have.
+///
+/// `AUTOINCREMENT` keeps ids from ever being reused, even after `compact`.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,
+    cursor        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS friends (
+    user_id   INTEGER NOT NULL,
+    friend_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, friend_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chat_groups (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    description TEXT    NOT NULL,
+    creator     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id     INTEGER NOT NULL,
+    user_id      INTEGER NOT NULL,
+    role         INTEGER NOT NULL,
+    joined_after INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_by_user
+    ON group_members (user_id, group_id, joined_after);
+CREATE INDEX IF NOT EXISTS group_members_by_seq
+    ON group_members (group_id, seq, user_id);
+CREATE TABLE IF NOT EXISTS messages (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender_id    INTEGER NOT NULL,
+    sender_name  TEXT    NOT NULL,
+    recipient_id INTEGER NOT NULL,
+    group_id     INTEGER NOT NULL,
+    time_ms      INTEGER NOT NULL,
+    text         TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient_id, id);
+CREATE INDEX IF NOT EXISTS messages_by_group ON messages (group_id, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    user_id INTEGER PRIMARY KEY,
+    node    TEXT    NOT NULL,
+    epoch   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_node ON sessions (node);
+";
+
+/// SQL for the highest message id ever allocated (0 before the first
+/// message); unlike `MAX(id)` it does not go down when `compact` deletes the
+/// newest rows. A macro so that statements are `concat!`ed at compile time.
+macro_rules! last_message_id {
+    () => {
+        "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)"
+    };
+}
+
+/// The columns `message_row` reads, in its order.
+macro_rules! message_columns {
+    () => {
+        "id, sender_id, sender_name, recipient_id, group_id, time_ms, text"
+    };
+}
+
+/// `group_members.role` of the creator; everyone else has 1.
+const ROLE_CREATOR: i64 = 0;
+
+/// How hard a commit pushes its data to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// `PRAGMA synchronous=NORMAL`: a commit is written to the WAL file but
+    /// not fsynced (the WAL is synced only at checkpoints). A committed batch
+    /// survives a crash or `kill -9` of the process, because its pages are in
+    /// the operating system's page cache; the last batches may be lost if the
+    /// machine loses power or the kernel crashes. The database is never
+    /// corrupted either way.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous=FULL`: every commit fsyncs the WAL, so a committed
+    /// batch also survives a power loss, at the price of one fsync per batch.
+    Full,
+}
+
+/// The [`Store`] on one SQLite database file (see the module documentation).
+///
+/// Several `SqliteStore`s, in one process or many, may open the same file;
+/// their transactions are serialised by SQLite's write lock.
+pub struct SqliteStore {
+    conn: Connection,
+    /// Whether this store has opened a transaction that it has neither
+    /// committed nor rolled back.
+    in_tx: bool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.conn.path())
+            .field("in_tx", &self.in_tx)
+            .finish()
+    }
+}
+
+/// Turns SQLite failures into `StoreError::Backend`.
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| StoreError::Backend(format!("sqlite: {e}")))
+    }
+}
+
+/// The SQLite key of a user or group id. SQLite integers are signed and ids
+/// are positive, so an id above `i64::MAX` cannot exist: it becomes -1, which
+/// matches no row.
+fn key(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(-1)
+}
+
+/// A message-id bound for a comparison: ids above `i64::MAX` do not exist, so
+/// clamping keeps the comparison's meaning.
+fn bound(id: MessageId) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// Ids read back from SQLite are positive.
+fn id_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: id_of(r.get(0)?),
+        sender_id: id_of(r.get(1)?),
+        sender_name: r.get(2)?,
+        recipient_id: id_of(r.get(3)?),
+        group_id: id_of(r.get(4)?),
+        // Stored as the same 64 bits, so every u64 round-trips.
+        time_ms: r.get::<_, i64>(5)? as u64,
+        text: r.get(6)?,
+    })
+}
+
+fn user_exists(c: &Connection, id: i64) -> Result<bool> {
+    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")
+        .db()?
+        .exists([id])
+        .db()
+}
+
+/// Name and online state of a user, if they exist.
+fn name_online(c: &Connection, id: i64) -> Result<Option<(String, bool)>> {
+    c.prepare_cached(
+        "SELECT name, EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1) FROM users WHERE id = ?1",
+    )
+    .db()?
+    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+    .db()
+}
+
+fn group_exists(c: &Connection, id: i64) -> Result<bool> {
+    c.prepare_cached("SELECT 1 FROM chat_groups WHERE id = ?1")
+        .db()?
+        .exists([id])
+        .db()
+}
+
+/// A group with its members, creator first then by join order.
+fn group_info(c: &Connection, id: i64) -> Result<Option<GroupInfo>> {
+    let head: Option<(String, String)> = c
+        .prepare_cached("SELECT name, description FROM chat_groups WHERE id = ?1")
+        .db()?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .db()?;
+    let Some((name, description)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT u.id, u.name, EXISTS(SELECT 1 FROM sessions s WHERE s.user_id = u.id), gm.role
+             FROM group_members gm JOIN users u ON u.id = gm.user_id
+             WHERE gm.group_id = ?1
+             ORDER BY gm.seq",
+        )
+        .db()?;
+    let members = stmt
+        .query_map([id], |r| {
+            Ok(Member {
+                id: id_of(r.get(0)?),
+                name: r.get(1)?,
+                online: r.get(2)?,
+                role: if r.get::<_, i64>(3)? == ROLE_CREATOR {
+                    Role::Creator
+                } else {
+                    Role::Normal
+                },
+            })
+        })
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()?;
+    Ok(Some(GroupInfo {
+        id: id_of(id),
+        name,
+        description,
+        members,
+    }))
+}
+
+/// Merges `more` (sorted by id) into `acc` (sorted by id), keeping at most
+/// `limit` messages.
+fn merge_limited(acc: &mut Vec<StoredMessage>, more: Vec<StoredMessage>, limit: usize) {
+    if more.is_empty() {
+        return;
+    }
+    acc.extend(more);
+    acc.sort_unstable_by_key(|m| m.id);
+    acc.truncate(limit);
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `path`, switches it to
+    /// WAL mode and creates the schema if it is not there.
+    ///
+    /// Any number of stores, in any number of processes, may open the same
+    /// file. Fails with `Backend` if the file is not a database or holds a
+    /// schema version this code does not know.
+    pub fn open(path: &Path, sync: SyncPolicy) -> Result<Self> {
+        let conn = Connection::open(path).db()?;
+        conn.busy_timeout(BUSY_TIMEOUT).db()?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .db()?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "sqlite: {} cannot use WAL mode (journal mode is {mode})",
+                path.display()
+            )));
+        }
+        let synchronous = match sync {
+            SyncPolicy::Normal => "NORMAL",
+            SyncPolicy::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous).db()?;
+        // 32 MiB of page cache (negative = KiB).
+        conn.pragma_update(None, "cache_size", -32_768).db()?;
+        conn.pragma_update(None, "temp_store", "MEMORY").db()?;
+        conn.set_prepared_statement_cache_capacity(64);
+
+        // Create the schema under the write lock so that processes opening a
+        // fresh file at the same time do not race.
+        conn.execute_batch("BEGIN IMMEDIATE").db()?;
+        let created = Self::create_schema(&conn);
+        match created {
+            Ok(()) => conn.execute_batch("COMMIT").db()?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        Ok(SqliteStore { conn, in_tx: false })
+    }
+
+    fn create_schema(conn: &Connection) -> Result<()> {
+        conn.execute_batch(SCHEMA).db()?;
+        let version: Option<i64> = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()
+            .db()?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )
+                .db()?;
+                Ok(())
+            }
+            Some(SCHEMA_VERSION) => Ok(()),
+            Some(v) => Err(StoreError::Backend(format!(
+                "sqlite: schema version {v} is not supported (expected {SCHEMA_VERSION})"
+            ))),
+        }
+    }
+
+    /// The connection inside the batch's transaction, opening it if needed.
+    fn tx(&mut self) -> Result<&Connection> {
+        if self.in_tx {
+            if self.conn.is_autocommit() {
+                // SQLite rolled the transaction back itself (disk full, I/O
+                // error): the batch is lost and must not be continued.
+                return Err(StoreError::Backend(
+                    "sqlite: the transaction was rolled back by SQLite".into(),
+                ));
+            }
+        } else {
+            if !self.conn.is_autocommit() {
+                // A transaction left over by a failed rollback.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.conn
+                .prepare_cached("BEGIN IMMEDIATE")
+                .db()?
+                .execute([])
+                .db()?;
+            self.in_tx = true;
+        }
+        Ok(&self.conn)
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_user(&mut self, name: &str, password_hash: &str) -> Result<UserId> {
+        let c = self.tx()?;
+        if c.prepare_cached("SELECT 1 FROM users WHERE name = ?1")
+            .db()?
+            .exists([name])
+            .db()?
+        {
+            return Err(StoreError::NameTaken);
+        }
+        let id = c
+            .prepare_cached("INSERT INTO users (name, password_hash) VALUES (?1, ?2)")
+            .db()?
+            .insert(params![name, password_hash])
+            .db()?;
+        Ok(id_of(id))
+    }
+
+    fn user(&mut self, id: UserId) -> Result<Option<UserRecord>> {
+        let c = self.tx()?;
+        c.prepare_cached("SELECT name, password_hash FROM users WHERE id = ?1")
+            .db()?
+            .query_row([key(id)], |r| {
+                Ok(UserRecord {
+                    id,
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                })
+            })
+            .optional()
+            .db()
+    }
+
+    fn claim_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<()> {
+        let c = self.tx()?;
+        let u = key(user);
+        match name_online(c, u)? {
+            None => Err(StoreError::UnknownUser(user)),
+            Some((_, true)) => Err(StoreError::AlreadyOnline(user)),
+            Some((_, false)) => {
+                c.prepare_cached("INSERT INTO sessions (user_id, node, epoch) VALUES (?1, ?2, ?3)")
+                    .db()?
+                    // Stored as the same 64 bits, so every u64 round-trips.
+                    .execute(params![u, node, epoch as i64])
+                    .db()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn release_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<bool> {
+        let c = self.tx()?;
+        let n = c
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND node = ?2 AND epoch = ?3")
+            .db()?
+            .execute(params![key(user), node, epoch as i64])
+            .db()?;
+        Ok(n > 0)
+    }
+
+    /// The users come back sorted by id.
+    fn release_node(&mut self, node: &str) -> Result<Vec<UserId>> {
+        let c = self.tx()?;
+        let mut users = c
+            .prepare_cached("DELETE FROM sessions WHERE node = ?1 RETURNING user_id")
+            .db()?
+            .query_map([node], |r| r.get::<_, i64>(0))
+            .db()?
+            .map(|r| r.map(id_of))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        users.sort_unstable();
+        Ok(users)
+    }
+
+    /// `add_friend(u, u)` fails with `AlreadyFriends(u, u)` (after
+    /// `UnknownUser` if `u` does not exist): a domain error, so the batch that
+    /// contains it stays usable, which a `Backend` error would not allow.
+    fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact> {
+        let c = self.tx()?;
+        let (u, f) = (key(user), key(friend));
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let Some((name, online)) = name_online(c, f)? else {
+            return Err(StoreError::UnknownUser(friend));
+        };
+        if u == f
+            || c.prepare_cached("SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2")
+                .db()?
+                .exists([u, f])
+                .db()?
+        {
+            return Err(StoreError::AlreadyFriends(user, friend));
+        }
+        c.prepare_cached("INSERT INTO friends (user_id, friend_id) VALUES (?1, ?2), (?2, ?1)")
+            .db()?
+            .execute([u, f])
+            .db()?;
+        Ok(Contact {
+            id: friend,
+            name,
+            online,
+        })
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
+        let c = self.tx()?;
+        let u = key(user);
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        c.prepare_cached(
+            "SELECT u.id, u.name, EXISTS(SELECT 1 FROM sessions s WHERE s.user_id = u.id)
+             FROM friends f JOIN users u ON u.id = f.friend_id
+             WHERE f.user_id = ?1
+             ORDER BY f.friend_id",
+        )
+        .db()?
+        .query_map([u], |r| {
+            Ok(Contact {
+                id: id_of(r.get(0)?),
+                name: r.get(1)?,
+                online: r.get(2)?,
+            })
+        })
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()
+    }
+
+    fn create_group(&mut self, creator: UserId, name: &str, description: &str) -> Result<GroupId> {
+        let c = self.tx()?;
+        let u = key(creator);
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(creator));
+        }
+        let g = c
+            .prepare_cached(
+                "INSERT INTO chat_groups (name, description, creator) VALUES (?1, ?2, ?3)",
+            )
+            .db()?
+            .insert(params![name, description, u])
+            .db()?;
+        c.prepare_cached(concat!(
+            "INSERT INTO group_members (group_id, user_id, role, joined_after, seq)
+             VALUES (?1, ?2, 0, ",
+            last_message_id!(),
+            ", 0)"
+        ))
+        .db()?
+        .execute([g, u])
+        .db()?;
+        Ok(id_of(g))
+    }
+
+    /// Checks in this order: `UnknownGroup`, `UnknownUser`, `AlreadyMember`.
+    fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo> {
+        let c = self.tx()?;
+        let (g, u) = (key(group), key(user));
+        if !group_exists(c, g)? {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        if c.prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")
+            .db()?
+            .exists([g, u])
+            .db()?
+        {
+            return Err(StoreError::AlreadyMember { user, group });
+        }
+        c.prepare_cached(concat!(
+            "INSERT INTO group_members (group_id, user_id, role, joined_after, seq)
+             SELECT ?1, ?2, 1, ",
+            last_message_id!(),
+            ", COALESCE(MAX(seq), 0) + 1 FROM group_members WHERE group_id = ?1"
+        ))
+        .db()?
+        .execute([g, u])
+        .db()?;
+        group_info(c, g)?.ok_or(StoreError::UnknownGroup(group))
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>> {
+        let c = self.tx()?;
+        let u = key(user);
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let ids = c
+            .prepare_cached(
+                "SELECT group_id FROM group_members WHERE user_id = ?1 ORDER BY group_id",
+            )
+            .db()?
+            .query_map([u], |r| r.get::<_, i64>(0))
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        let mut groups = Vec::with_capacity(ids.len());
+        for g in ids {
+            if let Some(info) = group_info(c, g)? {
+                groups.push(info);
+            }
+        }
+        Ok(groups)
+    }
+
+    /// In join order, creator first; `UnknownGroup` if there is no such group.
+    fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
+        let c = self.tx()?;
+        let g = key(group);
+        let members = c
+            .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1 ORDER BY seq")
+            .db()?
+            .query_map([g], |r| r.get::<_, i64>(0))
+            .db()?
+            .map(|r| r.map(id_of))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        // A group always has its creator, so no members means no group.
+        if members.is_empty() && !group_exists(c, g)? {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        Ok(members)
+    }
+
+    /// A direct message also needs an existing sender (`UnknownUser`, checked
+    /// after the recipient).
+    fn append(&mut self, message: &NewMessage) -> Result<StoredMessage> {
+        let c = self.tx()?;
+        let s = key(message.sender_id);
+        let (recipient, group) = match message.target {
+            Target::User(recipient) => {
+                let r = key(recipient);
+                if !user_exists(c, r)? {
+                    return Err(StoreError::UnknownUser(recipient));
+                }
+                if s != r && !user_exists(c, s)? {
+                    return Err(StoreError::UnknownUser(message.sender_id));
+                }
+                (r, 0)
+            }
+            Target::Group(group) => {
+                let g = key(group);
+                let member: Option<bool> = c
+                    .prepare_cached(
+                        "SELECT EXISTS(SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)
+                         FROM chat_groups WHERE id = ?1",
+                    )
+                    .db()?
+                    .query_row([g, s], |r| r.get(0))
+                    .optional()
+                    .db()?;
+                match member {
+                    None => return Err(StoreError::UnknownGroup(group)),
+                    Some(false) => {
+                        return Err(StoreError::NotAMember {
+                            user: message.sender_id,
+                            group,
+                        });
+                    }
+                    Some(true) => (0, g),
+                }
+            }
+        };
+        let id = c
+            .prepare_cached(
+                "INSERT INTO messages (sender_id, sender_name, recipient_id, group_id, time_ms, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .db()?
+            .insert(params![
+                s,
+                message.sender_name,
+                recipient,
+                group,
+                message.time_ms as i64,
+                message.text
+            ])
+            .db()?;
+        Ok(StoredMessage {
+            id: id_of(id),
+            sender_id: message.sender_id,
+            sender_name: message.sender_name.clone(),
+            recipient_id: id_of(recipient),
+            group_id: id_of(group),
+            time_ms: message.time_ms,
+            text: message.text.clone(),
+        })
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    ///
+    /// Reads the direct backlog, then each group's backlog, each bounded by
+    /// `limit` and by the newest message already kept, so a call costs
+    /// O((groups + 1) × limit) whatever the size of the backlog.
+    fn pending(
+        &mut self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let c = self.tx()?;
+        let u = key(user);
+        let cursor: i64 = c
+            .prepare_cached("SELECT cursor FROM users WHERE id = ?1")
+            .db()?
+            .query_row([u], |r| r.get(0))
+            .optional()
+            .db()?
+            .ok_or(StoreError::UnknownUser(user))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from = cursor.max(bound(after));
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut out = c
+            .prepare_cached(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE recipient_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .db()?
+            .query_map(params![u, from, lim], message_row)
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        let groups = c
+            .prepare_cached("SELECT group_id, joined_after FROM group_members WHERE user_id = ?1")
+            .db()?
+            .query_map([u], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        if groups.is_empty() {
+            return Ok(out);
+        }
+        let mut stmt = c
+            .prepare_cached(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE group_id = ?1 AND id > ?2 AND id < ?3 AND sender_id != ?4
+                  ORDER BY id LIMIT ?5"
+            ))
+            .db()?;
+        for (g, joined_after) in groups {
+            // Once `limit` messages are kept, only older ones can still enter.
+            let below = match out.last() {
+                Some(m) if out.len() >= limit => bound(m.id),
+                _ => i64::MAX,
+            };
+            let more = stmt
+                .query_map(
+                    params![g, from.max(joined_after), below, u, lim],
+                    message_row,
+                )
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            merge_limited(&mut out, more, limit);
+        }
+        Ok(out)
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()> {
+        let c = self.tx()?;
+        let u = key(user);
+        let n = c
+            .prepare_cached("UPDATE users SET cursor = ?2 WHERE id = ?1 AND cursor < ?2")
+            .db()?
+            .execute([u, bound(up_to)])
+            .db()?;
+        if n == 0 && !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        Ok(())
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn cursor(&mut self, user: UserId) -> Result<MessageId> {
+        let c = self.tx()?;
+        c.prepare_cached("SELECT cursor FROM users WHERE id = ?1")
+            .db()?
+            .query_row([key(user)], |r| r.get::<_, i64>(0))
+            .optional()
+            .db()?
+            .map(id_of)
+            .ok_or(StoreError::UnknownUser(user))
+    }
+
+    /// Exact, counted on the index ranges above each cursor: O(users + group
+    /// memberships + pending deliveries). `CROSS JOIN` fixes the loop order
+    /// (users outside, messages inside) so the cost does not grow with the
+    /// number of stored messages that are already acknowledged.
+    fn pending_total(&mut self) -> Result<u64> {
+        let c = self.tx()?;
+        let direct: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM users u
+                 CROSS JOIN messages m ON m.recipient_id = u.id AND m.id > u.cursor",
+            )
+            .db()?
+            .query_row([], |r| r.get(0))
+            .db()?;
+        let group: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM group_members gm
+                 CROSS JOIN users u ON u.id = gm.user_id
+                 CROSS JOIN messages m ON m.group_id = gm.group_id
+                      AND m.id > MAX(u.cursor, gm.joined_after)
+                 WHERE m.sender_id != gm.user_id",
+            )
+            .db()?
+            .query_row([], |r| r.get(0))
+            .db()?;
+        Ok(id_of(direct) + id_of(group))
+    }
+
+    /// Deletes direct messages at or below their recipient's cursor, and
+    /// group messages at or below every member's `max(cursor, joined_after)`.
+    /// The sender counts as a member here, so a group message stays until its
+    /// sender's cursor has passed it too (conservative: it never deletes an
+    /// undelivered message, and senders' cursors move as they receive).
+    fn compact(&mut self) -> Result<u64> {
+        let c = self.tx()?;
+        let direct = c
+            .prepare_cached(
+                "DELETE FROM messages WHERE id IN (
+                     SELECT m.id FROM users u
+                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.id <= u.cursor)",
+            )
+            .db()?
+            .execute([])
+            .db()?;
+        let group = c
+            .prepare_cached(
+                "DELETE FROM messages WHERE id IN (
+                     SELECT m.id FROM (
+                         SELECT gm.group_id AS g, MIN(MAX(u.cursor, gm.joined_after)) AS t
+                         FROM group_members gm JOIN users u ON u.id = gm.user_id
+                         GROUP BY gm.group_id) AS x
+                     JOIN messages m ON m.group_id = x.g AND m.id <= x.t)",
+            )
+            .db()?
+            .execute([])
+            .db()?;
+        Ok((direct + group) as u64)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if !self.in_tx {
+            return Ok(());
+        }
+        if self.conn.is_autocommit() {
+            self.in_tx = false;
+            return Err(StoreError::Backend(
+                "sqlite: the transaction was rolled back by SQLite before commit".into(),
+            ));
+        }
+        let done = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        if done.is_ok() || self.conn.is_autocommit() {
+            self.in_tx = false;
+        }
+        done.map(drop).db()
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.in_tx = false;
+    }
+}

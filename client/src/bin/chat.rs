@@ -1,0 +1,626 @@
+//! `chat`: the seed's interactive client (`ChatClient IP PORT`) over the
+//! node's FlatBuffers protocol.
+//!
+//! Menu `1. login`, `2. register`, `3. quit`; after login it shows the user's
+//! friends, groups and offline messages, then reads commands (`help`,
+//! `chat:friendid:message`, `addfriend:friendid`,
+//! `creategroup:groupname:groupdesc`, `addgroup:groupid`,
+//! `groupchat:groupid:message`, `loginout`) while printing incoming messages
+//! and presence changes, acknowledging every message it prints. Reads lines
+//! from stdin, so scripts can drive it through a pipe; ends on EOF.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chat_client::duration::parse_duration;
+use chat_client::{
+    Client, ClientConfig, ClientError, Dedup, ErrorCode, Event, Login, Message, Request,
+};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+
+const EXAMPLES: &str = "\
+Examples:
+  chat                              connect to 127.0.0.1:6000
+  chat --addr 10.0.0.5:6000         connect to another node
+  chat 127.0.0.1 6000               the seed client's `ChatClient IP PORT` form
+  printf '1\\n5\\nsecret\\nchat:6:hello\\nloginout\\n3\\n' | chat
+                                    log in as user 5, message user 6, quit
+  (printf '1\\n6\\nsecret\\n'; sleep 5) | chat --linger 1s
+                                    log in as user 6 and print what arrives
+
+After login: help, chat:friendid:message, addfriend:friendid,
+creategroup:groupname:groupdesc, addgroup:groupid, groupchat:groupid:message,
+loginout.";
+
+/// Interactive chat client for the chat node (the seed's `ChatClient`, over
+/// the FlatBuffers protocol). Reads commands from stdin, one per line.
+#[derive(Debug, Parser)]
+#[command(name = "chat", version, after_help = EXAMPLES)]
+struct Args {
+    /// Address of the chat node.
+    #[arg(long, default_value = "127.0.0.1:6000")]
+    addr: String,
+    /// Server IP (with PORT, the seed's form; overrides --addr).
+    #[arg(requires = "port")]
+    ip: Option<String>,
+    /// Server port.
+    port: Option<u16>,
+    /// After stdin ends while logged in, keep printing incoming messages
+    /// this long before exiting.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    linger: Duration,
+}
+
+impl Args {
+    fn address(&self) -> String {
+        match (&self.ip, self.port) {
+            (Some(ip), Some(port)) if ip.contains(':') => format!("[{ip}]:{port}"),
+            (Some(ip), Some(port)) => format!("{ip}:{port}"),
+            _ => self.addr.clone(),
+        }
+    }
+}
+
+/// A command typed after login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Command {
+    Help,
+    Chat { to: u64, text: String },
+    AddFriend(u64),
+    CreateGroup { name: String, description: String },
+    AddGroup(u64),
+    GroupChat { group: u64, text: String },
+    LoginOut,
+}
+
+const HELP: &[(&str, &str, &str)] = &[
+    ("help", "show all supported commands", "help"),
+    ("chat", "one-to-one chat", "chat:friendid:message"),
+    ("addfriend", "add a friend", "addfriend:friendid"),
+    (
+        "creategroup",
+        "create a group",
+        "creategroup:groupname:groupdesc",
+    ),
+    ("addgroup", "join a group", "addgroup:groupid"),
+    ("groupchat", "group chat", "groupchat:groupid:message"),
+    ("loginout", "log out", "loginout"),
+];
+
+fn usage(command: &str) -> String {
+    let format = HELP
+        .iter()
+        .find(|(name, _, _)| *name == command)
+        .map_or("", |(_, _, format)| format);
+    format!("invalid input, format {format}")
+}
+
+fn parse_id(s: &str, command: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| usage(command))
+}
+
+/// Parses one input line: `Ok(None)` for a blank line. As in the seed, the
+/// command is what precedes the first `:`, and a message is everything after
+/// the id's `:` (colons included).
+fn parse_command(line: &str) -> Result<Option<Command>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let (name, rest) = match line.split_once(':') {
+        Some((name, rest)) => (name.trim(), Some(rest)),
+        None => (line.trim(), None),
+    };
+    let two = |rest: Option<&str>| -> Result<(String, String), String> {
+        rest.and_then(|r| r.split_once(':'))
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .ok_or_else(|| usage(name))
+    };
+    let cmd = match name {
+        "help" => Command::Help,
+        "loginout" => Command::LoginOut,
+        "chat" => {
+            let (to, text) = two(rest)?;
+            Command::Chat {
+                to: parse_id(&to, name)?,
+                text,
+            }
+        }
+        "groupchat" => {
+            let (group, text) = two(rest)?;
+            Command::GroupChat {
+                group: parse_id(&group, name)?,
+                text,
+            }
+        }
+        "creategroup" => {
+            let (name, description) = two(rest)?;
+            Command::CreateGroup { name, description }
+        }
+        "addfriend" => Command::AddFriend(parse_id(rest.ok_or_else(|| usage(name))?, name)?),
+        "addgroup" => Command::AddGroup(parse_id(rest.ok_or_else(|| usage(name))?, name)?),
+        _ => return Err("invalid input command!".to_owned()),
+    };
+    Ok(Some(cmd))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for a time in ms since the Unix epoch.
+fn format_time(time_ms: u64) -> String {
+    let secs = time_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A message as the seed's client prints it.
+fn format_message(m: &Message) -> String {
+    let line = format!(
+        "{} [{}]{} said: {}",
+        format_time(m.time_ms),
+        m.sender_id,
+        m.sender_name,
+        m.text
+    );
+    if m.is_group() {
+        format!("[group {}] {line}", m.group_id)
+    } else {
+        line
+    }
+}
+
+fn online(b: bool) -> &'static str {
+    if b { "online" } else { "offline" }
+}
+
+fn show_login(login: &Login) {
+    println!("======================login user======================");
+    println!(
+        "current login user => id:{} name:{}",
+        login.user_id, login.name
+    );
+    println!("----------------------friend list---------------------");
+    for f in &login.friends {
+        println!("{} {} {}", f.id, f.name, online(f.online));
+    }
+    println!("----------------------group list----------------------");
+    for g in &login.groups {
+        println!("{} {} {}", g.id, g.name, g.description);
+        for m in &g.members {
+            let role = match m.role {
+                chat_client::Role::Creator => "creator",
+                _ => "normal",
+            };
+            println!("{} {} {} {role}", m.id, m.name, online(m.online));
+        }
+    }
+    println!("======================================================");
+}
+
+fn show_help() {
+    println!("show command list >>>");
+    for (name, what, format) in HELP {
+        println!("{name} : {what}, format {format}");
+    }
+    println!();
+}
+
+fn show_error(what: &str, e: &ClientError) {
+    match e {
+        ClientError::Server { code, message } => println!("{what} failed: {message} [{code}]"),
+        other => println!("{what} failed: {other}"),
+    }
+}
+
+/// Lines from stdin.
+struct Input {
+    lines: Lines<BufReader<Stdin>>,
+}
+
+impl Input {
+    /// Prints `prompt` and reads a line; `None` at EOF.
+    async fn ask(&mut self, prompt: &str) -> Option<String> {
+        print!("{prompt}");
+        let _ = std::io::stdout().flush();
+        self.line().await
+    }
+
+    async fn line(&mut self) -> Option<String> {
+        match self.lines.next_line().await {
+            Ok(Some(l)) => Some(l.trim_end_matches('\r').to_owned()),
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("reading stdin: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// How a phase of the session ended.
+enum End {
+    /// The user asked to quit, or stdin ended.
+    Quit,
+    /// Back to the first menu.
+    LoggedOut,
+    /// The connection is gone.
+    Lost(ClientError),
+}
+
+struct Session {
+    client: Client,
+    input: Input,
+    seen: Dedup,
+    linger: Duration,
+}
+
+impl Session {
+    async fn run(&mut self) -> End {
+        loop {
+            println!("========================");
+            println!("1. login");
+            println!("2. register");
+            println!("3. quit");
+            println!("========================");
+            let Some(choice) = self.input.ask("choice:").await else {
+                return End::Quit;
+            };
+            let end = match choice.trim() {
+                "1" => self.login().await,
+                "2" => self.register().await,
+                "3" => return End::Quit,
+                "" => continue,
+                _ => {
+                    println!("invalid input!");
+                    continue;
+                }
+            };
+            match end {
+                End::LoggedOut => continue,
+                end => return end,
+            }
+        }
+    }
+
+    async fn register(&mut self) -> End {
+        let Some(name) = self.input.ask("username:").await else {
+            return End::Quit;
+        };
+        let Some(password) = self.input.ask("userpassword:").await else {
+            return End::Quit;
+        };
+        match self.client.register(&name, &password).await {
+            Ok(id) => println!("name {name} register success, userid is {id}, do not forget it!"),
+            Err(ClientError::Server {
+                code: ErrorCode::NameTaken,
+                ..
+            }) => println!("name {name} is already exist, register error!"),
+            Err(e @ ClientError::Server { .. }) => show_error("register", &e),
+            Err(e) => return End::Lost(e),
+        }
+        End::LoggedOut
+    }
+
+    async fn login(&mut self) -> End {
+        let Some(id) = self.input.ask("userid:").await else {
+            return End::Quit;
+        };
+        let Some(password) = self.input.ask("userpassword:").await else {
+            return End::Quit;
+        };
+        let Ok(id) = id.trim().parse::<u64>() else {
+            println!("invalid userid!");
+            return End::LoggedOut;
+        };
+        let login = match self.client.login(id, &password).await {
+            Ok(login) => login,
+            Err(ClientError::Server { message, code }) => {
+                println!("{message} [{code}]");
+                return End::LoggedOut;
+            }
+            Err(e) => return End::Lost(e),
+        };
+        show_login(&login);
+        if !login.pending.is_empty() {
+            println!("----------------------offline messages----------------");
+            for m in &login.pending {
+                self.print_message(m);
+            }
+        }
+        show_help();
+        self.chat().await
+    }
+
+    fn print_message(&mut self, m: &Message) {
+        if self.seen.first_time(m.id) {
+            println!("{}", format_message(m));
+        }
+        // Acknowledge without waiting; the reply is discarded.
+        let _ = self
+            .client
+            .start_request(&Request::DeliveryAck { message_id: m.id });
+    }
+
+    fn print_event(&mut self, ev: Event) {
+        match ev {
+            Event::Message(m) => self.print_message(&m),
+            Event::Presence {
+                user_id,
+                name,
+                online: on,
+            } => println!("[{user_id}]{name} is {}", online(on)),
+            Event::Unsolicited {
+                reply: chat_client::Reply::Error { code, message },
+                ..
+            } => println!("server: {message} [{code}]"),
+            Event::Unsolicited { .. } => {}
+        }
+    }
+
+    /// The logged-in loop: commands from stdin, events from the node.
+    async fn chat(&mut self) -> End {
+        loop {
+            tokio::select! {
+                line = self.input.line() => {
+                    let Some(line) = line else {
+                        self.linger().await;
+                        return End::Quit;
+                    };
+                    match parse_command(&line) {
+                        Ok(None) => {}
+                        Ok(Some(cmd)) => {
+                            if let Some(end) = self.execute(cmd).await {
+                                return end;
+                            }
+                        }
+                        Err(e) => println!("{e}"),
+                    }
+                }
+                ev = self.client.next_event() => match ev {
+                    Some(ev) => self.print_event(ev),
+                    None => return End::Lost(ClientError::Closed),
+                }
+            }
+        }
+    }
+
+    /// Prints what arrives for `self.linger`.
+    async fn linger(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.client.next_event()).await {
+            self.print_event(ev);
+        }
+    }
+
+    async fn execute(&mut self, cmd: Command) -> Option<End> {
+        let c = &self.client;
+        let failed = match cmd {
+            Command::Help => {
+                show_help();
+                return None;
+            }
+            Command::Chat { to, text } => c.send_direct(to, &text).await.err().map(|e| ("chat", e)),
+            Command::GroupChat { group, text } => c
+                .send_group(group, &text)
+                .await
+                .err()
+                .map(|e| ("groupchat", e)),
+            Command::AddFriend(id) => match c.add_friend(id).await {
+                Ok(f) => {
+                    println!("added friend {} {} {}", f.id, f.name, online(f.online));
+                    None
+                }
+                Err(e) => Some(("addfriend", e)),
+            },
+            Command::CreateGroup { name, description } => {
+                match c.create_group(&name, &description).await {
+                    Ok(id) => {
+                        println!("created group {id} {name}");
+                        None
+                    }
+                    Err(e) => Some(("creategroup", e)),
+                }
+            }
+            Command::AddGroup(id) => match c.join_group(id).await {
+                Ok(g) => {
+                    println!(
+                        "joined group {} {} ({} members)",
+                        g.id,
+                        g.name,
+                        g.members.len()
+                    );
+                    None
+                }
+                Err(e) => Some(("addgroup", e)),
+            },
+            Command::LoginOut => match c.logout().await {
+                Ok(()) => return Some(End::LoggedOut),
+                Err(e) => Some(("loginout", e)),
+            },
+        };
+        match failed {
+            None => None,
+            Some((what, e @ ClientError::Server { .. })) => {
+                show_error(what, &e);
+                None
+            }
+            Some((_, e)) => Some(End::Lost(e)),
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
+    let addr = args.address();
+    let config = ClientConfig {
+        keepalive: Some(Duration::from_secs(60)),
+        ..ClientConfig::default()
+    };
+    let client = match Client::connect_with(addr.as_str(), config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connect server error: {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut session = Session {
+        client,
+        input: Input {
+            lines: BufReader::new(tokio::io::stdin()).lines(),
+        },
+        seen: Dedup::default(),
+        linger: args.linger,
+    };
+    let code = match session.run().await {
+        End::Quit | End::LoggedOut => ExitCode::SUCCESS,
+        End::Lost(e) => {
+            println!("connection to the server lost: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    session.client.close().await;
+    code
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(args));
+    let _ = std::io::stdout().flush();
+    // A read of stdin may still be pending in a blocking thread: do not wait
+    // for it.
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_like_the_seed() {
+        let ok = |s: &str| parse_command(s).unwrap().unwrap();
+        assert_eq!(ok("help"), Command::Help);
+        assert_eq!(ok("loginout\r"), Command::LoginOut);
+        assert_eq!(
+            ok("chat:6:hello: world"),
+            Command::Chat {
+                to: 6,
+                text: "hello: world".into()
+            }
+        );
+        assert_eq!(
+            ok("chat:6:"),
+            Command::Chat {
+                to: 6,
+                text: String::new()
+            }
+        );
+        assert_eq!(ok("addfriend:12"), Command::AddFriend(12));
+        assert_eq!(ok("addfriend: 12 "), Command::AddFriend(12));
+        assert_eq!(
+            ok("creategroup:rust:crabs: all of them"),
+            Command::CreateGroup {
+                name: "rust".into(),
+                description: "crabs: all of them".into()
+            }
+        );
+        assert_eq!(ok("addgroup:3"), Command::AddGroup(3));
+        assert_eq!(
+            ok("groupchat:3:hi all"),
+            Command::GroupChat {
+                group: 3,
+                text: "hi all".into()
+            }
+        );
+        assert_eq!(parse_command("   ").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_commands_say_why() {
+        let err = |s: &str| parse_command(s).unwrap_err();
+        assert_eq!(err("dance"), "invalid input command!");
+        assert_eq!(err("chat:6"), "invalid input, format chat:friendid:message");
+        assert_eq!(err("chat"), "invalid input, format chat:friendid:message");
+        assert_eq!(
+            err("chat:x:hi"),
+            "invalid input, format chat:friendid:message"
+        );
+        assert_eq!(err("addfriend"), "invalid input, format addfriend:friendid");
+        assert_eq!(err("addgroup:-1"), "invalid input, format addgroup:groupid");
+        assert_eq!(
+            err("creategroup:only"),
+            "invalid input, format creategroup:groupname:groupdesc"
+        );
+        assert_eq!(
+            err("groupchat:1"),
+            "invalid input, format groupchat:groupid:message"
+        );
+    }
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn messages_are_formatted_like_the_seed() {
+        let mut m = Message {
+            id: 1,
+            sender_id: 5,
+            sender_name: "bob".into(),
+            recipient_id: 6,
+            group_id: 0,
+            time_ms: 0,
+            text: "hi".into(),
+        };
+        assert_eq!(format_message(&m), "1970-01-01 00:00:00 [5]bob said: hi");
+        m.group_id = 3;
+        assert_eq!(
+            format_message(&m),
+            "[group 3] 1970-01-01 00:00:00 [5]bob said: hi"
+        );
+    }
+
+    #[test]
+    fn positional_address_overrides_addr() {
+        let a = Args::parse_from(["chat", "10.0.0.1", "7000"]);
+        assert_eq!(a.address(), "10.0.0.1:7000");
+        let a = Args::parse_from(["chat", "::1", "7000"]);
+        assert_eq!(a.address(), "[::1]:7000");
+        let a = Args::parse_from(["chat", "--addr", "h:1"]);
+        assert_eq!(a.address(), "h:1");
+        assert_eq!(Args::parse_from(["chat"]).address(), "127.0.0.1:6000");
+        assert!(Args::try_parse_from(["chat", "10.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

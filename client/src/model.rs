@@ -1,0 +1,343 @@
+//! Owned Rust values for what the node sends: users, groups, messages, the
+//! decoded [`Reply`] to a request and the [`Event`]s pushed to a session, with
+//! their decoding from verified FlatBuffers envelopes.
+
+use chat_schema::fb;
+
+use crate::error::{ClientError, ErrorCode};
+
+/// A user's id.
+pub type UserId = u64;
+/// A group's id.
+pub type GroupId = u64;
+/// A stored message's id (orders messages; what `DeliveryAck` acknowledges).
+pub type MessageId = u64;
+
+/// A user as others see them (a friend, a new friend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    pub online: bool,
+}
+
+/// What `add_friend` returns: the new friend.
+pub type Friend = User;
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Normal,
+    Creator,
+    /// A role this client does not know.
+    Other(u8),
+}
+
+impl From<fb::Role> for Role {
+    fn from(r: fb::Role) -> Self {
+        match r {
+            fb::Role::Normal => Role::Normal,
+            fb::Role::Creator => Role::Creator,
+            fb::Role(n) => Role::Other(n),
+        }
+    }
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub id: UserId,
+    pub name: String,
+    pub online: bool,
+    pub role: Role,
+}
+
+/// A group with its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// A stored chat message. `group_id` is 0 for a direct message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: MessageId,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub recipient_id: UserId,
+    pub group_id: GroupId,
+    pub time_ms: u64,
+    pub text: String,
+}
+
+impl Message {
+    /// Whether this message was posted to a group.
+    pub fn is_group(&self) -> bool {
+        self.group_id != 0
+    }
+}
+
+/// A successful login: the session's user, friends and groups, and the
+/// messages stored while the user was away (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user_id: UserId,
+    pub name: String,
+    pub friends: Vec<User>,
+    pub groups: Vec<Group>,
+    pub pending: Vec<Message>,
+}
+
+/// A message the node accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub time_ms: u64,
+}
+
+/// The node's answer to one request, decoded. `Login` carries the pending
+/// messages that followed the `LoginReply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Register {
+        user_id: UserId,
+    },
+    Login(Login),
+    Logout,
+    AddFriend(User),
+    CreateGroup {
+        group_id: GroupId,
+    },
+    JoinGroup(Group),
+    DirectMessage(Sent),
+    GroupMessage(Sent),
+    DeliveryAck,
+    Ping {
+        time_ms: u64,
+    },
+    /// A body that is not a reply (a request or push type where a reply was
+    /// due, or a type this client does not know).
+    Other(fb::Body),
+}
+
+impl Reply {
+    /// The reply's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Error { .. } => "ErrorReply",
+            Reply::Register { .. } => "RegisterReply",
+            Reply::Login(_) => "LoginReply",
+            Reply::Logout => "LogoutReply",
+            Reply::AddFriend(_) => "AddFriendReply",
+            Reply::CreateGroup { .. } => "CreateGroupReply",
+            Reply::JoinGroup(_) => "JoinGroupReply",
+            Reply::DirectMessage(_) => "DirectMessageReply",
+            Reply::GroupMessage(_) => "GroupMessageReply",
+            Reply::DeliveryAck => "DeliveryAckReply",
+            Reply::Ping { .. } => "PingReply",
+            Reply::Other(b) => b.variant_name().unwrap_or("unknown body"),
+        }
+    }
+
+    /// Turns an `ErrorReply` into [`ClientError::Server`], keeps any other
+    /// reply.
+    pub fn into_result(self) -> Result<Reply, ClientError> {
+        match self {
+            Reply::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Ok(other),
+        }
+    }
+
+    /// The error for a reply that is not the one a request expects (an
+    /// `ErrorReply` becomes [`ClientError::Server`]).
+    pub fn unexpected(self, wanted: &str) -> ClientError {
+        match self {
+            Reply::Error { code, message } => ClientError::Server { code, message },
+            other => ClientError::Protocol(format!("expected {wanted}, got {}", other.kind())),
+        }
+    }
+}
+
+/// Something the node pushed to this session (request id 0), or a reply no
+/// request is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message for this user (a direct message or a group post).
+    Message(Message),
+    /// A friend or fellow group member came online or went offline.
+    Presence {
+        user_id: UserId,
+        name: String,
+        online: bool,
+    },
+    /// A reply whose request id matches no request in flight: the answer to
+    /// [`crate::Client::send_request`] or [`crate::Client::send_raw`], or a
+    /// reply the node sent with request id 0.
+    Unsolicited { request_id: u64, reply: Reply },
+}
+
+/// One frame from the node, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A reply. For a `LoginReply`, `login_pending` is the number of
+    /// `MessagePush` frames that follow and belong to it.
+    Reply {
+        request_id: u64,
+        reply: Reply,
+        login_pending: u32,
+    },
+    /// A push.
+    Push(Event),
+}
+
+fn text(s: Option<&str>) -> String {
+    s.unwrap_or_default().to_owned()
+}
+
+fn user(u: fb::User<'_>) -> User {
+    User {
+        id: u.id(),
+        name: text(u.name()),
+        online: u.online(),
+    }
+}
+
+fn group(g: fb::Group<'_>) -> Group {
+    Group {
+        id: g.id(),
+        name: text(g.name()),
+        description: text(g.description()),
+        members: g
+            .members()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| GroupMember {
+                        id: m.id(),
+                        name: text(m.name()),
+                        online: m.online(),
+                        role: m.role().into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn message(m: fb::Message<'_>) -> Message {
+    Message {
+        id: m.id(),
+        sender_id: m.sender_id(),
+        sender_name: text(m.sender_name()),
+        recipient_id: m.recipient_id(),
+        group_id: m.group_id(),
+        time_ms: m.time_ms(),
+        text: text(m.text()),
+    }
+}
+
+fn missing(what: &str) -> ClientError {
+    ClientError::Protocol(format!("{what} is missing"))
+}
+
+fn body<T>(t: Option<T>, what: &str) -> Result<T, ClientError> {
+    t.ok_or_else(|| missing(what))
+}
+
+/// Decodes a verified envelope into an owned value. Fails when a table the
+/// protocol requires is absent.
+pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
+    let request_id = env.request_id();
+    let mut login_pending = 0;
+    let reply = match env.body_type() {
+        fb::Body::MessagePush => {
+            let p = body(env.body_as_message_push(), "MessagePush body")?;
+            let m = p.message().ok_or_else(|| missing("MessagePush.message"))?;
+            return Ok(Incoming::Push(Event::Message(message(m))));
+        }
+        fb::Body::PresencePush => {
+            let p = body(env.body_as_presence_push(), "PresencePush body")?;
+            return Ok(Incoming::Push(Event::Presence {
+                user_id: p.user_id(),
+                name: text(p.name()),
+                online: p.online(),
+            }));
+        }
+        fb::Body::ErrorReply => {
+            let r = body(env.body_as_error_reply(), "ErrorReply body")?;
+            Reply::Error {
+                code: r.code().into(),
+                message: text(r.message()),
+            }
+        }
+        fb::Body::RegisterReply => Reply::Register {
+            user_id: body(env.body_as_register_reply(), "RegisterReply body")?.user_id(),
+        },
+        fb::Body::LoginReply => {
+            let r = body(env.body_as_login_reply(), "LoginReply body")?;
+            login_pending = r.pending();
+            Reply::Login(Login {
+                user_id: r.user_id(),
+                name: text(r.name()),
+                friends: r
+                    .friends()
+                    .map(|v| v.iter().map(user).collect())
+                    .unwrap_or_default(),
+                groups: r
+                    .groups()
+                    .map(|v| v.iter().map(group).collect())
+                    .unwrap_or_default(),
+                pending: Vec::with_capacity(login_pending.min(1024) as usize),
+            })
+        }
+        fb::Body::LogoutReply => Reply::Logout,
+        fb::Body::AddFriendReply => {
+            let r = body(env.body_as_add_friend_reply(), "AddFriendReply body")?;
+            Reply::AddFriend(user(
+                r.friend().ok_or_else(|| missing("AddFriendReply.friend"))?,
+            ))
+        }
+        fb::Body::CreateGroupReply => Reply::CreateGroup {
+            group_id: body(env.body_as_create_group_reply(), "CreateGroupReply body")?.group_id(),
+        },
+        fb::Body::JoinGroupReply => {
+            let r = body(env.body_as_join_group_reply(), "JoinGroupReply body")?;
+            Reply::JoinGroup(group(
+                r.group().ok_or_else(|| missing("JoinGroupReply.group"))?,
+            ))
+        }
+        fb::Body::DirectMessageReply => {
+            let r = body(
+                env.body_as_direct_message_reply(),
+                "DirectMessageReply body",
+            )?;
+            Reply::DirectMessage(Sent {
+                message_id: r.message_id(),
+                time_ms: r.time_ms(),
+            })
+        }
+        fb::Body::GroupMessageReply => {
+            let r = body(env.body_as_group_message_reply(), "GroupMessageReply body")?;
+            Reply::GroupMessage(Sent {
+                message_id: r.message_id(),
+                time_ms: r.time_ms(),
+            })
+        }
+        fb::Body::DeliveryAckReply => Reply::DeliveryAck,
+        fb::Body::PingReply => Reply::Ping {
+            time_ms: body(env.body_as_ping_reply(), "PingReply body")?.time_ms(),
+        },
+        other => Reply::Other(other),
+    };
+    Ok(Incoming::Reply {
+        request_id,
+        reply,
+        login_pending,
+    })
+}

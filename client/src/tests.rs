@@ -1,0 +1,644 @@
+//! Tests of the client against a scripted fake node over an in-memory pipe:
+//! reply routing, login collection, pushes, errors, the leading-ping rule and
+//! connection failures.
+
+use std::time::Duration;
+
+use chat_schema::fb;
+use chat_schema::frame::{DEFAULT_MAX_FRAME, PREFIX_LEN, encode, frame_len};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+
+use crate::connection::parse_frame;
+use crate::*;
+
+fn env(frame: &[u8]) -> fb::Envelope<'_> {
+    let opts = flatbuffers::VerifierOptions::default();
+    parse_frame(frame, &opts).unwrap()
+}
+
+/// The node's side of the pipe.
+struct FakeNode {
+    r: ReadHalf<DuplexStream>,
+    w: WriteHalf<DuplexStream>,
+    buf: Vec<u8>,
+}
+
+/// One request as the fake node saw it.
+#[derive(Debug)]
+struct Seen {
+    request_id: u64,
+    body: fb::Body,
+    frame: Vec<u8>,
+}
+
+impl Seen {
+    fn env(&self) -> fb::Envelope<'_> {
+        env(&self.frame)
+    }
+}
+
+fn pair(config: ClientConfig) -> (Client, FakeNode) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let client = Client::from_io(a, config);
+    let (r, w) = tokio::io::split(b);
+    (
+        client,
+        FakeNode {
+            r,
+            w,
+            buf: Vec::new(),
+        },
+    )
+}
+
+type Built = (fb::Body, WIPOffset<UnionWIPOffset>);
+
+impl FakeNode {
+    /// The next request frame, `None` at EOF.
+    async fn next(&mut self) -> Option<Seen> {
+        loop {
+            if let Some(len) = frame_len(&self.buf, DEFAULT_MAX_FRAME).unwrap()
+                && self.buf.len() >= PREFIX_LEN + len
+            {
+                let frame: Vec<u8> = self.buf.drain(..PREFIX_LEN + len).collect();
+                let e = env(&frame);
+                let (request_id, body) = (e.request_id(), e.body_type());
+                return Some(Seen {
+                    request_id,
+                    body,
+                    frame,
+                });
+            }
+            if self.r.read_buf(&mut self.buf).await.unwrap() == 0 {
+                assert!(self.buf.is_empty(), "EOF inside a frame");
+                return None;
+            }
+        }
+    }
+
+    async fn send(&mut self, request_id: u64, build: impl FnOnce(&mut FlatBufferBuilder) -> Built) {
+        let frame = encode(request_id, build);
+        self.w.write_all(&frame).await.unwrap();
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    async fn register_reply(&mut self, request_id: u64, user_id: u64) {
+        self.send(request_id, |b| {
+            let r = fb::RegisterReply::create(b, &fb::RegisterReplyArgs { user_id });
+            (fb::Body::RegisterReply, r.as_union_value())
+        })
+        .await;
+    }
+
+    async fn error_reply(&mut self, request_id: u64, code: fb::ErrorCode, message: &str) {
+        self.send(request_id, |b| {
+            let message = Some(b.create_string(message));
+            let r = fb::ErrorReply::create(b, &fb::ErrorReplyArgs { code, message });
+            (fb::Body::ErrorReply, r.as_union_value())
+        })
+        .await;
+    }
+
+    async fn message_push(&mut self, id: u64, group_id: u64, text: &str) {
+        self.send(0, |b| {
+            let sender_name = Some(b.create_string("bob"));
+            let text = Some(b.create_string(text));
+            let message = Some(fb::Message::create(
+                b,
+                &fb::MessageArgs {
+                    id,
+                    sender_id: 2,
+                    sender_name,
+                    recipient_id: 1,
+                    group_id,
+                    time_ms: 1_700_000_000_000 + id,
+                    text,
+                },
+            ));
+            let p = fb::MessagePush::create(b, &fb::MessagePushArgs { message });
+            (fb::Body::MessagePush, p.as_union_value())
+        })
+        .await;
+    }
+
+    async fn presence_push(&mut self, user_id: u64, online: bool) {
+        self.send(0, |b| {
+            let name = Some(b.create_string("bob"));
+            let p = fb::PresencePush::create(
+                b,
+                &fb::PresencePushArgs {
+                    user_id,
+                    name,
+                    online,
+                },
+            );
+            (fb::Body::PresencePush, p.as_union_value())
+        })
+        .await;
+    }
+
+    async fn login_reply(&mut self, request_id: u64, pending: u32) {
+        self.send(request_id, |b| {
+            let fname = b.create_string("bob");
+            let friend = fb::User::create(
+                b,
+                &fb::UserArgs {
+                    id: 2,
+                    name: Some(fname),
+                    online: true,
+                },
+            );
+            let friends = Some(b.create_vector(&[friend]));
+            let mname = b.create_string("alice");
+            let member = fb::GroupMember::create(
+                b,
+                &fb::GroupMemberArgs {
+                    id: 1,
+                    name: Some(mname),
+                    online: true,
+                    role: fb::Role::Creator,
+                },
+            );
+            let members = Some(b.create_vector(&[member]));
+            let gname = Some(b.create_string("rust"));
+            let gdesc = Some(b.create_string("crabs"));
+            let group = fb::Group::create(
+                b,
+                &fb::GroupArgs {
+                    id: 10,
+                    name: gname,
+                    description: gdesc,
+                    members,
+                },
+            );
+            let groups = Some(b.create_vector(&[group]));
+            let name = Some(b.create_string("alice"));
+            let r = fb::LoginReply::create(
+                b,
+                &fb::LoginReplyArgs {
+                    user_id: 1,
+                    name,
+                    friends,
+                    groups,
+                    pending,
+                },
+            );
+            (fb::Body::LoginReply, r.as_union_value())
+        })
+        .await;
+    }
+
+    async fn ping_reply(&mut self, request_id: u64, time_ms: u64) {
+        self.send(request_id, |b| {
+            let r = fb::PingReply::create(b, &fb::PingReplyArgs { time_ms });
+            (fb::Body::PingReply, r.as_union_value())
+        })
+        .await;
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn replies_are_routed_by_request_id_out_of_order() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { c.register(&format!("user{i}"), "pw").await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let s = node.next().await.unwrap();
+        assert_eq!(s.body, fb::Body::RegisterRequest);
+        let name = s.env().body_as_register_request().unwrap().name().unwrap()[4..]
+            .parse::<u64>()
+            .unwrap();
+        seen.push((s.request_id, name));
+    }
+    // Answer newest first: user i gets id 100 + i.
+    for (rid, i) in seen.iter().rev() {
+        node.register_reply(*rid, 100 + i).await;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), 100 + i as u64);
+    }
+}
+
+#[tokio::test]
+async fn login_collects_pending_then_pushes_become_events() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let login = tokio::spawn({
+        let c = client.clone();
+        async move { c.login(1, "pw").await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.body, fb::Body::LoginRequest);
+    let req = s.env().body_as_login_request().unwrap();
+    assert_eq!((req.user_id(), req.password()), (1, Some("pw")));
+    node.login_reply(s.request_id, 2).await;
+    node.message_push(5, 0, "first").await;
+    node.presence_push(2, false).await; // not part of the login
+    node.message_push(6, 10, "second").await;
+    node.message_push(7, 0, "live").await;
+
+    let login = login.await.unwrap().unwrap();
+    assert_eq!(login.user_id, 1);
+    assert_eq!(login.name, "alice");
+    assert_eq!(
+        login.friends,
+        vec![User {
+            id: 2,
+            name: "bob".into(),
+            online: true
+        }]
+    );
+    assert_eq!(login.groups.len(), 1);
+    assert_eq!(login.groups[0].description, "crabs");
+    assert_eq!(login.groups[0].members[0].role, Role::Creator);
+    let texts: Vec<_> = login.pending.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["first", "second"]);
+    assert!(login.pending[1].is_group());
+
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::Presence {
+            user_id: 2,
+            name: "bob".into(),
+            online: false
+        }
+    );
+    let live = client.next_message_timeout(SECOND).await.unwrap();
+    assert_eq!((live.id, live.text.as_str()), (7, "live"));
+    assert!(matches!(
+        client.next_event_timeout(Duration::from_millis(20)).await,
+        Err(ClientError::Timeout)
+    ));
+}
+
+#[tokio::test]
+async fn login_without_pending_returns_at_once() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let login = tokio::spawn({
+        let c = client.clone();
+        async move { c.login(1, "pw").await }
+    });
+    let s = node.next().await.unwrap();
+    node.login_reply(s.request_id, 0).await;
+    assert!(login.await.unwrap().unwrap().pending.is_empty());
+}
+
+#[tokio::test]
+async fn error_reply_is_a_typed_error() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let send = tokio::spawn({
+        let c = client.clone();
+        async move { c.send_direct(9, "hi").await }
+    });
+    let s = node.next().await.unwrap();
+    let req = s.env().body_as_direct_message_request().unwrap();
+    assert_eq!((req.user_id(), req.to_id(), req.text()), (0, 9, Some("hi")));
+    node.error_reply(s.request_id, fb::ErrorCode::UnknownUser, "no user 9")
+        .await;
+    let err = send.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownUser));
+    assert!(
+        matches!(err, ClientError::Server { code: ErrorCode::UnknownUser, ref message } if message == "no user 9")
+    );
+}
+
+#[tokio::test]
+async fn raw_requests_keep_chosen_fields_and_ids() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move {
+            c.request_with_id(
+                77,
+                &Request::DirectMessage {
+                    user_id: 42,
+                    to_id: 9,
+                    text: "spoof",
+                },
+            )
+            .await
+        }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.request_id, 77);
+    assert_eq!(
+        s.env().body_as_direct_message_request().unwrap().user_id(),
+        42
+    );
+    // The id is taken while in flight.
+    assert!(matches!(
+        client.request_with_id(77, &Request::Ping).await,
+        Err(ClientError::RequestIdInUse(77))
+    ));
+    assert!(matches!(
+        client.request_with_id(0, &Request::Ping).await,
+        Err(ClientError::RequestIdInUse(0))
+    ));
+    node.error_reply(77, fb::ErrorCode::Forbidden, "not you")
+        .await;
+    let reply = call.await.unwrap().unwrap();
+    assert_eq!(
+        reply,
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            message: "not you".into()
+        }
+    );
+    assert!(matches!(
+        reply.into_result(),
+        Err(ClientError::Server {
+            code: ErrorCode::Forbidden,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn unsolicited_replies_become_events() {
+    let (client, mut node) = pair(ClientConfig::default());
+    client.send_request(0, &Request::Ping).unwrap();
+    let s = node.next().await.unwrap();
+    assert_eq!((s.request_id, s.body), (0, fb::Body::PingRequest));
+    node.ping_reply(0, 123).await;
+    node.error_reply(999, fb::ErrorCode::BadRequest, "what")
+        .await;
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::Unsolicited {
+            request_id: 0,
+            reply: Reply::Ping { time_ms: 123 }
+        }
+    );
+    assert!(matches!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::Unsolicited {
+            request_id: 999,
+            reply: Reply::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        }
+    ));
+}
+
+/// A valid ping envelope whose frame length is 0x7B: a plain (not
+/// size-prefixed) buffer padded to 123 bytes, with its length prepended.
+fn brace_frame(request_id: u64) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let p = fb::PingRequest::create(&mut b, &fb::PingRequestArgs {});
+    let env = fb::Envelope::create(
+        &mut b,
+        &fb::EnvelopeArgs {
+            request_id,
+            body_type: fb::Body::PingRequest,
+            body: Some(p.as_union_value()),
+        },
+    );
+    b.finish(env, None);
+    let mut body = b.finished_data().to_vec();
+    body.resize(0x7b, 0);
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend(body);
+    frame
+}
+
+#[tokio::test]
+async fn first_frame_starting_with_brace_gets_a_ping_first() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let frame = brace_frame(8);
+    assert!(needs_leading_ping(&frame));
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.request_frame(8, &frame).await }
+    });
+    let first = node.next().await.unwrap();
+    assert_eq!(first.body, fb::Body::PingRequest);
+    assert_ne!(first.request_id, 8);
+    assert_ne!(first.frame[0], b'{');
+    let second = node.next().await.unwrap();
+    assert_eq!((second.request_id, second.frame[0]), (8, b'{'));
+    node.ping_reply(first.request_id, 1).await; // swallowed
+    node.ping_reply(8, 2).await;
+    assert_eq!(call.await.unwrap().unwrap(), Reply::Ping { time_ms: 2 });
+    assert!(client.try_next_event().is_none());
+}
+
+#[tokio::test]
+async fn brace_frame_later_is_sent_as_is() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let p = client.start_request(&Request::Ping).unwrap();
+    client.send_request(8, &Request::Ping).unwrap();
+    let frame = brace_frame(9);
+    client.send_raw(&frame).unwrap();
+    assert_eq!(node.next().await.unwrap().request_id, p.request_id());
+    assert_eq!(node.next().await.unwrap().request_id, 8);
+    let third = node.next().await.unwrap();
+    assert_eq!((third.request_id, third.frame[0]), (9, b'{'));
+}
+
+#[tokio::test]
+async fn send_raw_skips_the_ping_rule() {
+    let (client, mut node) = pair(ClientConfig::default());
+    client.send_raw(b"{\"msgid\":1}\0").unwrap();
+    let mut got = [0u8; 12];
+    node.r.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"{\"msgid\":1}\0");
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_protocol_error() {
+    let config = ClientConfig {
+        max_frame: 1000,
+        ..ClientConfig::default()
+    };
+    let (client, mut node) = pair(config);
+    let p = client.start_request(&Request::Ping).unwrap();
+    node.next().await.unwrap();
+    node.send_bytes(&2000u32.to_le_bytes()).await;
+    assert!(matches!(p.wait().await, Err(ClientError::Protocol(_))));
+    assert!(client.is_closed());
+    assert!(matches!(client.ping().await, Err(ClientError::Protocol(_))));
+    assert!(client.next_event().await.is_none());
+    // The client shut its side down.
+    assert!(node.next().await.is_none());
+}
+
+#[tokio::test]
+async fn unverifiable_frame_closes_with_protocol_error() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let p = client.start_request(&Request::Ping).unwrap();
+    node.next().await.unwrap();
+    let mut junk = 32u32.to_le_bytes().to_vec();
+    junk.extend([0xff; 32]);
+    node.send_bytes(&junk).await;
+    assert!(matches!(p.wait().await, Err(ClientError::Protocol(_))));
+}
+
+#[tokio::test]
+async fn push_missing_its_message_is_a_protocol_error() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let p = client.start_request(&Request::Ping).unwrap();
+    node.send(0, |b| {
+        let p = fb::MessagePush::create(b, &fb::MessagePushArgs { message: None });
+        (fb::Body::MessagePush, p.as_union_value())
+    })
+    .await;
+    assert!(matches!(p.wait().await, Err(ClientError::Protocol(m)) if m.contains("message")));
+}
+
+#[tokio::test]
+async fn node_closing_fails_requests_in_flight() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let p = client.start_request(&Request::Ping).unwrap();
+    node.next().await.unwrap();
+    node.message_push(1, 0, "last words").await;
+    drop(node);
+    assert!(matches!(p.wait().await, Err(ClientError::Closed)));
+    // Events received before the close are still there.
+    assert_eq!(
+        client.next_message_timeout(SECOND).await.unwrap().text,
+        "last words"
+    );
+    assert!(matches!(
+        client.next_event_timeout(SECOND).await,
+        Err(ClientError::Closed)
+    ));
+    assert!(matches!(client.ping().await, Err(ClientError::Closed)));
+}
+
+#[tokio::test]
+async fn wrong_reply_type_is_a_protocol_error() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.ack(5).await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(
+        s.env().body_as_delivery_ack_request().unwrap().message_id(),
+        5
+    );
+    node.ping_reply(s.request_id, 1).await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(ClientError::Protocol(m)) if m.contains("DeliveryAckReply")
+    ));
+}
+
+#[tokio::test]
+async fn request_timeout_applies() {
+    let config = ClientConfig {
+        request_timeout: Some(Duration::from_millis(30)),
+        ..ClientConfig::default()
+    };
+    let (client, _node) = pair(config);
+    assert!(matches!(client.ping().await, Err(ClientError::Timeout)));
+}
+
+#[tokio::test]
+async fn close_flushes_and_shuts_down() {
+    let (client, mut node) = pair(ClientConfig::default());
+    for _ in 0..100 {
+        drop(client.start_request(&Request::Ping).unwrap());
+    }
+    client.close().await;
+    for _ in 0..100 {
+        assert_eq!(node.next().await.unwrap().body, fb::Body::PingRequest);
+    }
+    assert!(node.next().await.is_none());
+    assert!(client.is_closed());
+    assert!(matches!(client.ping().await, Err(ClientError::Closed)));
+}
+
+#[tokio::test]
+async fn dropping_the_client_closes_the_connection() {
+    let (client, mut node) = pair(ClientConfig::default());
+    client.send_request(3, &Request::Ping).unwrap();
+    drop(client);
+    assert_eq!(node.next().await.unwrap().request_id, 3);
+    assert!(node.next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_pings() {
+    let config = ClientConfig {
+        keepalive: Some(Duration::from_secs(60)),
+        ..ClientConfig::default()
+    };
+    let (_client, mut node) = pair(config);
+    let s = node.next().await.unwrap();
+    assert_eq!(s.body, fb::Body::PingRequest);
+    node.ping_reply(s.request_id, 1).await;
+    assert_eq!(node.next().await.unwrap().body, fb::Body::PingRequest);
+}
+
+#[tokio::test]
+async fn many_requests_in_flight_from_one_task() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let server = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(s) = node.next().await {
+            node.ping_reply(s.request_id, s.request_id).await;
+            n += 1;
+        }
+        n
+    });
+    let pending: Vec<_> = (0..5000)
+        .map(|_| client.start_request(&Request::Ping).unwrap())
+        .collect();
+    for p in pending {
+        let id = p.request_id();
+        assert_eq!(p.wait().await.unwrap(), Reply::Ping { time_ms: id });
+    }
+    drop(client);
+    assert_eq!(server.await.unwrap(), 5000);
+}
+
+#[tokio::test]
+async fn hand_built_frames_get_their_reply() {
+    let (client, mut node) = pair(ClientConfig::default());
+    // A register request without a password field.
+    let frame = encode(41, |b| {
+        let name = Some(b.create_string("x"));
+        let r = fb::RegisterRequest::create(
+            b,
+            &fb::RegisterRequestArgs {
+                name,
+                password: None,
+            },
+        );
+        (fb::Body::RegisterRequest, r.as_union_value())
+    });
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.request_frame(41, &frame).await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.request_id, 41);
+    assert!(
+        s.env()
+            .body_as_register_request()
+            .unwrap()
+            .password()
+            .is_none()
+    );
+    node.error_reply(41, fb::ErrorCode::BadRequest, "password missing")
+        .await;
+    assert!(matches!(
+        call.await.unwrap().unwrap(),
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+}

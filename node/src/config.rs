@@ -1,0 +1,266 @@
+//! The node's settings: command-line flags, each also readable from a
+//! `CHAT_NODE_*` environment variable, and an optional TOML file (`--config`)
+//! with the same keys in snake_case. A flag or variable wins over the file,
+//! the file over the built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::store::sqlite::SyncPolicy;
+
+const EXAMPLES: &str = "\
+Examples:
+  chat-node                                   # 127.0.0.1:6000, data in ./chat-data
+  chat-node --listen 0.0.0.0:6000 --shards 2 --data-dir /var/lib/chat
+  CHAT_NODE_LISTEN=127.0.0.1:7000 chat-node --metrics-listen 127.0.0.1:9101
+  chat-node --config node.toml                # keys as below, in snake_case";
+
+/// Command-line flags. Every value is optional here so that the TOML file can
+/// fill what the command line leaves out; defaults are applied in `resolve`.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "chat-node", version, about = "Chat server node (FlatBuffers and seed JSON protocols on one port)", after_help = EXAMPLES)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Args {
+    /// TOML file with any of these settings.
+    #[arg(long, env = "CHAT_NODE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address for clients [default: 127.0.0.1:6000].
+    #[arg(long, env = "CHAT_NODE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus /metrics endpoint [default: 127.0.0.1:9100].
+    #[arg(long, env = "CHAT_NODE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory of the embedded store [default: ./chat-data].
+    #[arg(long, env = "CHAT_NODE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Executors (threads, one per core) [default: number of cores].
+    #[arg(long, env = "CHAT_NODE_SHARDS")]
+    pub shards: Option<usize>,
+    /// Unique name of this node [default: host name and client port].
+    #[arg(long, env = "CHAT_NODE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Largest frame or JSON request a client may send, in bytes [default: 65536].
+    #[arg(long, env = "CHAT_NODE_MAX_FRAME")]
+    pub max_frame: Option<usize>,
+    /// Longest message text, in bytes [default: 4096].
+    #[arg(long, env = "CHAT_NODE_MAX_TEXT")]
+    pub max_text: Option<usize>,
+    /// Close connections silent for this long, e.g. 300s or 5m [default: 300s].
+    #[arg(long, env = "CHAT_NODE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub idle_timeout: Option<Duration>,
+    /// Bytes queued to a client that does not read before it is disconnected [default: 1048576].
+    #[arg(long, env = "CHAT_NODE_MAX_OUTBOUND")]
+    pub max_outbound: Option<usize>,
+    /// Durability of each group commit: `normal` survives a process crash,
+    /// `full` also a power loss (fsync per commit) [default: normal].
+    #[arg(long, env = "CHAT_NODE_SYNC")]
+    pub sync: Option<SyncArg>,
+    /// Most requests the store commits in one transaction [default: 1024].
+    #[arg(long, env = "CHAT_NODE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Stored messages sent per page when a user catches up [default: 1000].
+    #[arg(long, env = "CHAT_NODE_PENDING_PAGE")]
+    pub pending_page: Option<usize>,
+    /// Argon2id memory cost in KiB [default: 19456].
+    #[arg(long, env = "CHAT_NODE_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+    /// Argon2id iterations [default: 2].
+    #[arg(long, env = "CHAT_NODE_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncArg {
+    Normal,
+    Full,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The resolved settings the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub node_id: String,
+    pub max_frame: usize,
+    pub max_text: usize,
+    pub idle_timeout: Duration,
+    pub max_outbound: usize,
+    pub sync: SyncPolicy,
+    pub max_batch: usize,
+    pub pending_page: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+fn load_file(path: &Path) -> Result<Args, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+impl Args {
+    /// Merges flags, the `--config` file and defaults into a checked `Config`.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => Args::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                self.$field.or(file.$field).unwrap_or_else(|| $default)
+            };
+        }
+        let listen = pick!(listen, "127.0.0.1:6000".parse().expect("valid"));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Config {
+            listen,
+            metrics_listen: pick!(metrics_listen, "127.0.0.1:9100".parse().expect("valid")),
+            data_dir: pick!(data_dir, PathBuf::from("chat-data")),
+            shards: pick!(shards, cores),
+            node_id: pick!(node_id, default_node_id(listen)),
+            max_frame: pick!(max_frame, chat_schema::frame::DEFAULT_MAX_FRAME),
+            max_text: pick!(max_text, 4096),
+            idle_timeout: pick!(idle_timeout, Duration::from_secs(300)),
+            max_outbound: pick!(max_outbound, 1 << 20),
+            sync: match pick!(sync, SyncArg::Normal) {
+                SyncArg::Normal => SyncPolicy::Normal,
+                SyncArg::Full => SyncPolicy::Full,
+            },
+            max_batch: pick!(max_batch, 1024),
+            pending_page: pick!(pending_page, 1000),
+            argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
+            argon2_iterations: pick!(argon2_iterations, 2),
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.shards == 0 {
+            return bad("--shards must be at least 1");
+        }
+        if self.max_frame < 64 || self.max_frame > u32::MAX as usize {
+            return bad("--max-frame must be between 64 and 4294967295");
+        }
+        if self.max_text == 0 || self.max_text >= self.max_frame {
+            return bad("--max-text must be at least 1 and below --max-frame");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("--idle-timeout must be positive");
+        }
+        if self.max_batch == 0 || self.pending_page == 0 {
+            return bad("--max-batch and --pending-page must be at least 1");
+        }
+        if self.max_outbound < self.max_frame {
+            return bad("--max-outbound must be at least --max-frame");
+        }
+        Ok(())
+    }
+
+    /// Settings for tests: everything on loopback port 0, cheap password hashing.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            metrics_listen: "127.0.0.1:0".parse().expect("valid"),
+            data_dir,
+            shards: 2,
+            node_id: "test".into(),
+            max_frame: chat_schema::frame::DEFAULT_MAX_FRAME,
+            max_text: 4096,
+            idle_timeout: Duration::from_secs(300),
+            max_outbound: 1 << 20,
+            sync: SyncPolicy::Normal,
+            max_batch: 1024,
+            pending_page: 1000,
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+        }
+    }
+}
+
+fn default_node_id(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nmax_text = 100\nidle_timeout = \"5m\"\n").unwrap();
+        let args = Args::parse_from([
+            "chat-node",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-text",
+            "200",
+        ]);
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.max_text, 200);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_frame, 65536);
+        assert!(c.node_id.ends_with(":7000"));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let args = Args::parse_from(["chat-node", "--config", file.to_str().unwrap()]);
+        assert!(matches!(args.resolve(), Err(ConfigError::Parse { .. })));
+        let args = Args::parse_from(["chat-node", "--shards", "0"]);
+        assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics: the recorder every module reports to through the
+//! `metrics` macros, and a small HTTP endpoint serving `/metrics` from a plain
+//! thread (the exporter's own listener needs tokio, which the executors do
+//! not run).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets for latencies in seconds: 25 µs to 10 s.
+const SECONDS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Installs the global recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("chat_node_store_batch_ops".into()), BATCH))
+                .expect("static bucket lists are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!("chat_node_connections", "Open client connections.");
+    describe_counter!("chat_node_connections_accepted_total", "Client connections accepted.");
+    describe_counter!("chat_node_connections_closed_total", "Client connections closed, by reason.");
+    describe_counter!("chat_node_requests_total", "Requests handled, by kind and outcome.");
+    describe_histogram!("chat_node_request_duration_seconds", Unit::Seconds, "Time from decoding a request to queueing its reply.");
+    describe_counter!("chat_node_bad_input_total", "Undecodable or invalid input, by protocol and error code.");
+    describe_counter!("chat_node_messages_stored_total", "Chat messages stored.");
+    describe_counter!("chat_node_messages_delivered_total", "Chat messages pushed to clients, by kind.");
+    describe_counter!("chat_node_messages_compacted_total", "Acknowledged messages deleted by compaction.");
+    describe_gauge!("chat_node_pending_messages", "Stored deliveries not yet acknowledged by their recipient.");
+    describe_counter!("chat_node_slow_consumer_disconnects_total", "Clients disconnected because their outbound queue overflowed.");
+    describe_counter!("chat_node_logins_total", "Successful logins.");
+    describe_counter!("chat_node_accept_errors_total", "Failed accepts (usually out of file descriptors).");
+    describe_counter!("chat_node_store_ops_total", "Operations run by the store thread, by op.");
+    describe_counter!("chat_node_store_errors_total", "Failed store commits and maintenance runs.");
+    describe_histogram!("chat_node_store_batch_ops", "Operations per group commit.");
+    describe_histogram!("chat_node_store_commit_seconds", Unit::Seconds, "Time to run and commit one batch.");
+}
+
+/// Serves `GET /metrics` on `listener` from a background thread.
+pub fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = respond(stream, &handle);
+            }
+        })
+        .expect("spawning the metrics thread");
+}
+
+fn respond(mut stream: std::net::TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
+        ("200 OK", handle.render())
+    } else {
+        ("404 Not Found", "see /metrics\n".to_owned())
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Binds the metrics address.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}

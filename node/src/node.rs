@@ -1,0 +1,179 @@
+//! Starting and stopping a whole node: opens the store, recovers from a
+//! previous crash, starts the store thread, the metrics endpoint and one
+//! executor per shard, and on SIGTERM/SIGINT stops accepting, lets sessions
+//! flush and release their users, lets the store thread commit, and returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::store::writer::{self, WriterConfig};
+use crate::{metrics, shard};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the store in {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: crate::store::StoreError,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting executor: {0}")]
+    Executor(String),
+    #[error("creating {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running node. `stop` (or a signal handler calling it) ends it.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Vec<flume::Sender<()>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    store: writer::StoreClient,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node with `config`; returns once it accepts connections.
+    pub fn start(config: Config) -> Result<Node, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let path = config.data_dir.join("chat.db");
+        let mut store = SqliteStore::open(&path, config.sync).map_err(|source| StartError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        let recovered = store
+            .release_node(&config.node_id)
+            .and_then(|users| store.commit().map(|()| users))
+            .map_err(|source| StartError::Store { path, source })?;
+        if !recovered.is_empty() {
+            tracing::info!(users = recovered.len(), "released sessions left by a previous run");
+        }
+
+        let handle = metrics::install();
+        let metrics_listener = metrics::bind(config.metrics_listen).map_err(|source| StartError::Bind {
+            addr: config.metrics_listen,
+            source,
+        })?;
+        let metrics_addr = metrics_listener.local_addr().expect("bound socket has an address");
+        metrics::serve(metrics_listener, handle);
+
+        let shards = config.shards;
+        let (store_client, ops) = writer::channel(64 * 1024);
+        let (router_tx, router_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(4096)).unzip();
+        let writer_config = WriterConfig {
+            node_id: config.node_id.clone(),
+            shards,
+            max_batch: config.max_batch,
+            maintenance_every: Duration::from_secs(10),
+        };
+        let writer = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || writer::run(store, ops, router_tx, writer_config))
+            .expect("spawning the store thread");
+
+        let first_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
+        let config = Arc::new(config);
+        let wiring = shard::Wiring {
+            config: config.clone(),
+            store: store_client.clone(),
+            mesh: MeshBuilder::full(shards, 1024),
+            routers: Arc::new(router_rx),
+            epochs: Arc::new(AtomicU64::new(first_epoch)),
+            shutdown: shutdown[0].clone(),
+        };
+
+        let mut addr = config.listen;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut executors = Vec::with_capacity(shards);
+        for (i, shutdown) in shutdown.into_iter().enumerate() {
+            let wiring = shard::Wiring {
+                shutdown,
+                ..wiring.clone()
+            };
+            let placement = if shards <= cores { Placement::Fixed(i) } else { Placement::Unbound };
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let executor = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{i}"))
+                .io_memory(512 << 10)
+                .ring_depth(256)
+                .spawn(move || async move {
+                    let listener = match shard::bind(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = bound_tx.send(listener.local_addr().map_err(|e| std::io::Error::other(e.to_string())));
+                    shard::run(listener, wiring).await
+                })
+                .map_err(|e| StartError::Executor(e.to_string()))?;
+            executors.push(executor);
+            // Shard 0 binds first so that port 0 resolves to one port for all.
+            addr = bound_rx
+                .recv()
+                .map_err(|_| StartError::Executor("shard exited while binding".into()))?
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
+        tracing::info!(%addr, %metrics_addr, shards, node = %config.node_id, "chat-node listening");
+        Ok(Node {
+            addr,
+            metrics_addr,
+            stop,
+            executors,
+            store: store_client,
+            writer,
+        })
+    }
+
+    /// A handle that stops the node from another thread (a signal handler).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Waits until the node has stopped: every shard closed its sessions and
+    /// the store thread committed their logouts.
+    pub fn wait(self) {
+        for executor in self.executors {
+            let _ = executor.join();
+        }
+        drop(self.stop);
+        // Every session has queued its logout by now; commit and end.
+        self.store.stop();
+        let _ = self.writer.join();
+        tracing::info!("chat-node stopped");
+    }
+}
+
+/// Stops a node: every shard stops accepting and closes its sessions.
+#[derive(Clone)]
+pub struct Stopper(Vec<flume::Sender<()>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        for tx in &self.0 {
+            let _ = tx.try_send(());
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The bytes waiting to be written to one client, and the signal that closes
+//! the connection.
+//!
+//! Producers (the session answering requests, the router delivering pushes)
+//! append encoded frames; the connection's writer task takes everything queued
+//! in one go and writes it with one call, so a burst of pushes costs one
+//! syscall. The queue is bounded in bytes: a push that would grow it past the
+//! bound marks the client a slow consumer and closes the connection, so a
+//! client that stops reading never makes the node's memory grow. Replies are
+//! bounded differently: the session stops reading requests while the queue is
+//! over its bound.
+//!
+//! Everything here lives on one executor: `Rc`/`RefCell`, no locks.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use crate::store::MessageId;
+
+/// Why the connection is being closed, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    IdleTimeout,
+    SlowConsumer,
+    ProtocolError,
+    IoError,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::IoError => "io_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    buf: Vec<u8>,
+    /// Highest message id among the pushes in `buf`.
+    last_message: MessageId,
+    close: Option<CloseReason>,
+    writer: Option<Waker>,
+    /// Tasks waiting for the queue to drain or the connection to close.
+    waiters: Vec<Waker>,
+}
+
+/// Outbound queue of one connection.
+pub struct Outbound {
+    limit: usize,
+    inner: RefCell<Inner>,
+}
+
+/// The queue was over its bound: the connection is closing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+impl Outbound {
+    pub fn new(limit: usize) -> Outbound {
+        Outbound {
+            limit,
+            inner: RefCell::new(Inner::default()),
+        }
+    }
+
+    /// Appends a reply, which may carry messages up to `message` (a login's
+    /// stored messages; 0 for none). Never refused while open: the reader
+    /// applies back-pressure instead, see [`Outbound::drained`].
+    pub fn reply(&self, message: MessageId, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.close.is_some() {
+            return;
+        }
+        write(&mut inner.buf);
+        inner.last_message = inner.last_message.max(message);
+        if let Some(w) = inner.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Appends a push carrying message `message` (0 for none). Over the bound
+    /// the connection is closed as a slow consumer and `Overflow` returned.
+    pub fn push(&self, message: MessageId, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+        let overflow = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.close.is_some() {
+                return Err(Overflow);
+            }
+            write(&mut inner.buf);
+            inner.last_message = inner.last_message.max(message);
+            inner.buf.len() > self.limit
+        };
+        if overflow {
+            self.close(CloseReason::SlowConsumer);
+            return Err(Overflow);
+        }
+        if let Some(w) = self.inner.borrow_mut().writer.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Starts closing the connection (the first reason given wins). The writer
+    /// still flushes what is queued.
+    pub fn close(&self, reason: CloseReason) {
+        let (writer, waiters) = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.close.is_some() {
+                return;
+            }
+            inner.close = Some(reason);
+            (inner.writer.take(), std::mem::take(&mut inner.waiters))
+        };
+        writer.into_iter().chain(waiters).for_each(Waker::wake);
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.inner.borrow().close
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.inner.borrow().buf.len()
+    }
+
+    /// Waits until there is something to write and swaps it into `out`
+    /// (which must be empty); returns the highest message id it holds, or
+    /// `None` once the connection is closing and nothing is left.
+    pub async fn take(&self, out: &mut Vec<u8>) -> Option<MessageId> {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if !inner.buf.is_empty() {
+                std::mem::swap(&mut inner.buf, out);
+                let wake = std::mem::take(&mut inner.waiters);
+                let last = std::mem::take(&mut inner.last_message);
+                drop(inner);
+                wake.into_iter().for_each(Waker::wake);
+                return Poll::Ready(Some(last));
+            }
+            if inner.close.is_some() {
+                return Poll::Ready(None);
+            }
+            inner.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until the queue holds less than its bound, or the connection is
+    /// closing (returns false then).
+    pub async fn drained(&self) -> bool {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.close.is_some() {
+                return Poll::Ready(false);
+            }
+            if inner.buf.len() < self.limit {
+                return Poll::Ready(true);
+            }
+            inner.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until the connection is closing and returns why.
+    pub async fn wait_closed(&self) -> CloseReason {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            match inner.close {
+                Some(reason) => Poll::Ready(reason),
+                None => {
+                    inner.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn writer_takes_everything_queued_at_once() {
+        let q = Outbound::new(100);
+        q.reply(0, |b| b.extend_from_slice(b"ab"));
+        q.push(7, |b| b.extend_from_slice(b"cd")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(block_on(q.take(&mut out)), Some(7));
+        assert_eq!(out, b"abcd");
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn push_over_the_bound_closes_as_slow_consumer() {
+        let q = Outbound::new(4);
+        q.push(1, |b| b.extend_from_slice(b"1234")).unwrap();
+        assert_eq!(q.push(2, |b| b.extend_from_slice(b"5")), Err(Overflow));
+        assert_eq!(q.closed(), Some(CloseReason::SlowConsumer));
+        assert!(!block_on(q.drained()));
+        // What was queued is still flushed, then the writer sees the end.
+        let mut out = Vec::new();
+        assert!(block_on(q.take(&mut out)).is_some());
+        out.clear();
+        assert_eq!(block_on(q.take(&mut out)), None);
+    }
+
+    #[test]
+    fn replies_are_not_refused_but_reader_waits() {
+        let q = Outbound::new(2);
+        q.reply(0, |b| b.extend_from_slice(b"long reply"));
+        assert_eq!(q.closed(), None);
+        let mut out = Vec::new();
+        block_on(q.take(&mut out));
+        assert!(block_on(q.drained()));
+    }
+}

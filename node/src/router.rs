@@ -1,0 +1,91 @@
+//! Routing of pushes to the session that serves their user.
+//!
+//! Each user has a home shard, `user % shards`; the store thread sends every
+//! event about a user to that shard's router, in commit order. The home shard
+//! keeps the user's route (which shard and connection serve them) and either
+//! hands the push to the session directly, when the session is local, or
+//! forwards it over glommio's channel mesh to the shard that holds it. Routes
+//! are partitioned by user, so no state is shared between executors and no
+//! lock sits on the message path; every hop is a FIFO channel, so a user sees
+//! their messages in commit order.
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+
+use crate::command::Push;
+use crate::shard::Shard;
+use crate::store::UserId;
+use crate::store::writer::{ConnId, RouterEvent};
+
+/// A push handed from the home shard of its user to the shard holding the
+/// user's session.
+#[derive(Debug)]
+pub struct Forward {
+    pub conn: ConnId,
+    pub push: Push,
+}
+
+/// Where a user's session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub shard: usize,
+    pub conn: ConnId,
+}
+
+/// Applies the store's events for the users homed on this shard, forever.
+pub async fn run(shard: &Shard, events: flume::Receiver<Vec<RouterEvent>>, mesh: &Senders<Forward>) {
+    while let Ok(batch) = events.recv_async().await {
+        for event in batch {
+            let (user, push) = match event {
+                RouterEvent::Route { user, shard: s, conn } => {
+                    tracing::trace!(shard = shard.id, user, to = s, conn, "route");
+                    shard.routes.borrow_mut().insert(user, Route { shard: s, conn });
+                    continue;
+                }
+                RouterEvent::Unroute { user, conn } => {
+                    let mut routes = shard.routes.borrow_mut();
+                    if routes.get(&user).is_some_and(|r| r.conn == conn) {
+                        routes.remove(&user);
+                    }
+                    continue;
+                }
+                RouterEvent::Deliver { user, message } => (user, Push::Message(message)),
+                RouterEvent::Presence { user, who, name, online } => (
+                    user,
+                    Push::Presence {
+                        user: who,
+                        name: name.to_string(),
+                        online,
+                    },
+                ),
+            };
+            send(shard, mesh, user, push).await;
+        }
+    }
+}
+
+async fn send(shard: &Shard, mesh: &Senders<Forward>, user: UserId, push: Push) {
+    let route = shard.routes.borrow().get(&user).copied();
+    tracing::trace!(shard = shard.id, user, ?route, "routing push");
+    let Some(route) = route else {
+        // Offline: the message waits in the store for the next login.
+        return;
+    };
+    if route.shard == shard.id {
+        shard.deliver(route.conn, &push);
+    } else if mesh.send_to(route.shard, Forward { conn: route.conn, push }).await.is_err() {
+        tracing::warn!(peer = route.shard, "mesh peer gone; push left in the store");
+    }
+}
+
+/// Starts one task per peer that hands forwarded pushes to local sessions.
+pub fn receive(shard: std::rc::Rc<Shard>, mut receivers: Receivers<Forward>) {
+    for (_, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(Forward { conn, push }) = stream.recv().await {
+                shard.deliver(conn, &push);
+            }
+        })
+        .detach();
+    }
+}

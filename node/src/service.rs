@@ -1,0 +1,355 @@
+//! The handlers: what each [`Command`] does, whichever protocol it came in.
+//!
+//! A handler checks the session (logged in, acting as itself), validates the
+//! input against the configured limits, asks the store thread to do the work
+//! and turns the outcome into a [`Reply`]. Password hashing runs on glommio's
+//! blocking thread pool so an executor never stalls on it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::command::{Command, ErrorCode, Failure, Push, Reply};
+use crate::password;
+use crate::session::{Identity, Phase, Session};
+use crate::shard::Shard;
+use crate::store::writer::Op;
+use crate::store::{NewMessage, StoreError, Target, UserId};
+
+const MAX_NAME: usize = 64;
+const MAX_PASSWORD: usize = 1024;
+const MAX_GROUP_DESCRIPTION: usize = 1024;
+
+type Outcome = Result<Reply, Failure>;
+
+/// Runs one command for `session` and returns the reply to send.
+pub async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Reply {
+    run(shard, session, command).await.unwrap_or_else(Reply::Error)
+}
+
+async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outcome {
+    match command {
+        Command::Register { name, password } => register(shard, name, password).await,
+        Command::Login { user, password } => login(shard, session, user, password).await,
+        Command::Logout { actor } => logout(shard, session, actor).await,
+        Command::AddFriend { actor, friend } => add_friend(shard, session, actor, friend).await,
+        Command::CreateGroup {
+            actor,
+            name,
+            description,
+        } => create_group(shard, session, actor, name, description).await,
+        Command::JoinGroup { actor, group } => {
+            let who = acting(session, actor)?;
+            shard
+                .store
+                .call(|answer| Op::JoinGroup { group, user: who.user, answer })
+                .await
+                .map(Reply::GroupJoined)
+                .map_err(failure)
+        }
+        Command::DirectMessage { actor, to, text } => {
+            send(shard, session, actor, Target::User(to), text).await
+        }
+        Command::GroupMessage { actor, group, text } => {
+            send(shard, session, actor, Target::Group(group), text).await
+        }
+        Command::DeliveryAck { up_to } => ack(shard, session, up_to).await,
+        Command::Ping => Ok(Reply::Pong { time_ms: now_ms() }),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Turns a store refusal into the failure the client sees.
+fn failure(e: StoreError) -> Failure {
+    let code = match &e {
+        StoreError::NameTaken => ErrorCode::NameTaken,
+        StoreError::UnknownUser(_) => ErrorCode::UnknownUser,
+        StoreError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        StoreError::NotAMember { .. } => ErrorCode::NotAMember,
+        StoreError::AlreadyMember { .. } => ErrorCode::AlreadyMember,
+        StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
+        StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
+        StoreError::Backend(msg) => {
+            tracing::error!(error = %msg, "store failure");
+            return Failure::new(ErrorCode::Internal, "internal storage error, try again");
+        }
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// The session's identity, if `actor` (the sender id the client wrote) is
+/// absent or names the session's own user.
+fn acting(session: &Session, actor: Option<UserId>) -> Result<Identity, Failure> {
+    let who = session
+        .identity()
+        .ok_or_else(|| Failure::new(ErrorCode::NotLoggedIn, "log in first"))?;
+    match actor {
+        Some(id) if id != who.user => Err(Failure::new(
+            ErrorCode::Forbidden,
+            format!("this session is user {}, it can not act as user {id}", who.user),
+        )),
+        _ => Ok(who),
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), Failure> {
+    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(Failure::new(
+            ErrorCode::InvalidName,
+            format!("{what} must be 1 to {MAX_NAME} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_len(what: &str, value: &str, max: usize, code: ErrorCode) -> Result<(), Failure> {
+    if value.len() > max {
+        return Err(Failure::new(
+            code,
+            format!("{what} is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn cost(shard: &Shard) -> password::Cost {
+    password::Cost {
+        memory_kib: shard.config.argon2_memory_kib,
+        iterations: shard.config.argon2_iterations,
+    }
+}
+
+async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome {
+    check_name("name", &name)?;
+    if password.is_empty() {
+        return Err(Failure::new(ErrorCode::BadRequest, "password must not be empty"));
+    }
+    check_len("password", &password, MAX_PASSWORD, ErrorCode::BadRequest)?;
+    let cost = cost(shard);
+    let password_hash = glommio::executor()
+        .spawn_blocking(move || password::hash(&password, cost))
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?;
+    let user = shard
+        .store
+        .call(|answer| Op::Register { name, password_hash, answer })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::Registered { user })
+}
+
+async fn login(shard: &Rc<Shard>, session: &Rc<Session>, user: UserId, password: String) -> Outcome {
+    if !matches!(*session.phase.borrow(), Phase::Anonymous) {
+        return Err(Failure::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in; log out first"));
+    }
+    let invalid = || Failure::new(ErrorCode::InvalidCredentials, "id or password is invalid!");
+    let record = shard
+        .store
+        .call(|answer| Op::User { id: user, answer })
+        .await
+        .map_err(failure)?
+        .ok_or_else(invalid)?;
+    let hash = record.password_hash;
+    let matches = glommio::executor()
+        .spawn_blocking(move || password::verify(&password, &hash))
+        .await;
+    if !matches {
+        return Err(invalid());
+    }
+    // A second request on this connection may have logged in meanwhile.
+    if !matches!(*session.phase.borrow(), Phase::Anonymous) {
+        return Err(Failure::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in; log out first"));
+    }
+    *session.phase.borrow_mut() = Phase::LoggingIn { missed: false };
+    let epoch = shard.next_epoch();
+    let page = shard.config.pending_page;
+    let result = shard
+        .store
+        .call(|answer| Op::Login {
+            user,
+            shard: shard.id,
+            conn: session.conn,
+            epoch,
+            page,
+            answer,
+        })
+        .await;
+    let missed = matches!(*session.phase.borrow(), Phase::LoggingIn { missed: true });
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            *session.phase.borrow_mut() = Phase::Anonymous;
+            return Err(match e {
+                StoreError::AlreadyOnline(_) => {
+                    Failure::new(ErrorCode::AlreadyOnline, "this account is using, input another!")
+                }
+                StoreError::UnknownUser(_) => invalid(),
+                e => failure(e),
+            });
+        }
+    };
+    if session.outbound.closed().is_some() {
+        // The client left while the store logged it in: undo the claim.
+        shard
+            .store
+            .tell(Op::Logout { user, conn: session.conn, epoch, answer: None })
+            .await;
+        *session.phase.borrow_mut() = Phase::Anonymous;
+        return Err(Failure::new(ErrorCode::Internal, "connection closed during login"));
+    }
+    *session.phase.borrow_mut() = Phase::Online {
+        who: Identity {
+            user,
+            name: info.name.as_str().into(),
+            epoch,
+        },
+        last_pushed: info.pending.last().map_or(0, |m| m.id),
+        catching_up: missed || info.pending.len() >= page,
+        missed: false,
+    };
+    metrics::counter!("chat_node_logins_total").increment(1);
+    Ok(Reply::LoggedIn(Box::new(info)))
+}
+
+async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>) -> Outcome {
+    let who = acting(session, actor)?;
+    *session.phase.borrow_mut() = Phase::Anonymous;
+    shard
+        .store
+        .call(|answer| Op::Logout {
+            user: who.user,
+            conn: session.conn,
+            epoch: who.epoch,
+            answer: Some(answer),
+        })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::LoggedOut)
+}
+
+async fn add_friend(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>, friend: UserId) -> Outcome {
+    let who = acting(session, actor)?;
+    if friend == who.user {
+        return Err(Failure::new(ErrorCode::SelfFriend, "you can not add yourself as a friend"));
+    }
+    shard
+        .store
+        .call(|answer| Op::AddFriend { user: who.user, friend, answer })
+        .await
+        .map(Reply::FriendAdded)
+        .map_err(failure)
+}
+
+async fn create_group(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    actor: Option<UserId>,
+    name: String,
+    description: String,
+) -> Outcome {
+    let who = acting(session, actor)?;
+    check_name("group name", &name)?;
+    check_len("group description", &description, MAX_GROUP_DESCRIPTION, ErrorCode::BadRequest)?;
+    let group = shard
+        .store
+        .call(|answer| Op::CreateGroup { creator: who.user, name, description, answer })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::GroupCreated { group })
+}
+
+async fn send(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>, target: Target, text: String) -> Outcome {
+    let who = acting(session, actor)?;
+    check_len("message text", &text, shard.config.max_text, ErrorCode::TextTooLong)?;
+    let message = NewMessage {
+        sender_id: who.user,
+        sender_name: who.name.to_string(),
+        target,
+        time_ms: now_ms(),
+        text,
+    };
+    let stored = shard
+        .store
+        .call(|answer| Op::Append { message, answer })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::MessageSent {
+        id: stored.id,
+        time_ms: stored.time_ms,
+    })
+}
+
+async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
+    let (who, last_pushed) = match &*session.phase.borrow() {
+        Phase::Online { who, last_pushed, .. } => (who.clone(), *last_pushed),
+        _ => return Err(Failure::new(ErrorCode::NotLoggedIn, "log in first")),
+    };
+    if up_to > last_pushed {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!("message {up_to} was not delivered to this session (last delivered: {last_pushed})"),
+        ));
+    }
+    shard
+        .store
+        .call(|answer| Op::Ack { user: who.user, up_to, answer: Some(answer) })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::Acked)
+}
+
+/// Sends the stored messages a session has not seen yet, page by page, while
+/// it is catching up (after a login with a long backlog, or when live pushes
+/// were missed during one). Returns once live pushes can take over.
+pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
+    loop {
+        let (user, after) = {
+            let mut phase = session.phase.borrow_mut();
+            match &mut *phase {
+                Phase::Online { who, last_pushed, catching_up: true, missed } => {
+                    *missed = false;
+                    (who.user, *last_pushed)
+                }
+                _ => return,
+            }
+        };
+        if !session.outbound.drained().await {
+            return;
+        }
+        let limit = shard.config.pending_page;
+        let page = match shard
+            .store
+            .call(|answer| Op::Pending { user, after, limit, answer })
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, user, "catch-up read failed; messages stay stored");
+                return;
+            }
+        };
+        let full = page.len() >= limit;
+        for message in page {
+            if session.outbound.queued() >= shard.config.max_outbound && !session.outbound.drained().await {
+                return;
+            }
+            let id = message.id;
+            session.push_stored(&Push::Message(Arc::new(message)), id);
+        }
+        let mut phase = session.phase.borrow_mut();
+        if let Phase::Online { catching_up, missed, .. } = &mut *phase {
+            if !full && !*missed {
+                *catching_up = false;
+                return;
+            }
+        } else {
+            return;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! One executor of the node: its listener, its sessions, and the routes of the
+//! users it is home to.
+//!
+//! Every shard binds the client port with SO_REUSEPORT, so the kernel spreads
+//! new connections over the shards; a connection then lives on the shard that
+//! accepted it. The shard's id is its peer id in the channel mesh that links
+//! all shards (see `router`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+
+use crate::command::Push;
+use crate::config::Config;
+use crate::router::{self, Forward, Route};
+use crate::session::{self, Session};
+use crate::store::UserId;
+use crate::store::writer::{ConnId, RouterEvent, StoreClient};
+
+/// The state of one executor. Only touched from its own thread.
+pub struct Shard {
+    pub id: usize,
+    /// `id` as a metrics label.
+    pub label: String,
+    pub config: Arc<Config>,
+    pub store: StoreClient,
+    pub sessions: RefCell<HashMap<ConnId, Rc<Session>>>,
+    /// Routes of the users whose home shard this is.
+    pub routes: RefCell<HashMap<UserId, Route>>,
+    next_conn: Cell<u64>,
+    epochs: Arc<AtomicU64>,
+}
+
+impl Shard {
+    /// A connection id unique within the node.
+    pub fn next_conn_id(&self) -> ConnId {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
+    /// A session epoch unique within the node and across its restarts.
+    pub fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a push to a local session, if it is still there.
+    pub fn deliver(&self, conn: ConnId, push: &Push) {
+        let session = self.sessions.borrow().get(&conn).cloned();
+        if let Some(session) = session {
+            session.deliver(push);
+        }
+    }
+}
+
+/// What every shard shares, handed to each executor when it starts.
+#[derive(Clone)]
+pub struct Wiring {
+    pub config: Arc<Config>,
+    pub store: StoreClient,
+    pub mesh: MeshBuilder<Forward, glommio::channels::channel_mesh::Full>,
+    /// Router inbox of each shard, indexed by mesh peer id.
+    pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
+    pub epochs: Arc<AtomicU64>,
+    pub shutdown: flume::Receiver<()>,
+}
+
+/// Runs one shard: accepts on `listener` until shutdown, then closes its
+/// sessions (they release their users) and returns.
+pub async fn run(listener: TcpListener, wiring: Wiring) {
+    let (senders, receivers) = match wiring.mesh.join().await {
+        Ok(mesh) => mesh,
+        Err(_) => {
+            tracing::error!("joining the shard mesh failed");
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let shard = Rc::new(Shard {
+        id,
+        label: id.to_string(),
+        config: wiring.config.clone(),
+        store: wiring.store.clone(),
+        sessions: RefCell::new(HashMap::new()),
+        routes: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        epochs: wiring.epochs.clone(),
+    });
+    router::receive(shard.clone(), receivers);
+    let router_task = {
+        let shard = shard.clone();
+        let events = wiring.routers[id].clone();
+        glommio::spawn_local(async move { router::run(&shard, events, &senders).await })
+    };
+    tracing::debug!(shard = id, "shard ready");
+
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = wiring.shutdown.recv_async().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(session::serve(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                metrics::counter!("chat_node_accept_errors_total").increment(1);
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let open: Vec<Rc<Session>> = shard.sessions.borrow().values().cloned().collect();
+    for s in &open {
+        s.outbound.close(crate::outbound::CloseReason::Shutdown);
+    }
+    drop(open);
+    // Sessions flush their queues and release their users; give them a moment.
+    for _ in 0..500 {
+        if shard.sessions.borrow().is_empty() {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    drop(router_task);
+}
+
+/// Binds the client port for one shard (glommio sets SO_REUSEPORT, so every
+/// shard can bind the same port).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+}

@@ -1,0 +1,375 @@
+//! The store thread: the one place where the node's requests meet the
+//! durable state, and the sequencer that gives every message its order.
+//!
+//! Shards send [`Op`]s over a bounded channel. The thread takes every op that
+//! is waiting (up to `max_batch`), runs them against the [`Store`] inside one
+//! transaction, commits once (group commit), and only then answers each op and
+//! emits the [`RouterEvent`]s the batch produced. Events are sent, in commit
+//! order, to the router of the recipient's home shard (`user % shards`): since
+//! every channel on that path is FIFO, a user's session receives routes and
+//! messages in the order the store committed them. When the channel is quiet
+//! the thread does maintenance (pending gauge, compaction).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use super::{
+    Contact, GroupId, GroupInfo, MessageId, NewMessage, Store, StoreError, StoredMessage, Target,
+    UserId, UserRecord,
+};
+use crate::command::LoginInfo;
+
+/// Identifies one connection within a node.
+pub type ConnId = u64;
+
+/// What the store tells a shard's router, in commit order. `user` is always
+/// the user the event is for: it picks the home shard.
+#[derive(Debug, Clone)]
+pub enum RouterEvent {
+    /// `user` is now served by connection `conn` on shard `shard`.
+    Route { user: UserId, shard: usize, conn: ConnId },
+    /// `user` left connection `conn`.
+    Unroute { user: UserId, conn: ConnId },
+    /// A new message for `user`.
+    Deliver { user: UserId, message: Arc<StoredMessage> },
+    /// Friend `who` of `user` came online or went offline.
+    Presence { user: UserId, who: UserId, name: Arc<str>, online: bool },
+}
+
+impl RouterEvent {
+    pub fn user(&self) -> UserId {
+        match self {
+            RouterEvent::Route { user, .. }
+            | RouterEvent::Unroute { user, .. }
+            | RouterEvent::Deliver { user, .. }
+            | RouterEvent::Presence { user, .. } => *user,
+        }
+    }
+}
+
+type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One request to the store thread.
+pub enum Op {
+    Register { name: String, password_hash: String, answer: Answer<UserId> },
+    User { id: UserId, answer: Answer<Option<UserRecord>> },
+    /// Claims the user's session, routes it to `conn` and returns what a login
+    /// shows, with the first `page` pending messages.
+    Login { user: UserId, shard: usize, conn: ConnId, epoch: u64, page: usize, answer: Answer<LoginInfo> },
+    /// Releases the session if `epoch` still holds it and unroutes `conn`.
+    Logout { user: UserId, conn: ConnId, epoch: u64, answer: Option<Answer<()>> },
+    AddFriend { user: UserId, friend: UserId, answer: Answer<Contact> },
+    CreateGroup { creator: UserId, name: String, description: String, answer: Answer<GroupId> },
+    JoinGroup { group: GroupId, user: UserId, answer: Answer<GroupInfo> },
+    Append { message: NewMessage, answer: Answer<Arc<StoredMessage>> },
+    Pending { user: UserId, after: MessageId, limit: usize, answer: Answer<Vec<StoredMessage>> },
+    Ack { user: UserId, up_to: MessageId, answer: Option<Answer<()>> },
+    /// Commits what came before and ends the thread (sent once every shard
+    /// has stopped).
+    Stop,
+}
+
+impl Op {
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Register { .. } => "register",
+            Op::User { .. } => "user",
+            Op::Login { .. } => "login",
+            Op::Logout { .. } => "logout",
+            Op::AddFriend { .. } => "add_friend",
+            Op::CreateGroup { .. } => "create_group",
+            Op::JoinGroup { .. } => "join_group",
+            Op::Append { .. } => "append",
+            Op::Pending { .. } => "pending",
+            Op::Ack { .. } => "ack",
+            Op::Stop => "stop",
+        }
+    }
+}
+
+/// The shards' handle on the store thread.
+#[derive(Clone)]
+pub struct StoreClient {
+    tx: flume::Sender<Op>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("store thread stopped".into())
+}
+
+impl StoreClient {
+    /// Sends an op built around a fresh answer channel and waits for the answer.
+    pub async fn call<T>(&self, op: impl FnOnce(Answer<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send_async(op(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Sends an op nobody waits for (acks, logouts of closed connections).
+    pub async fn tell(&self, op: Op) {
+        let _ = self.tx.send_async(op).await;
+    }
+
+    /// Asks the thread to commit what it has and end (blocking).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Op::Stop);
+    }
+}
+
+/// Settings of the store thread.
+pub struct WriterConfig {
+    pub node_id: String,
+    pub shards: usize,
+    pub max_batch: usize,
+    /// How often the pending gauge is refreshed and acknowledged messages
+    /// compacted.
+    pub maintenance_every: Duration,
+}
+
+/// Creates the op channel: `capacity` ops may wait before senders wait too.
+pub fn channel(capacity: usize) -> (StoreClient, flume::Receiver<Op>) {
+    let (tx, rx) = flume::bounded(capacity);
+    (StoreClient { tx }, rx)
+}
+
+/// An answered op whose answer waits for the commit.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+fn answer_later<T: Send + 'static>(answer: Answer<T>, result: Result<T, StoreError>) -> Reply {
+    Box::new(move |failed_commit| {
+        let result = match (failed_commit, result) {
+            (Some(e), Ok(_)) => Err(e.clone()),
+            (_, r) => r,
+        };
+        let _ = answer.send(result);
+    })
+}
+
+/// Runs the store thread until it gets `Op::Stop` or every `StoreClient` is
+/// dropped.
+pub fn run<S: Store>(
+    mut store: S,
+    ops: flume::Receiver<Op>,
+    routers: Vec<flume::Sender<Vec<RouterEvent>>>,
+    config: WriterConfig,
+) {
+    let mut batch = Vec::with_capacity(config.max_batch);
+    let mut replies: Vec<Reply> = Vec::with_capacity(config.max_batch);
+    let mut events: Vec<Vec<RouterEvent>> = vec![Vec::new(); config.shards];
+    let mut last_maintenance = Instant::now();
+    let mut stopping = false;
+    while !stopping {
+        match ops.recv_timeout(config.maintenance_every) {
+            Ok(Op::Stop) | Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
+            Ok(op) => batch.push(op),
+            Err(flume::RecvTimeoutError::Timeout) => {}
+        }
+        while !stopping && batch.len() < config.max_batch {
+            match ops.try_recv() {
+                Ok(Op::Stop) => stopping = true,
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            metrics::histogram!("chat_node_store_batch_ops").record(batch.len() as f64);
+            let mut step = Step {
+                store: &mut store,
+                events: &mut events,
+                node: &config.node_id,
+            };
+            for op in batch.drain(..) {
+                metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
+                replies.push(step.run(op));
+            }
+            let failed = store.commit().err();
+            if let Some(e) = &failed {
+                tracing::error!(error = %e, "store commit failed; batch answered with errors");
+                metrics::counter!("chat_node_store_errors_total").increment(1);
+                store.rollback();
+                events.iter_mut().for_each(Vec::clear);
+            }
+            metrics::histogram!("chat_node_store_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            for reply in replies.drain(..) {
+                reply(failed.as_ref());
+            }
+            for (shard, list) in events.iter_mut().enumerate() {
+                if !list.is_empty() {
+                    // A router that is gone belongs to a shard that stopped.
+                    let _ = routers[shard].send(std::mem::take(list));
+                }
+            }
+        }
+        if last_maintenance.elapsed() >= config.maintenance_every {
+            last_maintenance = Instant::now();
+            maintain(&mut store);
+        }
+    }
+    maintain(&mut store);
+}
+
+fn maintain<S: Store>(store: &mut S) {
+    let result = store
+        .compact()
+        .and_then(|deleted| Ok((deleted, store.pending_total()?)))
+        .and_then(|r| store.commit().map(|()| r));
+    match result {
+        Ok((deleted, pending)) => {
+            metrics::gauge!("chat_node_pending_messages").set(pending as f64);
+            metrics::counter!("chat_node_messages_compacted_total").increment(deleted);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "store maintenance failed");
+            metrics::counter!("chat_node_store_errors_total").increment(1);
+            store.rollback();
+        }
+    }
+}
+
+/// Runs the ops of one batch, collecting router events per shard.
+struct Step<'a, S> {
+    store: &'a mut S,
+    events: &'a mut [Vec<RouterEvent>],
+    node: &'a str,
+}
+
+impl<S: Store> Step<'_, S> {
+    fn emit(&mut self, event: RouterEvent) {
+        let shard = (event.user() % self.events.len() as u64) as usize;
+        self.events[shard].push(event);
+    }
+
+    /// Tells every online friend of `user` that they came online or left.
+    fn tell_friends(&mut self, user: UserId, name: &Arc<str>, online: bool) -> Result<(), StoreError> {
+        for friend in self.store.friends(user)? {
+            if friend.online {
+                self.emit(RouterEvent::Presence {
+                    user: friend.id,
+                    who: user,
+                    name: name.clone(),
+                    online,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, op: Op) -> Reply {
+        match op {
+            Op::Register { name, password_hash, answer } => {
+                answer_later(answer, self.store.create_user(&name, &password_hash))
+            }
+            Op::User { id, answer } => answer_later(answer, self.store.user(id)),
+            Op::Login { user, shard, conn, epoch, page, answer } => {
+                answer_later(answer, self.login(user, shard, conn, epoch, page))
+            }
+            Op::Logout { user, conn, epoch, answer } => {
+                let result = self.logout(user, conn, epoch);
+                match answer {
+                    Some(answer) => answer_later(answer, result),
+                    None => Box::new(|_| {}),
+                }
+            }
+            Op::AddFriend { user, friend, answer } => {
+                answer_later(answer, self.add_friend(user, friend))
+            }
+            Op::CreateGroup { creator, name, description, answer } => {
+                answer_later(answer, self.store.create_group(creator, &name, &description))
+            }
+            Op::JoinGroup { group, user, answer } => {
+                answer_later(answer, self.store.join_group(group, user))
+            }
+            Op::Append { message, answer } => answer_later(answer, self.append(&message)),
+            Op::Pending { user, after, limit, answer } => {
+                answer_later(answer, self.store.pending(user, after, limit))
+            }
+            Op::Ack { user, up_to, answer } => {
+                let result = self.store.ack(user, up_to);
+                match answer {
+                    Some(answer) => answer_later(answer, result),
+                    None => Box::new(|_| {}),
+                }
+            }
+            Op::Stop => Box::new(|_| {}),
+        }
+    }
+
+    fn login(&mut self, user: UserId, shard: usize, conn: ConnId, epoch: u64, page: usize) -> Result<LoginInfo, StoreError> {
+        let record = self.store.user(user)?.ok_or(StoreError::UnknownUser(user))?;
+        self.store.claim_session(user, self.node, epoch)?;
+        let friends = self.store.friends(user)?;
+        let groups = self.store.groups(user)?;
+        let pending = self.store.pending(user, 0, page)?;
+        self.emit(RouterEvent::Route { user, shard, conn });
+        let name: Arc<str> = record.name.as_str().into();
+        for friend in friends.iter().filter(|f| f.online && f.id != user) {
+            self.emit(RouterEvent::Presence {
+                user: friend.id,
+                who: user,
+                name: name.clone(),
+                online: true,
+            });
+        }
+        Ok(LoginInfo {
+            user,
+            name: record.name,
+            friends,
+            groups,
+            pending,
+        })
+    }
+
+    fn logout(&mut self, user: UserId, conn: ConnId, epoch: u64) -> Result<(), StoreError> {
+        let released = self.store.release_session(user, self.node, epoch)?;
+        self.emit(RouterEvent::Unroute { user, conn });
+        if released {
+            let name: Arc<str> = match self.store.user(user)? {
+                Some(record) => record.name.into(),
+                None => return Ok(()),
+            };
+            self.tell_friends(user, &name, false)?;
+        }
+        Ok(())
+    }
+
+    fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact, StoreError> {
+        let contact = self.store.add_friend(user, friend)?;
+        if contact.online {
+            if let Some(me) = self.store.user(user)? {
+                self.emit(RouterEvent::Presence {
+                    user: friend,
+                    who: user,
+                    name: me.name.into(),
+                    online: true,
+                });
+            }
+        }
+        Ok(contact)
+    }
+
+    fn append(&mut self, message: &NewMessage) -> Result<Arc<StoredMessage>, StoreError> {
+        let stored = Arc::new(self.store.append(message)?);
+        metrics::counter!("chat_node_messages_stored_total").increment(1);
+        match message.target {
+            Target::User(to) => self.emit(RouterEvent::Deliver {
+                user: to,
+                message: stored.clone(),
+            }),
+            Target::Group(group) => {
+                for member in self.store.group_members(group)? {
+                    if member != message.sender_id {
+                        self.emit(RouterEvent::Deliver {
+                            user: member,
+                            message: stored.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(stored)
+    }
+}
