@@ -644,42 +644,10 @@ impl Dispatch {
     }
 }
 
-/// Verifier limits for frames from the node: like the node's own, but with
-/// room for the many tables of a big login reply.
-fn verifier_options(max_frame: usize) -> flatbuffers::VerifierOptions {
-    flatbuffers::VerifierOptions {
-        max_depth: 16,
-        max_tables: (max_frame / 8).max(4096),
-        max_apparent_size: max_frame.saturating_add(PREFIX_LEN),
-        ignore_missing_null_terminator: false,
-    }
-}
-
-/// Verifies one whole frame (length prefix included) and returns its
-/// envelope.
-///
-/// A size-prefixed FlatBuffer is aligned together with its prefix
-/// (`finish_size_prefixed`), so it is verified from the prefix on; a frame
-/// built as a plain buffer with its length prepended has the opposite
-/// alignment and is verified again without the prefix (the node does the
-/// same: the verifier's alignment rule is about well-formedness only).
-pub fn parse_frame<'a>(
-    frame: &'a [u8],
-    opts: &flatbuffers::VerifierOptions,
-) -> Result<fb::Envelope<'a>> {
-    match flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(opts, frame) {
-        Ok(env) => Ok(env),
-        Err(flatbuffers::InvalidFlatbuffer::Unaligned { .. }) if frame.len() > PREFIX_LEN => {
-            flatbuffers::root_with_opts::<fb::Envelope>(opts, &frame[PREFIX_LEN..]).map_err(invalid)
-        }
-        Err(e) => Err(invalid(e)),
-    }
-}
-
-fn invalid(e: flatbuffers::InvalidFlatbuffer) -> ClientError {
-    let msg = e.to_string();
-    let first = msg.lines().next().unwrap_or(&msg).trim_end();
-    ClientError::Protocol(format!("invalid frame from the node: {first}"))
+/// Verifies one whole frame from the node (see `chat_schema::frame::parse_frame`).
+pub fn parse_frame(frame: &[u8], max_frame: usize) -> Result<fb::Envelope<'_>> {
+    chat_schema::frame::parse_frame(frame, max_frame)
+        .map_err(|e| ClientError::Protocol(format!("invalid frame from the node: {e}")))
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -704,7 +672,6 @@ async fn read_frames<R: AsyncRead + Unpin>(
     dispatch: &mut Dispatch,
     max_frame: usize,
 ) -> CloseReason {
-    let opts = verifier_options(max_frame);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
     loop {
@@ -721,7 +688,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 want = want.max(end - buf.len());
                 break;
             }
-            match parse_frame(&buf[start..end], &opts).and_then(decode) {
+            match parse_frame(&buf[start..end], max_frame).and_then(decode) {
                 Ok(incoming) => dispatch.handle(incoming),
                 Err(ClientError::Protocol(msg)) => return CloseReason::Protocol(msg),
                 Err(e) => return CloseReason::Protocol(e.to_string()),

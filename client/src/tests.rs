@@ -13,8 +13,7 @@ use crate::connection::parse_frame;
 use crate::*;
 
 fn env(frame: &[u8]) -> fb::Envelope<'_> {
-    let opts = flatbuffers::VerifierOptions::default();
-    parse_frame(frame, &opts).unwrap()
+    parse_frame(frame, chat_schema::frame::DEFAULT_MAX_FRAME).unwrap()
 }
 
 /// The node's side of the pipe.

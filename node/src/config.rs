@@ -237,7 +237,11 @@ mod tests {
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("node.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nmax_text = 100\nidle_timeout = \"5m\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nmax_text = 100\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
         let args = Args::parse_from([
             "chat-node",
             "--config",

@@ -17,15 +17,15 @@
 //! - `store` is the durable state behind the `Store` trait.
 
 pub mod command;
-pub mod protocol;
-pub mod store;
 pub mod config;
+pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
 pub mod password;
+pub mod protocol;
 pub mod router;
 pub mod service;
 pub mod session;
 pub mod shard;
-pub mod local;
+pub mod store;

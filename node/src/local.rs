@@ -46,11 +46,15 @@ pub struct LocalNode {
 /// Why a local node could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("chat-node binary not found (looked for {0}); build it with `cargo build -p chat-node` or set CHAT_NODE_BIN")]
+    #[error(
+        "chat-node binary not found (looked for {0}); build it with `cargo build -p chat-node` or set CHAT_NODE_BIN"
+    )]
     NoBinary(PathBuf),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("chat-node did not accept connections on {addr} within {secs} s (exit status: {status:?})")]
+    #[error(
+        "chat-node did not accept connections on {addr} within {secs} s (exit status: {status:?})"
+    )]
     NotReady {
         addr: SocketAddr,
         secs: u64,
@@ -128,10 +132,13 @@ impl LocalNode {
     fn wait_ready(&mut self, limit: Duration) -> Result<(), LocalError> {
         let started = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if answers_ping(self.addr) {
                 return Ok(());
             }
-            let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if status.is_some() || started.elapsed() > limit {
                 return Err(LocalError::NotReady {
                     addr: self.addr,
@@ -176,6 +183,21 @@ impl LocalNode {
         }
         self.spawn()
     }
+}
+
+/// Whether a node at `addr` answers a seed-JSON ping: the end-to-end sign
+/// that it accepts and serves connections, not only that a socket is bound.
+fn answers_ping(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"{\"msgid\":18}\0").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 64];
+    matches!(s.read(&mut reply), Ok(n) if n > 0 && reply[..n].starts_with(b"{\"msgid\":19"))
 }
 
 impl Drop for LocalNode {

@@ -11,10 +11,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets for latencies in seconds: 25 µs to 10 s.
 const SECONDS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0,
 ];
-const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const BATCH: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Installs the global recorder (once per process) and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -23,7 +25,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("chat_node_store_batch_ops".into()), BATCH))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("chat_node_store_batch_ops".into()),
+                        BATCH,
+                    )
+                })
                 .expect("static bucket lists are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -38,22 +45,63 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_gauge!("chat_node_connections", "Open client connections.");
-    describe_counter!("chat_node_connections_accepted_total", "Client connections accepted.");
-    describe_counter!("chat_node_connections_closed_total", "Client connections closed, by reason.");
-    describe_counter!("chat_node_requests_total", "Requests handled, by kind and outcome.");
-    describe_histogram!("chat_node_request_duration_seconds", Unit::Seconds, "Time from decoding a request to queueing its reply.");
-    describe_counter!("chat_node_bad_input_total", "Undecodable or invalid input, by protocol and error code.");
+    describe_counter!(
+        "chat_node_connections_accepted_total",
+        "Client connections accepted."
+    );
+    describe_counter!(
+        "chat_node_connections_closed_total",
+        "Client connections closed, by reason."
+    );
+    describe_counter!(
+        "chat_node_requests_total",
+        "Requests handled, by kind and outcome."
+    );
+    describe_histogram!(
+        "chat_node_request_duration_seconds",
+        Unit::Seconds,
+        "Time from decoding a request to queueing its reply."
+    );
+    describe_counter!(
+        "chat_node_bad_input_total",
+        "Undecodable or invalid input, by protocol and error code."
+    );
     describe_counter!("chat_node_messages_stored_total", "Chat messages stored.");
-    describe_counter!("chat_node_messages_delivered_total", "Chat messages pushed to clients, by kind.");
-    describe_counter!("chat_node_messages_compacted_total", "Acknowledged messages deleted by compaction.");
-    describe_gauge!("chat_node_pending_messages", "Stored deliveries not yet acknowledged by their recipient.");
-    describe_counter!("chat_node_slow_consumer_disconnects_total", "Clients disconnected because their outbound queue overflowed.");
+    describe_counter!(
+        "chat_node_messages_delivered_total",
+        "Chat messages pushed to clients, by kind."
+    );
+    describe_counter!(
+        "chat_node_messages_compacted_total",
+        "Acknowledged messages deleted by compaction."
+    );
+    describe_gauge!(
+        "chat_node_pending_messages",
+        "Stored deliveries not yet acknowledged by their recipient."
+    );
+    describe_counter!(
+        "chat_node_slow_consumer_disconnects_total",
+        "Clients disconnected because their outbound queue overflowed."
+    );
     describe_counter!("chat_node_logins_total", "Successful logins.");
-    describe_counter!("chat_node_accept_errors_total", "Failed accepts (usually out of file descriptors).");
-    describe_counter!("chat_node_store_ops_total", "Operations run by the store thread, by op.");
-    describe_counter!("chat_node_store_errors_total", "Failed store commits and maintenance runs.");
+    describe_counter!(
+        "chat_node_accept_errors_total",
+        "Failed accepts (usually out of file descriptors)."
+    );
+    describe_counter!(
+        "chat_node_store_ops_total",
+        "Operations run by the store thread, by op."
+    );
+    describe_counter!(
+        "chat_node_store_errors_total",
+        "Failed store commits and maintenance runs."
+    );
     describe_histogram!("chat_node_store_batch_ops", "Operations per group commit.");
-    describe_histogram!("chat_node_store_commit_seconds", Unit::Seconds, "Time to run and commit one batch.");
+    describe_histogram!(
+        "chat_node_store_commit_seconds",
+        Unit::Seconds,
+        "Time to run and commit one batch."
+    );
 }
 
 /// Serves `GET /metrics` on `listener` from a background thread.

@@ -57,29 +57,37 @@ impl Node {
             source,
         })?;
         let path = config.data_dir.join("chat.db");
-        let mut store = SqliteStore::open(&path, config.sync).map_err(|source| StartError::Store {
-            path: path.clone(),
-            source,
-        })?;
+        let mut store =
+            SqliteStore::open(&path, config.sync).map_err(|source| StartError::Store {
+                path: path.clone(),
+                source,
+            })?;
         let recovered = store
             .release_node(&config.node_id)
             .and_then(|users| store.commit().map(|()| users))
             .map_err(|source| StartError::Store { path, source })?;
         if !recovered.is_empty() {
-            tracing::info!(users = recovered.len(), "released sessions left by a previous run");
+            tracing::info!(
+                users = recovered.len(),
+                "released sessions left by a previous run"
+            );
         }
 
         let handle = metrics::install();
-        let metrics_listener = metrics::bind(config.metrics_listen).map_err(|source| StartError::Bind {
-            addr: config.metrics_listen,
-            source,
-        })?;
-        let metrics_addr = metrics_listener.local_addr().expect("bound socket has an address");
+        let metrics_listener =
+            metrics::bind(config.metrics_listen).map_err(|source| StartError::Bind {
+                addr: config.metrics_listen,
+                source,
+            })?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .expect("bound socket has an address");
         metrics::serve(metrics_listener, handle);
 
         let shards = config.shards;
         let (store_client, ops) = writer::channel(64 * 1024);
-        let (router_tx, router_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(4096)).unzip();
+        let (router_tx, router_rx): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| flume::bounded(4096)).unzip();
         let writer_config = WriterConfig {
             node_id: config.node_id.clone(),
             shards,
@@ -91,7 +99,9 @@ impl Node {
             .spawn(move || writer::run(store, ops, router_tx, writer_config))
             .expect("spawning the store thread");
 
-        let first_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        let first_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
         let config = Arc::new(config);
         let wiring = shard::Wiring {
@@ -111,7 +121,11 @@ impl Node {
                 shutdown,
                 ..wiring.clone()
             };
-            let placement = if shards <= cores { Placement::Fixed(i) } else { Placement::Unbound };
+            let placement = if shards <= cores {
+                Placement::Fixed(i)
+            } else {
+                Placement::Unbound
+            };
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let executor = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
@@ -125,7 +139,11 @@ impl Node {
                             return;
                         }
                     };
-                    let _ = bound_tx.send(listener.local_addr().map_err(|e| std::io::Error::other(e.to_string())));
+                    let _ = bound_tx.send(
+                        listener
+                            .local_addr()
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    );
                     shard::run(listener, wiring).await
                 })
                 .map_err(|e| StartError::Executor(e.to_string()))?;

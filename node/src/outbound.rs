@@ -88,7 +88,11 @@ impl Outbound {
 
     /// Appends a push carrying message `message` (0 for none). Over the bound
     /// the connection is closed as a slow consumer and `Overflow` returned.
-    pub fn push(&self, message: MessageId, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+    pub fn push(
+        &self,
+        message: MessageId,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Overflow> {
         let overflow = {
             let mut inner = self.inner.borrow_mut();
             if inner.close.is_some() {

@@ -32,13 +32,24 @@ pub struct Route {
 }
 
 /// Applies the store's events for the users homed on this shard, forever.
-pub async fn run(shard: &Shard, events: flume::Receiver<Vec<RouterEvent>>, mesh: &Senders<Forward>) {
+pub async fn run(
+    shard: &Shard,
+    events: flume::Receiver<Vec<RouterEvent>>,
+    mesh: &Senders<Forward>,
+) {
     while let Ok(batch) = events.recv_async().await {
         for event in batch {
             let (user, push) = match event {
-                RouterEvent::Route { user, shard: s, conn } => {
+                RouterEvent::Route {
+                    user,
+                    shard: s,
+                    conn,
+                } => {
                     tracing::trace!(shard = shard.id, user, to = s, conn, "route");
-                    shard.routes.borrow_mut().insert(user, Route { shard: s, conn });
+                    shard
+                        .routes
+                        .borrow_mut()
+                        .insert(user, Route { shard: s, conn });
                     continue;
                 }
                 RouterEvent::Unroute { user, conn } => {
@@ -49,7 +60,12 @@ pub async fn run(shard: &Shard, events: flume::Receiver<Vec<RouterEvent>>, mesh:
                     continue;
                 }
                 RouterEvent::Deliver { user, message } => (user, Push::Message(message)),
-                RouterEvent::Presence { user, who, name, online } => (
+                RouterEvent::Presence {
+                    user,
+                    who,
+                    name,
+                    online,
+                } => (
                     user,
                     Push::Presence {
                         user: who,
@@ -72,7 +88,17 @@ async fn send(shard: &Shard, mesh: &Senders<Forward>, user: UserId, push: Push) 
     };
     if route.shard == shard.id {
         shard.deliver(route.conn, &push);
-    } else if mesh.send_to(route.shard, Forward { conn: route.conn, push }).await.is_err() {
+    } else if mesh
+        .send_to(
+            route.shard,
+            Forward {
+                conn: route.conn,
+                push,
+            },
+        )
+        .await
+        .is_err()
+    {
         tracing::warn!(peer = route.shard, "mesh peer gone; push left in the store");
     }
 }

@@ -24,7 +24,9 @@ type Outcome = Result<Reply, Failure>;
 
 /// Runs one command for `session` and returns the reply to send.
 pub async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Reply {
-    run(shard, session, command).await.unwrap_or_else(Reply::Error)
+    run(shard, session, command)
+        .await
+        .unwrap_or_else(Reply::Error)
 }
 
 async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outcome {
@@ -42,7 +44,11 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
             let who = acting(session, actor)?;
             shard
                 .store
-                .call(|answer| Op::JoinGroup { group, user: who.user, answer })
+                .call(|answer| Op::JoinGroup {
+                    group,
+                    user: who.user,
+                    answer,
+                })
                 .await
                 .map(Reply::GroupJoined)
                 .map_err(failure)
@@ -92,7 +98,10 @@ fn acting(session: &Session, actor: Option<UserId>) -> Result<Identity, Failure>
     match actor {
         Some(id) if id != who.user => Err(Failure::new(
             ErrorCode::Forbidden,
-            format!("this session is user {}, it can not act as user {id}", who.user),
+            format!(
+                "this session is user {}, it can not act as user {id}",
+                who.user
+            ),
         )),
         _ => Ok(who),
     }
@@ -128,7 +137,10 @@ fn cost(shard: &Shard) -> password::Cost {
 async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome {
     check_name("name", &name)?;
     if password.is_empty() {
-        return Err(Failure::new(ErrorCode::BadRequest, "password must not be empty"));
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "password must not be empty",
+        ));
     }
     check_len("password", &password, MAX_PASSWORD, ErrorCode::BadRequest)?;
     let cost = cost(shard);
@@ -138,15 +150,27 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome 
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?;
     let user = shard
         .store
-        .call(|answer| Op::Register { name, password_hash, answer })
+        .call(|answer| Op::Register {
+            name,
+            password_hash,
+            answer,
+        })
         .await
         .map_err(failure)?;
     Ok(Reply::Registered { user })
 }
 
-async fn login(shard: &Rc<Shard>, session: &Rc<Session>, user: UserId, password: String) -> Outcome {
+async fn login(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    user: UserId,
+    password: String,
+) -> Outcome {
     if !matches!(*session.phase.borrow(), Phase::Anonymous) {
-        return Err(Failure::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in; log out first"));
+        return Err(Failure::new(
+            ErrorCode::AlreadyLoggedIn,
+            "this connection is already logged in; log out first",
+        ));
     }
     let invalid = || Failure::new(ErrorCode::InvalidCredentials, "id or password is invalid!");
     let record = shard
@@ -164,7 +188,10 @@ async fn login(shard: &Rc<Shard>, session: &Rc<Session>, user: UserId, password:
     }
     // A second request on this connection may have logged in meanwhile.
     if !matches!(*session.phase.borrow(), Phase::Anonymous) {
-        return Err(Failure::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in; log out first"));
+        return Err(Failure::new(
+            ErrorCode::AlreadyLoggedIn,
+            "this connection is already logged in; log out first",
+        ));
     }
     *session.phase.borrow_mut() = Phase::LoggingIn { missed: false };
     let epoch = shard.next_epoch();
@@ -186,9 +213,10 @@ async fn login(shard: &Rc<Shard>, session: &Rc<Session>, user: UserId, password:
         Err(e) => {
             *session.phase.borrow_mut() = Phase::Anonymous;
             return Err(match e {
-                StoreError::AlreadyOnline(_) => {
-                    Failure::new(ErrorCode::AlreadyOnline, "this account is using, input another!")
-                }
+                StoreError::AlreadyOnline(_) => Failure::new(
+                    ErrorCode::AlreadyOnline,
+                    "this account is using, input another!",
+                ),
                 StoreError::UnknownUser(_) => invalid(),
                 e => failure(e),
             });
@@ -198,10 +226,18 @@ async fn login(shard: &Rc<Shard>, session: &Rc<Session>, user: UserId, password:
         // The client left while the store logged it in: undo the claim.
         shard
             .store
-            .tell(Op::Logout { user, conn: session.conn, epoch, answer: None })
+            .tell(Op::Logout {
+                user,
+                conn: session.conn,
+                epoch,
+                answer: None,
+            })
             .await;
         *session.phase.borrow_mut() = Phase::Anonymous;
-        return Err(Failure::new(ErrorCode::Internal, "connection closed during login"));
+        return Err(Failure::new(
+            ErrorCode::Internal,
+            "connection closed during login",
+        ));
     }
     *session.phase.borrow_mut() = Phase::Online {
         who: Identity {
@@ -233,14 +269,26 @@ async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>)
     Ok(Reply::LoggedOut)
 }
 
-async fn add_friend(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>, friend: UserId) -> Outcome {
+async fn add_friend(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    actor: Option<UserId>,
+    friend: UserId,
+) -> Outcome {
     let who = acting(session, actor)?;
     if friend == who.user {
-        return Err(Failure::new(ErrorCode::SelfFriend, "you can not add yourself as a friend"));
+        return Err(Failure::new(
+            ErrorCode::SelfFriend,
+            "you can not add yourself as a friend",
+        ));
     }
     shard
         .store
-        .call(|answer| Op::AddFriend { user: who.user, friend, answer })
+        .call(|answer| Op::AddFriend {
+            user: who.user,
+            friend,
+            answer,
+        })
         .await
         .map(Reply::FriendAdded)
         .map_err(failure)
@@ -255,18 +303,39 @@ async fn create_group(
 ) -> Outcome {
     let who = acting(session, actor)?;
     check_name("group name", &name)?;
-    check_len("group description", &description, MAX_GROUP_DESCRIPTION, ErrorCode::BadRequest)?;
+    check_len(
+        "group description",
+        &description,
+        MAX_GROUP_DESCRIPTION,
+        ErrorCode::BadRequest,
+    )?;
     let group = shard
         .store
-        .call(|answer| Op::CreateGroup { creator: who.user, name, description, answer })
+        .call(|answer| Op::CreateGroup {
+            creator: who.user,
+            name,
+            description,
+            answer,
+        })
         .await
         .map_err(failure)?;
     Ok(Reply::GroupCreated { group })
 }
 
-async fn send(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>, target: Target, text: String) -> Outcome {
+async fn send(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    actor: Option<UserId>,
+    target: Target,
+    text: String,
+) -> Outcome {
     let who = acting(session, actor)?;
-    check_len("message text", &text, shard.config.max_text, ErrorCode::TextTooLong)?;
+    check_len(
+        "message text",
+        &text,
+        shard.config.max_text,
+        ErrorCode::TextTooLong,
+    )?;
     let message = NewMessage {
         sender_id: who.user,
         sender_name: who.name.to_string(),
@@ -287,18 +356,26 @@ async fn send(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>, t
 
 async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
     let (who, last_pushed) = match &*session.phase.borrow() {
-        Phase::Online { who, last_pushed, .. } => (who.clone(), *last_pushed),
+        Phase::Online {
+            who, last_pushed, ..
+        } => (who.clone(), *last_pushed),
         _ => return Err(Failure::new(ErrorCode::NotLoggedIn, "log in first")),
     };
     if up_to > last_pushed {
         return Err(Failure::new(
             ErrorCode::BadRequest,
-            format!("message {up_to} was not delivered to this session (last delivered: {last_pushed})"),
+            format!(
+                "message {up_to} was not delivered to this session (last delivered: {last_pushed})"
+            ),
         ));
     }
     shard
         .store
-        .call(|answer| Op::Ack { user: who.user, up_to, answer: Some(answer) })
+        .call(|answer| Op::Ack {
+            user: who.user,
+            up_to,
+            answer: Some(answer),
+        })
         .await
         .map_err(failure)?;
     Ok(Reply::Acked)
@@ -312,7 +389,12 @@ pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
         let (user, after) = {
             let mut phase = session.phase.borrow_mut();
             match &mut *phase {
-                Phase::Online { who, last_pushed, catching_up: true, missed } => {
+                Phase::Online {
+                    who,
+                    last_pushed,
+                    catching_up: true,
+                    missed,
+                } => {
                     *missed = false;
                     (who.user, *last_pushed)
                 }
@@ -325,7 +407,12 @@ pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
         let limit = shard.config.pending_page;
         let page = match shard
             .store
-            .call(|answer| Op::Pending { user, after, limit, answer })
+            .call(|answer| Op::Pending {
+                user,
+                after,
+                limit,
+                answer,
+            })
             .await
         {
             Ok(page) => page,
@@ -336,14 +423,21 @@ pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
         };
         let full = page.len() >= limit;
         for message in page {
-            if session.outbound.queued() >= shard.config.max_outbound && !session.outbound.drained().await {
+            if session.outbound.queued() >= shard.config.max_outbound
+                && !session.outbound.drained().await
+            {
                 return;
             }
             let id = message.id;
             session.push_stored(&Push::Message(Arc::new(message)), id);
         }
         let mut phase = session.phase.borrow_mut();
-        if let Phase::Online { catching_up, missed, .. } = &mut *phase {
+        if let Phase::Online {
+            catching_up,
+            missed,
+            ..
+        } = &mut *phase
+        {
             if !full && !*missed {
                 *catching_up = false;
                 return;

@@ -51,7 +51,9 @@ pub struct Identity {
 pub enum Phase {
     Anonymous,
     /// A login is with the store; pushes that arrive now are noted as missed.
-    LoggingIn { missed: bool },
+    LoggingIn {
+        missed: bool,
+    },
     Online {
         who: Identity,
         /// Highest message id written to this connection.
@@ -100,7 +102,9 @@ impl Session {
             _ => 0,
         };
         self.outbound.reply(last, |buf| {
-            self.encoder.borrow_mut().reply(request_id, kind, reply, buf)
+            self.encoder
+                .borrow_mut()
+                .reply(request_id, kind, reply, buf)
         });
     }
 
@@ -192,7 +196,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
     let mut buf = vec![0u8; 16 * 1024];
     let first = match reader.read(&mut buf).await {
-        Ok(0) | Err(_) => return,
+        Ok(0) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before its first byte");
+            return;
+        }
         Ok(n) => n,
     };
     buf.truncate(first);
@@ -201,7 +209,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
     shard.sessions.borrow_mut().insert(conn, session.clone());
     metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).increment(1.0);
-    metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name()).increment(1);
+    metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name())
+        .increment(1);
 
     let writer_task = {
         let (shard, session) = (shard.clone(), session.clone());
@@ -217,7 +226,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     // The seed's client can not ack: what is written counts as delivered.
                     if let Some(who) = session.identity() {
                         session.json_acked.set(last);
-                        shard.store.tell(Op::Ack { user: who.user, up_to: last, answer: None }).await;
+                        shard
+                            .store
+                            .tell(Op::Ack {
+                                user: who.user,
+                                up_to: last,
+                                answer: None,
+                            })
+                            .await;
                     }
                 }
             }
@@ -243,7 +259,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
     let phase = std::mem::replace(&mut *session.phase.borrow_mut(), Phase::Anonymous);
     if let Phase::Online { who, .. } = phase {
-        shard.store.tell(Op::Logout { user: who.user, conn, epoch: who.epoch, answer: None }).await;
+        shard
+            .store
+            .tell(Op::Logout {
+                user: who.user,
+                conn,
+                epoch: who.epoch,
+                answer: None,
+            })
+            .await;
     }
     shard.sessions.borrow_mut().remove(&conn);
     metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).decrement(1.0);
@@ -266,7 +290,11 @@ async fn read_loop(
             let Some(unit) = unit else { break };
             match unit {
                 Decoded::Request(request) => handle(shard, session, request).await,
-                Decoded::Invalid { request_id, kind, failure } => {
+                Decoded::Invalid {
+                    request_id,
+                    kind,
+                    failure,
+                } => {
                     metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.name()).increment(1);
                     session.reply(request_id, kind, &Reply::Error(failure));
                 }
@@ -284,13 +312,10 @@ async fn read_loop(
         if !session.outbound.drained().await {
             return session.outbound.closed().unwrap_or(CloseReason::IoError);
         }
-        let read = futures_lite::future::or(
-            async { Some(reader.read(&mut chunk).await) },
-            async {
-                session.outbound.wait_closed().await;
-                None
-            },
-        )
+        let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+            session.outbound.wait_closed().await;
+            None
+        })
         .await;
         match read {
             None => return session.outbound.closed().unwrap_or(CloseReason::Shutdown),
@@ -313,7 +338,8 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, request: Request) {
         Reply::Error(f) => f.code.name(),
         _ => "ok",
     };
-    metrics::counter!("chat_node_requests_total", "kind" => label, "outcome" => outcome).increment(1);
+    metrics::counter!("chat_node_requests_total", "kind" => label, "outcome" => outcome)
+        .increment(1);
     metrics::histogram!("chat_node_request_duration_seconds", "kind" => label)
         .record(started.elapsed().as_secs_f64());
     session.reply(request.id, kind, &reply);

@@ -14,7 +14,9 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
     match r {
-        Err(e) => e.code().unwrap_or_else(|| panic!("not a server error: {e}")),
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("not a server error: {e}")),
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
@@ -33,14 +35,23 @@ async fn friends_presence_and_direct_messages() {
     let bob = Client::connect(node.addr).await.unwrap();
     let b = bob.register("bob", "pw").await.unwrap();
     assert_eq!(code(bob.register("bob", "x").await), ErrorCode::NameTaken);
-    assert_eq!(code(bob.send_direct(a, "before login").await), ErrorCode::NotLoggedIn);
+    assert_eq!(
+        code(bob.send_direct(a, "before login").await),
+        ErrorCode::NotLoggedIn
+    );
 
     // Alice befriends bob while he is offline, and writes to him.
     let friend = alice.add_friend(b).await.unwrap();
-    assert_eq!((friend.id, friend.name.as_str(), friend.online), (b, "bob", false));
+    assert_eq!(
+        (friend.id, friend.name.as_str(), friend.online),
+        (b, "bob", false)
+    );
     assert_eq!(code(alice.add_friend(b).await), ErrorCode::AlreadyFriends);
     assert_eq!(code(alice.add_friend(a).await), ErrorCode::SelfFriend);
-    assert_eq!(code(alice.add_friend(999_999).await), ErrorCode::UnknownUser);
+    assert_eq!(
+        code(alice.add_friend(999_999).await),
+        ErrorCode::UnknownUser
+    );
     let m1 = alice.send_direct(b, "one").await.unwrap();
     let m2 = alice.send_direct(b, "two").await.unwrap();
     assert!(m2.message_id > m1.message_id);
@@ -49,11 +60,25 @@ async fn friends_presence_and_direct_messages() {
     let login = bob.login(b, "pw").await.unwrap();
     assert_eq!(login.friends.len(), 1);
     assert_eq!((login.friends[0].id, login.friends[0].online), (a, true));
-    let texts: Vec<_> = login.pending.iter().map(|m| (m.id, m.sender_id, m.sender_name.as_str(), m.text.as_str())).collect();
-    assert_eq!(texts, vec![(m1.message_id, a, "alice", "one"), (m2.message_id, a, "alice", "two")]);
+    let texts: Vec<_> = login
+        .pending
+        .iter()
+        .map(|m| (m.id, m.sender_id, m.sender_name.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            (m1.message_id, a, "alice", "one"),
+            (m2.message_id, a, "alice", "two")
+        ]
+    );
     // ... and alice is told bob came online.
     match alice.next_event_timeout(WAIT).await.unwrap() {
-        Event::Presence { user_id, name, online } => assert_eq!((user_id, name.as_str(), online), (b, "bob", true)),
+        Event::Presence {
+            user_id,
+            name,
+            online,
+        } => assert_eq!((user_id, name.as_str(), online), (b, "bob", true)),
         e => panic!("expected presence, got {e:?}"),
     }
     bob.ack(m2.message_id).await.unwrap();
@@ -61,19 +86,36 @@ async fn friends_presence_and_direct_messages() {
     // Online: delivered at once; a non-friend can write too.
     let sent = alice.send_direct(b, "live").await.unwrap();
     let got = bob.next_message_timeout(WAIT).await.unwrap();
-    assert_eq!((got.id, got.sender_id, got.recipient_id, got.group_id, got.text.as_str()), (sent.message_id, a, b, 0, "live"));
+    assert_eq!(
+        (
+            got.id,
+            got.sender_id,
+            got.recipient_id,
+            got.group_id,
+            got.text.as_str()
+        ),
+        (sent.message_id, a, b, 0, "live")
+    );
     assert_eq!(got.time_ms, sent.time_ms);
     let (carol, _) = user(node.addr, "carol").await;
     carol.send_direct(b, "hi from a stranger").await.unwrap();
-    assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().text, "hi from a stranger");
+    assert_eq!(
+        bob.next_message_timeout(WAIT).await.unwrap().text,
+        "hi from a stranger"
+    );
 
     // Logout tells friends.
     bob.logout().await.unwrap();
     match alice.next_event_timeout(WAIT).await.unwrap() {
-        Event::Presence { user_id, online, .. } => assert_eq!((user_id, online), (b, false)),
+        Event::Presence {
+            user_id, online, ..
+        } => assert_eq!((user_id, online), (b, false)),
         e => panic!("expected presence, got {e:?}"),
     }
-    assert_eq!(code(bob.send_direct(a, "after logout").await), ErrorCode::NotLoggedIn);
+    assert_eq!(
+        code(bob.send_direct(a, "after logout").await),
+        ErrorCode::NotLoggedIn
+    );
 }
 
 #[tokio::test]
@@ -83,7 +125,13 @@ async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
     let (bob, b) = user(node.addr, "bob").await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(alice.send_direct(b, &format!("m{i}")).await.unwrap().message_id);
+        ids.push(
+            alice
+                .send_direct(b, &format!("m{i}"))
+                .await
+                .unwrap()
+                .message_id,
+        );
     }
     for id in &ids {
         assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().id, *id);
@@ -97,7 +145,11 @@ async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
     let bob = Client::connect(node.addr).await.unwrap();
     let login = bob.login(b, "pw").await.unwrap();
     let again: Vec<u64> = login.pending.iter().map(|m| m.id).collect();
-    assert_eq!(again, ids[1..].to_vec(), "only the unacknowledged ones, in order");
+    assert_eq!(
+        again,
+        ids[1..].to_vec(),
+        "only the unacknowledged ones, in order"
+    );
     bob.ack(ids[2]).await.unwrap();
     bob.logout().await.unwrap();
     assert!(bob.login(b, "pw").await.unwrap().pending.is_empty());
@@ -109,8 +161,14 @@ async fn one_session_per_user_and_credentials() {
     let (first, a) = user(node.addr, "alice").await;
     let second = Client::connect(node.addr).await.unwrap();
     assert_eq!(code(second.login(a, "pw").await), ErrorCode::AlreadyOnline);
-    assert_eq!(code(second.login(a, "wrong").await), ErrorCode::InvalidCredentials);
-    assert_eq!(code(second.login(424_242, "pw").await), ErrorCode::InvalidCredentials);
+    assert_eq!(
+        code(second.login(a, "wrong").await),
+        ErrorCode::InvalidCredentials
+    );
+    assert_eq!(
+        code(second.login(424_242, "pw").await),
+        ErrorCode::InvalidCredentials
+    );
     assert_eq!(code(first.login(a, "pw").await), ErrorCode::AlreadyLoggedIn);
     // Once the first connection is gone, the user can log in again.
     first.close().await;
@@ -134,22 +192,37 @@ async fn groups_store_once_and_reach_every_other_member() {
     let (carol, c) = user(node.addr, "carol").await;
     let g = alice.create_group("rust", "crabs").await.unwrap();
     let group = bob.join_group(g).await.unwrap();
-    assert_eq!((group.id, group.name.as_str(), group.description.as_str()), (g, "rust", "crabs"));
+    assert_eq!(
+        (group.id, group.name.as_str(), group.description.as_str()),
+        (g, "rust", "crabs")
+    );
     let roles: Vec<_> = group.members.iter().map(|m| (m.id, m.role)).collect();
     assert_eq!(roles, vec![(a, Role::Creator), (b, Role::Normal)]);
     assert_eq!(code(bob.join_group(g).await), ErrorCode::AlreadyMember);
     assert_eq!(code(bob.join_group(777_777).await), ErrorCode::UnknownGroup);
-    assert_eq!(code(carol.send_group(g, "not a member").await), ErrorCode::NotAMember);
+    assert_eq!(
+        code(carol.send_group(g, "not a member").await),
+        ErrorCode::NotAMember
+    );
     carol.join_group(g).await.unwrap();
     carol.logout().await.unwrap();
 
     let sent = alice.send_group(g, "hello every one").await.unwrap();
     let got = bob.next_message_timeout(WAIT).await.unwrap();
-    assert_eq!((got.id, got.group_id, got.sender_id, got.text.as_str()), (sent.message_id, g, a, "hello every one"));
-    assert!(alice.next_event_timeout(QUIET).await.is_err(), "no echo to the sender");
+    assert_eq!(
+        (got.id, got.group_id, got.sender_id, got.text.as_str()),
+        (sent.message_id, g, a, "hello every one")
+    );
+    assert!(
+        alice.next_event_timeout(QUIET).await.is_err(),
+        "no echo to the sender"
+    );
 
     let login = carol.login(c, "pw").await.unwrap();
-    assert_eq!(login.pending.iter().map(|m| m.id).collect::<Vec<_>>(), vec![sent.message_id]);
+    assert_eq!(
+        login.pending.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![sent.message_id]
+    );
     assert_eq!(login.groups.len(), 1);
     assert_eq!(login.groups[0].members.len(), 3);
     assert!(login.groups[0].members.iter().all(|m| m.online));
@@ -160,15 +233,47 @@ async fn impersonation_is_refused() {
     let node = node_with(&[]);
     let (alice, a) = user(node.addr, "alice").await;
     let (bob, b) = user(node.addr, "bob").await;
-    let forged = Request::DirectMessage { user_id: b, to_id: a, text: "I am bob" };
+    let forged = Request::DirectMessage {
+        user_id: b,
+        to_id: a,
+        text: "I am bob",
+    };
     let reply = alice.request(&forged).await.unwrap();
-    assert!(matches!(reply, chat_client::Reply::Error { code: ErrorCode::Forbidden, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            chat_client::Reply::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     assert!(bob.next_event_timeout(QUIET).await.is_err());
-    assert!(alice.next_event_timeout(QUIET).await.is_err(), "nothing was sent as bob");
-    let logout_bob = alice.request(&Request::Logout { user_id: b }).await.unwrap();
-    assert!(matches!(logout_bob, chat_client::Reply::Error { code: ErrorCode::Forbidden, .. }));
+    assert!(
+        alice.next_event_timeout(QUIET).await.is_err(),
+        "nothing was sent as bob"
+    );
+    let logout_bob = alice
+        .request(&Request::Logout { user_id: b })
+        .await
+        .unwrap();
+    assert!(matches!(
+        logout_bob,
+        chat_client::Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
     // Naming oneself is fine.
-    let own = alice.request(&Request::DirectMessage { user_id: a, to_id: b, text: "me" }).await.unwrap();
+    let own = alice
+        .request(&Request::DirectMessage {
+            user_id: a,
+            to_id: b,
+            text: "me",
+        })
+        .await
+        .unwrap();
     assert!(matches!(own, chat_client::Reply::DirectMessage(_)));
     assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().text, "me");
 }
@@ -181,7 +286,10 @@ async fn bad_frames_get_errors_and_others_are_unaffected() {
 
     // Text over the limit: refused, not truncated, nothing delivered.
     let long = "x".repeat(65);
-    assert_eq!(code(alice.send_direct(b, &long).await), ErrorCode::TextTooLong);
+    assert_eq!(
+        code(alice.send_direct(b, &long).await),
+        ErrorCode::TextTooLong
+    );
     assert!(bob.next_event_timeout(QUIET).await.is_err());
 
     // A frame that fails the verifier: error reply, the session goes on.
@@ -189,7 +297,10 @@ async fn bad_frames_get_errors_and_others_are_unaffected() {
     junk.extend_from_slice(&[0xAB; 40]);
     alice.send_raw(&junk).unwrap();
     match alice.next_event_timeout(WAIT).await.unwrap() {
-        Event::Unsolicited { reply: chat_client::Reply::Error { code, .. }, .. } => assert_eq!(code, ErrorCode::BadRequest),
+        Event::Unsolicited {
+            reply: chat_client::Reply::Error { code, .. },
+            ..
+        } => assert_eq!(code, ErrorCode::BadRequest),
         e => panic!("expected an error reply, got {e:?}"),
     }
     // A valid envelope whose body is a reply, not a request.
@@ -198,39 +309,82 @@ async fn bad_frames_get_errors_and_others_are_unaffected() {
         (fb::Body::PingReply, r.as_union_value())
     });
     let reply = alice.request_frame(77, &wrong).await.unwrap();
-    assert!(matches!(reply, chat_client::Reply::Error { code: ErrorCode::BadRequest, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            chat_client::Reply::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     // A request missing a field.
     let no_text = frame::encode(78, |b| {
-        let r = fb::DirectMessageRequest::create(b, &fb::DirectMessageRequestArgs { user_id: 0, to_id: b_id(), text: None });
+        let r = fb::DirectMessageRequest::create(
+            b,
+            &fb::DirectMessageRequestArgs {
+                user_id: 0,
+                to_id: b_id(),
+                text: None,
+            },
+        );
         (fb::Body::DirectMessageRequest, r.as_union_value())
     });
-    fn b_id() -> u64 { 1 }
+    fn b_id() -> u64 {
+        1
+    }
     let reply = alice.request_frame(78, &no_text).await.unwrap();
-    assert!(matches!(reply, chat_client::Reply::Error { code: ErrorCode::BadRequest, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            chat_client::Reply::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     alice.send_direct(b, "still fine").await.unwrap();
-    assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().text, "still fine");
+    assert_eq!(
+        bob.next_message_timeout(WAIT).await.unwrap().text,
+        "still fine"
+    );
 
     // A length over the limit: an error, then the node closes the connection.
     let mallory = Client::connect(node.addr).await.unwrap();
     mallory.ping().await.unwrap();
     mallory.send_raw(&1_000_000u32.to_le_bytes()).unwrap();
     match mallory.next_event_timeout(WAIT).await {
-        Ok(Event::Unsolicited { reply: chat_client::Reply::Error { code, .. }, .. }) => assert_eq!(code, ErrorCode::FrameTooLarge),
+        Ok(Event::Unsolicited {
+            reply: chat_client::Reply::Error { code, .. },
+            ..
+        }) => assert_eq!(code, ErrorCode::FrameTooLarge),
         other => panic!("expected FrameTooLarge, got {other:?}"),
     }
-    assert!(matches!(mallory.next_event_timeout(WAIT).await, Err(ClientError::Closed | ClientError::Io(_))));
+    assert!(matches!(
+        mallory.next_event_timeout(WAIT).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
 
     // A truncated frame and then a vanished client: nothing breaks.
     let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, &[100, 0, 0, 0, 1, 2, 3]).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[100, 0, 0, 0, 1, 2, 3])
+        .await
+        .unwrap();
     drop(raw);
     // Pure garbage.
     let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, b"\xff\xfe\xfd\xfc garbage garbage").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"\xff\xfe\xfd\xfc garbage garbage")
+        .await
+        .unwrap();
     drop(raw);
 
     bob.send_direct(a, "after the storm").await.unwrap();
-    assert_eq!(alice.next_message_timeout(WAIT).await.unwrap().text, "after the storm");
+    assert_eq!(
+        alice.next_message_timeout(WAIT).await.unwrap().text,
+        "after the storm"
+    );
 }
 
 #[tokio::test]
@@ -242,8 +396,16 @@ async fn slow_consumers_are_disconnected() {
     let b = bob_client.register("bob", "pw").await.unwrap();
     drop(bob_client);
     let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    let login = chat_client::encode_request(1, &Request::Login { user_id: b, password: "pw" });
-    tokio::io::AsyncWriteExt::write_all(&mut raw, &login).await.unwrap();
+    let login = chat_client::encode_request(
+        1,
+        &Request::Login {
+            user_id: b,
+            password: "pw",
+        },
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &login)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = "y".repeat(4000);
     const SENT: usize = 4000;
@@ -264,14 +426,22 @@ async fn slow_consumers_are_disconnected() {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    let login = login.unwrap_or_else(|| panic!("the slow consumer was disconnected: {}", reqwest_metrics(node.metrics_addr)));
+    let login = login.unwrap_or_else(|| {
+        panic!(
+            "the slow consumer was disconnected: {}",
+            reqwest_metrics(node.metrics_addr)
+        )
+    });
     let mut received = login.pending.len();
     while received < SENT {
         again.next_message_timeout(WAIT).await.unwrap();
         received += 1;
     }
     let metrics = reqwest_metrics(node.metrics_addr);
-    assert!(metrics.contains("chat_node_slow_consumer_disconnects_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("chat_node_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
     drop(raw);
 }
 
@@ -291,7 +461,8 @@ async fn idle_connections_are_closed_unless_they_ping() {
 fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

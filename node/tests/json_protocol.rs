@@ -19,7 +19,14 @@ fn register_login_chat_and_offline_delivery() {
 
     // A taken name fails with the seed's errno 1.
     let dup = Json::connect(node.addr).ask(r#"{"msgid":4,"name":"alice","password":"x"}"#);
-    assert_eq!((dup["msgid"].as_u64(), dup["errno"].as_u64(), dup["errcode"].as_u64()), (Some(5), Some(1), Some(3)));
+    assert_eq!(
+        (
+            dup["msgid"].as_u64(),
+            dup["errno"].as_u64(),
+            dup["errcode"].as_u64()
+        ),
+        (Some(5), Some(1), Some(3))
+    );
 
     let (mut a, login) = json_login(node.addr, alice);
     assert_eq!(login["name"], "alice");
@@ -27,11 +34,21 @@ fn register_login_chat_and_offline_delivery() {
 
     // Friend request; bob is offline, so the message waits for him.
     let r = a.ask(&format!(r#"{{"msgid":7,"id":{alice},"friendid":{bob}}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(13), Some(0)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(13), Some(0)),
+        "{r}"
+    );
     assert_eq!(r["state"], "offline");
     // The seed's test message: `from` and `toid`, quotes inside the text.
-    let r = a.ask(&format!(r#"{{"msgid":6,"id":{alice},"from":"cmf","toid":{bob},"msg":"say \"hi\" 你好"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(12), Some(0)), "{r}");
+    let r = a.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"from":"cmf","toid":{bob},"msg":"say \"hi\" 你好"}}"#
+    ));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(12), Some(0)),
+        "{r}"
+    );
     let first_id = r["messageid"].as_u64().unwrap();
 
     let (mut b, login) = json_login(node.addr, bob);
@@ -43,17 +60,35 @@ fn register_login_chat_and_offline_delivery() {
     assert_eq!(offline[0]["toid"], bob);
     assert_eq!(offline[0]["msg"], "say \"hi\" 你好");
     assert_eq!(offline[0]["messageid"], first_id);
-    assert!(offline[0]["time"].as_str().unwrap().len() == 19, "YYYY-MM-DD HH:MM:SS");
+    assert!(
+        offline[0]["time"].as_str().unwrap().len() == 19,
+        "YYYY-MM-DD HH:MM:SS"
+    );
     let friends = strings(&login, "friends");
     assert_eq!(friends.len(), 1);
-    assert_eq!((friends[0]["id"].as_u64(), friends[0]["name"].as_str(), friends[0]["state"].as_str()), (Some(alice), Some("alice"), Some("online")));
+    assert_eq!(
+        (
+            friends[0]["id"].as_u64(),
+            friends[0]["name"].as_str(),
+            friends[0]["state"].as_str()
+        ),
+        (Some(alice), Some("alice"), Some("online"))
+    );
 
     // Live: the format section's `to` works too; the recipient sees the
     // session's name, not what the sender claimed.
     let r = a.ask(&format!(r#"{{"msgid":6,"id":{alice},"name":"mallory","to":{bob},"msg":"live","time":"2024-01-01 00:00:00"}}"#));
     assert_eq!(r["errno"], 0);
     let push = b.recv();
-    assert_eq!((push["msgid"].as_u64(), push["id"].as_u64(), push["name"].as_str(), push["msg"].as_str()), (Some(6), Some(alice), Some("alice"), Some("live")));
+    assert_eq!(
+        (
+            push["msgid"].as_u64(),
+            push["id"].as_u64(),
+            push["name"].as_str(),
+            push["msg"].as_str()
+        ),
+        (Some(6), Some(alice), Some("alice"), Some("live"))
+    );
 
     // A JSON push counts as delivered once written: bob's next login is empty.
     drop(b);
@@ -67,11 +102,19 @@ fn second_login_wrong_password_and_unknown_id() {
     let node = node();
     let alice = json_register(node.addr, "alice");
     let (_a, _) = json_login(node.addr, alice);
-    let again = Json::connect(node.addr).ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"123456"}}"#));
-    assert_eq!((again["msgid"].as_u64(), again["errno"].as_u64()), (Some(2), Some(2)));
+    let again =
+        Json::connect(node.addr).ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"123456"}}"#));
+    assert_eq!(
+        (again["msgid"].as_u64(), again["errno"].as_u64()),
+        (Some(2), Some(2))
+    );
     assert_eq!(again["errmsg"], "this account is using, input another!");
-    let wrong = Json::connect(node.addr).ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"nope"}}"#));
-    assert_eq!((wrong["msgid"].as_u64(), wrong["errno"].as_u64()), (Some(2), Some(1)));
+    let wrong =
+        Json::connect(node.addr).ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"nope"}}"#));
+    assert_eq!(
+        (wrong["msgid"].as_u64(), wrong["errno"].as_u64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(wrong["errmsg"], "id or password is invalid!");
     let unknown = Json::connect(node.addr).ask(r#"{"msgid":1,"id":999999,"pwd":"123456"}"#);
     assert_eq!(unknown["errno"], 1);
@@ -84,44 +127,108 @@ fn groups_reach_every_other_member_online_and_offline() {
     let (mut a, _) = json_login(node.addr, alice);
     let (mut b, _) = json_login(node.addr, bob);
 
-    let r = a.ask(&format!(r#"{{"msgid":8,"id":{alice},"groupname":"test","groupdesc":"test"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(14), Some(0)), "{r}");
+    let r = a.ask(&format!(
+        r#"{{"msgid":8,"id":{alice},"groupname":"test","groupdesc":"test"}}"#
+    ));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(14), Some(0)),
+        "{r}"
+    );
     let group = r["groupid"].as_u64().unwrap();
     let r = b.ask(&format!(r#"{{"msgid":9,"id":{bob},"groupid":{group}}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64(), r["groupid"].as_u64()), (Some(15), Some(0), Some(group)), "{r}");
+    assert_eq!(
+        (
+            r["msgid"].as_u64(),
+            r["errno"].as_u64(),
+            r["groupid"].as_u64()
+        ),
+        (Some(15), Some(0), Some(group)),
+        "{r}"
+    );
     let again = b.ask(&format!(r#"{{"msgid":9,"id":{bob},"groupid":{group}}}"#));
-    assert_eq!((again["errno"].as_u64(), again["errcode"].as_u64()), (Some(1), Some(9)), "joining twice");
+    assert_eq!(
+        (again["errno"].as_u64(), again["errcode"].as_u64()),
+        (Some(1), Some(9)),
+        "joining twice"
+    );
     {
         let (mut c, _) = json_login(node.addr, carol);
         let r = c.ask(&format!(r#"{{"msgid":9,"id":{carol},"groupid":{group}}}"#));
         assert_eq!(r["errno"], 0);
         c.ask(&format!(r#"{{"msgid":3,"id":{carol}}}"#));
     }
-    let r = a.ask(&format!(r#"{{"msgid":10,"id":{alice},"name":"mmm","groupid":{group},"msg":"hello every one"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(16), Some(0)), "{r}");
+    let r = a.ask(&format!(
+        r#"{{"msgid":10,"id":{alice},"name":"mmm","groupid":{group},"msg":"hello every one"}}"#
+    ));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(16), Some(0)),
+        "{r}"
+    );
     let push = b.recv();
-    assert_eq!((push["msgid"].as_u64(), push["id"].as_u64(), push["name"].as_str(), push["groupid"].as_u64(), push["msg"].as_str()),
-        (Some(10), Some(alice), Some("alice"), Some(group), Some("hello every one")));
-    assert!(a.try_recv(QUIET).is_none(), "the sender does not get its own group message");
+    assert_eq!(
+        (
+            push["msgid"].as_u64(),
+            push["id"].as_u64(),
+            push["name"].as_str(),
+            push["groupid"].as_u64(),
+            push["msg"].as_str()
+        ),
+        (
+            Some(10),
+            Some(alice),
+            Some("alice"),
+            Some(group),
+            Some("hello every one")
+        )
+    );
+    assert!(
+        a.try_recv(QUIET).is_none(),
+        "the sender does not get its own group message"
+    );
 
     // Carol was offline: she gets it at login, and sees the group with roles.
     let (_c, login) = json_login(node.addr, carol);
     let offline = strings(&login, "offlinemsg");
     assert_eq!(offline.len(), 1);
-    assert_eq!((offline[0]["msgid"].as_u64(), offline[0]["groupid"].as_u64()), (Some(10), Some(group)));
+    assert_eq!(
+        (offline[0]["msgid"].as_u64(), offline[0]["groupid"].as_u64()),
+        (Some(10), Some(group))
+    );
     let groups = strings(&login, "groups");
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0]["groupname"], "test");
-    let users: Vec<serde_json::Value> = groups[0]["users"].as_array().unwrap().iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect();
-    let roles: Vec<(u64, &str)> = users.iter().map(|u| (u["id"].as_u64().unwrap(), u["role"].as_str().unwrap())).collect();
-    assert_eq!(roles, vec![(alice, "creator"), (bob, "normal"), (carol, "normal")]);
+    let users: Vec<serde_json::Value> = groups[0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap())
+        .collect();
+    let roles: Vec<(u64, &str)> = users
+        .iter()
+        .map(|u| (u["id"].as_u64().unwrap(), u["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![(alice, "creator"), (bob, "normal"), (carol, "normal")]
+    );
     assert_eq!(users[0]["state"], "online");
 
     // Non-members can not post.
     let dave = json_register(node.addr, "dave");
     let (mut d, _) = json_login(node.addr, dave);
-    let r = d.ask(&format!(r#"{{"msgid":10,"id":{dave},"groupid":{group},"msg":"x"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64(), r["errcode"].as_u64()), (Some(16), Some(1), Some(8)));
+    let r = d.ask(&format!(
+        r#"{{"msgid":10,"id":{dave},"groupid":{group},"msg":"x"}}"#
+    ));
+    assert_eq!(
+        (
+            r["msgid"].as_u64(),
+            r["errno"].as_u64(),
+            r["errcode"].as_u64()
+        ),
+        (Some(16), Some(1), Some(8))
+    );
     let r = d.ask(r#"{"msgid":9,"id":0,"groupid":987654}"#);
     assert_eq!(r["errno"], 1, "unknown group or forbidden id: {r}");
 }
@@ -133,18 +240,35 @@ fn impersonation_is_refused_and_nothing_is_sent() {
     let (mut a, _) = json_login(node.addr, alice);
     let (mut c, _) = json_login(node.addr, carol);
     // Alice's session claims to be bob.
-    let r = a.ask(&format!(r#"{{"msgid":6,"id":{bob},"toid":{carol},"msg":"I am bob"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64(), r["errcode"].as_u64()), (Some(12), Some(1), Some(5)), "{r}");
+    let r = a.ask(&format!(
+        r#"{{"msgid":6,"id":{bob},"toid":{carol},"msg":"I am bob"}}"#
+    ));
+    assert_eq!(
+        (
+            r["msgid"].as_u64(),
+            r["errno"].as_u64(),
+            r["errcode"].as_u64()
+        ),
+        (Some(12), Some(1), Some(5)),
+        "{r}"
+    );
     assert!(c.try_recv(QUIET).is_none(), "carol got nothing");
     let r = a.ask(&format!(r#"{{"msgid":3,"id":{carol}}}"#));
     assert_eq!(r["errcode"], 5, "alice can not log carol out: {r}");
     let r = a.ask(&format!(r#"{{"msgid":7,"id":{bob},"friendid":{carol}}}"#));
     assert_eq!(r["errcode"], 5);
     // Requests before login are refused.
-    let r = Json::connect(node.addr).ask(&format!(r#"{{"msgid":6,"id":{alice},"toid":{carol},"msg":"x"}}"#));
-    assert_eq!((r["errno"].as_u64(), r["errcode"].as_u64()), (Some(1), Some(4)));
+    let r = Json::connect(node.addr).ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{carol},"msg":"x"}}"#
+    ));
+    assert_eq!(
+        (r["errno"].as_u64(), r["errcode"].as_u64()),
+        (Some(1), Some(4))
+    );
     // Carol is still logged in: her session works.
-    let r = c.ask(&format!(r#"{{"msgid":6,"id":{carol},"toid":{alice},"msg":"still here"}}"#));
+    let r = c.ask(&format!(
+        r#"{{"msgid":6,"id":{carol},"toid":{alice},"msg":"still here"}}"#
+    ));
     assert_eq!(r["errno"], 0);
     assert_eq!(a.recv()["msg"], "still here");
 }
@@ -156,30 +280,55 @@ fn bad_input_gets_an_error_and_the_node_keeps_serving() {
     let mut c = Json::connect(node.addr);
     // The seed's crash: a field of the wrong type.
     let r = c.ask(r#"{"msgid":1,"id":"3","pwd":"123456"}"#);
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64(), r["errcode"].as_u64()), (Some(2), Some(1), Some(13)), "{r}");
+    assert_eq!(
+        (
+            r["msgid"].as_u64(),
+            r["errno"].as_u64(),
+            r["errcode"].as_u64()
+        ),
+        (Some(2), Some(1), Some(13)),
+        "{r}"
+    );
     assert!(r["errmsg"].as_str().unwrap().contains("id"));
     // Broken JSON, then unknown and missing msgids.
     let r = c.ask(r#"{"msgid":1,"id":"#);
-    assert_eq!((r["msgid"].as_u64(), r["errcode"].as_u64()), (Some(17), Some(13)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(17), Some(13)),
+        "{r}"
+    );
     let r = c.ask(r#"{"msgid":42}"#);
-    assert_eq!((r["msgid"].as_u64(), r["errcode"].as_u64()), (Some(17), Some(13)));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(17), Some(13))
+    );
     let r = c.ask(r#"{"id":1}"#);
     assert_eq!(r["msgid"], 17);
     // The seed's own register test message has no name.
     let r = c.ask(r#"{"msgid":4,"id":2,"pwd":"123456"}"#);
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(5), Some(1)));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(5), Some(1))
+    );
     assert!(r["errmsg"].as_str().unwrap().contains("name"), "{r}");
     // Text over the limit is refused, not truncated.
     let r = c.ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"123456"}}"#));
     assert_eq!(r["errno"], 0);
     let long = "x".repeat(101);
-    let r = c.ask(&format!(r#"{{"msgid":6,"id":{alice},"toid":{alice},"msg":"{long}"}}"#));
-    assert_eq!((r["msgid"].as_u64(), r["errcode"].as_u64()), (Some(12), Some(12)));
+    let r = c.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{alice},"msg":"{long}"}}"#
+    ));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(12), Some(12))
+    );
     // Junk that is not JSON at all.
     c.send_raw(b"hello there\n");
     assert_eq!(c.recv()["msgid"], 17);
     // Still the same working session afterwards.
-    let r = c.ask(&format!(r#"{{"msgid":6,"id":{alice},"toid":{alice},"msg":"to myself"}}"#));
+    let r = c.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{alice},"msg":"to myself"}}"#
+    ));
     assert_eq!(r["errno"], 0);
     assert_eq!(c.recv()["msg"], "to myself");
     // And the node still serves others.
@@ -209,7 +358,11 @@ fn an_endless_object_is_refused_and_closed() {
     c.send_raw(b"{\"msgid\":4,\"name\":\"");
     c.send_raw(&vec![b'a'; 70 * 1024]);
     let r = c.recv();
-    assert_eq!((r["msgid"].as_u64(), r["errno"].as_u64()), (Some(17), Some(1)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(17), Some(1)),
+        "{r}"
+    );
     assert!(c.closed_within(Duration::from_secs(5)));
     json_register(node.addr, "still-serving");
 }

@@ -3,7 +3,7 @@
 //!
 //! Reading is split in two steps so that no allocation depends on untrusted
 //! input: [`frame_len`] looks at the 4-byte prefix and refuses a length over
-//! the limit before anything is buffered, and [`parse_envelope`] runs the
+//! the limit before anything is buffered, and [`parse_frame`] runs the
 //! FlatBuffers verifier with limits tightened for network input.
 
 use crate::fb;
@@ -45,22 +45,43 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameErr
 }
 
 /// Verifier limits for buffers that come from the network: a few levels of
-/// nesting, a bounded number of tables, nothing larger than the frame limit.
+/// nesting, no more tables than the frame could hold (a table takes at least
+/// 8 bytes), nothing larger than the frame limit.
 pub fn verifier_options(max_frame: usize) -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: 16,
-        max_tables: 4096,
+        max_tables: (max_frame / 8).max(64),
         max_apparent_size: max_frame,
         ignore_missing_null_terminator: false,
     }
 }
 
-/// Verifies one frame body (the bytes after the prefix) and returns its
-/// envelope.
-pub fn parse_envelope(body: &[u8], max_frame: usize) -> Result<fb::Envelope<'_>, FrameError> {
-    let opts = verifier_options(max_frame);
-    flatbuffers::root_with_opts::<fb::Envelope>(&opts, body)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+/// Verifies one whole frame (prefix included) and returns its envelope.
+///
+/// A size-prefixed FlatBuffer (`finish_size_prefixed`) is aligned with its
+/// prefix, so it is verified as such. A client that finished a plain buffer
+/// and prepended its length by hand has the opposite alignment; such a frame
+/// is verified again without its prefix, so both are accepted (the verifier's
+/// alignment rule is about well-formedness: reads never assume alignment).
+pub fn parse_frame(frame: &[u8], max_frame: usize) -> Result<fb::Envelope<'_>, FrameError> {
+    let mut opts = verifier_options(max_frame);
+    opts.max_apparent_size = max_frame.saturating_add(PREFIX_LEN);
+    let invalid = |e: flatbuffers::InvalidFlatbuffer| {
+        // The verifier's message carries a multi-line trace; the first line says it.
+        let msg = e.to_string();
+        FrameError::Invalid(msg.lines().next().unwrap_or(&msg).trim_end().to_owned())
+    };
+    match flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(&opts, frame) {
+        Ok(envelope) => Ok(envelope),
+        Err(flatbuffers::InvalidFlatbuffer::Unaligned { .. }) if frame.len() > PREFIX_LEN => {
+            flatbuffers::root_with_opts::<fb::Envelope>(
+                &verifier_options(max_frame),
+                &frame[PREFIX_LEN..],
+            )
+            .map_err(invalid)
+        }
+        Err(e) => Err(invalid(e)),
+    }
 }
 
 /// Finishes `builder` with `envelope` as a size-prefixed frame and returns the
@@ -79,7 +100,10 @@ pub fn encode(
     request_id: u64,
     build: impl FnOnce(
         &mut flatbuffers::FlatBufferBuilder<'_>,
-    ) -> (fb::Body, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>),
+    ) -> (
+        fb::Body,
+        flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+    ),
 ) -> Vec<u8> {
     let mut b = flatbuffers::FlatBufferBuilder::with_capacity(128);
     let (body_type, body) = build(&mut b);
@@ -110,9 +134,38 @@ mod tests {
         let frame = ping(7);
         let len = frame_len(&frame, DEFAULT_MAX_FRAME).unwrap().unwrap();
         assert_eq!(len + PREFIX_LEN, frame.len());
-        let env = parse_envelope(&frame[PREFIX_LEN..], DEFAULT_MAX_FRAME).unwrap();
+        let env = parse_frame(&frame, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(env.request_id(), 7);
         assert_eq!(env.body_type(), fb::Body::PingRequest);
+    }
+
+    #[test]
+    fn eight_byte_fields_verify_in_both_alignments() {
+        // Size-prefixed, as `encode` builds it.
+        let frame = ping(u64::MAX - 1);
+        assert_eq!(
+            parse_frame(&frame, DEFAULT_MAX_FRAME).unwrap().request_id(),
+            u64::MAX - 1
+        );
+        // A plain buffer with its length prepended by hand.
+        let mut b = flatbuffers::FlatBufferBuilder::new();
+        let p = fb::PingRequest::create(&mut b, &fb::PingRequestArgs {});
+        let env = fb::Envelope::create(
+            &mut b,
+            &fb::EnvelopeArgs {
+                request_id: 9,
+                body_type: fb::Body::PingRequest,
+                body: Some(p.as_union_value()),
+            },
+        );
+        b.finish(env, None);
+        let body = b.finished_data();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        assert_eq!(
+            parse_frame(&frame, DEFAULT_MAX_FRAME).unwrap().request_id(),
+            9
+        );
     }
 
     #[test]
@@ -135,7 +188,7 @@ mod tests {
     #[test]
     fn garbage_fails_verification() {
         assert!(matches!(
-            parse_envelope(&[0xff; 32], DEFAULT_MAX_FRAME),
+            parse_frame(&[0xff; 32], DEFAULT_MAX_FRAME),
             Err(FrameError::Invalid(_))
         ));
     }

@@ -60,44 +60,16 @@ impl FrameDecoder {
         let Some(frame) = buf.get(..total) else {
             return (0, None);
         };
-        let decoded = match parse_frame(frame, self.max_frame) {
+        let decoded = match frame::parse_frame(frame, self.max_frame) {
             Ok(envelope) => decode_envelope(&envelope),
             Err(e) => Decoded::Invalid {
                 request_id: 0,
                 kind: RequestKind::Unknown,
-                failure: Failure::new(ErrorCode::BadRequest, first_line(&e.to_string())),
+                failure: Failure::new(ErrorCode::BadRequest, e.to_string()),
             },
         };
         (total, Some(decoded))
     }
-}
-
-/// Verifies one whole frame, length prefix included, and returns its
-/// envelope.
-///
-/// FlatBuffers aligns a size-prefixed buffer with its prefix (C++
-/// `FinishSizePrefixed`, Rust `finish_size_prefixed`), so the frame is
-/// verified from its first byte: verifying only the bytes after the prefix
-/// (as `chat_schema::frame::parse_envelope` does) sees every 8-byte field 4
-/// bytes off its alignment and refuses it. A client that finished a plain
-/// buffer and prepended its length has the opposite alignment; such a frame
-/// is verified again without its prefix, so both are accepted (the verifier's
-/// alignment rule is about well-formedness: reads never assume alignment).
-pub fn parse_frame(frame: &[u8], max_frame: usize) -> Result<fb::Envelope<'_>, FrameError> {
-    let mut opts = frame::verifier_options(max_frame);
-    opts.max_apparent_size = max_frame.saturating_add(PREFIX_LEN);
-    match flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(&opts, frame) {
-        Ok(envelope) => Ok(envelope),
-        Err(flatbuffers::InvalidFlatbuffer::Unaligned { .. }) if frame.len() > PREFIX_LEN => {
-            frame::parse_envelope(&frame[PREFIX_LEN..], max_frame)
-        }
-        Err(e) => Err(FrameError::Invalid(e.to_string())),
-    }
-}
-
-/// The verifier's messages carry a multi-line trace; the first line says it.
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim_end().to_owned()
 }
 
 /// Why a verified envelope is not a usable request.
@@ -719,7 +691,7 @@ mod tests {
         while !rest.is_empty() {
             let len = frame::frame_len(rest, MAX).unwrap().unwrap();
             let (f, tail) = rest.split_at(PREFIX_LEN + len);
-            envs.push(parse_frame(f, MAX).unwrap());
+            envs.push(frame::parse_frame(f, MAX).unwrap());
             rest = tail;
         }
         envs

@@ -169,7 +169,12 @@ pub trait Store: Send + 'static {
 
     /// Messages `user` has not acknowledged, with ids above `after` too,
     /// oldest first, at most `limit`.
-    fn pending(&mut self, user: UserId, after: MessageId, limit: usize) -> Result<Vec<StoredMessage>>;
+    fn pending(
+        &mut self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>>;
 
     /// Moves the delivery cursor of `user` up to `up_to` (never down).
     fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()>;

@@ -29,13 +29,25 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub enum RouterEvent {
     /// `user` is now served by connection `conn` on shard `shard`.
-    Route { user: UserId, shard: usize, conn: ConnId },
+    Route {
+        user: UserId,
+        shard: usize,
+        conn: ConnId,
+    },
     /// `user` left connection `conn`.
     Unroute { user: UserId, conn: ConnId },
     /// A new message for `user`.
-    Deliver { user: UserId, message: Arc<StoredMessage> },
+    Deliver {
+        user: UserId,
+        message: Arc<StoredMessage>,
+    },
     /// Friend `who` of `user` came online or went offline.
-    Presence { user: UserId, who: UserId, name: Arc<str>, online: bool },
+    Presence {
+        user: UserId,
+        who: UserId,
+        name: Arc<str>,
+        online: bool,
+    },
 }
 
 impl RouterEvent {
@@ -53,19 +65,63 @@ type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// One request to the store thread.
 pub enum Op {
-    Register { name: String, password_hash: String, answer: Answer<UserId> },
-    User { id: UserId, answer: Answer<Option<UserRecord>> },
+    Register {
+        name: String,
+        password_hash: String,
+        answer: Answer<UserId>,
+    },
+    User {
+        id: UserId,
+        answer: Answer<Option<UserRecord>>,
+    },
     /// Claims the user's session, routes it to `conn` and returns what a login
     /// shows, with the first `page` pending messages.
-    Login { user: UserId, shard: usize, conn: ConnId, epoch: u64, page: usize, answer: Answer<LoginInfo> },
+    Login {
+        user: UserId,
+        shard: usize,
+        conn: ConnId,
+        epoch: u64,
+        page: usize,
+        answer: Answer<LoginInfo>,
+    },
     /// Releases the session if `epoch` still holds it and unroutes `conn`.
-    Logout { user: UserId, conn: ConnId, epoch: u64, answer: Option<Answer<()>> },
-    AddFriend { user: UserId, friend: UserId, answer: Answer<Contact> },
-    CreateGroup { creator: UserId, name: String, description: String, answer: Answer<GroupId> },
-    JoinGroup { group: GroupId, user: UserId, answer: Answer<GroupInfo> },
-    Append { message: NewMessage, answer: Answer<Arc<StoredMessage>> },
-    Pending { user: UserId, after: MessageId, limit: usize, answer: Answer<Vec<StoredMessage>> },
-    Ack { user: UserId, up_to: MessageId, answer: Option<Answer<()>> },
+    Logout {
+        user: UserId,
+        conn: ConnId,
+        epoch: u64,
+        answer: Option<Answer<()>>,
+    },
+    AddFriend {
+        user: UserId,
+        friend: UserId,
+        answer: Answer<Contact>,
+    },
+    CreateGroup {
+        creator: UserId,
+        name: String,
+        description: String,
+        answer: Answer<GroupId>,
+    },
+    JoinGroup {
+        group: GroupId,
+        user: UserId,
+        answer: Answer<GroupInfo>,
+    },
+    Append {
+        message: NewMessage,
+        answer: Answer<Arc<StoredMessage>>,
+    },
+    Pending {
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+        answer: Answer<Vec<StoredMessage>>,
+    },
+    Ack {
+        user: UserId,
+        up_to: MessageId,
+        answer: Option<Answer<()>>,
+    },
     /// Commits what came before and ends the thread (sent once every shard
     /// has stopped).
     Stop,
@@ -244,7 +300,12 @@ impl<S: Store> Step<'_, S> {
     }
 
     /// Tells every online friend of `user` that they came online or left.
-    fn tell_friends(&mut self, user: UserId, name: &Arc<str>, online: bool) -> Result<(), StoreError> {
+    fn tell_friends(
+        &mut self,
+        user: UserId,
+        name: &Arc<str>,
+        online: bool,
+    ) -> Result<(), StoreError> {
         for friend in self.store.friends(user)? {
             if friend.online {
                 self.emit(RouterEvent::Presence {
@@ -260,34 +321,63 @@ impl<S: Store> Step<'_, S> {
 
     fn run(&mut self, op: Op) -> Reply {
         match op {
-            Op::Register { name, password_hash, answer } => {
-                answer_later(answer, self.store.create_user(&name, &password_hash))
-            }
+            Op::Register {
+                name,
+                password_hash,
+                answer,
+            } => answer_later(answer, self.store.create_user(&name, &password_hash)),
             Op::User { id, answer } => answer_later(answer, self.store.user(id)),
-            Op::Login { user, shard, conn, epoch, page, answer } => {
-                answer_later(answer, self.login(user, shard, conn, epoch, page))
-            }
-            Op::Logout { user, conn, epoch, answer } => {
+            Op::Login {
+                user,
+                shard,
+                conn,
+                epoch,
+                page,
+                answer,
+            } => answer_later(answer, self.login(user, shard, conn, epoch, page)),
+            Op::Logout {
+                user,
+                conn,
+                epoch,
+                answer,
+            } => {
                 let result = self.logout(user, conn, epoch);
                 match answer {
                     Some(answer) => answer_later(answer, result),
                     None => Box::new(|_| {}),
                 }
             }
-            Op::AddFriend { user, friend, answer } => {
-                answer_later(answer, self.add_friend(user, friend))
-            }
-            Op::CreateGroup { creator, name, description, answer } => {
-                answer_later(answer, self.store.create_group(creator, &name, &description))
-            }
-            Op::JoinGroup { group, user, answer } => {
-                answer_later(answer, self.store.join_group(group, user))
-            }
+            Op::AddFriend {
+                user,
+                friend,
+                answer,
+            } => answer_later(answer, self.add_friend(user, friend)),
+            Op::CreateGroup {
+                creator,
+                name,
+                description,
+                answer,
+            } => answer_later(
+                answer,
+                self.store.create_group(creator, &name, &description),
+            ),
+            Op::JoinGroup {
+                group,
+                user,
+                answer,
+            } => answer_later(answer, self.store.join_group(group, user)),
             Op::Append { message, answer } => answer_later(answer, self.append(&message)),
-            Op::Pending { user, after, limit, answer } => {
-                answer_later(answer, self.store.pending(user, after, limit))
-            }
-            Op::Ack { user, up_to, answer } => {
+            Op::Pending {
+                user,
+                after,
+                limit,
+                answer,
+            } => answer_later(answer, self.store.pending(user, after, limit)),
+            Op::Ack {
+                user,
+                up_to,
+                answer,
+            } => {
                 let result = self.store.ack(user, up_to);
                 match answer {
                     Some(answer) => answer_later(answer, result),
@@ -298,8 +388,18 @@ impl<S: Store> Step<'_, S> {
         }
     }
 
-    fn login(&mut self, user: UserId, shard: usize, conn: ConnId, epoch: u64, page: usize) -> Result<LoginInfo, StoreError> {
-        let record = self.store.user(user)?.ok_or(StoreError::UnknownUser(user))?;
+    fn login(
+        &mut self,
+        user: UserId,
+        shard: usize,
+        conn: ConnId,
+        epoch: u64,
+        page: usize,
+    ) -> Result<LoginInfo, StoreError> {
+        let record = self
+            .store
+            .user(user)?
+            .ok_or(StoreError::UnknownUser(user))?;
         self.store.claim_session(user, self.node, epoch)?;
         let friends = self.store.friends(user)?;
         let groups = self.store.groups(user)?;
@@ -338,15 +438,15 @@ impl<S: Store> Step<'_, S> {
 
     fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact, StoreError> {
         let contact = self.store.add_friend(user, friend)?;
-        if contact.online {
-            if let Some(me) = self.store.user(user)? {
-                self.emit(RouterEvent::Presence {
-                    user: friend,
-                    who: user,
-                    name: me.name.into(),
-                    online: true,
-                });
-            }
+        if contact.online
+            && let Some(me) = self.store.user(user)?
+        {
+            self.emit(RouterEvent::Presence {
+                user: friend,
+                who: user,
+                name: me.name.into(),
+                online: true,
+            });
         }
         Ok(contact)
     }

@@ -18,6 +18,7 @@ pub fn node_with(args: &[&str]) -> LocalNode {
     LocalNode::start(NodeOptions {
         binary: Some(env!("CARGO_BIN_EXE_chat-node").into()),
         args: args.iter().map(|s| s.to_string()).collect(),
+        log: std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
         ..NodeOptions::default()
     })
     .expect("starting chat-node")
@@ -32,8 +33,13 @@ pub struct Json {
 impl Json {
     pub fn connect(addr: SocketAddr) -> Json {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Json { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Json {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Sends raw bytes as they are.
@@ -50,7 +56,8 @@ impl Json {
 
     /// The next NUL-terminated object from the node; panics after 10 s.
     pub fn recv(&mut self) -> Value {
-        self.try_recv(Duration::from_secs(10)).expect("a reply within 10 s")
+        self.try_recv(Duration::from_secs(10))
+            .expect("a reply within 10 s")
     }
 
     /// The next object, or `None` if nothing complete arrives in `wait`
@@ -60,7 +67,9 @@ impl Json {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == 0) {
                 let object: Vec<u8> = self.buf.drain(..=end).collect();
-                return Some(serde_json::from_slice(&object[..end]).expect("the node sends valid JSON"));
+                return Some(
+                    serde_json::from_slice(&object[..end]).expect("the node sends valid JSON"),
+                );
             }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
@@ -92,7 +101,8 @@ impl Json {
 
 /// Registers `name` over JSON and returns the new id.
 pub fn json_register(addr: SocketAddr, name: &str) -> u64 {
-    let reply = Json::connect(addr).ask(&format!(r#"{{"msgid":4,"name":"{name}","pwd":"123456"}}"#));
+    let reply =
+        Json::connect(addr).ask(&format!(r#"{{"msgid":4,"name":"{name}","pwd":"123456"}}"#));
     assert_eq!(reply["msgid"], 5, "{reply}");
     assert_eq!(reply["errno"], 0, "{reply}");
     reply["id"].as_u64().expect("numeric id")
@@ -113,7 +123,10 @@ pub fn strings(reply: &Value, field: &str) -> Vec<Value> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|s| serde_json::from_str(s.as_str().expect("array of strings")).expect("each string is JSON"))
+                .map(|s| {
+                    serde_json::from_str(s.as_str().expect("array of strings"))
+                        .expect("each string is JSON")
+                })
                 .collect()
         })
         .unwrap_or_default()
