@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{Checkpointer, SqliteStore};
 use crate::store::writer::{self, WriterConfig};
 use crate::{metrics, shard};
 
@@ -47,6 +47,7 @@ pub struct Node {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     store: writer::StoreClient,
     writer: std::thread::JoinHandle<()>,
+    checkpointer: Checkpointer,
 }
 
 impl Node {
@@ -65,13 +66,21 @@ impl Node {
         let recovered = store
             .release_node(&config.node_id)
             .and_then(|users| store.commit().map(|()| users))
-            .map_err(|source| StartError::Store { path, source })?;
+            .map_err(|source| StartError::Store {
+                path: path.clone(),
+                source,
+            })?;
         if !recovered.is_empty() {
             tracing::info!(
                 users = recovered.len(),
                 "released sessions left by a previous run"
             );
         }
+        let checkpointer = Checkpointer::start(&path, Duration::from_millis(100))
+            .map_err(|source| StartError::Store {
+                path: path.clone(),
+                source,
+            })?;
 
         let handle = metrics::install();
         let metrics_listener =
@@ -162,6 +171,7 @@ impl Node {
             executors,
             store: store_client,
             writer,
+            checkpointer,
         })
     }
 
@@ -180,6 +190,7 @@ impl Node {
         // Every session has queued its logout by now; commit and end.
         self.store.stop();
         let _ = self.writer.join();
+        drop(self.checkpointer);
         tracing::info!("chat-node stopped");
     }
 }

@@ -99,6 +99,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring) {
         let events = wiring.routers[id].clone();
         glommio::spawn_local(async move { router::run(&shard, events, &senders).await })
     };
+    let lag_probe = glommio::spawn_local(measure_lag(shard.label.clone()));
     tracing::debug!(shard = id, "shard ready");
 
     loop {
@@ -135,6 +136,19 @@ pub async fn run(listener: TcpListener, wiring: Wiring) {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     drop(router_task);
+    drop(lag_probe);
+}
+
+/// How late a 10 ms timer fires on this executor: near zero while every task
+/// yields promptly, large when something blocks the thread.
+async fn measure_lag(shard: String) {
+    const TICK: Duration = Duration::from_millis(10);
+    let lag = metrics::histogram!("chat_node_event_loop_lag_seconds", "shard" => shard);
+    loop {
+        let started = std::time::Instant::now();
+        glommio::timer::sleep(TICK).await;
+        lag.record(started.elapsed().saturating_sub(TICK).as_secs_f64());
+    }
 }
 
 /// Binds the client port for one shard (glommio sets SO_REUSEPORT, so every

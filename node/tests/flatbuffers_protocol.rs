@@ -481,6 +481,7 @@ async fn metrics_endpoint_reports_the_node() {
         "chat_node_request_duration_seconds_bucket{kind=\"login\"",
         "chat_node_messages_delivered_total{kind=\"direct\"} 1",
         "chat_node_messages_stored_total 1",
+        "chat_node_event_loop_lag_seconds_bucket{shard=\"0\"",
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }

@@ -66,6 +66,7 @@ macro_rules! store_contract {
                 group_message_is_stored_once_for_its_members,
                 pending_total_counts_unacked_deliveries,
                 compact_deletes_only_what_everyone_acked,
+                compact_works_in_slices_of_at_most_limit,
                 committed_data_survives_reopening,
                 rollback_discards_the_batch,
                 two_handles_share_one_database,
@@ -159,7 +160,7 @@ mod cases {
         let last = send(&mut *s, bob, "bob", Target::User(alice), "two");
         s.ack(alice, last).unwrap();
         s.commit().unwrap();
-        assert_eq!(s.compact().unwrap(), 2);
+        assert_eq!(s.compact(usize::MAX).unwrap(), 2);
         s.commit().unwrap();
         drop(s);
 
@@ -554,6 +555,22 @@ mod cases {
         s.commit().unwrap();
     }
 
+    pub fn compact_works_in_slices_of_at_most_limit(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let mut last = 0;
+        for i in 0..5 {
+            last = send(&mut *s, bob, "bob", Target::User(alice), &format!("m{i}"));
+        }
+        s.ack(alice, last).unwrap();
+        s.commit().unwrap();
+        let slices: Vec<u64> = (0..4).map(|_| s.compact(2).unwrap()).collect();
+        assert_eq!(slices, vec![2, 2, 1, 0]);
+        s.commit().unwrap();
+        assert!(texts(&mut *s, alice).is_empty());
+    }
+
     pub fn compact_deletes_only_what_everyone_acked(db: &dyn TestDb) {
         let mut s = db.open();
         let alice = user(&mut *s, "alice");
@@ -571,19 +588,19 @@ mod cases {
         s.ack(alice, d1).unwrap();
         s.commit().unwrap();
 
-        assert_eq!(s.compact().unwrap(), 1);
+        assert_eq!(s.compact(usize::MAX).unwrap(), 1);
         s.commit().unwrap();
         assert_eq!(texts(&mut *s, alice), vec!["d2"]);
         assert_eq!(texts(&mut *s, bob), vec!["g1"]);
         assert_eq!(texts(&mut *s, carol), vec!["c1"]);
         assert_eq!(s.pending_total().unwrap(), 3);
-        assert_eq!(s.compact().unwrap(), 0);
+        assert_eq!(s.compact(usize::MAX).unwrap(), 0);
 
         // Once every member is past the group message it goes, with the
         // direct message alice acknowledged on the way.
         s.ack(bob, gm).unwrap();
         s.ack(alice, gm).unwrap();
-        assert_eq!(s.compact().unwrap(), 2);
+        assert_eq!(s.compact(usize::MAX).unwrap(), 2);
         s.commit().unwrap();
         assert!(texts(&mut *s, alice).is_empty());
         assert!(texts(&mut *s, bob).is_empty());
@@ -852,7 +869,7 @@ fn sqlite_append_throughput() {
         }
         s.commit().unwrap();
         let t = Instant::now();
-        let deleted = s.compact().unwrap();
+        let deleted = s.compact(usize::MAX).unwrap();
         s.commit().unwrap();
         let compacting = t.elapsed();
 

@@ -186,8 +186,9 @@ pub trait Store: Send + 'static {
     /// acknowledged, across all users.
     fn pending_total(&mut self) -> Result<u64>;
 
-    /// Deletes messages every recipient has acknowledged; returns how many.
-    fn compact(&mut self) -> Result<u64>;
+    /// Deletes at most `limit` messages every recipient has acknowledged;
+    /// returns how many. Small slices keep each transaction short.
+    fn compact(&mut self, limit: usize) -> Result<u64>;
 
     /// Makes every write since the last commit durable.
     fn commit(&mut self) -> Result<()>;

@@ -294,6 +294,57 @@ fn merge_limited(acc: &mut Vec<StoredMessage>, more: Vec<StoredMessage>, limit: 
     acc.truncate(limit);
 }
 
+/// A thread that checkpoints the WAL of a database in the background, so that
+/// when a store's commit reaches SQLite's automatic checkpoint (every 1000
+/// pages) most pages are already copied and synced: that commit, and every
+/// request behind it, stalls less. The automatic checkpoint stays on because
+/// only a writer can wrap the WAL around; without it a WAL under constant
+/// writes grows without bound. Stops, after a last checkpoint, when dropped.
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Runs a PASSIVE checkpoint of the database at `path` every `every`: it
+    /// copies what it can without waiting for, or blocking, the writer.
+    pub fn start(path: &Path, every: std::time::Duration) -> Result<Checkpointer> {
+        use std::sync::atomic::Ordering;
+        let conn = Connection::open(path).db()?;
+        conn.busy_timeout(BUSY_TIMEOUT).db()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                let checkpoint = |mode: &str| {
+                    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                };
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    checkpoint("PASSIVE");
+                }
+                checkpoint("PASSIVE");
+            })
+            .map_err(|e| StoreError::Backend(format!("spawning the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating it if missing) the database at `path`, switches it to
     /// WAL mode and creates the schema if it is not there.
@@ -813,17 +864,23 @@ impl Store for SqliteStore {
     /// The sender counts as a member here, so a group message stays until its
     /// sender's cursor has passed it too (conservative: it never deletes an
     /// undelivered message, and senders' cursors move as they receive).
-    fn compact(&mut self) -> Result<u64> {
+    fn compact(&mut self, limit: usize) -> Result<u64> {
         let c = self.tx()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let direct = c
             .prepare_cached(
                 "DELETE FROM messages WHERE id IN (
                      SELECT m.id FROM users u
-                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.id <= u.cursor)",
+                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.id <= u.cursor
+                     LIMIT ?1)",
             )
             .db()?
-            .execute([])
+            .execute([limit])
             .db()?;
+        let left = limit - direct as i64;
+        if left <= 0 {
+            return Ok(direct as u64);
+        }
         let group = c
             .prepare_cached(
                 "DELETE FROM messages WHERE id IN (
@@ -831,10 +888,11 @@ impl Store for SqliteStore {
                          SELECT gm.group_id AS g, MIN(MAX(u.cursor, gm.joined_after)) AS t
                          FROM group_members gm JOIN users u ON u.id = gm.user_id
                          GROUP BY gm.group_id) AS x
-                     JOIN messages m ON m.group_id = x.g AND m.id <= x.t)",
+                     JOIN messages m ON m.group_id = x.g AND m.id <= x.t
+                     LIMIT ?1)",
             )
             .db()?
-            .execute([])
+            .execute([left])
             .db()?;
         Ok((direct + group) as u64)
     }

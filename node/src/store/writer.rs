@@ -8,7 +8,8 @@
 //! order, to the router of the recipient's home shard (`user % shards`): since
 //! every channel on that path is FIFO, a user's session receives routes and
 //! messages in the order the store committed them. When the channel is quiet
-//! the thread does maintenance (pending gauge, compaction).
+//! the thread does maintenance: it refreshes the pending gauge and deletes
+//! acknowledged messages in small slices between batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,8 +217,11 @@ pub fn run<S: Store>(
     let mut events: Vec<Vec<RouterEvent>> = vec![Vec::new(); config.shards];
     let mut last_maintenance = Instant::now();
     let mut stopping = false;
+    let mut compacting = false;
+    let mut last_slice = Instant::now();
     while !stopping {
-        match ops.recv_timeout(config.maintenance_every) {
+        let wait = if compacting { SLICE_GAP } else { config.maintenance_every };
+        match ops.recv_timeout(wait) {
             Ok(Op::Stop) | Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
             Ok(op) => batch.push(op),
             Err(flume::RecvTimeoutError::Timeout) => {}
@@ -260,26 +264,49 @@ pub fn run<S: Store>(
                 }
             }
         }
-        if last_maintenance.elapsed() >= config.maintenance_every {
+        // Compaction goes in small slices when no request is waiting (and at
+        // most one per SLICE_GAP under constant load), so that requests never
+        // wait behind a long transaction.
+        if !compacting && last_maintenance.elapsed() >= config.maintenance_every {
             last_maintenance = Instant::now();
-            maintain(&mut store);
+            refresh_pending_gauge(&mut store);
+            compacting = true;
+        }
+        if compacting && (ops.is_empty() || last_slice.elapsed() >= SLICE_GAP) {
+            last_slice = Instant::now();
+            compacting = compact_slice(&mut store);
         }
     }
-    maintain(&mut store);
+    while compact_slice(&mut store) {}
+    refresh_pending_gauge(&mut store);
 }
 
-fn maintain<S: Store>(store: &mut S) {
-    let result = store
-        .compact()
-        .and_then(|deleted| Ok((deleted, store.pending_total()?)))
-        .and_then(|r| store.commit().map(|()| r));
-    match result {
-        Ok((deleted, pending)) => {
-            metrics::gauge!("chat_node_pending_messages").set(pending as f64);
+/// Acknowledged messages deleted per compaction transaction.
+const COMPACT_SLICE: usize = 200;
+/// Under constant load, the time between two compaction slices.
+const SLICE_GAP: Duration = Duration::from_millis(100);
+
+/// Deletes one slice of acknowledged messages; true if there may be more.
+fn compact_slice<S: Store>(store: &mut S) -> bool {
+    match store.compact(COMPACT_SLICE).and_then(|n| store.commit().map(|()| n)) {
+        Ok(deleted) => {
             metrics::counter!("chat_node_messages_compacted_total").increment(deleted);
+            deleted as usize == COMPACT_SLICE
         }
         Err(e) => {
-            tracing::warn!(error = %e, "store maintenance failed");
+            tracing::warn!(error = %e, "compaction failed");
+            metrics::counter!("chat_node_store_errors_total").increment(1);
+            store.rollback();
+            false
+        }
+    }
+}
+
+fn refresh_pending_gauge<S: Store>(store: &mut S) {
+    match store.pending_total().and_then(|n| store.commit().map(|()| n)) {
+        Ok(pending) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
+        Err(e) => {
+            tracing::warn!(error = %e, "counting pending messages failed");
             metrics::counter!("chat_node_store_errors_total").increment(1);
             store.rollback();
         }

@@ -1,0 +1,113 @@
+//! The `chat` command-line client against a real node: two users, each in
+//! their own `chat` process, register, befriend, chat and group-chat, the way
+//! the seed's `ChatClient` is used.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One `chat` process with its stdin and everything it printed so far.
+struct Chat {
+    child: Child,
+    stdin: ChildStdin,
+    output: Arc<Mutex<String>>,
+}
+
+impl Chat {
+    fn start(addr: std::net::SocketAddr) -> Chat {
+        let binary = chat_node::local::find_binary("chat", "CHAT_BIN").expect("the chat binary is built with the workspace");
+        let mut child = Command::new(binary)
+            .arg("--addr")
+            .arg(addr.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chat");
+        let stdin = child.stdin.take().unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = output.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Chat { child, stdin, output }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits until the output contains `text`; returns the output.
+    fn expect(&self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let out = self.output.lock().unwrap().clone();
+            if out.contains(text) {
+                return out;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no {text:?} in:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn quit(mut self) {
+        self.type_line("3");
+        drop(self.stdin);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "chat exits cleanly");
+    }
+}
+
+#[test]
+fn two_chat_clients_register_befriend_chat_and_group_chat() {
+    let node = common::node();
+    let mut alice = Chat::start(node.addr);
+    let mut bob = Chat::start(node.addr);
+    for (c, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        c.type_line("2");
+        c.type_line(name);
+        c.type_line("pw");
+        c.expect(&format!("name {name} register success"));
+    }
+    // Ids are 1 and 2 on a fresh node.
+    alice.type_line("1");
+    alice.type_line("1");
+    alice.type_line("pw");
+    alice.expect("alice");
+    bob.type_line("1");
+    bob.type_line("2");
+    bob.type_line("pw");
+    bob.expect("bob");
+
+    alice.type_line("addfriend:2");
+    alice.type_line("chat:2:hello bob");
+    bob.expect("hello bob");
+    bob.type_line("chat:1:hi alice");
+    alice.expect("hi alice");
+
+    alice.type_line("creategroup:devs:the team");
+    alice.expect("created group 1 devs");
+    bob.type_line("addgroup:1");
+    bob.expect("joined group 1 devs (2 members)");
+    alice.type_line("groupchat:1:standup now");
+    let out = bob.expect("standup now");
+    assert!(out.contains("[1]alice said"), "{out}");
+
+    alice.type_line("loginout");
+    bob.type_line("loginout");
+    alice.quit();
+    bob.quit();
+}
