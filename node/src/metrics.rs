@@ -97,7 +97,11 @@ fn describe() {
         "Failed store commits and maintenance runs."
     );
     describe_histogram!("chat_node_store_batch_ops", "Operations per group commit.");
-    describe_histogram!("chat_node_event_loop_lag_seconds", Unit::Seconds, "How late a 10 ms timer fires on each shard: time an executor was kept from its tasks.");
+    describe_histogram!(
+        "chat_node_event_loop_lag_seconds",
+        Unit::Seconds,
+        "How late a 10 ms timer fires on each shard: time an executor was kept from its tasks."
+    );
     describe_histogram!(
         "chat_node_store_commit_seconds",
         Unit::Seconds,

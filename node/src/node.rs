@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::store::Store;
-use crate::store::sqlite::{Checkpointer, SqliteStore};
+use crate::store::sqlite::SqliteStore;
 use crate::store::writer::{self, WriterConfig};
 use crate::{metrics, shard};
 
@@ -47,7 +47,6 @@ pub struct Node {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     store: writer::StoreClient,
     writer: std::thread::JoinHandle<()>,
-    checkpointer: Checkpointer,
 }
 
 impl Node {
@@ -76,11 +75,6 @@ impl Node {
                 "released sessions left by a previous run"
             );
         }
-        let checkpointer = Checkpointer::start(&path, Duration::from_millis(100))
-            .map_err(|source| StartError::Store {
-                path: path.clone(),
-                source,
-            })?;
 
         let handle = metrics::install();
         let metrics_listener =
@@ -171,7 +165,6 @@ impl Node {
             executors,
             store: store_client,
             writer,
-            checkpointer,
         })
     }
 
@@ -190,7 +183,6 @@ impl Node {
         // Every session has queued its logout by now; commit and end.
         self.store.stop();
         let _ = self.writer.join();
-        drop(self.checkpointer);
         tracing::info!("chat-node stopped");
     }
 }

@@ -18,7 +18,8 @@ struct Chat {
 
 impl Chat {
     fn start(addr: std::net::SocketAddr) -> Chat {
-        let binary = chat_node::local::find_binary("chat", "CHAT_BIN").expect("the chat binary is built with the workspace");
+        let binary = chat_node::local::find_binary("chat", "CHAT_BIN")
+            .expect("the chat binary is built with the workspace");
         let mut child = Command::new(binary)
             .arg("--addr")
             .arg(addr.to_string())
@@ -42,7 +43,11 @@ impl Chat {
                 }
             });
         }
-        Chat { child, stdin, output }
+        Chat {
+            child,
+            stdin,
+            output,
+        }
     }
 
     fn type_line(&mut self, line: &str) {
@@ -58,7 +63,10 @@ impl Chat {
             if out.contains(text) {
                 return out;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "no {text:?} in:\n{out}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no {text:?} in:\n{out}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

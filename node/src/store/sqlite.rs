@@ -294,57 +294,6 @@ fn merge_limited(acc: &mut Vec<StoredMessage>, more: Vec<StoredMessage>, limit: 
     acc.truncate(limit);
 }
 
-/// A thread that checkpoints the WAL of a database in the background, so that
-/// when a store's commit reaches SQLite's automatic checkpoint (every 1000
-/// pages) most pages are already copied and synced: that commit, and every
-/// request behind it, stalls less. The automatic checkpoint stays on because
-/// only a writer can wrap the WAL around; without it a WAL under constant
-/// writes grows without bound. Stops, after a last checkpoint, when dropped.
-pub struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    /// Runs a PASSIVE checkpoint of the database at `path` every `every`: it
-    /// copies what it can without waiting for, or blocking, the writer.
-    pub fn start(path: &Path, every: std::time::Duration) -> Result<Checkpointer> {
-        use std::sync::atomic::Ordering;
-        let conn = Connection::open(path).db()?;
-        conn.busy_timeout(BUSY_TIMEOUT).db()?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || {
-                let checkpoint = |mode: &str| {
-                    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                    }
-                };
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(every);
-                    checkpoint("PASSIVE");
-                }
-                checkpoint("PASSIVE");
-            })
-            .map_err(|e| StoreError::Backend(format!("spawning the checkpoint thread: {e}")))?;
-        Ok(Checkpointer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl SqliteStore {
     /// Opens (creating it if missing) the database at `path`, switches it to
     /// WAL mode and creates the schema if it is not there.

@@ -220,7 +220,11 @@ pub fn run<S: Store>(
     let mut compacting = false;
     let mut last_slice = Instant::now();
     while !stopping {
-        let wait = if compacting { SLICE_GAP } else { config.maintenance_every };
+        let wait = if compacting {
+            Duration::from_millis(1)
+        } else {
+            config.maintenance_every
+        };
         match ops.recv_timeout(wait) {
             Ok(Op::Stop) | Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
             Ok(op) => batch.push(op),
@@ -281,14 +285,18 @@ pub fn run<S: Store>(
     refresh_pending_gauge(&mut store);
 }
 
-/// Acknowledged messages deleted per compaction transaction.
-const COMPACT_SLICE: usize = 200;
+/// Acknowledged messages deleted per compaction transaction (about a
+/// millisecond of work).
+const COMPACT_SLICE: usize = 50;
 /// Under constant load, the time between two compaction slices.
-const SLICE_GAP: Duration = Duration::from_millis(100);
+const SLICE_GAP: Duration = Duration::from_secs(1);
 
 /// Deletes one slice of acknowledged messages; true if there may be more.
 fn compact_slice<S: Store>(store: &mut S) -> bool {
-    match store.compact(COMPACT_SLICE).and_then(|n| store.commit().map(|()| n)) {
+    match store
+        .compact(COMPACT_SLICE)
+        .and_then(|n| store.commit().map(|()| n))
+    {
         Ok(deleted) => {
             metrics::counter!("chat_node_messages_compacted_total").increment(deleted);
             deleted as usize == COMPACT_SLICE
@@ -303,7 +311,10 @@ fn compact_slice<S: Store>(store: &mut S) -> bool {
 }
 
 fn refresh_pending_gauge<S: Store>(store: &mut S) {
-    match store.pending_total().and_then(|n| store.commit().map(|()| n)) {
+    match store
+        .pending_total()
+        .and_then(|n| store.commit().map(|()| n))
+    {
         Ok(pending) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
         Err(e) => {
             tracing::warn!(error = %e, "counting pending messages failed");
