@@ -113,56 +113,7 @@ impl From<&Command> for RequestKind {
     }
 }
 
-/// Why a request failed. The numbers are the protocol's (`ErrorCode` in
-/// `chat.fbs`, `errcode` in JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    InvalidCredentials = 1,
-    AlreadyOnline = 2,
-    NameTaken = 3,
-    NotLoggedIn = 4,
-    Forbidden = 5,
-    UnknownUser = 6,
-    UnknownGroup = 7,
-    NotAMember = 8,
-    AlreadyMember = 9,
-    AlreadyFriends = 10,
-    SelfFriend = 11,
-    TextTooLong = 12,
-    BadRequest = 13,
-    FrameTooLarge = 14,
-    AlreadyLoggedIn = 15,
-    InvalidName = 16,
-    Internal = 17,
-    Overloaded = 18,
-}
-
-impl ErrorCode {
-    /// A stable snake_case name, used as a metrics label.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidCredentials => "invalid_credentials",
-            ErrorCode::AlreadyOnline => "already_online",
-            ErrorCode::NameTaken => "name_taken",
-            ErrorCode::NotLoggedIn => "not_logged_in",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::UnknownUser => "unknown_user",
-            ErrorCode::UnknownGroup => "unknown_group",
-            ErrorCode::NotAMember => "not_a_member",
-            ErrorCode::AlreadyMember => "already_member",
-            ErrorCode::AlreadyFriends => "already_friends",
-            ErrorCode::SelfFriend => "self_friend",
-            ErrorCode::TextTooLong => "text_too_long",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::FrameTooLarge => "frame_too_large",
-            ErrorCode::AlreadyLoggedIn => "already_logged_in",
-            ErrorCode::InvalidName => "invalid_name",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Overloaded => "overloaded",
-        }
-    }
-}
+pub use chat_schema::ErrorCode;
 
 /// A failed request: a typed code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]

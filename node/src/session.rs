@@ -295,11 +295,11 @@ async fn read_loop(
                     kind,
                     failure,
                 } => {
-                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.name()).increment(1);
+                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
                     session.reply(request_id, kind, &Reply::Error(failure));
                 }
                 Decoded::Fatal(failure) => {
-                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.name()).increment(1);
+                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
                     session.reply(0, RequestKind::Unknown, &Reply::Error(failure));
                     return CloseReason::ProtocolError;
                 }
@@ -335,7 +335,7 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, request: Request) {
     let started = Instant::now();
     let reply = service::handle(shard, session, request.command).await;
     let outcome = match &reply {
-        Reply::Error(f) => f.code.name(),
+        Reply::Error(f) => f.code.label(),
         _ => "ok",
     };
     metrics::counter!("chat_node_requests_total", "kind" => label, "outcome" => outcome)

@@ -19,7 +19,10 @@ mod generated {
     include!("generated/chat_generated.rs");
 }
 
+pub mod error_code;
 pub mod frame;
+
+pub use error_code::ErrorCode;
 
 /// The generated FlatBuffers types (`chat.fb` namespace of `chat.fbs`).
 pub use generated::chat::fb;

@@ -15,7 +15,7 @@ use chat_schema::fb;
 use chat_schema::frame::{self, FrameError, PREFIX_LEN};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
-use super::Decoded;
+use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, Push, Reply, Request, RequestKind};
 use crate::store::{Contact, GroupInfo, Role, StoredMessage, UserId};
 
@@ -69,19 +69,6 @@ impl FrameDecoder {
             },
         };
         (total, Some(decoded))
-    }
-}
-
-/// Why a verified envelope is not a usable request.
-struct Refusal {
-    kind: RequestKind,
-    message: String,
-}
-
-fn refuse(kind: RequestKind, message: impl Into<String>) -> Refusal {
-    Refusal {
-        kind,
-        message: message.into(),
     }
 }
 
@@ -293,7 +280,7 @@ impl FrameEncoder {
                 let r = fb::ErrorReply::create(
                     b,
                     &fb::ErrorReplyArgs {
-                        code: fb::ErrorCode(failure.code as u16),
+                        code: failure.code.into(),
                         message: Some(message),
                     },
                 );

@@ -16,7 +16,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::Decoded;
+use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, Request, RequestKind};
 use crate::store::{Contact, GroupInfo, Role, StoredMessage, UserId};
 
@@ -249,19 +249,6 @@ impl JsonDecoder {
             escape,
         };
         Outcome::Incomplete
-    }
-}
-
-/// A request that is valid JSON but not a valid request.
-struct Refusal {
-    kind: RequestKind,
-    message: String,
-}
-
-fn refuse(kind: RequestKind, message: impl Into<String>) -> Refusal {
-    Refusal {
-        kind,
-        message: message.into(),
     }
 }
 
@@ -653,7 +640,7 @@ impl JsonEncoder {
                     &ErrorJson {
                         msgid,
                         errno,
-                        errcode: failure.code as u16,
+                        errcode: failure.code.as_u16(),
                         errmsg,
                     },
                     out,

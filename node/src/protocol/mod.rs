@@ -57,6 +57,20 @@ pub enum Decoded {
     Fatal(Failure),
 }
 
+/// Why a complete unit is not a usable request: the kind it was meant to
+/// be (so the reply has the right shape) and what is wrong with it.
+struct Refusal {
+    kind: RequestKind,
+    message: String,
+}
+
+fn refuse(kind: RequestKind, message: impl Into<String>) -> Refusal {
+    Refusal {
+        kind,
+        message: message.into(),
+    }
+}
+
 /// Splits a byte stream into [`Decoded`] units.
 #[derive(Debug)]
 pub enum Decoder {
