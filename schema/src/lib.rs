@@ -21,6 +21,7 @@ mod generated {
 
 pub mod error_code;
 pub mod frame;
+pub mod time;
 
 pub use error_code::ErrorCode;
 

@@ -146,33 +146,11 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
     Ok(Some(cmd))
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) for a time in ms since the Unix epoch.
-fn format_time(time_ms: u64) -> String {
-    let secs = time_ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// A message as the seed's client prints it.
 fn format_message(m: &Message) -> String {
     let line = format!(
         "{} [{}]{} said: {}",
-        format_time(m.time_ms),
+        chat_schema::time::UtcTime(m.time_ms),
         m.sender_id,
         m.sender_name,
         m.text
@@ -578,13 +556,6 @@ mod tests {
             err("groupchat:1"),
             "invalid input, format groupchat:groupid:message"
         );
-    }
-
-    #[test]
-    fn times_are_formatted_in_utc() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(format_time(1_700_000_000_123), "2023-11-14 22:13:20");
     }
 
     #[test]

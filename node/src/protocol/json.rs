@@ -11,10 +11,10 @@
 //! [`JsonEncoder`] writes the reply shapes the seed's client reads, each object
 //! followed by one NUL byte.
 
-use std::fmt;
-
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use chat_schema::time::UtcTime;
 
 use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, Request, RequestKind};
@@ -429,45 +429,9 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
 
 // ---- encoding --------------------------------------------------------------
 
-/// A time in milliseconds since the Unix epoch, written as UTC
-/// `YYYY-MM-DD HH:MM:SS` (the seed's `time` strings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UtcTime(pub u64);
-
-impl fmt::Display for UtcTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0 / 1000;
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
-    }
-}
-
-impl Serialize for UtcTime {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// Year, month, day of the day `days` after 1970-01-01 (proleptic Gregorian;
-/// Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+/// Writes a [`UtcTime`] as the string the seed's client expects.
+fn as_text<S: serde::Serializer>(t: &UtcTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
 }
 
 fn state(online: bool) -> &'static str {
@@ -559,6 +523,7 @@ struct GroupAck {
 struct PingAck {
     msgid: u64,
     errno: u8,
+    #[serde(serialize_with = "as_text")]
     time: UtcTime,
 }
 
@@ -569,6 +534,7 @@ struct DirectPush<'a> {
     name: &'a str,
     toid: UserId,
     msg: &'a str,
+    #[serde(serialize_with = "as_text")]
     time: UtcTime,
     messageid: u64,
 }
@@ -580,6 +546,7 @@ struct GroupPush<'a> {
     name: &'a str,
     groupid: u64,
     msg: &'a str,
+    #[serde(serialize_with = "as_text")]
     time: UtcTime,
     messageid: u64,
 }
@@ -1280,23 +1247,6 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["msg"], text);
         assert_eq!(v["name"], "\"alice\"");
-    }
-
-    #[test]
-    fn times_are_utc_civil_dates() {
-        let cases = [
-            (0, "1970-01-01 00:00:00"),
-            (951_782_400_000, "2000-02-29 00:00:00"),
-            (1_709_251_199_999, "2024-02-29 23:59:59"),
-            (1_700_000_000_000, "2023-11-14 22:13:20"),
-            (4_102_444_800_000, "2100-01-01 00:00:00"),
-            (253_402_300_799_000, "9999-12-31 23:59:59"),
-        ];
-        for (ms, text) in cases {
-            assert_eq!(UtcTime(ms).to_string(), text);
-        }
-        // Never panics, even at the end of time.
-        assert!(!UtcTime(u64::MAX).to_string().is_empty());
     }
 
     #[test]
