@@ -81,7 +81,6 @@ pub async fn run(
 
 async fn send(shard: &Shard, mesh: &Senders<Forward>, user: UserId, push: Push) {
     let route = shard.routes.borrow().get(&user).copied();
-    tracing::trace!(shard = shard.id, user, ?route, "routing push");
     let Some(route) = route else {
         // Offline: the message waits in the store for the next login.
         return;
