@@ -635,26 +635,11 @@ mod tests {
     /// Decodes everything in `stream`, fed to the decoder in pieces of
     /// `chunk` bytes the way a socket might deliver it.
     fn decode_all(stream: &[u8], chunk: usize) -> Vec<Decoded> {
-        let mut d = FrameDecoder::new(MAX);
-        let mut buf = Vec::new();
-        let mut units = Vec::new();
-        for piece in stream.chunks(chunk) {
-            buf.extend_from_slice(piece);
-            loop {
-                let (n, unit) = d.decode(&buf);
-                buf.drain(..n);
-                match unit {
-                    Some(Decoded::Fatal(f)) => {
-                        units.push(Decoded::Fatal(f));
-                        return units;
-                    }
-                    Some(u) => units.push(u),
-                    None => break,
-                }
-            }
-        }
-        assert!(buf.is_empty(), "{} bytes left over", buf.len());
-        units
+        crate::protocol::decode_in_chunks(
+            crate::protocol::Decoder::FlatBuffers(FrameDecoder::new(MAX)),
+            stream,
+            chunk,
+        )
     }
 
     fn decode_one(frame: &[u8]) -> Decoded {

@@ -804,26 +804,8 @@ mod tests {
         session_with(JsonDecoder::new(MAX), stream, chunk)
     }
 
-    fn session_with(mut d: JsonDecoder, stream: &[u8], chunk: usize) -> Vec<Decoded> {
-        let mut buf = Vec::new();
-        let mut units = Vec::new();
-        for piece in stream.chunks(chunk.max(1)) {
-            buf.extend_from_slice(piece);
-            loop {
-                let (n, unit) = d.decode(&buf);
-                assert!(n <= buf.len());
-                buf.drain(..n);
-                match unit {
-                    Some(Decoded::Fatal(f)) => {
-                        units.push(Decoded::Fatal(f));
-                        return units;
-                    }
-                    Some(u) => units.push(u),
-                    None => break,
-                }
-            }
-        }
-        units
+    fn session_with(d: JsonDecoder, stream: &[u8], chunk: usize) -> Vec<Decoded> {
+        crate::protocol::decode_in_chunks(crate::protocol::Decoder::Json(d), stream, chunk)
     }
 
     /// The one unit `text` decodes to.

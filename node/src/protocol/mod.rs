@@ -132,3 +132,28 @@ impl Encoder {
         }
     }
 }
+
+/// Feeds `stream` to `decoder` in pieces of `chunk` bytes, decoding all it can
+/// after each piece, the way a session reads a socket; stops at `Fatal`.
+#[cfg(test)]
+pub(crate) fn decode_in_chunks(mut decoder: Decoder, stream: &[u8], chunk: usize) -> Vec<Decoded> {
+    let mut buf = Vec::new();
+    let mut units = Vec::new();
+    for piece in stream.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            let (n, unit) = decoder.decode(&buf);
+            assert!(n <= buf.len(), "consumed more than it was given");
+            buf.drain(..n);
+            match unit {
+                Some(Decoded::Fatal(f)) => {
+                    units.push(Decoded::Fatal(f));
+                    return units;
+                }
+                Some(u) => units.push(u),
+                None => break,
+            }
+        }
+    }
+    units
+}
