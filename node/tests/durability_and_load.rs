@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chat_client::{Client, Event};
-use common::{Json, json_login, json_register, node_with};
+use common::{json_login, json_register, node_with};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -127,9 +127,7 @@ async fn json_and_flatbuffers_users_talk_to_each_other() {
     );
     // A JSON client cannot ack, so a fresh login does not repeat what it was sent.
     drop(jay);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = Json::connect(node.addr);
-    let login = again.ask(&format!(r#"{{"msgid":1,"id":{j},"pwd":"123456"}}"#));
+    let (_again, login) = common::json_login_again(node.addr, j);
     assert!(login.get("offlinemsg").is_none(), "{login}");
 }
 

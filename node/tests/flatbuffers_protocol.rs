@@ -140,10 +140,7 @@ async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
     assert_eq!(code(bob.ack(ids[2] + 1000).await), ErrorCode::BadRequest);
     bob.ack(ids[0]).await.unwrap();
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let bob = Client::connect(node.addr).await.unwrap();
-    let login = bob.login(b, "pw").await.unwrap();
+    let (bob, login) = common::login_again(node.addr, b, "pw").await;
     let again: Vec<u64> = login.pending.iter().map(|m| m.id).collect();
     assert_eq!(
         again,

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Json, json_login, json_register, node, node_with, strings};
+use common::{Json, json_login, json_login_again, json_register, node, node_with, strings};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -92,8 +92,7 @@ fn register_login_chat_and_offline_delivery() {
 
     // A JSON push counts as delivered once written: bob's next login is empty.
     drop(b);
-    std::thread::sleep(Duration::from_millis(200));
-    let (_b, login) = json_login(node.addr, bob);
+    let (_b, login) = json_login_again(node.addr, bob);
     assert!(login.get("offlinemsg").is_none(), "{login}");
 }
 

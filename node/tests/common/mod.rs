@@ -117,6 +117,53 @@ pub fn json_login(addr: SocketAddr, id: u64) -> (Json, Value) {
     (c, reply)
 }
 
+/// Logs `id` in again after its previous connection was closed: the node
+/// releases the user once it has seen the close, so "already online" (errno
+/// 2) is retried for a few seconds; anything else must be a success.
+pub fn json_login_again(addr: SocketAddr, id: u64) -> (Json, Value) {
+    let started = std::time::Instant::now();
+    loop {
+        let mut c = Json::connect(addr);
+        let reply = c.ask(&format!(r#"{{"msgid":1,"id":{id},"pwd":"123456"}}"#));
+        if reply["errno"] == 2 && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        assert_eq!(
+            (reply["msgid"].as_u64(), reply["errno"].as_u64()),
+            (Some(2), Some(0)),
+            "{reply}"
+        );
+        return (c, reply);
+    }
+}
+
+/// The FlatBuffers twin of [`json_login_again`].
+pub async fn login_again(
+    addr: SocketAddr,
+    id: u64,
+    password: &str,
+) -> (chat_client::Client, chat_client::Login) {
+    let started = std::time::Instant::now();
+    loop {
+        let c = chat_client::Client::connect(addr).await.expect("connect");
+        match c.login(id, password).await {
+            Err(e)
+                if e.code() == Some(chat_client::ErrorCode::AlreadyOnline)
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => {
+                return (
+                    c,
+                    result.expect("login after the previous connection closed"),
+                );
+            }
+        }
+    }
+}
+
 /// Parses one of the login reply's arrays of JSON-encoded strings.
 pub fn strings(reply: &Value, field: &str) -> Vec<Value> {
     reply[field]
