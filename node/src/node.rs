@@ -113,17 +113,13 @@ impl Node {
             mesh: MeshBuilder::full(shards, 1024),
             routers: Arc::new(router_rx),
             epochs: Arc::new(AtomicU64::new(first_epoch)),
-            shutdown: shutdown[0].clone(),
         };
 
         let mut addr = config.listen;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut executors = Vec::with_capacity(shards);
         for (i, shutdown) in shutdown.into_iter().enumerate() {
-            let wiring = shard::Wiring {
-                shutdown,
-                ..wiring.clone()
-            };
+            let wiring = wiring.clone();
             let placement = if shards <= cores {
                 Placement::Fixed(i)
             } else {
@@ -147,7 +143,7 @@ impl Node {
                             .local_addr()
                             .map_err(|e| std::io::Error::other(e.to_string())),
                     );
-                    shard::run(listener, wiring).await
+                    shard::run(listener, wiring, shutdown).await
                 })
                 .map_err(|e| StartError::Executor(e.to_string()))?;
             executors.push(executor);

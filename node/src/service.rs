@@ -186,13 +186,6 @@ async fn login(
     if !matches {
         return Err(invalid());
     }
-    // A second request on this connection may have logged in meanwhile.
-    if !matches!(*session.phase.borrow(), Phase::Anonymous) {
-        return Err(Failure::new(
-            ErrorCode::AlreadyLoggedIn,
-            "this connection is already logged in; log out first",
-        ));
-    }
     *session.phase.borrow_mut() = Phase::LoggingIn { missed: false };
     let epoch = shard.next_epoch();
     let page = shard.config.pending_page;

@@ -128,20 +128,6 @@ impl Session {
         count_delivery(push);
     }
 
-    fn write_push(&self, push: &Push, id: MessageId) -> bool {
-        let mut written = true;
-        let result = self.outbound.push(id, |buf| {
-            written = self.encoder.borrow_mut().push(push, buf);
-        });
-        if result.is_err() {
-            return false;
-        }
-        if written {
-            count_delivery(push);
-        }
-        true
-    }
-
     /// A push from the router for this connection.
     pub fn deliver(&self, push: &Push) {
         let id = match push {
@@ -175,7 +161,15 @@ impl Session {
                 }
             }
         }
-        self.write_push(push, id);
+        // Over the bound the queue closes the connection (slow consumer); the
+        // message stays stored for the next login.
+        let mut written = false;
+        let queued = self.outbound.push(id, |buf| {
+            written = self.encoder.borrow_mut().push(push, buf);
+        });
+        if queued.is_ok() && written {
+            count_delivery(push);
+        }
     }
 }
 

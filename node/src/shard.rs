@@ -69,12 +69,11 @@ pub struct Wiring {
     /// Router inbox of each shard, indexed by mesh peer id.
     pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
     pub epochs: Arc<AtomicU64>,
-    pub shutdown: flume::Receiver<()>,
 }
 
-/// Runs one shard: accepts on `listener` until shutdown, then closes its
+/// Runs one shard: accepts on `listener` until `shutdown` fires, then closes its
 /// sessions (they release their users) and returns.
-pub async fn run(listener: TcpListener, wiring: Wiring) {
+pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receiver<()>) {
     let (senders, receivers) = match wiring.mesh.join().await {
         Ok(mesh) => mesh,
         Err(_) => {
@@ -104,7 +103,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring) {
 
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = wiring.shutdown.recv_async().await;
+            let _ = shutdown.recv_async().await;
             None
         })
         .await;

@@ -317,20 +317,17 @@ async fn bad_frames_get_errors_and_others_are_unaffected() {
         "{reply:?}"
     );
     // A request missing a field.
-    let no_text = frame::encode(78, |b| {
+    let no_text = frame::encode(78, |fbb| {
         let r = fb::DirectMessageRequest::create(
-            b,
+            fbb,
             &fb::DirectMessageRequestArgs {
                 user_id: 0,
-                to_id: b_id(),
+                to_id: b,
                 text: None,
             },
         );
         (fb::Body::DirectMessageRequest, r.as_union_value())
     });
-    fn b_id() -> u64 {
-        1
-    }
     let reply = alice.request_frame(78, &no_text).await.unwrap();
     assert!(
         matches!(

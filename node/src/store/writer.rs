@@ -204,6 +204,17 @@ fn answer_later<T: Send + 'static>(answer: Answer<T>, result: Result<T, StoreErr
     })
 }
 
+/// Like [`answer_later`], for ops whose sender may not wait for an answer.
+fn answer_if_asked<T: Send + 'static>(
+    answer: Option<Answer<T>>,
+    result: Result<T, StoreError>,
+) -> Reply {
+    match answer {
+        Some(answer) => answer_later(answer, result),
+        None => Box::new(|_| {}),
+    }
+}
+
 /// Runs the store thread until it gets `Op::Stop` or every `StoreClient` is
 /// dropped.
 pub fn run<S: Store>(
@@ -378,13 +389,7 @@ impl<S: Store> Step<'_, S> {
                 conn,
                 epoch,
                 answer,
-            } => {
-                let result = self.logout(user, conn, epoch);
-                match answer {
-                    Some(answer) => answer_later(answer, result),
-                    None => Box::new(|_| {}),
-                }
-            }
+            } => answer_if_asked(answer, self.logout(user, conn, epoch)),
             Op::AddFriend {
                 user,
                 friend,
@@ -415,13 +420,7 @@ impl<S: Store> Step<'_, S> {
                 user,
                 up_to,
                 answer,
-            } => {
-                let result = self.store.ack(user, up_to);
-                match answer {
-                    Some(answer) => answer_later(answer, result),
-                    None => Box::new(|_| {}),
-                }
-            }
+            } => answer_if_asked(answer, self.store.ack(user, up_to)),
             Op::Stop => Box::new(|_| {}),
         }
     }
