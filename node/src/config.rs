@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::store::scylla::ScyllaOptions;
 use crate::store::sqlite::SyncPolicy;
 
 const EXAMPLES: &str = "\
@@ -17,7 +18,12 @@ Examples:
   chat-node                                   # 127.0.0.1:6000, data in ./chat-data
   chat-node --listen 0.0.0.0:6000 --shards 2 --data-dir /var/lib/chat
   CHAT_NODE_LISTEN=127.0.0.1:7000 chat-node --metrics-listen 127.0.0.1:9101
-  chat-node --config node.toml                # keys as below, in snake_case";
+  chat-node --config node.toml                # keys as below, in snake_case
+  # a cluster on one machine: every node shares the data directory and NATS
+  chat-node --nats nats://127.0.0.1:4222 --node-id a --listen 127.0.0.1:6000 --metrics-listen 127.0.0.1:9100
+  chat-node --nats nats://127.0.0.1:4222 --node-id b --listen 127.0.0.1:6001 --metrics-listen 127.0.0.1:9101
+  # across machines, on ScyllaDB (create the schema once with --init-schema)
+  chat-node --store scylla --scylla-nodes 10.0.0.5:9042,10.0.0.6:9042 --init-schema --nats nats://10.0.0.9:4222";
 
 /// Command-line flags. Every value is optional here so that the TOML file can
 /// fill what the command line leaves out; defaults are applied in `resolve`.
@@ -41,7 +47,7 @@ pub struct Args {
     /// Executors (threads, one per core) [default: number of cores].
     #[arg(long, env = "CHAT_NODE_SHARDS")]
     pub shards: Option<usize>,
-    /// Unique name of this node [default: host name and client port].
+    /// Unique name of this node: letters, digits, `-` and `_` [default: host name and client port, e.g. `web1-6000`].
     #[arg(long, env = "CHAT_NODE_NODE_ID")]
     pub node_id: Option<String>,
     /// Largest frame or JSON request a client may send, in bytes [default: 65536].
@@ -73,6 +79,45 @@ pub struct Args {
     /// Argon2id iterations [default: 2].
     #[arg(long, env = "CHAT_NODE_ARGON2_ITERATIONS")]
     pub argon2_iterations: Option<u32>,
+    /// NATS server joining this node to a cluster, e.g. nats://127.0.0.1:4222 [default: none, the node runs alone].
+    #[arg(long, env = "CHAT_NODE_NATS")]
+    pub nats: Option<String>,
+    /// How long a node's users stay claimed after it stops renewing its lease (a crash) [default: 10s].
+    #[arg(long, env = "CHAT_NODE_LEASE_TTL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub lease_ttl: Option<Duration>,
+    /// Wake-ups the NATS subscription buffers before it drops (a slow consumer) [default: 65536].
+    #[arg(long, env = "CHAT_NODE_NATS_SUBSCRIPTION_CAPACITY")]
+    pub nats_subscription_capacity: Option<usize>,
+    /// Storage backend: `sqlite` (embedded, in --data-dir) or `scylla` [default: sqlite].
+    #[arg(long, env = "CHAT_NODE_STORE")]
+    pub store: Option<StoreArg>,
+    /// ScyllaDB contact points, comma-separated host:port [default: 127.0.0.1:9042].
+    #[arg(long, env = "CHAT_NODE_SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla_nodes: Option<Vec<String>>,
+    /// ScyllaDB keyspace [default: chat].
+    #[arg(long, env = "CHAT_NODE_SCYLLA_KEYSPACE")]
+    pub scylla_keyspace: Option<String>,
+    /// Replication of the keyspace created by --init-schema: a factor (`3`, SimpleStrategy) or per data centre (`dc1:3,dc2:3`, NetworkTopologyStrategy) [default: 1].
+    #[arg(long, env = "CHAT_NODE_SCYLLA_REPLICATION")]
+    pub scylla_replication: Option<String>,
+    /// Consistency of reads and writes: one, quorum, local_quorum, all, ... [default: local_quorum].
+    #[arg(long, env = "CHAT_NODE_SCYLLA_CONSISTENCY")]
+    pub scylla_consistency: Option<String>,
+    /// How long ScyllaDB keeps a message (table TTL), e.g. 30d [default: 30d].
+    #[arg(long, env = "CHAT_NODE_SCYLLA_MESSAGE_TTL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub scylla_message_ttl: Option<Duration>,
+    /// Create the keyspace and tables (from schema/cql) if missing, then run.
+    #[arg(long, env = "CHAT_NODE_INIT_SCHEMA", num_args = 0..=1, default_missing_value = "true")]
+    pub init_schema: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreArg {
+    Sqlite,
+    Scylla,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -110,6 +155,19 @@ pub struct Config {
     pub pending_page: usize,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    /// NATS URL; `None` runs the node alone.
+    pub nats: Option<String>,
+    pub lease_ttl: Duration,
+    pub nats_subscription_capacity: usize,
+    pub store: StoreChoice,
+}
+
+/// Which backend holds the node's state.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// SQLite in `data_dir`.
+    Sqlite,
+    Scylla(ScyllaOptions),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +229,20 @@ impl Args {
             pending_page: pick!(pending_page, 1000),
             argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
             argon2_iterations: pick!(argon2_iterations, 2),
+            nats: self.nats.or(file.nats),
+            lease_ttl: pick!(lease_ttl, Duration::from_secs(10)),
+            nats_subscription_capacity: pick!(nats_subscription_capacity, 65_536),
+            store: match pick!(store, StoreArg::Sqlite) {
+                StoreArg::Sqlite => StoreChoice::Sqlite,
+                StoreArg::Scylla => StoreChoice::Scylla(ScyllaOptions {
+                    nodes: pick!(scylla_nodes, vec!["127.0.0.1:9042".into()]),
+                    keyspace: pick!(scylla_keyspace, "chat".into()),
+                    replication: pick!(scylla_replication, "1".into()),
+                    consistency: pick!(scylla_consistency, "local_quorum".into()),
+                    message_ttl: pick!(scylla_message_ttl, Duration::from_secs(30 * 86_400)),
+                    init_schema: pick!(init_schema, false),
+                }),
+            },
         };
         config.check()?;
         Ok(config)
@@ -198,6 +270,21 @@ impl Config {
         if self.max_outbound < self.max_frame {
             return bad("--max-outbound must be at least --max-frame");
         }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("--node-id must be 1 to 64 letters, digits, '-' or '_'");
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return bad("--lease-ttl must be at least 1s");
+        }
+        if self.nats_subscription_capacity == 0 {
+            return bad("--nats-subscription-capacity must be at least 1");
+        }
         Ok(())
     }
 
@@ -218,7 +305,17 @@ impl Config {
             pending_page: 1000,
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
+            nats: None,
+            lease_ttl: Duration::from_secs(10),
+            nats_subscription_capacity: 65_536,
+            store: StoreChoice::Sqlite,
         }
+    }
+
+    /// How often the node renews its lease: every second, or more often when
+    /// the lease is shorter than three seconds.
+    pub fn lease_every(&self) -> Duration {
+        (self.lease_ttl / 3).min(Duration::from_secs(1))
     }
 }
 
@@ -226,7 +323,12 @@ fn default_node_id(listen: SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", listen.port())
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{host}-{}", listen.port())
 }
 
 #[cfg(test)]
@@ -254,7 +356,8 @@ mod tests {
         assert_eq!(c.max_text, 200);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.max_frame, 65536);
-        assert!(c.node_id.ends_with(":7000"));
+        assert!(c.node_id.ends_with("-7000"));
+        c.check().unwrap();
     }
 
     #[test]

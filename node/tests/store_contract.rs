@@ -60,6 +60,7 @@ macro_rules! store_contract {
                 ids_are_never_reused_after_compaction,
                 users_are_looked_up_by_id,
                 one_session_per_user,
+                leases_decide_who_is_online,
                 friendship_is_mutual_and_shows_presence,
                 groups_list_creator_first_then_join_order,
                 direct_messages_wait_in_order_until_acked,
@@ -122,6 +123,13 @@ mod cases {
             .into_iter()
             .map(|m| m.text)
             .collect()
+    }
+
+    /// Gives each node a lease that outlives the case.
+    fn live(s: &mut dyn Store, nodes: &[&str]) {
+        for node in nodes {
+            s.renew_lease(node, Duration::from_secs(3600)).unwrap();
+        }
     }
 
     fn member_names(g: &GroupInfo) -> Vec<(&str, Role)> {
@@ -196,6 +204,7 @@ mod cases {
         let bob = user(&mut *s, "bob");
         let carol = user(&mut *s, "carol");
 
+        live(&mut *s, &["node-1", "node-2"]);
         s.claim_session(alice, "node-1", 7).unwrap();
         assert_eq!(
             s.claim_session(alice, "node-2", 1),
@@ -233,11 +242,69 @@ mod cases {
         s.commit().unwrap();
     }
 
+    pub fn leases_decide_who_is_online(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        s.add_friend(alice, bob).unwrap();
+        s.add_friend(alice, carol).unwrap();
+        live(&mut *s, &["steady"]);
+        s.renew_lease("brief", Duration::from_millis(300)).unwrap();
+        s.claim_session(bob, "brief", 1).unwrap();
+        s.claim_session(carol, "steady", 1).unwrap();
+        s.commit().unwrap();
+
+        assert_eq!(s.session_node(bob).unwrap().as_deref(), Some("brief"));
+        assert_eq!(s.session_node(alice).unwrap(), None);
+        assert_eq!(s.session_node(NOBODY).unwrap(), None);
+        let online = |s: &mut dyn Store| -> Vec<bool> {
+            s.friends(alice).unwrap().iter().map(|c| c.online).collect()
+        };
+        assert_eq!(online(&mut *s), vec![true, true]);
+        assert!(s.expired_nodes().unwrap().is_empty());
+        assert_eq!(
+            s.claim_session(bob, "steady", 2),
+            Err(StoreError::AlreadyOnline(bob))
+        );
+        s.commit().unwrap();
+
+        // Once its lease is over, a node's claims no longer count.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(s.session_node(bob).unwrap(), None);
+        assert_eq!(online(&mut *s), vec![false, true]);
+        assert_eq!(s.expired_nodes().unwrap(), vec!["brief".to_string()]);
+        s.commit().unwrap();
+
+        // A login elsewhere takes the claim over; the dead node's release
+        // leaves it alone.
+        s.claim_session(bob, "steady", 2).unwrap();
+        assert_eq!(s.session_node(bob).unwrap().as_deref(), Some("steady"));
+        assert!(s.expired_nodes().unwrap().is_empty());
+        assert!(s.release_node("brief").unwrap().is_empty());
+        assert!(!s.release_session(bob, "brief", 1).unwrap());
+        assert_eq!(online(&mut *s), vec![true, true]);
+        s.commit().unwrap();
+
+        // A claim counts from the moment its node's lease is live again.
+        s.claim_session(alice, "brief", 3).unwrap();
+        assert_eq!(s.session_node(alice).unwrap(), None);
+        s.renew_lease("brief", Duration::from_secs(3600)).unwrap();
+        assert_eq!(s.session_node(alice).unwrap().as_deref(), Some("brief"));
+        s.end_lease("steady").unwrap();
+        assert_eq!(online(&mut *s), vec![false, false]);
+        assert_eq!(s.expired_nodes().unwrap(), vec!["steady".to_string()]);
+        assert_eq!(s.release_node("steady").unwrap(), vec![bob, carol]);
+        assert!(s.expired_nodes().unwrap().is_empty());
+        s.commit().unwrap();
+    }
+
     pub fn friendship_is_mutual_and_shows_presence(db: &dyn TestDb) {
         let mut s = db.open();
         let alice = user(&mut *s, "alice");
         let bob = user(&mut *s, "bob");
         let carol = user(&mut *s, "carol");
+        live(&mut *s, &["node-1"]);
         s.claim_session(bob, "node-1", 1).unwrap();
 
         let contact = s.add_friend(alice, bob).unwrap();
@@ -297,6 +364,7 @@ mod cases {
 
         let rust = s.create_group(carol, "rust", "crabs only").unwrap();
         assert_eq!(s.group_members(rust).unwrap(), vec![carol]);
+        live(&mut *s, &["node-1"]);
         s.claim_session(alice, "node-1", 1).unwrap();
         let joined = s.join_group(rust, alice).unwrap();
         assert_eq!((joined.id, joined.name.as_str()), (rust, "rust"));
@@ -619,6 +687,7 @@ mod cases {
         let m1 = send(&mut *s, alice, "alice", Target::User(bob), "persist me");
         send(&mut *s, alice, "alice", Target::Group(g), "me too");
         s.ack(bob, m1).unwrap();
+        live(&mut *s, &["node-1"]);
         s.claim_session(alice, "node-1", 5).unwrap();
         s.commit().unwrap();
         // A batch never committed dies with its handle.
@@ -681,6 +750,7 @@ mod cases {
         assert_eq!(b.create_user("alice", HASH), Err(StoreError::NameTaken));
         let bob = user(&mut *b, "bob");
         assert!(bob > alice);
+        live(&mut *b, &["node-b"]);
         b.claim_session(bob, "node-b", 1).unwrap();
         let m = send(&mut *b, bob, "bob", Target::User(alice), "across");
         b.commit().unwrap();
@@ -705,6 +775,7 @@ mod cases {
         const PER_BATCH: usize = 20;
         let mut setup = db.open();
         let target = user(&mut *setup, "target");
+        live(&mut *setup, &["node-0", "node-1", "node-2"]);
         setup.commit().unwrap();
         drop(setup);
 
@@ -802,6 +873,7 @@ mod cases {
             s.claim_session(NOBODY, "n", 1),
             Err(StoreError::UnknownUser(NOBODY))
         );
+        live(&mut *s, &["n"]);
         s.claim_session(carol, "n", 1).unwrap();
         s.commit().unwrap();
         drop(s);
@@ -904,6 +976,10 @@ fn sqlite_processes_share_one_file() {
     let path = dir.path().join("shared.db");
     let mut s = SqliteStore::open(&path, SyncPolicy::Normal).unwrap();
     let target = s.create_user("target", "hash").unwrap();
+    for t in 0..CHILDREN {
+        s.renew_lease(&format!("process-{t}"), Duration::from_secs(3600))
+            .unwrap();
+    }
     s.commit().unwrap();
 
     let exe = std::env::current_exe().unwrap();

@@ -12,10 +12,18 @@
 //!   them and every group message (of a group they belong to, sent after they
 //!   joined, by someone else) with an id above the cursor.
 //!
+//! Sessions and leases: a user has at most one session in the whole cluster,
+//! a claim recording the node that serves it and a session epoch. Each node
+//! holds a lease it renews every second; a claim counts (the user is online,
+//! a second login is refused) only while its node's lease is live, and a
+//! claim whose node's lease is over may be taken over by a login elsewhere.
+//! Lease times are the backend's wall clock.
+//!
 //! Writes are grouped: calls after the last [`Store::commit`] form one
 //! transaction, so the writer thread commits a whole batch of requests at once
 //! (group commit). Nothing is acknowledged to a client before `commit` returns.
 
+pub mod scylla;
 pub mod sqlite;
 pub mod writer;
 
@@ -32,8 +40,8 @@ pub struct UserRecord {
     pub password_hash: String,
 }
 
-/// Another user as seen by a friend: `online` is whether a live session holds
-/// them.
+/// Another user as seen by a friend: `online` is whether a session holds
+/// them on a node whose lease is live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contact {
     pub id: UserId,
@@ -132,15 +140,32 @@ pub trait Store: Send + 'static {
     fn user(&mut self, id: UserId) -> Result<Option<UserRecord>>;
 
     /// Claims the one session `user` may have, for `node` and `epoch`.
-    /// `AlreadyOnline` while another claim holds; `UnknownUser` for a bad id.
+    /// `AlreadyOnline` while another claim holds on a node whose lease is
+    /// live; a claim whose node's lease is over is taken over. `UnknownUser`
+    /// for a bad id.
     fn claim_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<()>;
+
+    /// The node that serves `user`: the holder of their claim, while its lease
+    /// is live.
+    fn session_node(&mut self, user: UserId) -> Result<Option<String>>;
+
+    /// Starts or extends the lease of `node` to `ttl` from now.
+    fn renew_lease(&mut self, node: &str, ttl: std::time::Duration) -> Result<()>;
+
+    /// Ends the lease of `node` now (a clean stop).
+    fn end_lease(&mut self, node: &str) -> Result<()>;
+
+    /// Nodes that still hold claims although their lease is over (crashed or
+    /// cut off), sorted; [`Store::release_node`] frees what they hold.
+    fn expired_nodes(&mut self) -> Result<Vec<String>>;
 
     /// Releases the claim of `user` if `node` and `epoch` still hold it;
     /// returns whether it did.
     fn release_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<bool>;
 
-    /// Releases every claim held by `node` (start-up after a crash, shutdown)
-    /// and returns the users it held.
+    /// Releases every claim held by `node` (start-up after a crash, a node
+    /// whose lease expired) and returns the users it held, sorted by id.
+    /// Claims taken over by other nodes are not touched.
     fn release_node(&mut self, node: &str) -> Result<Vec<UserId>>;
 
     /// Makes `user` and `friend` friends of each other and returns `friend`.

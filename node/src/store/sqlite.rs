@@ -63,7 +63,9 @@ const SCHEMA_VERSION: i64 = 1;
 /// - `messages` has `recipient_id` 0 for group messages and `group_id` 0 for
 ///   direct ones; `(recipient_id, id)` serves a user's direct backlog,
 ///   `(group_id, id)` a group's;
-/// - `sessions` holds the one claim a user may have.
+/// - `sessions` holds the one claim a user may have, `nodes` each node's lease
+///   (its end, in Unix milliseconds); a claim counts only while the lease of
+///   its node is live.
 ///
 /// `AUTOINCREMENT` keeps ids from ever being reused, even after `compact`.
 const SCHEMA: &str = "
@@ -116,7 +118,32 @@ CREATE TABLE IF NOT EXISTS sessions (
     epoch   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_node ON sessions (node);
+CREATE TABLE IF NOT EXISTS nodes (
+    id         TEXT    PRIMARY KEY,
+    expires_ms INTEGER NOT NULL
+);
 ";
+
+/// SQL for the database's wall clock in Unix milliseconds: the one clock every
+/// process sharing the file compares leases with.
+macro_rules! now_ms {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+
+/// SQL for "the session of user `?1` is held by a node whose lease is live".
+macro_rules! live_session {
+    ($user:literal) => {
+        concat!(
+            "EXISTS(SELECT 1 FROM sessions s JOIN nodes n ON n.id = s.node WHERE s.user_id = ",
+            $user,
+            " AND n.expires_ms > ",
+            now_ms!(),
+            ")"
+        )
+    };
+}
 
 /// SQL for the highest message id ever allocated (0 before the first
 /// message); unlike `MAX(id)` it does not go down when `compact` deletes the
@@ -224,9 +251,11 @@ fn user_exists(c: &Connection, id: i64) -> Result<bool> {
 
 /// Name and online state of a user, if they exist.
 fn name_online(c: &Connection, id: i64) -> Result<Option<(String, bool)>> {
-    c.prepare_cached(
-        "SELECT name, EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1) FROM users WHERE id = ?1",
-    )
+    c.prepare_cached(concat!(
+        "SELECT name, ",
+        live_session!("?1"),
+        " FROM users WHERE id = ?1"
+    ))
     .db()?
     .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()
@@ -252,12 +281,14 @@ fn group_info(c: &Connection, id: i64) -> Result<Option<GroupInfo>> {
         return Ok(None);
     };
     let mut stmt = c
-        .prepare_cached(
-            "SELECT u.id, u.name, EXISTS(SELECT 1 FROM sessions s WHERE s.user_id = u.id), gm.role
+        .prepare_cached(concat!(
+            "SELECT u.id, u.name, ",
+            live_session!("u.id"),
+            ", gm.role
              FROM group_members gm JOIN users u ON u.id = gm.user_id
              WHERE gm.group_id = ?1
-             ORDER BY gm.seq",
-        )
+             ORDER BY gm.seq"
+        ))
         .db()?;
     let members = stmt
         .query_map([id], |r| {
@@ -425,7 +456,11 @@ impl Store for SqliteStore {
             None => Err(StoreError::UnknownUser(user)),
             Some((_, true)) => Err(StoreError::AlreadyOnline(user)),
             Some((_, false)) => {
-                c.prepare_cached("INSERT INTO sessions (user_id, node, epoch) VALUES (?1, ?2, ?3)")
+                // A claim left by a node whose lease is over is replaced.
+                c.prepare_cached(
+                    "INSERT INTO sessions (user_id, node, epoch) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user_id) DO UPDATE SET node = excluded.node, epoch = excluded.epoch",
+                )
                     .db()?
                     // Stored as the same 64 bits, so every u64 round-trips.
                     .execute(params![u, node, epoch as i64])
@@ -443,6 +478,57 @@ impl Store for SqliteStore {
             .execute(params![key(user), node, epoch as i64])
             .db()?;
         Ok(n > 0)
+    }
+
+    fn session_node(&mut self, user: UserId) -> Result<Option<String>> {
+        let c = self.tx()?;
+        c.prepare_cached(concat!(
+            "SELECT s.node FROM sessions s JOIN nodes n ON n.id = s.node
+             WHERE s.user_id = ?1 AND n.expires_ms > ",
+            now_ms!()
+        ))
+        .db()?
+        .query_row([key(user)], |r| r.get(0))
+        .optional()
+        .db()
+    }
+
+    fn renew_lease(&mut self, node: &str, ttl: std::time::Duration) -> Result<()> {
+        let c = self.tx()?;
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        c.prepare_cached(concat!(
+            "INSERT INTO nodes (id, expires_ms) VALUES (?1, ",
+            now_ms!(),
+            " + ?2) ON CONFLICT (id) DO UPDATE SET expires_ms = excluded.expires_ms"
+        ))
+        .db()?
+        .execute(params![node, ttl])
+        .db()?;
+        Ok(())
+    }
+
+    fn end_lease(&mut self, node: &str) -> Result<()> {
+        let c = self.tx()?;
+        c.prepare_cached("DELETE FROM nodes WHERE id = ?1")
+            .db()?
+            .execute([node])
+            .db()?;
+        Ok(())
+    }
+
+    fn expired_nodes(&mut self) -> Result<Vec<String>> {
+        let c = self.tx()?;
+        c.prepare_cached(concat!(
+            "SELECT DISTINCT s.node FROM sessions s LEFT JOIN nodes n ON n.id = s.node
+             WHERE n.expires_ms IS NULL OR n.expires_ms <= ",
+            now_ms!(),
+            " ORDER BY s.node"
+        ))
+        .db()?
+        .query_map([], |r| r.get(0))
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()
     }
 
     /// The users come back sorted by id.
@@ -498,12 +584,13 @@ impl Store for SqliteStore {
         if !user_exists(c, u)? {
             return Err(StoreError::UnknownUser(user));
         }
-        c.prepare_cached(
-            "SELECT u.id, u.name, EXISTS(SELECT 1 FROM sessions s WHERE s.user_id = u.id)
-             FROM friends f JOIN users u ON u.id = f.friend_id
+        c.prepare_cached(concat!(
+            "SELECT u.id, u.name, ",
+            live_session!("u.id"),
+            " FROM friends f JOIN users u ON u.id = f.friend_id
              WHERE f.user_id = ?1
-             ORDER BY f.friend_id",
-        )
+             ORDER BY f.friend_id"
+        ))
         .db()?
         .query_map([u], |r| {
             Ok(Contact {
