@@ -1,7 +1,9 @@
 //! Starting and stopping a whole node: opens the store, recovers from a
-//! previous crash, starts the store thread, the metrics endpoint and one
-//! executor per shard, and on SIGTERM/SIGINT stops accepting, lets sessions
-//! flush and release their users, lets the store thread commit, and returns.
+//! previous crash, takes its lease, joins the cluster's bus when one is
+//! configured, starts the store thread, the metrics endpoint and one executor
+//! per shard, and on SIGTERM/SIGINT stops accepting, lets sessions flush and
+//! release their users, lets the store thread commit and end the lease, stops
+//! the bus, and returns.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,20 +13,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::Config;
+use crate::bus::{self, Bus, BusConfig};
+use crate::config::{Config, StoreChoice};
 use crate::store::Store;
+use crate::store::scylla::ScyllaStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::writer::{self, WriterConfig};
+use crate::store::writer::{self, RouterEvent, WriterConfig};
 use crate::{metrics, shard};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("opening the store in {path}: {source}")]
+    #[error("opening the store ({place}): {source}")]
     Store {
-        path: std::path::PathBuf,
+        place: String,
         source: crate::store::StoreError,
     },
+    #[error("{0}")]
+    Bus(#[from] bus::BusError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -47,26 +53,44 @@ pub struct Node {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     store: writer::StoreClient,
     writer: std::thread::JoinHandle<()>,
+    bus: Option<Bus>,
 }
 
 impl Node {
     /// Starts a node with `config`; returns once it accepts connections.
     pub fn start(config: Config) -> Result<Node, StartError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let path = config.data_dir.join("chat.db");
-        let mut store =
-            SqliteStore::open(&path, config.sync).map_err(|source| StartError::Store {
-                path: path.clone(),
-                source,
-            })?;
+        match &config.store {
+            StoreChoice::Sqlite => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+                    StartError::DataDir {
+                        path: config.data_dir.clone(),
+                        source,
+                    }
+                })?;
+                let path = config.data_dir.join("chat.db");
+                let place = path.display().to_string();
+                let store = SqliteStore::open(&path, config.sync)
+                    .map_err(|source| StartError::Store { place, source })?;
+                Node::start_with(config, store)
+            }
+            StoreChoice::Scylla(options) => {
+                let place = format!("ScyllaDB at {}", options.nodes.join(","));
+                let store = ScyllaStore::open(options)
+                    .map_err(|source| StartError::Store { place, source })?;
+                Node::start_with(config, store)
+            }
+        }
+    }
+
+    fn start_with<S: Store>(config: Config, mut store: S) -> Result<Node, StartError> {
         let recovered = store
             .release_node(&config.node_id)
-            .and_then(|users| store.commit().map(|()| users))
+            .and_then(|users| {
+                store.renew_lease(&config.node_id, config.lease_ttl)?;
+                store.commit().map(|()| users)
+            })
             .map_err(|source| StartError::Store {
-                path: path.clone(),
+                place: "recovering this node's sessions".into(),
                 source,
             })?;
         if !recovered.is_empty() {
@@ -89,22 +113,41 @@ impl Node {
 
         let shards = config.shards;
         let (store_client, ops) = writer::channel(64 * 1024);
-        let (router_tx, router_rx): (Vec<_>, Vec<_>) =
+        let (router_tx, router_rx): (Vec<flume::Sender<Vec<RouterEvent>>>, Vec<_>) =
             (0..shards).map(|_| flume::bounded(4096)).unzip();
+        let first_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let (publisher, bus) = match &config.nats {
+            Some(url) => {
+                let (publisher, bus) = bus::start(
+                    BusConfig {
+                        url: url.clone(),
+                        node_id: config.node_id.clone(),
+                        incarnation: first_epoch,
+                        subscription_capacity: config.nats_subscription_capacity,
+                        heartbeat_every: config.lease_every(),
+                    },
+                    router_tx.clone(),
+                )?;
+                (Some(publisher), Some(bus))
+            }
+            None => (None, None),
+        };
         let writer_config = WriterConfig {
             node_id: config.node_id.clone(),
             shards,
             max_batch: config.max_batch,
             maintenance_every: Duration::from_secs(10),
+            lease_ttl: config.lease_ttl,
+            lease_every: config.lease_every(),
+            bus: publisher,
         };
         let writer = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || writer::run(store, ops, router_tx, writer_config))
             .expect("spawning the store thread");
 
-        let first_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
         let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
         let config = Arc::new(config);
         let wiring = shard::Wiring {
@@ -161,6 +204,7 @@ impl Node {
             executors,
             store: store_client,
             writer,
+            bus,
         })
     }
 
@@ -179,6 +223,9 @@ impl Node {
         // Every session has queued its logout by now; commit and end.
         self.store.stop();
         let _ = self.writer.join();
+        if let Some(bus) = self.bus {
+            bus.stop();
+        }
         tracing::info!("chat-node stopped");
     }
 }

@@ -8,6 +8,12 @@
 //! are partitioned by user, so no state is shared between executors and no
 //! lock sits on the message path; every hop is a FIFO channel, so a user sees
 //! their messages in commit order.
+//!
+//! In a cluster the router gets wake-ups instead of messages (from this
+//! node's store thread and from the bus) and hands them on the same way; a
+//! resync, sent to every shard, wakes every session the shard holds.
+
+use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
@@ -16,12 +22,20 @@ use crate::shard::Shard;
 use crate::store::UserId;
 use crate::store::writer::{ConnId, RouterEvent};
 
-/// A push handed from the home shard of its user to the shard holding the
-/// user's session.
+/// What a session is handed.
+#[derive(Debug)]
+pub enum Delivery {
+    Push(Push),
+    /// New messages are stored for the session's user: read them.
+    Wake,
+}
+
+/// A delivery handed from the home shard of its user to the shard holding
+/// the user's session.
 #[derive(Debug)]
 pub struct Forward {
     pub conn: ConnId,
-    pub push: Push,
+    pub delivery: Delivery,
 }
 
 /// Where a user's session lives.
@@ -33,13 +47,13 @@ pub struct Route {
 
 /// Applies the store's events for the users homed on this shard, forever.
 pub async fn run(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     events: flume::Receiver<Vec<RouterEvent>>,
     mesh: &Senders<Forward>,
 ) {
     while let Ok(batch) = events.recv_async().await {
         for event in batch {
-            let (user, push) = match event {
+            let (user, delivery) = match event {
                 RouterEvent::Route {
                     user,
                     shard: s,
@@ -59,7 +73,14 @@ pub async fn run(
                     }
                     continue;
                 }
-                RouterEvent::Deliver { user, message } => (user, Push::Message(message)),
+                RouterEvent::Deliver { user, message } => {
+                    (user, Delivery::Push(Push::Message(message)))
+                }
+                RouterEvent::Wake { user } => (user, Delivery::Wake),
+                RouterEvent::Resync => {
+                    shard.resync();
+                    continue;
+                }
                 RouterEvent::Presence {
                     user,
                     who,
@@ -67,32 +88,32 @@ pub async fn run(
                     online,
                 } => (
                     user,
-                    Push::Presence {
+                    Delivery::Push(Push::Presence {
                         user: who,
                         name: name.to_string(),
                         online,
-                    },
+                    }),
                 ),
             };
-            send(shard, mesh, user, push).await;
+            send(shard, mesh, user, delivery).await;
         }
     }
 }
 
-async fn send(shard: &Shard, mesh: &Senders<Forward>, user: UserId, push: Push) {
+async fn send(shard: &Rc<Shard>, mesh: &Senders<Forward>, user: UserId, delivery: Delivery) {
     let route = shard.routes.borrow().get(&user).copied();
     let Some(route) = route else {
         // Offline: the message waits in the store for the next login.
         return;
     };
     if route.shard == shard.id {
-        shard.deliver(route.conn, &push);
+        shard.deliver(route.conn, delivery);
     } else if mesh
         .send_to(
             route.shard,
             Forward {
                 conn: route.conn,
-                push,
+                delivery,
             },
         )
         .await
@@ -103,12 +124,12 @@ async fn send(shard: &Shard, mesh: &Senders<Forward>, user: UserId, push: Push) 
 }
 
 /// Starts one task per peer that hands forwarded pushes to local sessions.
-pub fn receive(shard: std::rc::Rc<Shard>, mut receivers: Receivers<Forward>) {
+pub fn receive(shard: Rc<Shard>, mut receivers: Receivers<Forward>) {
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(Forward { conn, push }) = stream.recv().await {
-                shard.deliver(conn, &push);
+            while let Some(Forward { conn, delivery }) = stream.recv().await {
+                shard.deliver(conn, delivery);
             }
         })
         .detach();

@@ -239,7 +239,9 @@ async fn login(
             epoch,
         },
         last_pushed: info.pending.last().map_or(0, |m| m.id),
-        catching_up: missed || info.pending.len() >= page,
+        // In a cluster a wake-up from another node may reach this node before
+        // the login's route did: one more read after the reply covers it.
+        catching_up: missed || info.pending.len() >= page || shard.config.nats.is_some(),
         missed: false,
     };
     metrics::counter!("chat_node_logins_total").increment(1);
@@ -378,6 +380,14 @@ async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
 /// it is catching up (after a login with a long backlog, or when live pushes
 /// were missed during one). Returns once live pushes can take over.
 pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
+    if session.catch_up_running.replace(true) {
+        return;
+    }
+    read_backlog(shard, session).await;
+    session.catch_up_running.set(false);
+}
+
+async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
     loop {
         let (user, after) = {
             let mut phase = session.phase.borrow_mut();

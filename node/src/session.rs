@@ -18,6 +18,10 @@
 //! missed, and the catch-up reads the store again; once caught up, a push is
 //! written only if its id is above the last one written. So a user gets every
 //! stored message exactly once per connection, in id order.
+//!
+//! In a cluster there are no live message pushes, only wake-ups
+//! ([`Session::wake`]): each one makes the session catch up from the store,
+//! in one task at a time ([`Session::catch_up_running`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -73,6 +77,8 @@ pub struct Session {
     pub phase: RefCell<Phase>,
     /// Highest message id a JSON client has been sent and the store told of.
     json_acked: Cell<MessageId>,
+    /// Whether a catch-up task is reading the store for this session.
+    pub catch_up_running: Cell<bool>,
 }
 
 impl Session {
@@ -84,6 +90,7 @@ impl Session {
             outbound: Outbound::new(max_outbound),
             phase: RefCell::new(Phase::Anonymous),
             json_acked: Cell::new(0),
+            catch_up_running: Cell::new(false),
         }
     }
 
@@ -126,6 +133,28 @@ impl Session {
             self.encoder.borrow_mut().push(push, buf);
         });
         count_delivery(push);
+    }
+
+    /// New messages are stored for this session's user: notes that the
+    /// session must read the store, and returns whether a catch-up task must
+    /// be started for it.
+    pub fn wake(&self) -> bool {
+        match &mut *self.phase.borrow_mut() {
+            Phase::Anonymous => false,
+            Phase::LoggingIn { missed } => {
+                *missed = true;
+                false
+            }
+            Phase::Online {
+                catching_up,
+                missed,
+                ..
+            } => {
+                *catching_up = true;
+                *missed = true;
+                !self.catch_up_running.get()
+            }
+        }
     }
 
     /// A push from the router for this connection.

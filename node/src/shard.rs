@@ -17,9 +17,9 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
-use crate::command::Push;
 use crate::config::Config;
-use crate::router::{self, Forward, Route};
+use crate::router::{self, Delivery, Forward, Route};
+use crate::service;
 use crate::session::{self, Session};
 use crate::store::UserId;
 use crate::store::writer::{ConnId, RouterEvent, StoreClient};
@@ -51,11 +51,31 @@ impl Shard {
         self.epochs.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Hands a push to a local session, if it is still there.
-    pub fn deliver(&self, conn: ConnId, push: &Push) {
+    /// Hands a delivery to a local session, if it is still there.
+    pub fn deliver(self: &Rc<Self>, conn: ConnId, delivery: Delivery) {
         let session = self.sessions.borrow().get(&conn).cloned();
         if let Some(session) = session {
-            session.deliver(push);
+            match delivery {
+                Delivery::Push(push) => session.deliver(&push),
+                Delivery::Wake => self.wake(&session),
+            }
+        }
+    }
+
+    /// Makes `session` read the store for what it has not pushed yet, in a
+    /// task of its own unless one is running.
+    fn wake(self: &Rc<Self>, session: &Rc<Session>) {
+        if session.wake() {
+            let (shard, session) = (self.clone(), session.clone());
+            glommio::spawn_local(async move { service::catch_up(&shard, &session).await }).detach();
+        }
+    }
+
+    /// Wakes every session of this shard (NATS may have lost wake-ups).
+    pub fn resync(self: &Rc<Self>) {
+        let open: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
+        for session in &open {
+            self.wake(session);
         }
     }
 }

@@ -7,10 +7,23 @@
 //! emits the [`RouterEvent`]s the batch produced. Events are sent, in commit
 //! order, to the router of the recipient's home shard (`user % shards`): since
 //! every channel on that path is FIFO, a user's session receives routes and
-//! messages in the order the store committed them. When the channel is quiet
-//! the thread does maintenance: it refreshes the pending gauge and deletes
-//! acknowledged messages in small slices between batches.
+//! messages in the order the store committed them. Events go out before the
+//! answers, so a login's route is queued before its reply.
+//!
+//! In a cluster (with a [`Publisher`]) other nodes append too, so commit
+//! order on this node is not message order for a user. There a new message
+//! only wakes the recipient's session, which reads the store past the last
+//! message it pushed. The recipient's node comes from their session claim,
+//! read inside the same transaction: this node's router for its own users,
+//! the bus for users of other nodes.
+//!
+//! Every `lease_every` the thread renews the node's lease, sends the bus's
+//! heartbeats, and releases the users of nodes whose lease has expired,
+//! telling their friends they went offline. When the channel is quiet it also
+//! refreshes the pending gauge and deletes acknowledged messages in small
+//! slices between batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +33,7 @@ use super::{
     Contact, GroupId, GroupInfo, MessageId, NewMessage, Store, StoreError, StoredMessage, Target,
     UserId, UserRecord,
 };
+use crate::bus::{self, Publisher};
 use crate::command::LoginInfo;
 
 /// Identifies one connection within a node.
@@ -37,11 +51,17 @@ pub enum RouterEvent {
     },
     /// `user` left connection `conn`.
     Unroute { user: UserId, conn: ConnId },
-    /// A new message for `user`.
+    /// A new message for `user` (a node running alone).
     Deliver {
         user: UserId,
         message: Arc<StoredMessage>,
     },
+    /// `user` has new stored messages (a cluster node): their session reads
+    /// them from the store.
+    Wake { user: UserId },
+    /// NATS may have lost wake-ups: every online session reads the store.
+    /// Sent to every shard, not to a home shard.
+    Resync,
     /// Friend `who` of `user` came online or went offline.
     Presence {
         user: UserId,
@@ -52,12 +72,15 @@ pub enum RouterEvent {
 }
 
 impl RouterEvent {
+    /// The user the event is about (0 for `Resync`, which is about everyone).
     pub fn user(&self) -> UserId {
         match self {
             RouterEvent::Route { user, .. }
             | RouterEvent::Unroute { user, .. }
             | RouterEvent::Deliver { user, .. }
+            | RouterEvent::Wake { user }
             | RouterEvent::Presence { user, .. } => *user,
+            RouterEvent::Resync => 0,
         }
     }
 }
@@ -183,6 +206,11 @@ pub struct WriterConfig {
     /// How often the pending gauge is refreshed and acknowledged messages
     /// compacted.
     pub maintenance_every: Duration,
+    /// The node's lease: how long it lasts, how often it is renewed.
+    pub lease_ttl: Duration,
+    pub lease_every: Duration,
+    /// The bus to other nodes; `None` when the node runs alone.
+    pub bus: Option<Publisher>,
 }
 
 /// Creates the op channel: `capacity` ops may wait before senders wait too.
@@ -221,12 +249,13 @@ pub fn run<S: Store>(
     mut store: S,
     ops: flume::Receiver<Op>,
     routers: Vec<flume::Sender<Vec<RouterEvent>>>,
-    config: WriterConfig,
+    mut config: WriterConfig,
 ) {
     let mut batch = Vec::with_capacity(config.max_batch);
     let mut replies: Vec<Reply> = Vec::with_capacity(config.max_batch);
-    let mut events: Vec<Vec<RouterEvent>> = vec![Vec::new(); config.shards];
+    let mut out = Outbox::new(config.shards);
     let mut last_maintenance = Instant::now();
+    let mut last_lease = Instant::now();
     let mut stopping = false;
     let mut compacting = false;
     let mut last_slice = Instant::now();
@@ -234,7 +263,10 @@ pub fn run<S: Store>(
         let wait = if compacting {
             Duration::from_millis(1)
         } else {
-            config.maintenance_every
+            config
+                .lease_every
+                .saturating_sub(last_lease.elapsed())
+                .min(config.maintenance_every)
         };
         match ops.recv_timeout(wait) {
             Ok(Op::Stop) | Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
@@ -253,30 +285,28 @@ pub fn run<S: Store>(
             metrics::histogram!("chat_node_store_batch_ops").record(batch.len() as f64);
             let mut step = Step {
                 store: &mut store,
-                events: &mut events,
+                out: &mut out,
                 node: &config.node_id,
+                cluster: config.bus.is_some(),
             };
             for op in batch.drain(..) {
                 metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
                 replies.push(step.run(op));
             }
-            let failed = store.commit().err();
-            if let Some(e) = &failed {
-                tracing::error!(error = %e, "store commit failed; batch answered with errors");
-                metrics::counter!("chat_node_store_errors_total").increment(1);
-                store.rollback();
-                events.iter_mut().for_each(Vec::clear);
-            }
+            let failed = commit(&mut store, &mut out, "batch");
             metrics::histogram!("chat_node_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
+            out.send(&routers, config.bus.as_mut());
             for reply in replies.drain(..) {
                 reply(failed.as_ref());
             }
-            for (shard, list) in events.iter_mut().enumerate() {
-                if !list.is_empty() {
-                    // A router that is gone belongs to a shard that stopped.
-                    let _ = routers[shard].send(std::mem::take(list));
-                }
+        }
+        if last_lease.elapsed() >= config.lease_every {
+            last_lease = Instant::now();
+            lease_tick(&mut store, &mut out, &config);
+            out.send(&routers, config.bus.as_mut());
+            if let Some(bus) = config.bus.as_mut() {
+                bus.heartbeat();
             }
         }
         // Compaction goes in small slices when no request is waiting (and at
@@ -294,6 +324,87 @@ pub fn run<S: Store>(
     }
     while compact_slice(&mut store) {}
     refresh_pending_gauge(&mut store);
+    // Every session has logged out: the lease ends with the node.
+    if let Err(e) = store
+        .end_lease(&config.node_id)
+        .and_then(|()| store.commit())
+    {
+        tracing::warn!(error = %e, "ending the lease failed; it expires by itself");
+        store.rollback();
+    }
+}
+
+/// Commits, or on failure rolls back and forgets the batch's events; returns
+/// the failure.
+fn commit<S: Store>(store: &mut S, out: &mut Outbox, what: &str) -> Option<StoreError> {
+    let failed = store.commit().err();
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, what, "store commit failed; answered with errors");
+        metrics::counter!("chat_node_store_errors_total").increment(1);
+        store.rollback();
+        out.clear();
+    }
+    failed
+}
+
+/// Renews this node's lease and releases the users of nodes whose lease has
+/// expired, telling their friends.
+fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) {
+    let node = config.node_id.as_str();
+    let mut step = Step {
+        store,
+        out,
+        node,
+        cluster: config.bus.is_some(),
+    };
+    let done = step
+        .store
+        .renew_lease(node, config.lease_ttl)
+        .and_then(|()| step.reap());
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "renewing the lease failed");
+        metrics::counter!("chat_node_store_errors_total").increment(1);
+        store.rollback();
+        out.clear();
+        return;
+    }
+    commit(store, out, "lease");
+}
+
+/// Router events and bus events of one batch, sent once it is committed.
+struct Outbox {
+    /// Per shard of this node.
+    local: Vec<Vec<RouterEvent>>,
+    /// Per other node.
+    remote: HashMap<String, Vec<bus::Event>>,
+}
+
+impl Outbox {
+    fn new(shards: usize) -> Outbox {
+        Outbox {
+            local: vec![Vec::new(); shards],
+            remote: HashMap::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.local.iter_mut().for_each(Vec::clear);
+        self.remote.clear();
+    }
+
+    fn send(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>], bus: Option<&mut Publisher>) {
+        for (shard, list) in self.local.iter_mut().enumerate() {
+            if !list.is_empty() {
+                // A router that is gone belongs to a shard that stopped.
+                let _ = routers[shard].send(std::mem::take(list));
+            }
+        }
+        if let Some(bus) = bus {
+            for (node, events) in self.remote.drain() {
+                bus.publish(&node, events);
+            }
+        }
+    }
 }
 
 /// Acknowledged messages deleted per compaction transaction (about a
@@ -335,17 +446,57 @@ fn refresh_pending_gauge<S: Store>(store: &mut S) {
     }
 }
 
-/// Runs the ops of one batch, collecting router events per shard.
+/// Runs the ops of one batch, collecting the events they produce.
 struct Step<'a, S> {
     store: &'a mut S,
-    events: &'a mut [Vec<RouterEvent>],
+    out: &'a mut Outbox,
     node: &'a str,
+    /// Whether other nodes share the store (a bus is configured).
+    cluster: bool,
 }
 
 impl<S: Store> Step<'_, S> {
+    /// Queues an event for a router of this node.
     fn emit(&mut self, event: RouterEvent) {
-        let shard = (event.user() % self.events.len() as u64) as usize;
-        self.events[shard].push(event);
+        let shard = (event.user() % self.out.local.len() as u64) as usize;
+        self.out.local[shard].push(event);
+    }
+
+    /// Tells `user`'s session about a new message or a friend's presence,
+    /// on whichever node it is.
+    fn notify(&mut self, user: UserId, event: RouterEvent) -> Result<(), StoreError> {
+        if !self.cluster {
+            self.emit(event);
+            return Ok(());
+        }
+        let Some(node) = self.store.session_node(user)? else {
+            return Ok(());
+        };
+        let event = match event {
+            RouterEvent::Deliver { user, .. } => RouterEvent::Wake { user },
+            other => other,
+        };
+        if node == self.node {
+            self.emit(event);
+            return Ok(());
+        }
+        let remote = match event {
+            RouterEvent::Wake { user } => bus::Event::Wake { user },
+            RouterEvent::Presence {
+                user,
+                who,
+                name,
+                online,
+            } => bus::Event::Presence {
+                user,
+                who,
+                name: name.to_string(),
+                online,
+            },
+            _ => return Ok(()),
+        };
+        self.out.remote.entry(node).or_default().push(remote);
+        Ok(())
     }
 
     /// Tells every online friend of `user` that they came online or left.
@@ -356,13 +507,35 @@ impl<S: Store> Step<'_, S> {
         online: bool,
     ) -> Result<(), StoreError> {
         for friend in self.store.friends(user)? {
-            if friend.online {
-                self.emit(RouterEvent::Presence {
-                    user: friend.id,
-                    who: user,
-                    name: name.clone(),
-                    online,
-                });
+            if friend.online && friend.id != user {
+                self.notify(
+                    friend.id,
+                    RouterEvent::Presence {
+                        user: friend.id,
+                        who: user,
+                        name: name.clone(),
+                        online,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the users of nodes whose lease has expired and tells their
+    /// friends they are offline.
+    fn reap(&mut self) -> Result<(), StoreError> {
+        for node in self.store.expired_nodes()? {
+            if node == self.node {
+                continue;
+            }
+            let users = self.store.release_node(&node)?;
+            tracing::info!(%node, users = users.len(), "lease expired; released its users");
+            metrics::counter!("chat_node_expired_leases_total").increment(1);
+            for user in users {
+                if let Some(record) = self.store.user(user)? {
+                    self.tell_friends(user, &record.name.into(), false)?;
+                }
             }
         }
         Ok(())
@@ -444,12 +617,15 @@ impl<S: Store> Step<'_, S> {
         self.emit(RouterEvent::Route { user, shard, conn });
         let name: Arc<str> = record.name.as_str().into();
         for friend in friends.iter().filter(|f| f.online && f.id != user) {
-            self.emit(RouterEvent::Presence {
-                user: friend.id,
-                who: user,
-                name: name.clone(),
-                online: true,
-            });
+            self.notify(
+                friend.id,
+                RouterEvent::Presence {
+                    user: friend.id,
+                    who: user,
+                    name: name.clone(),
+                    online: true,
+                },
+            )?;
         }
         Ok(LoginInfo {
             user,
@@ -478,12 +654,15 @@ impl<S: Store> Step<'_, S> {
         if contact.online
             && let Some(me) = self.store.user(user)?
         {
-            self.emit(RouterEvent::Presence {
-                user: friend,
-                who: user,
-                name: me.name.into(),
-                online: true,
-            });
+            self.notify(
+                friend,
+                RouterEvent::Presence {
+                    user: friend,
+                    who: user,
+                    name: me.name.into(),
+                    online: true,
+                },
+            )?;
         }
         Ok(contact)
     }
@@ -492,17 +671,23 @@ impl<S: Store> Step<'_, S> {
         let stored = Arc::new(self.store.append(message)?);
         metrics::counter!("chat_node_messages_stored_total").increment(1);
         match message.target {
-            Target::User(to) => self.emit(RouterEvent::Deliver {
-                user: to,
-                message: stored.clone(),
-            }),
+            Target::User(to) => self.notify(
+                to,
+                RouterEvent::Deliver {
+                    user: to,
+                    message: stored.clone(),
+                },
+            )?,
             Target::Group(group) => {
                 for member in self.store.group_members(group)? {
                     if member != message.sender_id {
-                        self.emit(RouterEvent::Deliver {
-                            user: member,
-                            message: stored.clone(),
-                        });
+                        self.notify(
+                            member,
+                            RouterEvent::Deliver {
+                                user: member,
+                                message: stored.clone(),
+                            },
+                        )?;
                     }
                 }
             }
