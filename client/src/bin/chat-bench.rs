@@ -31,7 +31,9 @@ Examples:
   chat-bench --pairs 100 --rate 20000 --json     open loop at 20k msg/s, one JSON summary line
   chat-bench --protocol json --addr 127.0.0.1:6000 --pairs 50
                                                  the seed's JSON protocol (works against the
-                                                 seed's C++ server too)";
+                                                 seed's C++ server too)
+  chat-bench --addr 127.0.0.1:6000 --receiver-addr 127.0.0.1:6001
+                                                 senders on one cluster node, receivers on another";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
@@ -51,6 +53,10 @@ struct Args {
     /// Address of the node (or the seed's server).
     #[arg(long, default_value = "127.0.0.1:6000")]
     addr: String,
+    /// Connect the receivers here instead of --addr (e.g. another node of
+    /// a cluster, to measure cross-node delivery).
+    #[arg(long)]
+    receiver_addr: Option<String>,
     /// Sender/receiver pairs (2N users and connections).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
@@ -237,20 +243,20 @@ impl BenchUser {
     }
 }
 
-async fn setup_user(args: &Args, name: String) -> anyhow::Result<BenchUser> {
+async fn setup_user(args: &Args, addr: &str, name: String) -> anyhow::Result<BenchUser> {
     match args.protocol {
         Protocol::Fb => {
             let config = ClientConfig {
                 request_timeout: Some(Duration::from_secs(60).max(args.timeout)),
                 ..ClientConfig::default()
             };
-            let client = Client::connect_with(args.addr.as_str(), config).await?;
+            let client = Client::connect_with(addr, config).await?;
             let id = client.register(&name, &args.password).await?;
             client.login(id, &args.password).await?;
             Ok(BenchUser::Fb { client, id })
         }
         Protocol::Json => {
-            let mut conn = JsonConnection::connect(args.addr.as_str()).await?;
+            let mut conn = JsonConnection::connect(addr).await?;
             let reg = conn.register(&name, &args.password).await?;
             let id = match (
                 seed_json::errno(&reg),
@@ -687,7 +693,12 @@ async fn setup(args: &Arc<Args>) -> anyhow::Result<Vec<BenchUser>> {
             let name = format!("{prefix}_{i}");
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await?;
-                setup_user(&args, name).await
+                // Odd users receive.
+                let addr = match (&args.receiver_addr, i % 2) {
+                    (Some(addr), 1) => addr.as_str(),
+                    _ => args.addr.as_str(),
+                };
+                setup_user(&args, addr, name).await
             })
         })
         .collect();
@@ -777,6 +788,7 @@ fn report(args: &Args, s: &Summary) {
         let line = json!({
             "protocol": protocol,
             "addr": args.addr,
+            "receiver_addr": args.receiver_addr,
             "pairs": args.pairs,
             "mode": if args.rate.is_some() { "open" } else { "closed" },
             "rate": args.rate,
