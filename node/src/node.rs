@@ -16,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::bus::{self, Bus, BusConfig};
 use crate::config::{Config, StoreChoice};
 use crate::store::Store;
-use crate::store::scylla::ScyllaStore;
+use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::writer::{self, RouterEvent, WriterConfig};
 use crate::{metrics, shard};
@@ -53,6 +53,7 @@ pub struct Node {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     store: writer::StoreClient,
     writer: std::thread::JoinHandle<()>,
+    reader: std::thread::JoinHandle<()>,
     bus: Option<Bus>,
 }
 
@@ -69,20 +70,31 @@ impl Node {
                 })?;
                 let path = config.data_dir.join("chat.db");
                 let place = path.display().to_string();
-                let store = SqliteStore::open(&path, config.sync)
-                    .map_err(|source| StartError::Store { place, source })?;
-                Node::start_with(config, store)
+                let opened = SqliteStore::open(&path, config.sync)
+                    .and_then(|store| Ok((store, SqliteStore::open_reader(&path)?)));
+                let (store, reader) =
+                    opened.map_err(|source| StartError::Store { place, source })?;
+                Node::start_with(config, store, reader)
             }
             StoreChoice::Scylla(options) => {
                 let place = format!("ScyllaDB at {}", options.nodes.join(","));
-                let store = ScyllaStore::open(options)
-                    .map_err(|source| StartError::Store { place, source })?;
-                Node::start_with(config, store)
+                let opened = ScyllaStore::open(options).and_then(|store| {
+                    let reader_options = ScyllaOptions {
+                        init_schema: false,
+                        ..options.clone()
+                    };
+                    Ok((store, ScyllaStore::open(&reader_options)?))
+                });
+                let (store, reader) =
+                    opened.map_err(|source| StartError::Store { place, source })?;
+                Node::start_with(config, store, reader)
             }
         }
     }
 
-    fn start_with<S: Store>(config: Config, mut store: S) -> Result<Node, StartError> {
+    /// Starts the node on `store` (the writer's handle) and `reader` (a
+    /// second handle on the same data, for the reader thread).
+    fn start_with<S: Store>(config: Config, mut store: S, reader: S) -> Result<Node, StartError> {
         let recovered = store
             .release_node(&config.node_id)
             .and_then(|users| {
@@ -112,7 +124,7 @@ impl Node {
         metrics::serve(metrics_listener, handle);
 
         let shards = config.shards;
-        let (store_client, ops) = writer::channel(64 * 1024);
+        let (store_client, queues) = writer::channel(64 * 1024);
         let (router_tx, router_rx): (Vec<flume::Sender<Vec<RouterEvent>>>, Vec<_>) =
             (0..shards).map(|_| flume::bounded(4096)).unzip();
         let first_epoch = SystemTime::now()
@@ -145,8 +157,13 @@ impl Node {
         };
         let writer = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || writer::run(store, ops, router_tx, writer_config))
+            .spawn(move || writer::run(store, queues.writes, router_tx, writer_config))
             .expect("spawning the store thread");
+        let max_batch = config.max_batch;
+        let reader = std::thread::Builder::new()
+            .name("store-reader".into())
+            .spawn(move || writer::run_reader(reader, queues.reads, max_batch))
+            .expect("spawning the store reader thread");
 
         let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
         let config = Arc::new(config);
@@ -204,6 +221,7 @@ impl Node {
             executors,
             store: store_client,
             writer,
+            reader,
             bus,
         })
     }
@@ -223,6 +241,7 @@ impl Node {
         // Every session has queued its logout by now; commit and end.
         self.store.stop();
         let _ = self.writer.join();
+        let _ = self.reader.join();
         if let Some(bus) = self.bus {
             bus.stop();
         }

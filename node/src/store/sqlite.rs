@@ -213,6 +213,8 @@ pub struct SqliteStore {
     /// Whether this store has opened a transaction that it has neither
     /// committed nor rolled back.
     in_tx: bool,
+    /// How a batch starts: `BEGIN IMMEDIATE` (writer), `BEGIN` (reader).
+    begin: &'static str,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -389,7 +391,21 @@ impl SqliteStore {
                 return Err(e);
             }
         }
-        Ok(SqliteStore { conn, in_tx: false })
+        Ok(SqliteStore {
+            conn,
+            in_tx: false,
+            begin: "BEGIN IMMEDIATE",
+        })
+    }
+
+    /// Opens the database for reading only: each batch is a read transaction
+    /// (`BEGIN`, no write lock), which sees the last commit of every process
+    /// and never blocks a writer. Every write fails with `Backend`.
+    pub fn open_reader(path: &Path) -> Result<Self> {
+        let mut store = Self::open(path, SyncPolicy::Normal)?;
+        store.conn.pragma_update(None, "query_only", true).db()?;
+        store.begin = "BEGIN";
+        Ok(store)
     }
 
     fn create_schema(conn: &Connection) -> Result<()> {
@@ -430,7 +446,7 @@ impl SqliteStore {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             self.conn
-                .prepare_cached("BEGIN IMMEDIATE")
+                .prepare_cached(self.begin)
                 .db()?
                 .execute([])
                 .db()?;

@@ -17,6 +17,12 @@
 //! read inside the same transaction: this node's router for its own users,
 //! the bus for users of other nodes.
 //!
+//! Reads that need no order with writes (a user's record before a login, a
+//! page of stored messages) go to a second thread, the reader
+//! ([`run_reader`]), on its own store handle: on SQLite its batches are read
+//! transactions, so catching up never takes the write lock from this node's
+//! writer or from the other nodes sharing the file.
+//!
 //! Every `lease_every` the thread renews the node's lease, sends the bus's
 //! heartbeats, and releases the users of nodes whose lease has expired,
 //! telling their friends they went offline. When the channel is quiet it also
@@ -167,12 +173,18 @@ impl Op {
             Op::Stop => "stop",
         }
     }
+
+    /// Whether the reader thread serves this op.
+    fn is_read(&self) -> bool {
+        matches!(self, Op::User { .. } | Op::Pending { .. })
+    }
 }
 
-/// The shards' handle on the store thread.
+/// The shards' handle on the store threads.
 #[derive(Clone)]
 pub struct StoreClient {
     tx: flume::Sender<Op>,
+    reads: flume::Sender<Op>,
 }
 
 fn stopped() -> StoreError {
@@ -183,7 +195,9 @@ impl StoreClient {
     /// Sends an op built around a fresh answer channel and waits for the answer.
     pub async fn call<T>(&self, op: impl FnOnce(Answer<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send_async(op(tx)).await.map_err(|_| stopped())?;
+        let op = op(tx);
+        let to = if op.is_read() { &self.reads } else { &self.tx };
+        to.send_async(op).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -192,8 +206,9 @@ impl StoreClient {
         let _ = self.tx.send_async(op).await;
     }
 
-    /// Asks the thread to commit what it has and end (blocking).
+    /// Asks the threads to commit what they have and end (blocking).
     pub fn stop(&self) {
+        let _ = self.reads.send(Op::Stop);
         let _ = self.tx.send(Op::Stop);
     }
 }
@@ -213,10 +228,71 @@ pub struct WriterConfig {
     pub bus: Option<Publisher>,
 }
 
-/// Creates the op channel: `capacity` ops may wait before senders wait too.
-pub fn channel(capacity: usize) -> (StoreClient, flume::Receiver<Op>) {
-    let (tx, rx) = flume::bounded(capacity);
-    (StoreClient { tx }, rx)
+/// The ops waiting for the writer and for the reader.
+pub struct OpQueues {
+    pub writes: flume::Receiver<Op>,
+    pub reads: flume::Receiver<Op>,
+}
+
+/// Creates the op channels: `capacity` ops may wait on each before senders
+/// wait too.
+pub fn channel(capacity: usize) -> (StoreClient, OpQueues) {
+    let (tx, writes) = flume::bounded(capacity);
+    let (reads_tx, reads) = flume::bounded(capacity);
+    let client = StoreClient {
+        tx,
+        reads: reads_tx,
+    };
+    (client, OpQueues { writes, reads })
+}
+
+/// Runs the reader thread until it gets `Op::Stop` or every `StoreClient` is
+/// dropped: takes every waiting read (up to `max_batch`), runs them in one
+/// read transaction and answers them.
+pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut replies: Vec<Reply> = Vec::with_capacity(max_batch);
+    let mut stopping = false;
+    while !stopping {
+        match ops.recv() {
+            Ok(Op::Stop) | Err(_) => break,
+            Ok(op) => batch.push(op),
+        }
+        while batch.len() < max_batch {
+            match ops.try_recv() {
+                Ok(Op::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        for op in batch.drain(..) {
+            metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
+            match op {
+                Op::User { id, answer } => replies.push(answer_later(answer, store.user(id))),
+                Op::Pending {
+                    user,
+                    after,
+                    limit,
+                    answer,
+                } => replies.push(answer_later(answer, store.pending(user, after, limit))),
+                // Never routed here (`Op::is_read`); dropping the answer
+                // fails the caller.
+                other => tracing::error!(op = other.kind(), "write op sent to the reader"),
+            }
+        }
+        let failed = store.commit().err();
+        if let Some(e) = &failed {
+            tracing::error!(error = %e, "store read failed");
+            metrics::counter!("chat_node_store_errors_total").increment(1);
+            store.rollback();
+        }
+        for reply in replies.drain(..) {
+            reply(failed.as_ref());
+        }
+    }
 }
 
 /// An answered op whose answer waits for the commit.
