@@ -3,12 +3,26 @@
 //! directory, stopped and cleaned up when dropped.
 //!
 //! This is the one piece of code that starts local nodes; everything that
-//! needs a running system goes through it.
+//! needs a running system goes through it:
+//!
+//! - this module: [`LocalNode`], one node process, alone or in a cluster;
+//! - [`nats`]: [`LocalNats`], a `nats-server` process the nodes meet on;
+//! - [`cluster`]: [`LocalCluster`], N nodes on one NATS server and one shared
+//!   data directory;
+//! - [`scrape`]: reading a node's `/metrics` (and other plain HTTP GETs).
+
+pub mod cluster;
+pub mod nats;
+pub mod scrape;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+pub use cluster::{ClusterOptions, LocalCluster};
+pub use nats::LocalNats;
+pub use scrape::{http_get, metric_value, scrape};
 
 /// How to start a local node.
 #[derive(Debug, Clone)]
@@ -20,6 +34,13 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Passed as `CHAT_NODE_LOG` (e.g. "warn", "debug").
     pub log: String,
+    /// A data directory shared with other nodes, which the node neither owns
+    /// nor deletes; `None` gives the node a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// `--node-id`; `local-<client port>` when `None`.
+    pub node_id: Option<String>,
+    /// `--nats` URL joining the node to a cluster; alone when `None`.
+    pub nats: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -29,18 +50,27 @@ impl Default for NodeOptions {
             shards: 2,
             args: Vec::new(),
             log: "warn".into(),
+            data_dir: None,
+            node_id: None,
+            nats: None,
         }
     }
 }
 
 /// A `chat-node` process on loopback. Dropping it kills the process and
-/// removes its data directory.
+/// removes its data directory unless that is shared.
 pub struct LocalNode {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     options: NodeOptions,
-    data: tempfile::TempDir,
+    node_id: String,
+    data: DataDir,
     child: Option<Child>,
+}
+
+enum DataDir {
+    Owned(tempfile::TempDir),
+    Shared(PathBuf),
 }
 
 /// Why a local node could not be started.
@@ -50,6 +80,10 @@ pub enum LocalError {
         "chat-node binary not found (looked for {0}); build it with `cargo build -p chat-node` or set CHAT_NODE_BIN"
     )]
     NoBinary(PathBuf),
+    #[error(
+        "nats-server not found (looked at $CHAT_NATS_SERVER_BIN, $PATH, {0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
+    )]
+    NoNatsServer(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(
@@ -60,6 +94,16 @@ pub enum LocalError {
         secs: u64,
         status: Option<ExitStatus>,
     },
+    #[error(
+        "nats-server did not accept connections on {addr} within {secs} s (exit status: {status:?})"
+    )]
+    NatsNotReady {
+        addr: SocketAddr,
+        secs: u64,
+        status: Option<ExitStatus>,
+    },
+    #[error("node {node} did not subscribe to its NATS subject within {secs} s")]
+    NotJoined { node: String, secs: u64 },
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked: the caller binds it soon).
@@ -84,16 +128,26 @@ pub fn find_binary(name: &str, env: &str) -> Result<PathBuf, LocalError> {
 }
 
 impl LocalNode {
-    /// Starts a node on free ports with a fresh data directory and waits until
-    /// it accepts connections.
+    /// Starts a node on free ports, with a fresh data directory unless
+    /// `options.data_dir` names a shared one, and waits until it accepts
+    /// connections.
     pub fn start(options: NodeOptions) -> Result<LocalNode, LocalError> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let data = match &options.data_dir {
+            Some(dir) => DataDir::Shared(dir.clone()),
+            None => DataDir::Owned(tempfile::Builder::new().prefix("chat-node-").tempdir()?),
+        };
+        let node_id = options
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("local-{}", addr.port()));
         let mut node = LocalNode {
             addr,
             metrics_addr,
             options,
-            data: tempfile::Builder::new().prefix("chat-node-").tempdir()?,
+            node_id,
+            data,
             child: None,
         };
         node.spawn()?;
@@ -101,7 +155,31 @@ impl LocalNode {
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.data.path()
+        match &self.data {
+            DataDir::Owned(dir) => dir.path(),
+            DataDir::Shared(dir) => dir,
+        }
+    }
+
+    /// The node's `--node-id`.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The options the node was started with.
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    /// Whether the process has been started and not yet killed or stopped
+    /// through this handle (a process that died by itself still counts).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) -> Result<(), LocalError> {
@@ -109,18 +187,23 @@ impl LocalNode {
             Some(b) => b.clone(),
             None => find_binary("chat-node", "CHAT_NODE_BIN")?,
         };
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--metrics-listen")
             .arg(self.metrics_addr.to_string())
             .arg("--data-dir")
-            .arg(self.data.path())
+            .arg(self.data_dir())
             .arg("--shards")
             .arg(self.options.shards.to_string())
             .arg("--node-id")
-            .arg(format!("local-{}", self.addr.port()))
-            .args(["--argon2-memory-kib", "1024", "--argon2-iterations", "1"])
+            .arg(&self.node_id)
+            .args(["--argon2-memory-kib", "1024", "--argon2-iterations", "1"]);
+        if let Some(url) = &self.options.nats {
+            command.arg("--nats").arg(url);
+        }
+        let child = command
             .args(&self.options.args)
             .env("CHAT_NODE_LOG", &self.options.log)
             .stdin(Stdio::null())

@@ -1,0 +1,196 @@
+//! A local cluster: one `nats-server`, one data directory shared by every
+//! node (the SQLite file in it is the cluster's store), and N `chat-node`
+//! processes `node-0`, `node-1`, ... joined over NATS. For tests, benchmarks
+//! and `chat-loadtest --local`. Dropping it kills the nodes, then NATS, then
+//! removes the directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{LocalError, LocalNats, LocalNode, NodeOptions};
+
+/// How long a new node may take to subscribe on NATS.
+const JOIN_WITHIN: Duration = Duration::from_secs(10);
+
+/// How to start a local cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Nodes started at once.
+    pub nodes: usize,
+    /// `--shards` of every node.
+    pub shards: usize,
+    /// `--lease-ttl`: how long a crashed node's users stay claimed.
+    pub lease_ttl: Duration,
+    /// Extra flags for every node.
+    pub args: Vec<String>,
+    /// Extra flags for one node: `node_args[i]` goes to node `i` after `args`.
+    pub node_args: Vec<Vec<String>>,
+    /// Passed as `CHAT_NODE_LOG` (e.g. "warn", "debug").
+    pub log: String,
+    /// The `chat-node` binary; found next to the running executable when `None`.
+    pub binary: Option<PathBuf>,
+    /// The `nats-server` binary; see [`super::nats::find_nats_server`] when `None`.
+    pub nats_binary: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            shards: 1,
+            lease_ttl: Duration::from_secs(10),
+            args: Vec::new(),
+            node_args: Vec::new(),
+            log: "warn".into(),
+            binary: None,
+            nats_binary: None,
+        }
+    }
+}
+
+/// Running nodes on one NATS server and one store.
+pub struct LocalCluster {
+    options: ClusterOptions,
+    nodes: Vec<LocalNode>,
+    nats: LocalNats,
+    data: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// Starts NATS, then the nodes one after the other, each ready (answering
+    /// a ping and subscribed on NATS) before the next starts.
+    pub fn start(options: ClusterOptions) -> Result<LocalCluster, LocalError> {
+        let nats = match &options.nats_binary {
+            Some(binary) => LocalNats::start_with(binary.clone())?,
+            None => LocalNats::start()?,
+        };
+        let data = tempfile::Builder::new().prefix("chat-cluster-").tempdir()?;
+        let mut cluster = LocalCluster {
+            options,
+            nodes: Vec::new(),
+            nats,
+            data,
+        };
+        for _ in 0..cluster.options.nodes {
+            cluster.add_node()?;
+        }
+        Ok(cluster)
+    }
+
+    /// What node `i` is (or would be) started with.
+    pub fn node_options(&self, i: usize) -> NodeOptions {
+        let mut args = vec![
+            "--lease-ttl".to_owned(),
+            format!("{}ms", self.options.lease_ttl.as_millis()),
+        ];
+        args.extend(self.options.args.iter().cloned());
+        if let Some(extra) = self.options.node_args.get(i) {
+            args.extend(extra.iter().cloned());
+        }
+        NodeOptions {
+            binary: self.options.binary.clone(),
+            shards: self.options.shards,
+            args,
+            log: self.options.log.clone(),
+            data_dir: Some(self.data.path().to_owned()),
+            node_id: Some(format!("node-{i}")),
+            nats: Some(self.nats.url()),
+        }
+    }
+
+    /// Starts one more node, `node-{len}`, and waits until it has joined;
+    /// returns its index.
+    pub fn add_node(&mut self) -> Result<usize, LocalError> {
+        let i = self.nodes.len();
+        let node = LocalNode::start(self.node_options(i))?;
+        self.nodes.push(node);
+        self.wait_joined(JOIN_WITHIN)?;
+        Ok(i)
+    }
+
+    /// Waits until every running node has subscribed to its subject on NATS.
+    /// A node answers clients before its NATS connection is up, and what is
+    /// published to it before it subscribed never reaches it: so a cluster
+    /// is ready once every node is subscribed, and after NATS restarts the
+    /// nodes are back once this returns.
+    pub fn wait_joined(&self, within: Duration) -> Result<(), LocalError> {
+        let started = Instant::now();
+        loop {
+            let subscribed = self.nats.subscriptions().unwrap_or_default();
+            let missing = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .find(|n| !subscribed.contains(&crate::bus::subject(n.node_id())));
+            let Some(node) = missing else {
+                return Ok(());
+            };
+            if started.elapsed() > within {
+                return Err(LocalError::NotJoined {
+                    node: node.node_id().to_owned(),
+                    secs: within.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    pub fn nats(&self) -> &LocalNats {
+        &self.nats
+    }
+
+    pub fn nats_mut(&mut self) -> &mut LocalNats {
+        &mut self.nats
+    }
+
+    /// Node `i`; panics when there is no such node.
+    pub fn node(&self, i: usize) -> &LocalNode {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, to kill or restart it; panics when there is no such node.
+    pub fn node_mut(&mut self, i: usize) -> &mut LocalNode {
+        &mut self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> &[LocalNode] {
+        &self.nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node's client address, by index.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Every node's metrics address, by index.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.metrics_addr).collect()
+    }
+
+    /// The data directory every node shares.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        self.nats.kill9();
+    }
+}
