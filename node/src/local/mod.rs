@@ -81,7 +81,7 @@ pub enum LocalError {
     )]
     NoBinary(PathBuf),
     #[error(
-        "nats-server not found (looked at $CHAT_NATS_SERVER_BIN, $PATH, {0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
+        "nats-server not found ({0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
     )]
     NoNatsServer(String),
     #[error("{0}")]

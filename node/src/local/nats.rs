@@ -43,7 +43,9 @@ pub fn find_nats_server() -> Result<PathBuf, LocalError> {
         .map(|dir| dir.join("nats-server"))
         .chain(FIXED_PATHS.iter().map(PathBuf::from))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| LocalError::NoNatsServer(FIXED_PATHS.join(", ")))
+        .ok_or_else(|| {
+            LocalError::NoNatsServer(format!("looked on $PATH and at {}", FIXED_PATHS.join(", ")))
+        })
 }
 
 impl LocalNats {
@@ -56,7 +58,10 @@ impl LocalNats {
     /// connection and greets it with its `INFO` line.
     pub fn start_with(binary: PathBuf) -> Result<LocalNats, LocalError> {
         if !binary.is_file() {
-            return Err(LocalError::NoNatsServer(binary.display().to_string()));
+            return Err(LocalError::NoNatsServer(format!(
+                "{} is not a file",
+                binary.display()
+            )));
         }
         // Another process may take a free port before the server binds it:
         // then try other ports.
