@@ -14,6 +14,13 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# The cluster tests start a nats-server (found as the tests find it: on PATH,
+# in /usr/sbin, or at $CHAT_NATS_SERVER_BIN).
+if [ -z "${CHAT_NATS_SERVER_BIN:-}" ] && ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  $sudo apt-get update && $sudo apt-get install -y nats-server
+fi
 
 step "generated FlatBuffers code is current"
 scripts/gen-schema.sh --check
@@ -28,4 +35,7 @@ step "build"
 cargo build --workspace --all-targets --locked
 
 step "tests"
+if [ -z "${SCYLLA_URI:-}" ]; then
+  echo "note: ScyllaDB backend skipped (set SCYLLA_URI=host:port to run its store contract suite)"
+fi
 cargo nextest run --workspace --locked --no-fail-fast
