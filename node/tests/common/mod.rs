@@ -1,7 +1,10 @@
 //! Shared pieces of the end-to-end tests: a node started through
 //! `chat_node::local`, and a raw seed-JSON connection that speaks exactly what
-//! the seed's C++ client speaks (NUL-terminated objects).
+//! the seed's C++ client speaks (NUL-terminated objects). Cluster helpers are
+//! in [`cluster`].
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
