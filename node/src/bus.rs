@@ -52,6 +52,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::UserId;
 use crate::store::writer::RouterEvent;
 
+/// How long a starting node waits for NATS before it starts without it.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
+
 /// Settings of the bus.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -270,8 +273,20 @@ async fn run(
             return;
         }
     };
+    // A flush returns once the server has answered a ping sent after the
+    // subscription, so the node accepts clients only once it can hear about
+    // them. When NATS is not up yet the node starts anyway and catches up at
+    // its first connection (a reconnect resync).
+    let joined = matches!(
+        tokio::time::timeout(STARTUP_WAIT, client.flush()).await,
+        Ok(Ok(()))
+    );
+    if joined {
+        tracing::info!(url = %config.url, subject = %subject(&config.node_id), "joined the cluster over NATS");
+    } else {
+        tracing::warn!(url = %config.url, "NATS is not reachable yet; starting without it and retrying");
+    }
     let _ = ready.send(Ok(()));
-    tracing::info!(url = %config.url, subject = %subject(&config.node_id), "joined the cluster over NATS");
 
     let mut publishing = {
         let client = client.clone();
@@ -290,8 +305,8 @@ async fn run(
 
     let mut inbox = Inbox::new(routers, config.heartbeat_every);
     let connected = metrics::gauge!("chat_node_nats_connected");
-    connected.set(1.0);
-    let mut was_down = false;
+    connected.set(if joined { 1.0 } else { 0.0 });
+    let mut was_down = !joined;
     let mut tick = tokio::time::interval(config.heartbeat_every);
     loop {
         tokio::select! {
