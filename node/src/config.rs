@@ -325,7 +325,13 @@ fn default_node_id(listen: SocketAddr) -> String {
         .unwrap_or_else(|_| "localhost".into());
     let host: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     format!("{host}-{}", listen.port())
