@@ -294,6 +294,37 @@ async fn three_nodes_chat_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_see_a_crashed_nodes_users_go_offline_within_the_lease() {
+    let mut c = cluster(2, &[]);
+    let (alice, alice_id) = fb_user(c.node(0).addr, "alice").await;
+    let (bob, bob_id) = fb_user(c.node(1).addr, "bob").await;
+    alice.add_friend(bob_id).await.unwrap();
+    expect_presence(&bob, alice_id, "alice", true, WAIT).await;
+
+    // Bob's node dies without a word; the lease decides when he is offline.
+    let killed_at = Instant::now();
+    c.node_mut(1).kill9();
+    expect_presence(&alice, bob_id, "bob", false, LEASE_TTL + MARGIN).await;
+    let took = killed_at.elapsed();
+    assert!(
+        took <= LEASE_TTL + Duration::from_secs(2),
+        "offline push {took:?} after the crash (lease {LEASE_TTL:?})"
+    );
+    drop(bob);
+
+    // His claim is released: he logs in on the surviving node at once, and
+    // Alice sees him back.
+    let bob = Client::connect(c.node(0).addr).await.unwrap();
+    let login = bob.login(bob_id, "pw").await.unwrap();
+    assert_eq!(login.friends.len(), 1);
+    assert_eq!(
+        (login.friends[0].id, login.friends[0].online),
+        (alice_id, true)
+    );
+    expect_presence(&alice, bob_id, "bob", true, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_registers_once_across_nodes() {
     const ATTEMPTS: usize = 100;
     let c = cluster(3, &[]);
