@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use chat_node::store::scylla::{ScyllaOptions, ScyllaStore};
 use chat_node::store::sqlite::{SqliteStore, SyncPolicy};
 use chat_node::store::{Contact, GroupInfo, NewMessage, Role, Store, StoreError, Target, UserId};
 
@@ -42,6 +43,81 @@ impl TestDb for SqliteDb {
     fn open(&self) -> Box<dyn Store> {
         let path = self.dir.path().join("chat.db");
         Box::new(SqliteStore::open(&path, self.sync).expect("open sqlite store"))
+    }
+}
+
+/// The variable naming the ScyllaDB cluster the suite runs against:
+/// comma-separated `host:port` contact points.
+const SCYLLA_URI: &str = "SCYLLA_URI";
+const SCYLLA_SKIPPED: &str = "ScyllaDB backend skipped: set SCYLLA_URI=host:port to run the store contract suite against ScyllaDB";
+
+/// A keyspace of its own on the cluster named by `SCYLLA_URI`, created with
+/// the schema and dropped with this value.
+struct ScyllaDb {
+    options: ScyllaOptions,
+}
+
+impl ScyllaDb {
+    fn fresh() -> Option<Box<dyn TestDb>> {
+        let Ok(uri) = std::env::var(SCYLLA_URI) else {
+            eprintln!("{SCYLLA_SKIPPED}");
+            return None;
+        };
+        let options = ScyllaOptions {
+            nodes: uri
+                .split(',')
+                .map(str::trim)
+                .filter(|node| !node.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            keyspace: format!("chat_test_{:016x}", rand::random::<u64>()),
+            replication: "1".into(),
+            consistency: "one".into(),
+            message_ttl: Duration::from_secs(86_400),
+            init_schema: true,
+        };
+        // The first handle creates the keyspace; the others open it as nodes
+        // started without --init-schema do.
+        drop(ScyllaStore::open(&options).expect("create the test keyspace"));
+        Some(Box::new(ScyllaDb {
+            options: ScyllaOptions {
+                init_schema: false,
+                ..options
+            },
+        }))
+    }
+}
+
+impl TestDb for ScyllaDb {
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(ScyllaStore::open(&self.options).expect("open scylla store"))
+    }
+}
+
+impl Drop for ScyllaDb {
+    fn drop(&mut self) {
+        let keyspace = &self.options.keyspace;
+        let dropped = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    let session = ::scylla::client::session_builder::SessionBuilder::new()
+                        .known_nodes(&self.options.nodes)
+                        .build()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    session
+                        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+            });
+        if let Err(e) = dropped {
+            eprintln!("could not drop the test keyspace {keyspace}: {e}");
+        }
     }
 }
 
@@ -91,6 +167,19 @@ macro_rules! store_contract {
 
 store_contract!(sqlite, SqliteDb::fresh(SyncPolicy::Normal));
 store_contract!(sqlite_full_sync, SqliteDb::fresh(SyncPolicy::Full));
+store_contract!(scylla, ScyllaDb::fresh());
+
+/// Says whether the `scylla::` cases above run against a server or pass
+/// without one, so that the skip shows in the test list.
+#[test]
+fn scylla_backend_status() {
+    match std::env::var(SCYLLA_URI) {
+        Ok(uri) => {
+            eprintln!("ScyllaDB backend: the scylla:: store contract cases run against {uri}")
+        }
+        Err(_) => eprintln!("{SCYLLA_SKIPPED}"),
+    }
+}
 
 /// The cases, each on a fresh database.
 mod cases {

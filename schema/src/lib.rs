@@ -19,6 +19,7 @@ mod generated {
     include!("generated/chat_generated.rs");
 }
 
+pub mod cql;
 pub mod error_code;
 pub mod frame;
 pub mod time;

@@ -1,6 +1,203 @@
-//! The ScyllaDB backend (to be written).
+//! The ScyllaDB backend: the [`Store`] in one keyspace of a ScyllaDB cluster,
+//! so that nodes on many machines share one state with no single point of
+//! failure.
+//!
+//! # Tables
+//!
+//! The schema is `schema/cql/*.cql` (embedded as [`chat_schema::cql::FILES`]);
+//! with `init_schema` the store creates the keyspace and runs those files.
+//!
+//! | table | partition | rows | written by |
+//! |---|---|---|---|
+//! | `users` | user id | name, password hash, `acked_up_to` (the cursor) | plain writes |
+//! | `user_names` | name | the id holding the name | LWT only |
+//! | `id_blocks` | kind (`user`, `group`, `writer`) | next free id | LWT only |
+//! | `friends` | user id | one per friend, with the friend's name | plain writes |
+//! | `user_groups` | user id | one per group: `joined_after`, role | plain writes |
+//! | `chat_groups` | group id | name, description, creator | plain writes |
+//! | `group_members` | group id | one per member, by `joined_after` | plain writes |
+//! | `inbox` | user id | direct messages, by id; table TTL | plain writes |
+//! | `group_log` | (group id, day) | group messages, by id; table TTL | plain writes |
+//! | `sessions` | user id | the claim: node, epoch | LWT only |
+//! | `sessions_by_node` | node | one per claimed user | plain writes |
+//! | `node_leases` | node | lease end, written `USING TTL` | plain writes |
+//! | `cluster_nodes` | bucket 0 | nodes that renewed a lease or claimed a session | plain writes |
+//!
+//! Every statement is prepared once ([`STATEMENTS`]), binds every partition
+//! key, and reads either one row or a partition through paging; nothing
+//! filters server-side. `tests/cql_schema.rs` checks the list against the
+//! schema files. Tables written by lightweight transactions get no plain
+//! write, as ScyllaDB requires for their guarantees to hold.
+//!
+//! Names never change, so a friend's or member's name is stored with the row
+//! that lists them, and a user's name, once read, is kept in memory (which
+//! also answers "does this user exist" without a read: users are never
+//! deleted). Memberships, never removed either, are remembered the same way.
+//!
+//! # Ids
+//!
+//! - **Users and groups**: each store handle reserves blocks of
+//!   [`ID_BLOCK`] ids by compare-and-set on the kind's `id_blocks` row
+//!   (`UPDATE id_blocks SET next_id = ? WHERE kind = ? IF next_id = ?`) and
+//!   hands them out from memory: unique, never reused (what a handle leaves
+//!   of its block is skipped), increasing per handle but not across handles.
+//! - **Messages**: `(ms << 22) | (writer << 8) | counter`, where `ms` counts
+//!   milliseconds from [`ID_EPOCH_MS`] (2024-01-01, so ids stay positive as
+//!   `i64` until 2093), `writer` is a 14-bit tag the handle reserves from the
+//!   `writer` id block when it first needs an id (so it is unique among the
+//!   last 16,384 handles that wrote a message; a handle that only reads
+//!   takes none), and `counter` numbers the ids of one millisecond (256; past
+//!   that the handle borrows the next millisecond). Ids are unique and
+//!   increase per handle; across handles they follow the writers' clocks. A
+//!   group message's `bucket` (its `group_log` partition) is the day of its
+//!   id's millisecond.
+//!
+//! # How a batch flows
+//!
+//! ScyllaDB has no transaction spanning statements, so the trait's batch
+//! (everything since the last [`Store::commit`]) is emulated:
+//!
+//! 1. **Reads first.** As in SQLite, every domain error (`NameTaken`,
+//!    `UnknownUser`, `AlreadyMember`, ...) is detected by reads before the
+//!    call writes anything, so a refused call leaves nothing behind.
+//! 2. **Uniqueness by lightweight transactions, at once.** A name, a session
+//!    claim, an id block: each is a compare-and-set whose answer the call
+//!    needs, so it runs during the call.
+//! 3. **Other writes are sent at once and awaited later.** An append, a
+//!    friendship, a membership, a lease... is started on the driver's runtime
+//!    when the call makes it, with a client timestamp from a clock that
+//!    increases per handle (so writes to one row apply in call order however
+//!    they race on the wire), and the call returns without waiting. A later
+//!    read of a table waits for the writes in flight to that table first
+//!    (read-your-writes inside the batch); [`Store::commit`] waits for all of
+//!    them. Sending at once rather than at commit keeps the time between
+//!    allocating a message id and the message becoming visible to other
+//!    nodes to one write latency (see the ordering caveat below), and a
+//!    batch's writes travel together while its calls go on.
+//! 4. **Cursors move at commit.** `ack` keeps the new cursor in memory (later
+//!    calls of the batch read it from there) and `commit` writes the last
+//!    value of each user once.
+//! 5. **Rollback compensates.** [`Store::rollback`] (and dropping the handle
+//!    with a batch open) drops the cursor moves, waits for the writes in
+//!    flight, then undoes what the batch wrote: deletes the rows it
+//!    inserted, gives its names back and releases its claims (conditional
+//!    deletes, so a name or claim someone else holds by then is left alone).
+//!    Not undone: lease renewals and ends, node registrations, released
+//!    claims, reserved ids. After a failed `commit`, the writes that landed
+//!    are undone the same way by the caller's `rollback`.
+//!
+//! What this cannot give is isolation and atomicity. Other handles see a
+//! batch's writes as they land, before `commit` (a message may be pushed to
+//! its recipient before its sender's batch fails and deletes it); a crash in
+//! the middle of a batch leaves what landed (a message stored though its
+//! sender was told of a failure, a friendship in one direction only) and
+//! undoes nothing; an undo that fails is logged and left. A name read from a
+//! registration that another handle then rolls back stays in this handle's
+//! memory, so messages to that id are accepted and expire unread. The one
+//! leftover that would hurt for good, a name reserved by a registration that
+//! never completed, is taken back by the next registration of that name once
+//! the reservation is [`ORPHAN_AFTER`] old and no user has its id.
+//!
+//! # Sessions and leases
+//!
+//! A lease is a `node_leases` row written `USING TTL` (the lease rounded up
+//! to whole seconds) holding its end in Unix milliseconds; a node is live
+//! while its row exists and the end is in the future by this process's
+//! clock, so nodes' clocks must agree (NTP) to well within a lease. Within a
+//! batch the store remembers each lease it has read or written.
+//!
+//! A claim is an LWT insert (or, for a claim whose node is dead, an LWT
+//! update conditional on the old node and epoch) plus a `sessions_by_node`
+//! row; releases are LWT deletes conditional on node and epoch
+//! (`release_node`: on node), so a claim taken over elsewhere is never
+//! released by its old node. `renew_lease` and `claim_session` register the
+//! node in `cluster_nodes`, the short list `expired_nodes` walks: for each
+//! registered node whose lease is not live, one row of its
+//! `sessions_by_node` partition says whether it still holds claims; a dead
+//! node holding none is struck off (a live one registers again with its
+//! next renewal).
+//!
+//! # Ordering caveat
+//!
+//! The cursor (and the node's "last pushed id") is a message id, and ids
+//! come from each writer's clock. A message is never delivered if the
+//! recipient's cursor or last pushed id passes its id before it is visible:
+//! a message with a higher id (from a faster clock, or allocated a little
+//! later elsewhere) was read and pushed while this one was still in flight.
+//! What this backend does about it:
+//!
+//! - writes leave at once, not at commit, so the window is one write latency
+//!   plus the difference between the writers' clocks, rather than a batch
+//!   (one write latency is also the window between two messages of one
+//!   batch to one recipient, which travel side by side);
+//! - a handle's id clock never falls behind an id it has seen (the cursors
+//!   and acks it handles, the messages it reads), so a lagging clock is
+//!   pulled forward by the traffic it serves.
+//!
+//! This narrows the race; it does not close it. Clocks must be NTP-synced,
+//! and a write that is slow to land (a retry, a timeout) can still be passed
+//! however fast writes usually are; a short write timeout is no guarantee
+//! either. Closing it needs the reader to leave alone what is younger than a
+//! settling delay (`pending` would return only ids older than, say, one
+//! second, and the session would read again once that has passed), which
+//! involves the node's sessions and is not done here.
+//!
+//! # Not tracked here
+//!
+//! - [`Store::compact`] deletes nothing and returns 0: messages expire by the
+//!   tables' TTL (`--scylla-message-ttl`), acknowledged or not, and the
+//!   cursor passes acknowledged ones, so there is never a tombstone per
+//!   message.
+//! - [`Store::pending_total`] returns 0: counting every user's backlog needs
+//!   a scan of every user, which a gauge does not justify.
+//!
+//! # Costs
+//!
+//! Round trips the calling thread waits for (writes in flight are awaited
+//! together at commit, or by a later read of their table):
+//!
+//! | call | round trips |
+//! |---|---|
+//! | `create_user` | 1 LWT (plus a read and an LWT per block of 100 ids) |
+//! | `append`, direct | 0 once sender and recipient are known, else 1 each |
+//! | `append`, group | 0 once the sender's membership is known, else 1 |
+//! | `ack`, `cursor` | 0 after the first in a batch, else 1 |
+//! | `pending` | 3 in sequence: the cursor, the memberships, then the inbox and every group at once (a group costs a read per day of backlog) |
+//! | `claim_session` | 1 read, 1 LWT, and the holder's lease once per batch |
+//! | `session_node` | 1 read, and the holder's lease once per batch |
+//! | `friends`, `groups`, `join_group` | the lists, then every member's claim at once |
+//! | `release_node` | 1 read, then one LWT per claim, all at once |
+//! | `expired_nodes` | 1 read, then every registered node's lease and claims at once |
+//! | `commit` | the slowest write still in flight |
+//!
+//! # Runtime
+//!
+//! The store owns a tokio runtime with one worker thread, and every trait
+//! call blocks on it. One worker rather than a current-thread runtime: the
+//! driver keeps its connections (keep-alives, reconnection, topology events)
+//! in background tasks, and the writes a call sends must progress after the
+//! call returns; both need the runtime to run while the store thread waits
+//! for its next request.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{StreamExt, TryStreamExt, future, stream};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+
+use super::{
+    Contact, GroupId, GroupInfo, Member, MessageId, NewMessage, Result, Role, Store, StoreError,
+    StoredMessage, Target, UserId, UserRecord,
+};
 
 /// How to reach and shape the ScyllaDB keyspace.
 #[derive(Debug, Clone)]
@@ -16,4 +213,1888 @@ pub struct ScyllaOptions {
     pub message_ttl: Duration,
     /// Create the keyspace and tables if missing before serving.
     pub init_schema: bool,
+}
+
+/// Unix milliseconds of the message-id epoch, 2024-01-01T00:00:00Z.
+pub const ID_EPOCH_MS: u64 = 1_704_067_200_000;
+/// User and group ids a handle reserves at a time.
+pub const ID_BLOCK: i64 = 100;
+/// How old a name reservation with no user behind it must be before another
+/// registration takes the name (a registration that crashed half-way).
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(60);
+
+const MS_SHIFT: u32 = 22;
+const TAG_SHIFT: u32 = 8;
+const TAGS: u64 = 1 << (MS_SHIFT - TAG_SHIFT);
+const COUNTER_LIMIT: u64 = 1 << TAG_SHIFT;
+const DAY_MS: u64 = 86_400_000;
+/// How far ahead of this handle's clock another writer's ids may be when
+/// `pending` picks the group-log days to read.
+const CLOCK_SLACK_MS: u64 = 5 * 60_000;
+/// Observed ids further ahead of this clock than this are not believed (a
+/// client acking `u64::MAX`).
+const OBSERVE_LIMIT_MS: u64 = 3_600_000;
+/// Compare-and-set attempts before a contended row is reported as a failure.
+const CAS_ATTEMPTS: usize = 32;
+/// Requests one call keeps in flight at once.
+const PARALLEL: usize = 64;
+/// Entries in each in-memory cache before it starts over.
+const CACHE_LIMIT: usize = 1 << 20;
+/// The longest TTL ScyllaDB accepts (20 years), in seconds.
+const MAX_TTL_SECS: u64 = 630_720_000;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The one partition of `cluster_nodes`.
+const NODES_BUCKET: i32 = 0;
+const ROLE_CREATOR: i32 = 0;
+const ROLE_MEMBER: i32 = 1;
+
+/// Tables a write touches, so that a read waits only for the writes it
+/// could see.
+const USERS: u8 = 1;
+const FRIENDS: u8 = 1 << 1;
+const GROUPS: u8 = 1 << 2;
+const MESSAGES: u8 = 1 << 3;
+const BY_NODE: u8 = 1 << 4;
+const NODES: u8 = 1 << 5;
+const LEASES: u8 = 1 << 6;
+const CURSORS: u8 = 1 << 7;
+const ALL: u8 = u8::MAX;
+
+/// Declares every prepared statement once: the public list and the struct
+/// holding them prepared.
+macro_rules! statements {
+    ($($name:ident = $cql:literal;)*) => {
+        /// Every CQL statement the backend prepares.
+        pub const STATEMENTS: &[&str] = &[$($cql),*];
+
+        struct Statements {
+            $($name: PreparedStatement,)*
+        }
+
+        impl Statements {
+            async fn prepare(session: &Session, consistency: Consistency) -> Result<Statements> {
+                Ok(Statements {
+                    $($name: prepare(session, $cql, consistency).await?,)*
+                })
+            }
+        }
+    };
+}
+
+statements! {
+    user_get = "SELECT name, password_hash, acked_up_to FROM users WHERE id = ?";
+    user_insert = "INSERT INTO users (id, name, password_hash, acked_up_to) VALUES (?, ?, ?, ?)";
+    user_delete = "DELETE FROM users WHERE id = ?";
+    cursor_set = "UPDATE users SET acked_up_to = ? WHERE id = ?";
+    name_claim = "INSERT INTO user_names (name, id) VALUES (?, ?) IF NOT EXISTS";
+    name_get = "SELECT id, WRITETIME(id) FROM user_names WHERE name = ?";
+    name_reclaim = "UPDATE user_names SET id = ? WHERE name = ? IF id = ?";
+    name_release = "DELETE FROM user_names WHERE name = ? IF id = ?";
+    id_block_get = "SELECT next_id FROM id_blocks WHERE kind = ?";
+    id_block_init = "INSERT INTO id_blocks (kind, next_id) VALUES (?, ?) IF NOT EXISTS";
+    id_block_cas = "UPDATE id_blocks SET next_id = ? WHERE kind = ? IF next_id = ?";
+    friend_get = "SELECT friend_id FROM friends WHERE user_id = ? AND friend_id = ?";
+    friend_list = "SELECT friend_id, friend_name FROM friends WHERE user_id = ?";
+    friend_insert = "INSERT INTO friends (user_id, friend_id, friend_name) VALUES (?, ?, ?)";
+    friend_delete = "DELETE FROM friends WHERE user_id = ? AND friend_id = ?";
+    group_get = "SELECT name, description FROM chat_groups WHERE id = ?";
+    group_insert = "INSERT INTO chat_groups (id, name, description, creator) VALUES (?, ?, ?, ?)";
+    group_delete = "DELETE FROM chat_groups WHERE id = ?";
+    member_list = "SELECT joined_after, user_id, user_name, role FROM group_members WHERE group_id = ?";
+    member_insert = "INSERT INTO group_members (group_id, joined_after, user_id, user_name, role) VALUES (?, ?, ?, ?, ?)";
+    member_delete = "DELETE FROM group_members WHERE group_id = ? AND joined_after = ? AND user_id = ?";
+    membership_get = "SELECT joined_after FROM user_groups WHERE user_id = ? AND group_id = ?";
+    membership_list = "SELECT group_id, joined_after FROM user_groups WHERE user_id = ?";
+    membership_insert = "INSERT INTO user_groups (user_id, group_id, joined_after, role) VALUES (?, ?, ?, ?)";
+    membership_delete = "DELETE FROM user_groups WHERE user_id = ? AND group_id = ?";
+    inbox_insert = "INSERT INTO inbox (user_id, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?)";
+    inbox_delete = "DELETE FROM inbox WHERE user_id = ? AND id = ?";
+    inbox_read = "SELECT id, sender_id, sender_name, time_ms, body FROM inbox WHERE user_id = ? AND id > ? LIMIT ?";
+    log_insert = "INSERT INTO group_log (group_id, bucket, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)";
+    log_delete = "DELETE FROM group_log WHERE group_id = ? AND bucket = ? AND id = ?";
+    log_read = "SELECT id, sender_id, sender_name, time_ms, body FROM group_log WHERE group_id = ? AND bucket = ? AND id > ?";
+    claim_get = "SELECT node, epoch FROM sessions WHERE user_id = ?";
+    claim_insert = "INSERT INTO sessions (user_id, node, epoch) VALUES (?, ?, ?) IF NOT EXISTS";
+    claim_takeover = "UPDATE sessions SET node = ?, epoch = ? WHERE user_id = ? IF node = ? AND epoch = ?";
+    claim_release = "DELETE FROM sessions WHERE user_id = ? IF node = ? AND epoch = ?";
+    claim_release_node = "DELETE FROM sessions WHERE user_id = ? IF node = ?";
+    by_node_insert = "INSERT INTO sessions_by_node (node, user_id) VALUES (?, ?)";
+    by_node_delete = "DELETE FROM sessions_by_node WHERE node = ? AND user_id = ?";
+    by_node_list = "SELECT user_id FROM sessions_by_node WHERE node = ?";
+    by_node_any = "SELECT user_id FROM sessions_by_node WHERE node = ? LIMIT 1";
+    lease_get = "SELECT expires_ms FROM node_leases WHERE node = ?";
+    lease_set = "INSERT INTO node_leases (node, expires_ms) VALUES (?, ?) USING TTL ?";
+    lease_end = "DELETE FROM node_leases WHERE node = ?";
+    node_register = "INSERT INTO cluster_nodes (bucket, node) VALUES (?, ?)";
+    node_forget = "DELETE FROM cluster_nodes WHERE bucket = ? AND node = ?";
+    node_list = "SELECT node FROM cluster_nodes WHERE bucket = ?";
+}
+
+/// Prepares one statement: plain statements are idempotent (every write
+/// carries its timestamp, so a retry applies the same cells), lightweight
+/// transactions are not; reads use a consistency that reads accept.
+async fn prepare(
+    session: &Session,
+    cql: &'static str,
+    consistency: Consistency,
+) -> Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(cql)
+        .await
+        .map_err(|e| StoreError::Backend(format!("scylla: preparing {cql}: {e}")))?;
+    statement.set_is_idempotent(!cql.contains(" IF "));
+    if cql.starts_with("SELECT") {
+        match consistency {
+            Consistency::EachQuorum => statement.set_consistency(Consistency::LocalQuorum),
+            Consistency::Any => statement.set_consistency(Consistency::One),
+            _ => {}
+        }
+    }
+    Ok(statement)
+}
+
+/// Bound values kept with a write until it is sent or undone.
+type Values = Box<dyn SerializeRow + Send + Sync>;
+
+/// A write sent during the batch and not yet awaited.
+struct InFlight {
+    tables: u8,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// What rolls one write of the batch back.
+struct Undo {
+    statement: PreparedStatement,
+    values: Values,
+    /// A lightweight transaction (no client timestamp).
+    conditional: bool,
+}
+
+/// An id block of one kind in `id_blocks`: ids `next..end` are this handle's.
+struct IdBlock {
+    kind: &'static str,
+    next: i64,
+    end: i64,
+}
+
+/// The answer of a lightweight transaction: whether it applied, and the
+/// columns the server sent back (ScyllaDB: the row as it was).
+struct Cas {
+    applied: bool,
+    columns: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Cas {
+    fn get(&self, name: &str) -> Option<&CqlValue> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_ref())
+    }
+
+    fn bigint(&self, name: &str) -> Option<i64> {
+        match self.get(name) {
+            Some(CqlValue::BigInt(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        match self.get(name) {
+            Some(CqlValue::Text(s) | CqlValue::Ascii(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// `id, sender_id, sender_name, time_ms, body` of `inbox` and `group_log`.
+type MessageRow = (
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+/// `joined_after, user_id, user_name, role` of `group_members`.
+type MemberRow = (i64, i64, Option<String>, Option<i32>);
+/// Name, description and members (in order) of a group.
+type GroupRow = (String, String, Vec<MemberRow>);
+
+/// The [`Store`] on a ScyllaDB keyspace (see the module documentation).
+pub struct ScyllaStore {
+    inner: Inner,
+    /// Declared last: dropped after the session.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("keyspace", &self.inner.keyspace)
+            .field("writer", &self.inner.tag)
+            .field("writes_in_flight", &self.inner.in_flight.len())
+            .finish()
+    }
+}
+
+/// Everything but the runtime, so that a call can block on the runtime
+/// while borrowing this mutably.
+struct Inner {
+    session: Arc<Session>,
+    st: Arc<Statements>,
+    keyspace: String,
+    message_ttl: Duration,
+    /// This handle's writer tag in message ids, reserved when it first
+    /// allocates one (a handle that only reads never takes a tag).
+    tag: Option<u64>,
+    /// Millisecond (from the id epoch) of the last message id, and the
+    /// counter the next id of that millisecond gets.
+    clock_ms: u64,
+    counter: u64,
+    /// The last client timestamp given to a write, in microseconds.
+    last_timestamp: i64,
+    user_ids: IdBlock,
+    group_ids: IdBlock,
+    // The open batch.
+    in_flight: Vec<InFlight>,
+    undo: Vec<Undo>,
+    cursors: HashMap<UserId, i64>,
+    /// Lease ends (`None`: no lease) read or written in this batch.
+    leases: HashMap<String, Option<i64>>,
+    created_users: Vec<UserId>,
+    joined: Vec<(GroupId, UserId)>,
+    // Facts that never change once true.
+    names: HashMap<UserId, String>,
+    members: HashSet<(GroupId, UserId)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The key of a user or group id: ids above `i64::MAX` cannot exist.
+fn key(id: u64) -> Option<i64> {
+    i64::try_from(id).ok()
+}
+
+/// A message-id bound: ids above `i64::MAX` do not exist, so clamping keeps
+/// a comparison's meaning.
+fn bound(id: MessageId) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// Ids read back are positive.
+fn id_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The millisecond (from the id epoch) of a message id.
+fn id_ms(id: u64) -> u64 {
+    id >> MS_SHIFT
+}
+
+/// The `group_log` day of a millisecond (from the id epoch).
+fn day_of_ms(ms: u64) -> i32 {
+    i32::try_from(ms / DAY_MS).unwrap_or(i32::MAX)
+}
+
+/// The `group_log` day of a message id.
+pub fn bucket_of(id: MessageId) -> i32 {
+    day_of_ms(id_ms(id))
+}
+
+/// A message id from its parts.
+pub fn message_id(ms: u64, tag: u64, counter: u64) -> MessageId {
+    (ms << MS_SHIFT) | ((tag % TAGS) << TAG_SHIFT) | (counter % COUNTER_LIMIT)
+}
+
+fn fail(statement: &PreparedStatement, e: impl Display) -> StoreError {
+    StoreError::Backend(format!("scylla: {}: {e}", statement.get_statement()))
+}
+
+fn message(row: MessageRow, recipient_id: UserId, group_id: GroupId) -> StoredMessage {
+    let (id, sender_id, sender_name, time_ms, body) = row;
+    StoredMessage {
+        id: id_of(id),
+        sender_id: sender_id.map_or(0, id_of),
+        sender_name: sender_name.unwrap_or_default(),
+        recipient_id,
+        group_id,
+        // Stored as the same 64 bits, so every u64 round-trips.
+        time_ms: time_ms.unwrap_or(0) as u64,
+        text: body.unwrap_or_default(),
+    }
+}
+
+/// Parses a consistency name (`local_quorum`, `QUORUM`, `local-one`, ...).
+pub fn parse_consistency(name: &str) -> Result<Consistency> {
+    Ok(
+        match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "one" => Consistency::One,
+            "two" => Consistency::Two,
+            "three" => Consistency::Three,
+            "quorum" => Consistency::Quorum,
+            "all" => Consistency::All,
+            "local_quorum" => Consistency::LocalQuorum,
+            "each_quorum" => Consistency::EachQuorum,
+            "local_one" => Consistency::LocalOne,
+            _ => {
+                return Err(StoreError::Backend(format!(
+                    "scylla: unknown consistency {name:?}; expected one of one, two, three, \
+                     quorum, local_quorum, each_quorum, all, local_one"
+                )));
+            }
+        },
+    )
+}
+
+/// The serial consistency of lightweight transactions for `consistency`:
+/// confined to the local data centre when the data consistency is.
+pub fn serial_consistency(consistency: Consistency) -> SerialConsistency {
+    match consistency {
+        Consistency::LocalOne | Consistency::LocalQuorum => SerialConsistency::LocalSerial,
+        _ => SerialConsistency::Serial,
+    }
+}
+
+/// The CQL replication map for `3` (SimpleStrategy) or `dc1:3,dc2:2`
+/// (NetworkTopologyStrategy).
+pub fn replication_map(spec: &str) -> Result<String> {
+    let bad = |why: &str| {
+        StoreError::Backend(format!(
+            "scylla: bad replication {spec:?} ({why}); expected a factor such as 3 \
+             or data centres such as dc1:3,dc2:2"
+        ))
+    };
+    let factor = |s: &str| match s.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad("a factor must be a positive integer")),
+    };
+    let spec_trimmed = spec.trim();
+    if !spec_trimmed.contains(':') {
+        let rf = factor(spec_trimmed)?;
+        return Ok(format!(
+            "{{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+        ));
+    }
+    let mut dcs = Vec::new();
+    for item in spec_trimmed.split(',') {
+        let (dc, rf) = item.split_once(':').ok_or_else(|| bad("dc:factor"))?;
+        let dc = dc.trim();
+        if dc.is_empty()
+            || !dc
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(bad("a data centre name is letters, digits, _, - and ."));
+        }
+        dcs.push(format!("'{dc}': {}", factor(rf)?));
+    }
+    Ok(format!(
+        "{{'class': 'NetworkTopologyStrategy', {}}}",
+        dcs.join(", ")
+    ))
+}
+
+/// Keyspace names are used unquoted in DDL: a letter, then letters, digits
+/// and `_`, at most 48 characters.
+fn check_keyspace(name: &str) -> Result<()> {
+    let ok = name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "scylla: bad keyspace name {name:?}: a letter, then letters, digits and _, \
+             at most 48 characters"
+        )))
+    }
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster and prepares every statement; with
+    /// `options.init_schema`, first creates the keyspace (replication from
+    /// `options.replication`) and the tables of `schema/cql`, and sets the
+    /// message tables' TTL to `options.message_ttl` (a no-op when they exist
+    /// with that TTL already).
+    ///
+    /// Any number of stores, in any number of processes, may open the same
+    /// keyspace. Fails with `Backend` for a bad option or an unreachable
+    /// cluster.
+    pub fn open(options: &ScyllaOptions) -> Result<ScyllaStore> {
+        let consistency = parse_consistency(&options.consistency)?;
+        check_keyspace(&options.keyspace)?;
+        let replication = if options.init_schema {
+            Some(replication_map(&options.replication)?)
+        } else {
+            None
+        };
+        if options.nodes.is_empty() {
+            return Err(StoreError::Backend("scylla: no contact point".into()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("chat-scylla")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("scylla: starting a runtime: {e}")))?;
+        let inner = runtime.block_on(Inner::connect(options, consistency, replication))?;
+        Ok(ScyllaStore { inner, runtime })
+    }
+}
+
+impl Drop for ScyllaStore {
+    /// A batch never committed dies with its handle.
+    fn drop(&mut self) {
+        if self.inner.batch_open() {
+            self.runtime.block_on(self.inner.rollback());
+        }
+    }
+}
+
+impl Inner {
+    async fn connect(
+        options: &ScyllaOptions,
+        consistency: Consistency,
+        replication: Option<String>,
+    ) -> Result<Inner> {
+        let profile = ExecutionProfile::builder()
+            .consistency(consistency)
+            .serial_consistency(Some(serial_consistency(consistency)))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&options.nodes)
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "scylla: connecting to {}: {e}",
+                    options.nodes.join(",")
+                ))
+            })?;
+        let keyspace = options.keyspace.clone();
+        if let Some(replication) = replication {
+            ddl(
+                &session,
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
+                ),
+            )
+            .await?;
+        }
+        session
+            .use_keyspace(keyspace.as_str(), false)
+            .await
+            .map_err(|e| StoreError::Backend(format!("scylla: keyspace {keyspace}: {e}")))?;
+        if options.init_schema {
+            for (file, text) in chat_schema::cql::FILES {
+                for statement in chat_schema::cql::statements(text) {
+                    ddl(&session, statement).await.map_err(|e| match e {
+                        StoreError::Backend(m) => StoreError::Backend(format!("{m} (in {file})")),
+                        other => other,
+                    })?;
+                }
+            }
+            set_message_ttl(&session, &keyspace, options.message_ttl).await?;
+        }
+        let st = Statements::prepare(&session, consistency).await?;
+        Ok(Inner {
+            session: Arc::new(session),
+            st: Arc::new(st),
+            keyspace,
+            message_ttl: options.message_ttl,
+            tag: None,
+            clock_ms: 0,
+            counter: 0,
+            last_timestamp: 0,
+            user_ids: IdBlock {
+                kind: "user",
+                next: 0,
+                end: 0,
+            },
+            group_ids: IdBlock {
+                kind: "group",
+                next: 0,
+                end: 0,
+            },
+            in_flight: Vec::new(),
+            undo: Vec::new(),
+            cursors: HashMap::new(),
+            leases: HashMap::new(),
+            created_users: Vec::new(),
+            joined: Vec::new(),
+            names: HashMap::new(),
+            members: HashSet::new(),
+        })
+    }
+
+    fn batch_open(&self) -> bool {
+        !self.in_flight.is_empty() || !self.undo.is_empty() || !self.cursors.is_empty()
+    }
+
+    // ---- clocks and ids ----
+
+    /// A client timestamp for the next write: microseconds, increasing per
+    /// handle.
+    fn timestamp(&mut self) -> i64 {
+        self.last_timestamp = now_us().max(self.last_timestamp + 1);
+        self.last_timestamp
+    }
+
+    async fn next_message_id(&mut self) -> Result<MessageId> {
+        let tag = match self.tag {
+            Some(tag) => tag,
+            None => {
+                let (writer, _) = self.reserve("writer", 1).await?;
+                *self.tag.insert(id_of(writer) % TAGS)
+            }
+        };
+        let now = now_ms().saturating_sub(ID_EPOCH_MS);
+        if now > self.clock_ms {
+            self.clock_ms = now;
+            self.counter = 0;
+        }
+        if self.counter >= COUNTER_LIMIT {
+            self.clock_ms += 1;
+            self.counter = 0;
+        }
+        let id = message_id(self.clock_ms, tag, self.counter);
+        self.counter += 1;
+        Ok(id)
+    }
+
+    /// Keeps this handle's next message ids above `id`, an id seen elsewhere.
+    fn observe(&mut self, id: MessageId) {
+        let ms = id_ms(id);
+        let now = now_ms().saturating_sub(ID_EPOCH_MS);
+        if ms >= self.clock_ms && ms <= now + OBSERVE_LIMIT_MS {
+            self.clock_ms = ms + 1;
+            self.counter = 0;
+        }
+    }
+
+    /// Reserves `size` ids of `kind`: returns `(first, end)`.
+    async fn reserve(&self, kind: &str, size: i64) -> Result<(i64, i64)> {
+        let st = &self.st;
+        let mut seen: Option<i64> = self
+            .read_one::<(Option<i64>,)>(&st.id_block_get, (kind,))
+            .await?
+            .and_then(|(n,)| n);
+        for _ in 0..CAS_ATTEMPTS {
+            let cas = match seen {
+                None => self.lwt(&st.id_block_init, (kind, 1 + size)).await?,
+                Some(n) => self.lwt(&st.id_block_cas, (n + size, kind, n)).await?,
+            };
+            if cas.applied {
+                let first = seen.unwrap_or(1);
+                return Ok((first, first + size));
+            }
+            seen = cas.bigint("next_id");
+        }
+        Err(StoreError::Backend(format!(
+            "scylla: id block of {kind:?} still contended after {CAS_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// The next user id, without using it up.
+    async fn peek_user_id(&mut self) -> Result<i64> {
+        if self.user_ids.next >= self.user_ids.end {
+            let (next, end) = self.reserve(self.user_ids.kind, ID_BLOCK).await?;
+            self.user_ids.next = next;
+            self.user_ids.end = end;
+        }
+        Ok(self.user_ids.next)
+    }
+
+    async fn take_group_id(&mut self) -> Result<i64> {
+        if self.group_ids.next >= self.group_ids.end {
+            let (next, end) = self.reserve(self.group_ids.kind, ID_BLOCK).await?;
+            self.group_ids.next = next;
+            self.group_ids.end = end;
+        }
+        let id = self.group_ids.next;
+        self.group_ids.next += 1;
+        Ok(id)
+    }
+
+    // ---- requests ----
+
+    async fn read_one<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let rows = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| fail(statement, e))?
+            .into_rows_result()
+            .map_err(|e| fail(statement, e))?;
+        rows.maybe_first_row::<R>().map_err(|e| fail(statement, e))
+    }
+
+    /// Reads rows page by page, keeping those `keep` accepts, until `max`
+    /// are kept or the rows run out.
+    async fn read_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        page_size: Option<i32>,
+        max: usize,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let mut paged = statement.clone();
+        if let Some(size) = page_size {
+            paged.set_page_size(size.max(1));
+        }
+        let mut rows = self
+            .session
+            .execute_iter(paged, values)
+            .await
+            .map_err(|e| fail(statement, e))?
+            .rows_stream::<R>()
+            .map_err(|e| fail(statement, e))?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            match rows.try_next().await.map_err(|e| fail(statement, e))? {
+                Some(row) if keep(&row) => out.push(row),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_all<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        self.read_rows(statement, values, None, usize::MAX, |_| true)
+            .await
+    }
+
+    /// Runs a lightweight transaction.
+    async fn lwt(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<Cas> {
+        let rows = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| fail(statement, e))?
+            .into_rows_result()
+            .map_err(|e| fail(statement, e))?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        let row = rows
+            .maybe_first_row::<Row>()
+            .map_err(|e| fail(statement, e))?;
+        let values = row.map(|r| r.columns).unwrap_or_default();
+        let columns: Vec<(String, Option<CqlValue>)> = names
+            .into_iter()
+            .zip(values.into_iter().chain(std::iter::repeat(None)))
+            .collect();
+        let applied = match columns.iter().find(|(n, _)| n == "[applied]") {
+            Some((_, Some(CqlValue::Boolean(applied)))) => *applied,
+            _ => return Err(fail(statement, "no [applied] column in the answer")),
+        };
+        Ok(Cas { applied, columns })
+    }
+
+    /// Sends a write now (see "How a batch flows"); `undo` rolls it back.
+    fn write(
+        &mut self,
+        tables: u8,
+        statement: &PreparedStatement,
+        values: Values,
+        undo: Option<(&PreparedStatement, Values)>,
+    ) {
+        let mut statement = statement.clone();
+        statement.set_timestamp(Some(self.timestamp()));
+        let session = Arc::clone(&self.session);
+        let task = tokio::spawn(async move {
+            session
+                .execute_unpaged(&statement, &values)
+                .await
+                .map(drop)
+                .map_err(|e| fail(&statement, e))
+        });
+        self.in_flight.push(InFlight { tables, task });
+        if let Some((statement, values)) = undo {
+            self.undo.push(Undo {
+                statement: statement.clone(),
+                values,
+                conditional: false,
+            });
+        }
+    }
+
+    /// Waits for the writes in flight that touch `tables`.
+    async fn settle(&mut self, tables: u8) -> Result<()> {
+        if !self.in_flight.iter().any(|w| w.tables & tables != 0) {
+            return Ok(());
+        }
+        let (now, later): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|w| w.tables & tables != 0);
+        self.in_flight = later;
+        let mut first_error = None;
+        for done in future::join_all(now.into_iter().map(|w| w.task)).await {
+            let outcome = done.unwrap_or_else(|e| {
+                Err(StoreError::Backend(format!(
+                    "scylla: a write task failed: {e}"
+                )))
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn end_batch(&mut self) {
+        self.undo.clear();
+        self.cursors.clear();
+        self.leases.clear();
+        self.created_users.clear();
+        self.joined.clear();
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let st = Arc::clone(&self.st);
+        for (user, cursor) in std::mem::take(&mut self.cursors) {
+            if let Some(k) = key(user) {
+                self.write(CURSORS, &st.cursor_set, Box::new((cursor, k)), None);
+            }
+        }
+        // On failure the compensations stay for the caller's rollback.
+        self.settle(ALL).await?;
+        self.end_batch();
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        self.cursors.clear();
+        if let Err(e) = self.settle(ALL).await {
+            tracing::debug!(error = %e, "a write of a rolled-back batch failed");
+        }
+        for id in std::mem::take(&mut self.created_users) {
+            self.names.remove(&id);
+        }
+        for membership in std::mem::take(&mut self.joined) {
+            self.members.remove(&membership);
+        }
+        let undo = std::mem::take(&mut self.undo);
+        let mut undoing = Vec::with_capacity(undo.len());
+        for Undo {
+            mut statement,
+            values,
+            conditional,
+        } in undo.into_iter().rev()
+        {
+            if !conditional {
+                statement.set_timestamp(Some(self.timestamp()));
+            }
+            let session = Arc::clone(&self.session);
+            undoing.push(async move {
+                session
+                    .execute_unpaged(&statement, &values)
+                    .await
+                    .map_err(|e| fail(&statement, e))
+            });
+        }
+        for failed in future::join_all(undoing)
+            .await
+            .into_iter()
+            .filter_map(|r| r.err())
+        {
+            tracing::warn!(error = %failed, "rolling back a batch left a write in place");
+        }
+        self.end_batch();
+    }
+
+    // ---- users ----
+
+    fn remember_name(&mut self, id: UserId, name: String) {
+        if self.names.len() >= CACHE_LIMIT {
+            self.names.clear();
+        }
+        self.names.insert(id, name);
+    }
+
+    /// The profile row of a user: name, password hash, cursor.
+    async fn profile(&mut self, id: UserId) -> Result<Option<(String, String, i64)>> {
+        let Some(k) = key(id) else {
+            return Ok(None);
+        };
+        self.settle(USERS).await?;
+        let row = self
+            .read_one::<(Option<String>, Option<String>, Option<i64>)>(&self.st.user_get, (k,))
+            .await?;
+        Ok(match row {
+            Some((Some(name), hash, cursor)) => {
+                self.remember_name(id, name.clone());
+                Some((name, hash.unwrap_or_default(), cursor.unwrap_or(0)))
+            }
+            _ => None,
+        })
+    }
+
+    /// The name of a user, `None` if there is no such user.
+    async fn user_name(&mut self, id: UserId) -> Result<Option<String>> {
+        if let Some(name) = self.names.get(&id) {
+            return Ok(Some(name.clone()));
+        }
+        Ok(self.profile(id).await?.map(|(name, _, _)| name))
+    }
+
+    async fn cursor_of(&mut self, user: UserId) -> Result<i64> {
+        if let Some(&cursor) = self.cursors.get(&user) {
+            return Ok(cursor);
+        }
+        let (_, _, cursor) = self
+            .profile(user)
+            .await?
+            .ok_or(StoreError::UnknownUser(user))?;
+        self.observe(id_of(cursor));
+        Ok(cursor)
+    }
+
+    /// Whether a name reservation is a leftover: no user has its id, and it
+    /// is older than [`ORPHAN_AFTER`].
+    async fn name_is_orphaned(&mut self, name: &str, holder: i64) -> Result<bool> {
+        if self.user_name(id_of(holder)).await?.is_some() {
+            return Ok(false);
+        }
+        let row = self
+            .read_one::<(Option<i64>, Option<i64>)>(&self.st.name_get, (name,))
+            .await?;
+        let old = now_us() - i64::try_from(ORPHAN_AFTER.as_micros()).unwrap_or(i64::MAX);
+        Ok(matches!(row, Some((Some(id), Some(written))) if id == holder && written < old))
+    }
+
+    /// Takes `name` for `id`: whether it did.
+    async fn claim_name(&mut self, name: &str, id: i64) -> Result<bool> {
+        let st = Arc::clone(&self.st);
+        let cas = self.lwt(&st.name_claim, (name, id)).await?;
+        if cas.applied {
+            return Ok(true);
+        }
+        let Some(holder) = cas.bigint("id") else {
+            return Ok(false);
+        };
+        Ok(self.name_is_orphaned(name, holder).await?
+            && self
+                .lwt(&st.name_reclaim, (id, name, holder))
+                .await?
+                .applied)
+    }
+
+    async fn create_user(&mut self, name: &str, password_hash: &str) -> Result<UserId> {
+        let st = Arc::clone(&self.st);
+        let id = self.peek_user_id().await?;
+        // Registered before the transaction: one that fails without an
+        // answer (a timeout) may have taken the name, and the rollback that
+        // follows the error must give it back.
+        self.undo.push(Undo {
+            statement: st.name_release.clone(),
+            values: Box::new((name.to_owned(), id)),
+            conditional: true,
+        });
+        let claimed = self.claim_name(name, id).await;
+        if !matches!(claimed, Ok(false)) {
+            self.user_ids.next += 1;
+        }
+        if !claimed? {
+            self.undo.pop();
+            return Err(StoreError::NameTaken);
+        }
+        self.write(
+            USERS,
+            &st.user_insert,
+            Box::new((id, name.to_owned(), password_hash.to_owned(), 0_i64)),
+            Some((&st.user_delete, Box::new((id,)))),
+        );
+        let id = id_of(id);
+        self.remember_name(id, name.to_owned());
+        self.created_users.push(id);
+        Ok(id)
+    }
+
+    async fn user(&mut self, id: UserId) -> Result<Option<UserRecord>> {
+        Ok(self
+            .profile(id)
+            .await?
+            .map(|(name, password_hash, _)| UserRecord {
+                id,
+                name,
+                password_hash,
+            }))
+    }
+
+    // ---- leases and sessions ----
+
+    /// Which of `nodes` hold a live lease now.
+    async fn live_nodes<'a>(
+        &mut self,
+        nodes: impl IntoIterator<Item = &'a String>,
+    ) -> Result<HashSet<String>> {
+        let mut unknown: Vec<&String> = nodes
+            .into_iter()
+            .filter(|n| !self.leases.contains_key(*n))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            self.settle(LEASES).await?;
+            let this = &*self;
+            let ends: Vec<(String, Option<i64>)> = stream::iter(unknown)
+                .map(|node| async move {
+                    let end = this
+                        .read_one::<(Option<i64>,)>(&this.st.lease_get, (node.as_str(),))
+                        .await?
+                        .and_then(|(end,)| end);
+                    Ok::<_, StoreError>((node.clone(), end))
+                })
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+            self.leases.extend(ends);
+        }
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        Ok(self
+            .leases
+            .iter()
+            .filter(|(_, end)| end.is_some_and(|end| end > now))
+            .map(|(node, _)| node.clone())
+            .collect())
+    }
+
+    async fn is_live(&mut self, node: &String) -> Result<bool> {
+        Ok(self.live_nodes([node]).await?.contains(node))
+    }
+
+    /// The claim of each user: `(node, epoch)`, if any.
+    async fn claims(&self, users: &[UserId]) -> Result<Vec<Option<(String, i64)>>> {
+        stream::iter(users)
+            .map(|&user| async move {
+                let Some(k) = key(user) else {
+                    return Ok(None);
+                };
+                let row = self
+                    .read_one::<(Option<String>, Option<i64>)>(&self.st.claim_get, (k,))
+                    .await?;
+                Ok(match row {
+                    Some((Some(node), Some(epoch))) => Some((node, epoch)),
+                    _ => None,
+                })
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await
+    }
+
+    /// The node serving each user: the holder of their claim, while its lease
+    /// is live.
+    async fn serving_nodes(&mut self, users: &[UserId]) -> Result<Vec<Option<String>>> {
+        let claims = self.claims(users).await?;
+        let live = self
+            .live_nodes(claims.iter().flatten().map(|(node, _)| node))
+            .await?;
+        Ok(claims
+            .into_iter()
+            .map(|c| c.map(|(node, _)| node).filter(|node| live.contains(node)))
+            .collect())
+    }
+
+    async fn online(&mut self, users: &[UserId]) -> Result<Vec<bool>> {
+        Ok(self
+            .serving_nodes(users)
+            .await?
+            .iter()
+            .map(Option::is_some)
+            .collect())
+    }
+
+    async fn claim_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<()> {
+        if self.user_name(user).await?.is_none() {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let st = Arc::clone(&self.st);
+        let k = key(user).ok_or(StoreError::UnknownUser(user))?;
+        // Stored as the same 64 bits, so every u64 round-trips.
+        let epoch = epoch as i64;
+        let mut current = self.claims(&[user]).await?.pop().flatten();
+        // Registered before the transactions, for one that fails without an
+        // answer; taken back when the claim is refused.
+        self.undo.push(Undo {
+            statement: st.claim_release.clone(),
+            values: Box::new((k, node.to_owned(), epoch)),
+            conditional: true,
+        });
+        for _ in 0..CAS_ATTEMPTS {
+            let cas = match &current {
+                Some((holder, held)) => {
+                    if self.is_live(holder).await? {
+                        self.undo.pop();
+                        return Err(StoreError::AlreadyOnline(user));
+                    }
+                    self.lwt(&st.claim_takeover, (node, epoch, k, holder.as_str(), *held))
+                        .await?
+                }
+                None => self.lwt(&st.claim_insert, (k, node, epoch)).await?,
+            };
+            if cas.applied {
+                if let Some((holder, _)) = current
+                    && holder != node
+                {
+                    self.write(BY_NODE, &st.by_node_delete, Box::new((holder, k)), None);
+                }
+                self.write(
+                    BY_NODE,
+                    &st.by_node_insert,
+                    Box::new((node.to_owned(), k)),
+                    Some((&st.by_node_delete, Box::new((node.to_owned(), k)))),
+                );
+                self.write(
+                    NODES,
+                    &st.node_register,
+                    Box::new((NODES_BUCKET, node.to_owned())),
+                    None,
+                );
+                return Ok(());
+            }
+            current = cas.text("node").zip(cas.bigint("epoch"));
+        }
+        Err(StoreError::Backend(format!(
+            "scylla: the session of user {user} is still contended after {CAS_ATTEMPTS} attempts"
+        )))
+    }
+
+    async fn session_node(&mut self, user: UserId) -> Result<Option<String>> {
+        Ok(self.serving_nodes(&[user]).await?.pop().flatten())
+    }
+
+    fn renew_lease(&mut self, node: &str, ttl: Duration) {
+        let st = Arc::clone(&self.st);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let end = i64::try_from(now_ms().saturating_add(ttl_ms)).unwrap_or(i64::MAX);
+        let seconds = ttl_ms.div_ceil(1000).clamp(1, MAX_TTL_SECS);
+        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
+        self.leases.insert(node.to_owned(), Some(end));
+        self.write(
+            LEASES,
+            &st.lease_set,
+            Box::new((node.to_owned(), end, seconds)),
+            None,
+        );
+        self.write(
+            NODES,
+            &st.node_register,
+            Box::new((NODES_BUCKET, node.to_owned())),
+            None,
+        );
+    }
+
+    fn end_lease(&mut self, node: &str) {
+        let st = Arc::clone(&self.st);
+        self.leases.insert(node.to_owned(), None);
+        self.write(LEASES, &st.lease_end, Box::new((node.to_owned(),)), None);
+    }
+
+    /// Dead nodes that hold no claim are also struck off `cluster_nodes`
+    /// (a node registers again with its next renewal).
+    async fn expired_nodes(&mut self) -> Result<Vec<String>> {
+        let st = Arc::clone(&self.st);
+        self.settle(NODES | BY_NODE).await?;
+        let nodes: Vec<String> = self
+            .read_all::<(String,)>(&st.node_list, (NODES_BUCKET,))
+            .await?
+            .into_iter()
+            .map(|(node,)| node)
+            .collect();
+        let live = self.live_nodes(&nodes).await?;
+        let this = &*self;
+        let dead: Vec<(String, bool)> =
+            stream::iter(nodes.into_iter().filter(|n| !live.contains(n)))
+                .map(|node| async move {
+                    let claims = this
+                        .read_one::<(i64,)>(&this.st.by_node_any, (node.as_str(),))
+                        .await?;
+                    Ok::<_, StoreError>((node, claims.is_some()))
+                })
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+        let mut expired = Vec::new();
+        for (node, holds_claims) in dead {
+            if holds_claims {
+                expired.push(node);
+            } else {
+                self.write(NODES, &st.node_forget, Box::new((NODES_BUCKET, node)), None);
+            }
+        }
+        expired.sort_unstable();
+        Ok(expired)
+    }
+
+    async fn release_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<bool> {
+        let Some(k) = key(user) else {
+            return Ok(false);
+        };
+        let st = Arc::clone(&self.st);
+        let released = self
+            .lwt(&st.claim_release, (k, node, epoch as i64))
+            .await?
+            .applied;
+        if released {
+            self.write(
+                BY_NODE,
+                &st.by_node_delete,
+                Box::new((node.to_owned(), k)),
+                None,
+            );
+        }
+        Ok(released)
+    }
+
+    async fn release_node(&mut self, node: &str) -> Result<Vec<UserId>> {
+        let st = Arc::clone(&self.st);
+        self.settle(BY_NODE).await?;
+        let listed: Vec<(i64,)> = self.read_all(&st.by_node_list, (node,)).await?;
+        let this = &*self;
+        let outcomes: Vec<(i64, bool)> = stream::iter(listed)
+            .map(|(k,)| async move {
+                let cas = this.lwt(&this.st.claim_release_node, (k, node)).await?;
+                Ok::<_, StoreError>((k, cas.applied))
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        let mut released = Vec::new();
+        for (k, applied) in outcomes {
+            self.write(
+                BY_NODE,
+                &st.by_node_delete,
+                Box::new((node.to_owned(), k)),
+                None,
+            );
+            if applied {
+                released.push(id_of(k));
+            }
+        }
+        if !self.is_live(&node.to_owned()).await? {
+            self.write(
+                NODES,
+                &st.node_forget,
+                Box::new((NODES_BUCKET, node.to_owned())),
+                None,
+            );
+        }
+        released.sort_unstable();
+        Ok(released)
+    }
+
+    // ---- friends ----
+
+    async fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact> {
+        let Some(user_name) = self.user_name(user).await? else {
+            return Err(StoreError::UnknownUser(user));
+        };
+        let Some(friend_name) = self.user_name(friend).await? else {
+            return Err(StoreError::UnknownUser(friend));
+        };
+        let (Some(u), Some(f)) = (key(user), key(friend)) else {
+            return Err(StoreError::UnknownUser(user));
+        };
+        if u == f {
+            return Err(StoreError::AlreadyFriends(user, friend));
+        }
+        let st = Arc::clone(&self.st);
+        self.settle(FRIENDS).await?;
+        if self
+            .read_one::<(i64,)>(&st.friend_get, (u, f))
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::AlreadyFriends(user, friend));
+        }
+        let online = self.online(&[friend]).await?.pop().unwrap_or(false);
+        self.write(
+            FRIENDS,
+            &st.friend_insert,
+            Box::new((u, f, friend_name.clone())),
+            Some((&st.friend_delete, Box::new((u, f)))),
+        );
+        self.write(
+            FRIENDS,
+            &st.friend_insert,
+            Box::new((f, u, user_name)),
+            Some((&st.friend_delete, Box::new((f, u)))),
+        );
+        Ok(Contact {
+            id: friend,
+            name: friend_name,
+            online,
+        })
+    }
+
+    async fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
+        if self.user_name(user).await?.is_none() {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let u = key(user).ok_or(StoreError::UnknownUser(user))?;
+        self.settle(FRIENDS).await?;
+        let rows: Vec<(i64, Option<String>)> = self.read_all(&self.st.friend_list, (u,)).await?;
+        let ids: Vec<UserId> = rows.iter().map(|(f, _)| id_of(*f)).collect();
+        let online = self.online(&ids).await?;
+        Ok(rows
+            .into_iter()
+            .zip(online)
+            .map(|((f, name), online)| Contact {
+                id: id_of(f),
+                name: name.unwrap_or_default(),
+                online,
+            })
+            .collect())
+    }
+
+    // ---- groups ----
+
+    /// Whether `user` belongs to `group`.
+    async fn is_member(&mut self, group: GroupId, user: UserId) -> Result<bool> {
+        if self.members.contains(&(group, user)) {
+            return Ok(true);
+        }
+        let (Some(g), Some(u)) = (key(group), key(user)) else {
+            return Ok(false);
+        };
+        self.settle(GROUPS).await?;
+        let member = self
+            .read_one::<(Option<i64>,)>(&self.st.membership_get, (u, g))
+            .await?
+            .is_some();
+        if member {
+            if self.members.len() >= CACHE_LIMIT {
+                self.members.clear();
+            }
+            self.members.insert((group, user));
+        }
+        Ok(member)
+    }
+
+    async fn group_exists(&mut self, group: GroupId) -> Result<bool> {
+        let Some(g) = key(group) else {
+            return Ok(false);
+        };
+        self.settle(GROUPS).await?;
+        Ok(self
+            .read_one::<(Option<String>, Option<String>)>(&self.st.group_get, (g,))
+            .await?
+            .is_some())
+    }
+
+    /// Members of a group, creator first then by joining order, each once.
+    fn member_order(mut rows: Vec<MemberRow>) -> Vec<MemberRow> {
+        let mut seen = HashSet::new();
+        rows.retain(|(_, user, _, _)| seen.insert(*user));
+        rows.sort_by_key(|(_, _, _, role)| *role != Some(ROLE_CREATOR));
+        rows
+    }
+
+    /// Name, description and members of each group (`None`: no such group).
+    async fn group_rows(&self, groups: &[i64]) -> Result<Vec<Option<GroupRow>>> {
+        stream::iter(groups)
+            .map(|&g| async move {
+                let head = self
+                    .read_one::<(Option<String>, Option<String>)>(&self.st.group_get, (g,))
+                    .await?;
+                let Some((name, description)) = head else {
+                    return Ok(None);
+                };
+                let members = self
+                    .read_all::<MemberRow>(&self.st.member_list, (g,))
+                    .await?;
+                Ok(Some((
+                    name.unwrap_or_default(),
+                    description.unwrap_or_default(),
+                    Self::member_order(members),
+                )))
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await
+    }
+
+    /// Full descriptions of groups, with every member's online state.
+    async fn group_infos(&mut self, groups: &[i64]) -> Result<Vec<Option<GroupInfo>>> {
+        self.settle(GROUPS).await?;
+        let rows = self.group_rows(groups).await?;
+        let users: Vec<UserId> = rows
+            .iter()
+            .flatten()
+            .flat_map(|(_, _, members)| members.iter().map(|m| id_of(m.1)))
+            .collect();
+        let mut online = self.online(&users).await?.into_iter();
+        Ok(groups
+            .iter()
+            .zip(rows)
+            .map(|(&g, row)| {
+                row.map(|(name, description, members)| GroupInfo {
+                    id: id_of(g),
+                    name,
+                    description,
+                    members: members
+                        .into_iter()
+                        .map(|(_, user, name, role)| Member {
+                            id: id_of(user),
+                            name: name.unwrap_or_default(),
+                            online: online.next().unwrap_or(false),
+                            role: if role == Some(ROLE_CREATOR) {
+                                Role::Creator
+                            } else {
+                                Role::Normal
+                            },
+                        })
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+
+    /// Writes the rows of a membership.
+    async fn add_member(&mut self, g: i64, u: i64, name: String, role: i32) -> Result<()> {
+        let st = Arc::clone(&self.st);
+        let joined_after = bound(self.next_message_id().await?);
+        self.write(
+            GROUPS,
+            &st.member_insert,
+            Box::new((g, joined_after, u, name, role)),
+            Some((&st.member_delete, Box::new((g, joined_after, u)))),
+        );
+        self.write(
+            GROUPS,
+            &st.membership_insert,
+            Box::new((u, g, joined_after, role)),
+            Some((&st.membership_delete, Box::new((u, g)))),
+        );
+        let membership = (id_of(g), id_of(u));
+        self.members.insert(membership);
+        self.joined.push(membership);
+        Ok(())
+    }
+
+    async fn create_group(
+        &mut self,
+        creator: UserId,
+        name: &str,
+        description: &str,
+    ) -> Result<GroupId> {
+        let Some(creator_name) = self.user_name(creator).await? else {
+            return Err(StoreError::UnknownUser(creator));
+        };
+        let c = key(creator).ok_or(StoreError::UnknownUser(creator))?;
+        let st = Arc::clone(&self.st);
+        let g = self.take_group_id().await?;
+        self.write(
+            GROUPS,
+            &st.group_insert,
+            Box::new((g, name.to_owned(), description.to_owned(), c)),
+            Some((&st.group_delete, Box::new((g,)))),
+        );
+        self.add_member(g, c, creator_name, ROLE_CREATOR).await?;
+        Ok(id_of(g))
+    }
+
+    async fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo> {
+        if !self.group_exists(group).await? {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        let Some(name) = self.user_name(user).await? else {
+            return Err(StoreError::UnknownUser(user));
+        };
+        if self.is_member(group, user).await? {
+            return Err(StoreError::AlreadyMember { user, group });
+        }
+        let (Some(g), Some(u)) = (key(group), key(user)) else {
+            return Err(StoreError::UnknownGroup(group));
+        };
+        self.add_member(g, u, name, ROLE_MEMBER).await?;
+        self.group_infos(&[g])
+            .await?
+            .pop()
+            .flatten()
+            .ok_or(StoreError::UnknownGroup(group))
+    }
+
+    async fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>> {
+        if self.user_name(user).await?.is_none() {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let u = key(user).ok_or(StoreError::UnknownUser(user))?;
+        self.settle(GROUPS).await?;
+        let ids: Vec<i64> = self
+            .read_all::<(i64, Option<i64>)>(&self.st.membership_list, (u,))
+            .await?
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        Ok(self
+            .group_infos(&ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    async fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
+        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
+        self.settle(GROUPS).await?;
+        let rows = self
+            .read_all::<MemberRow>(&self.st.member_list, (g,))
+            .await?;
+        // A group always has its creator, so no members means no group.
+        if rows.is_empty() && !self.group_exists(group).await? {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        Ok(Self::member_order(rows)
+            .into_iter()
+            .map(|(_, user, _, _)| id_of(user))
+            .collect())
+    }
+
+    // ---- messages ----
+
+    async fn append(&mut self, m: &NewMessage) -> Result<StoredMessage> {
+        let st = Arc::clone(&self.st);
+        let (recipient_id, group_id) = match m.target {
+            Target::User(recipient) => {
+                if self.user_name(recipient).await?.is_none() {
+                    return Err(StoreError::UnknownUser(recipient));
+                }
+                if m.sender_id != recipient && self.user_name(m.sender_id).await?.is_none() {
+                    return Err(StoreError::UnknownUser(m.sender_id));
+                }
+                (recipient, 0)
+            }
+            Target::Group(group) => {
+                if !self.is_member(group, m.sender_id).await? {
+                    return Err(if self.group_exists(group).await? {
+                        StoreError::NotAMember {
+                            user: m.sender_id,
+                            group,
+                        }
+                    } else {
+                        StoreError::UnknownGroup(group)
+                    });
+                }
+                (0, group)
+            }
+        };
+        let s = key(m.sender_id).ok_or(StoreError::UnknownUser(m.sender_id))?;
+        let id = self.next_message_id().await?;
+        let i = bound(id);
+        // Stored as the same 64 bits, so every u64 round-trips.
+        let time_ms = m.time_ms as i64;
+        if let Some(r) = key(recipient_id).filter(|_| group_id == 0) {
+            self.write(
+                MESSAGES,
+                &st.inbox_insert,
+                Box::new((r, i, s, m.sender_name.clone(), time_ms, m.text.clone())),
+                Some((&st.inbox_delete, Box::new((r, i)))),
+            );
+        } else {
+            let g = key(group_id).ok_or(StoreError::UnknownGroup(group_id))?;
+            let day = bucket_of(id);
+            self.write(
+                MESSAGES,
+                &st.log_insert,
+                Box::new((g, day, i, s, m.sender_name.clone(), time_ms, m.text.clone())),
+                Some((&st.log_delete, Box::new((g, day, i)))),
+            );
+        }
+        Ok(StoredMessage {
+            id,
+            sender_id: m.sender_id,
+            sender_name: m.sender_name.clone(),
+            recipient_id,
+            group_id,
+            time_ms: m.time_ms,
+            text: m.text.clone(),
+        })
+    }
+
+    /// Messages of one group above `after`, not sent by `reader`, oldest
+    /// first, at most `limit`: day by day from `after`'s day (or the oldest
+    /// day the TTL keeps) to today, with slack for writers ahead of this
+    /// clock.
+    async fn group_backlog(
+        &self,
+        g: i64,
+        after: i64,
+        reader: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let now = now_ms().saturating_sub(ID_EPOCH_MS);
+        let mut first = day_of_ms(id_ms(id_of(after)));
+        if !self.message_ttl.is_zero() {
+            let ttl = u64::try_from(self.message_ttl.as_millis()).unwrap_or(u64::MAX);
+            first = first.max(day_of_ms(now.saturating_sub(ttl)).saturating_sub(1));
+        }
+        let last = day_of_ms(now.max(self.clock_ms) + CLOCK_SLACK_MS);
+        let page = i32::try_from(limit.saturating_add(32).clamp(64, 5000)).unwrap_or(5000);
+        let mut out = Vec::new();
+        for day in first..=last {
+            let rows = self
+                .read_rows::<MessageRow>(
+                    &self.st.log_read,
+                    (g, day, after),
+                    Some(page),
+                    limit - out.len(),
+                    |row| row.1 != Some(reader),
+                )
+                .await?;
+            out.extend(rows.into_iter().map(|row| message(row, 0, id_of(g))));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pending(
+        &mut self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let cursor = self.cursor_of(user).await?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let u = key(user).ok_or(StoreError::UnknownUser(user))?;
+        let from = cursor.max(bound(after));
+        self.settle(MESSAGES | GROUPS).await?;
+        let lim = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut out: Vec<StoredMessage> = self
+            .read_rows::<MessageRow>(&self.st.inbox_read, (u, from, lim), None, limit, |_| true)
+            .await?
+            .into_iter()
+            .map(|row| message(row, user, 0))
+            .collect();
+        let groups: Vec<(i64, Option<i64>)> = self.read_all(&self.st.membership_list, (u,)).await?;
+        let this = &*self;
+        let backlogs: Vec<Vec<StoredMessage>> = stream::iter(groups)
+            .map(|(g, joined_after)| {
+                this.group_backlog(g, from.max(joined_after.unwrap_or(0)), u, limit)
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+        out.extend(backlogs.into_iter().flatten());
+        out.sort_unstable_by_key(|m| m.id);
+        out.truncate(limit);
+        if let Some(newest) = out.last() {
+            self.observe(newest.id);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()> {
+        let cursor = self.cursor_of(user).await?;
+        let up_to = bound(up_to);
+        if up_to > cursor {
+            self.cursors.insert(user, up_to);
+            self.observe(id_of(up_to));
+        }
+        Ok(())
+    }
+}
+
+/// Runs one schema statement (not prepared: it runs once).
+async fn ddl(session: &Session, statement: String) -> Result<()> {
+    session
+        .query_unpaged(statement.as_str(), ())
+        .await
+        .map(drop)
+        .map_err(|e| StoreError::Backend(format!("scylla: {statement}: {e}")))
+}
+
+/// Sets `default_time_to_live` of the message tables to `ttl` (rounded up
+/// to whole seconds; zero keeps messages forever) where it differs, so that
+/// an unchanged TTL is not a schema change. Applies to messages written from
+/// then on.
+async fn set_message_ttl(session: &Session, keyspace: &str, ttl: Duration) -> Result<()> {
+    let seconds = if ttl.is_zero() {
+        0
+    } else {
+        u64::try_from(ttl.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TTL_SECS)
+    };
+    for table in ["inbox", "group_log"] {
+        let failed = |e: &dyn Display| {
+            StoreError::Backend(format!("scylla: reading the TTL of {table}: {e}"))
+        };
+        let current = session
+            .query_unpaged(
+                "SELECT default_time_to_live FROM system_schema.tables \
+                 WHERE keyspace_name = ? AND table_name = ?",
+                (keyspace.to_ascii_lowercase(), table),
+            )
+            .await
+            .map_err(|e| failed(&e))?
+            .into_rows_result()
+            .map_err(|e| failed(&e))?
+            .maybe_first_row::<(Option<i32>,)>()
+            .map_err(|e| failed(&e))?
+            .and_then(|(t,)| t);
+        if current.and_then(|t| u64::try_from(t).ok()) != Some(seconds) {
+            ddl(
+                session,
+                format!("ALTER TABLE {table} WITH default_time_to_live = {seconds}"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for ScyllaStore {
+    /// One lightweight transaction on the name; `NameTaken` if another user
+    /// holds it.
+    fn create_user(&mut self, name: &str, password_hash: &str) -> Result<UserId> {
+        self.runtime
+            .block_on(self.inner.create_user(name, password_hash))
+    }
+
+    fn user(&mut self, id: UserId) -> Result<Option<UserRecord>> {
+        self.runtime.block_on(self.inner.user(id))
+    }
+
+    fn claim_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.claim_session(user, node, epoch))
+    }
+
+    fn session_node(&mut self, user: UserId) -> Result<Option<String>> {
+        self.runtime.block_on(self.inner.session_node(user))
+    }
+
+    /// The lease row lives `ttl` rounded up to whole seconds; liveness is
+    /// decided by the end it records, to the millisecond.
+    fn renew_lease(&mut self, node: &str, ttl: Duration) -> Result<()> {
+        let _guard = self.runtime.enter();
+        self.inner.renew_lease(node, ttl);
+        Ok(())
+    }
+
+    fn end_lease(&mut self, node: &str) -> Result<()> {
+        let _guard = self.runtime.enter();
+        self.inner.end_lease(node);
+        Ok(())
+    }
+
+    fn expired_nodes(&mut self) -> Result<Vec<String>> {
+        self.runtime.block_on(self.inner.expired_nodes())
+    }
+
+    fn release_session(&mut self, user: UserId, node: &str, epoch: u64) -> Result<bool> {
+        self.runtime
+            .block_on(self.inner.release_session(user, node, epoch))
+    }
+
+    /// The users come back sorted by id.
+    fn release_node(&mut self, node: &str) -> Result<Vec<UserId>> {
+        self.runtime.block_on(self.inner.release_node(node))
+    }
+
+    /// `add_friend(u, u)` fails with `AlreadyFriends(u, u)` (after
+    /// `UnknownUser` if `u` does not exist), as on SQLite.
+    fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact> {
+        self.runtime.block_on(self.inner.add_friend(user, friend))
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
+        self.runtime.block_on(self.inner.friends(user))
+    }
+
+    fn create_group(&mut self, creator: UserId, name: &str, description: &str) -> Result<GroupId> {
+        self.runtime
+            .block_on(self.inner.create_group(creator, name, description))
+    }
+
+    /// Checks in this order: `UnknownGroup`, `UnknownUser`, `AlreadyMember`.
+    /// Joining order is the order of the joiners' message-id clocks.
+    fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo> {
+        self.runtime.block_on(self.inner.join_group(group, user))
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>> {
+        self.runtime.block_on(self.inner.groups(user))
+    }
+
+    /// In join order, creator first; `UnknownGroup` if there is no such group.
+    fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
+        self.runtime.block_on(self.inner.group_members(group))
+    }
+
+    /// A direct message also needs an existing sender (`UnknownUser`, checked
+    /// after the recipient).
+    fn append(&mut self, message: &NewMessage) -> Result<StoredMessage> {
+        self.runtime.block_on(self.inner.append(message))
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn pending(
+        &mut self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        self.runtime
+            .block_on(self.inner.pending(user, after, limit))
+    }
+
+    /// `UnknownUser` if `user` does not exist. The new cursor is written at
+    /// commit.
+    fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()> {
+        self.runtime.block_on(self.inner.ack(user, up_to))
+    }
+
+    /// `UnknownUser` if `user` does not exist.
+    fn cursor(&mut self, user: UserId) -> Result<MessageId> {
+        self.runtime.block_on(self.inner.cursor_of(user)).map(id_of)
+    }
+
+    /// Not tracked on ScyllaDB: always 0 (exact needs a scan of every user).
+    fn pending_total(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// A no-op returning 0: messages expire by the tables' TTL.
+    fn compact(&mut self, _limit: usize) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Waits for every write of the batch and writes the moved cursors. On
+    /// failure, what landed stays until the caller's `rollback` undoes it.
+    fn commit(&mut self) -> Result<()> {
+        self.runtime.block_on(self.inner.commit())
+    }
+
+    /// Drops the batch's cursor moves and undoes its writes (see the module
+    /// documentation for what cannot be undone).
+    fn rollback(&mut self) {
+        self.runtime.block_on(self.inner.rollback());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_order_by_time_then_writer_then_counter() {
+        let a = message_id(1_000, 5, COUNTER_LIMIT - 1);
+        let b = message_id(1_001, 0, 0);
+        assert!(a < b);
+        assert!(message_id(1_000, 4, 9) < message_id(1_000, 5, 0));
+        assert_eq!(id_ms(a), 1_000);
+        // Good until 2093: 2^41 ms after the epoch is still a positive i64.
+        let far = message_id((1 << 41) - 1, TAGS - 1, COUNTER_LIMIT - 1);
+        assert!(i64::try_from(far).is_ok());
+    }
+
+    #[test]
+    fn buckets_are_days_of_the_id_clock() {
+        assert_eq!(bucket_of(message_id(0, 1, 1)), 0);
+        assert_eq!(bucket_of(message_id(DAY_MS - 1, 1, 1)), 0);
+        assert_eq!(bucket_of(message_id(DAY_MS, 0, 0)), 1);
+        assert_eq!(bucket_of(message_id(10 * DAY_MS + 5, 3, 3)), 10);
+    }
+
+    #[test]
+    fn consistency_names_parse_and_pick_their_serial_level() {
+        assert_eq!(parse_consistency("one").unwrap(), Consistency::One);
+        assert_eq!(
+            parse_consistency(" LOCAL_QUORUM ").unwrap(),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(
+            parse_consistency("local-one").unwrap(),
+            Consistency::LocalOne
+        );
+        assert_eq!(
+            parse_consistency("each_quorum").unwrap(),
+            Consistency::EachQuorum
+        );
+        let e = parse_consistency("serial").unwrap_err();
+        assert!(matches!(&e, StoreError::Backend(m) if m.contains("unknown consistency")));
+        assert_eq!(
+            serial_consistency(Consistency::LocalQuorum),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(
+            serial_consistency(Consistency::Quorum),
+            SerialConsistency::Serial
+        );
+    }
+
+    #[test]
+    fn replication_specs_become_strategies() {
+        assert_eq!(
+            replication_map("3").unwrap(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+        );
+        assert_eq!(
+            replication_map("dc1:3, dc-2:2").unwrap(),
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc-2': 2}"
+        );
+        for bad in ["0", "x", "", "dc1:0", "dc1", "dc'1:3", "dc1:3,"] {
+            assert!(replication_map(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keyspace_names_are_plain_identifiers() {
+        assert!(check_keyspace("chat").is_ok());
+        assert!(check_keyspace("chat_test_0a1b").is_ok());
+        for bad in ["", "1chat", "chat-x", "chat;DROP", &"k".repeat(49)] {
+            assert!(check_keyspace(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_statement_binds_its_values() {
+        for cql in STATEMENTS {
+            assert!(!cql.contains('\''), "literal in {cql}");
+            assert!(!cql.to_ascii_uppercase().contains("ALLOW FILTERING"));
+        }
+    }
 }
