@@ -208,11 +208,13 @@ pub trait Store: Send + 'static {
     fn cursor(&mut self, user: UserId) -> Result<MessageId>;
 
     /// How many (message, recipient) deliveries are stored and not yet
-    /// acknowledged, across all users.
-    fn pending_total(&mut self) -> Result<u64>;
+    /// acknowledged, across all users; `None` if the backend cannot count
+    /// them without scanning every user (ScyllaDB).
+    fn pending_total(&mut self) -> Result<Option<u64>>;
 
     /// Deletes at most `limit` messages every recipient has acknowledged;
-    /// returns how many. Small slices keep each transaction short.
+    /// returns how many. Small slices keep each transaction short. Backends
+    /// whose messages expire by table TTL delete nothing here (ScyllaDB).
     fn compact(&mut self, limit: usize) -> Result<u64>;
 
     /// Makes every write since the last commit durable.

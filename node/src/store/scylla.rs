@@ -1992,9 +1992,9 @@ impl Store for ScyllaStore {
         self.runtime.block_on(self.inner.cursor_of(user)).map(id_of)
     }
 
-    /// Not tracked on ScyllaDB: always 0 (exact needs a scan of every user).
-    fn pending_total(&mut self) -> Result<u64> {
-        Ok(0)
+    /// Not tracked on ScyllaDB: counting needs a scan of every user.
+    fn pending_total(&mut self) -> Result<Option<u64>> {
+        Ok(None)
     }
 
     /// A no-op returning 0: messages expire by the tables' TTL.

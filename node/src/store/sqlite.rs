@@ -911,7 +911,7 @@ impl Store for SqliteStore {
     /// memberships + pending deliveries). `CROSS JOIN` fixes the loop order
     /// (users outside, messages inside) so the cost does not grow with the
     /// number of stored messages that are already acknowledged.
-    fn pending_total(&mut self) -> Result<u64> {
+    fn pending_total(&mut self) -> Result<Option<u64>> {
         let c = self.tx()?;
         let direct: i64 = c
             .prepare_cached(
@@ -932,7 +932,7 @@ impl Store for SqliteStore {
             .db()?
             .query_row([], |r| r.get(0))
             .db()?;
-        Ok(id_of(direct) + id_of(group))
+        Ok(Some(id_of(direct) + id_of(group)))
     }
 
     /// Deletes direct messages at or below their recipient's cursor, and

@@ -513,7 +513,8 @@ fn refresh_pending_gauge<S: Store>(store: &mut S) {
         .pending_total()
         .and_then(|n| store.commit().map(|()| n))
     {
-        Ok(pending) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
+        Ok(Some(pending)) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
+        Ok(None) => {}
         Err(e) => {
             tracing::warn!(error = %e, "counting pending messages failed");
             metrics::counter!("chat_node_store_errors_total").increment(1);
