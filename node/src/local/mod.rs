@@ -213,24 +213,14 @@ impl LocalNode {
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<(), LocalError> {
-        let started = Instant::now();
-        loop {
-            if answers_ping(self.addr) {
-                return Ok(());
+        let addr = self.addr;
+        wait_until(&mut self.child, limit, || answers_ping(addr)).map_err(|status| {
+            LocalError::NotReady {
+                addr,
+                secs: limit.as_secs(),
+                status,
             }
-            let status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if status.is_some() || started.elapsed() > limit {
-                return Err(LocalError::NotReady {
-                    addr: self.addr,
-                    secs: limit.as_secs(),
-                    status,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     fn signal(&mut self, signal: i32) {
@@ -265,6 +255,26 @@ impl LocalNode {
             self.terminate()?;
         }
         self.spawn()
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds; fails with the child's exit
+/// status if the child exits first, or with `None` once `limit` has passed.
+fn wait_until(
+    child: &mut Option<Child>,
+    limit: Duration,
+    ready: impl Fn() -> bool,
+) -> Result<(), Option<ExitStatus>> {
+    let started = Instant::now();
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() || started.elapsed() > limit {
+            return Err(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -172,24 +172,14 @@ impl LocalNats {
     }
 
     fn wait_ready(&mut self) -> Result<(), LocalError> {
-        let started = Instant::now();
-        loop {
-            if greets(self.addr) {
-                return Ok(());
+        let addr = self.addr;
+        super::wait_until(&mut self.child, READY_WITHIN, || greets(addr)).map_err(|status| {
+            LocalError::NatsNotReady {
+                addr,
+                secs: READY_WITHIN.as_secs(),
+                status,
             }
-            let status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if status.is_some() || started.elapsed() > READY_WITHIN {
-                return Err(LocalError::NatsNotReady {
-                    addr: self.addr,
-                    secs: READY_WITHIN.as_secs(),
-                    status,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 

@@ -583,7 +583,20 @@ impl<S: Store> Step<'_, S> {
         name: &Arc<str>,
         online: bool,
     ) -> Result<(), StoreError> {
-        for friend in self.store.friends(user)? {
+        let friends = self.store.friends(user)?;
+        self.tell(&friends, user, name, online)
+    }
+
+    /// Tells those of `friends` who are online that `user` came online or
+    /// left.
+    fn tell(
+        &mut self,
+        friends: &[Contact],
+        user: UserId,
+        name: &Arc<str>,
+        online: bool,
+    ) -> Result<(), StoreError> {
+        for friend in friends {
             if friend.online && friend.id != user {
                 self.notify(
                     friend.id,
@@ -693,17 +706,7 @@ impl<S: Store> Step<'_, S> {
         let pending = self.store.pending(user, 0, page)?;
         self.emit(RouterEvent::Route { user, shard, conn });
         let name: Arc<str> = record.name.as_str().into();
-        for friend in friends.iter().filter(|f| f.online && f.id != user) {
-            self.notify(
-                friend.id,
-                RouterEvent::Presence {
-                    user: friend.id,
-                    who: user,
-                    name: name.clone(),
-                    online: true,
-                },
-            )?;
-        }
+        self.tell(&friends, user, &name, true)?;
         Ok(LoginInfo {
             user,
             name: record.name,
