@@ -251,10 +251,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 23;
+pub const ENUM_MAX_BODY: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 24] = [
+pub const ENUM_VALUES_BODY: [Body; 28] = [
   Body::NONE,
   Body::RegisterRequest,
   Body::LoginRequest,
@@ -279,6 +279,10 @@ pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::PingReply,
   Body::MessagePush,
   Body::PresencePush,
+  Body::LoadRequest,
+  Body::LoadReply,
+  Body::WhichNodeRequest,
+  Body::WhichNodeReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -310,9 +314,13 @@ impl Body {
   pub const PingReply: Self = Self(21);
   pub const MessagePush: Self = Self(22);
   pub const PresencePush: Self = Self(23);
+  pub const LoadRequest: Self = Self(24);
+  pub const LoadReply: Self = Self(25);
+  pub const WhichNodeRequest: Self = Self(26);
+  pub const WhichNodeReply: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 23;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RegisterRequest,
@@ -338,6 +346,10 @@ impl Body {
     Self::PingReply,
     Self::MessagePush,
     Self::PresencePush,
+    Self::LoadRequest,
+    Self::LoadReply,
+    Self::WhichNodeRequest,
+    Self::WhichNodeReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -366,6 +378,10 @@ impl Body {
       Self::PingReply => Some("PingReply"),
       Self::MessagePush => Some("MessagePush"),
       Self::PresencePush => Some("PresencePush"),
+      Self::LoadRequest => Some("LoadRequest"),
+      Self::LoadReply => Some("LoadReply"),
+      Self::WhichNodeRequest => Some("WhichNodeRequest"),
+      Self::WhichNodeReply => Some("WhichNodeReply"),
       _ => None,
     }
   }
@@ -3527,6 +3543,487 @@ impl ::core::fmt::Debug for PresencePush<'_> {
       ds.finish()
   }
 }
+pub enum LoadRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a node for its load; needs no login. The balancer's probe, and its
+/// active health check.
+pub struct LoadRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LoadRequest<'a> {
+  type Inner = LoadRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LoadRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LoadRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args LoadRequestArgs
+  ) -> ::flatbuffers::WIPOffset<LoadRequest<'bldr>> {
+    let mut builder = LoadRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for LoadRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LoadRequestArgs {
+}
+impl<'a> Default for LoadRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    LoadRequestArgs {
+    }
+  }
+}
+
+pub struct LoadRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LoadRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LoadRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LoadRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LoadRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LoadRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LoadRequest");
+      ds.finish()
+  }
+}
+pub enum LoadReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A node's load, as a balancer weighs it.
+pub struct LoadReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LoadReply<'a> {
+  type Inner = LoadReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LoadReply<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CONNECTIONS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CAPACITY: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARD_BUSY: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OUTBOUND_BYTES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_DRAINING: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LoadReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LoadReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LoadReply<'bldr>> {
+    let mut builder = LoadReplyBuilder::new(_fbb);
+    builder.add_outbound_bytes(args.outbound_bytes);
+    if let Some(x) = args.shard_busy { builder.add_shard_busy(x); }
+    builder.add_capacity(args.capacity);
+    builder.add_connections(args.connections);
+    if let Some(x) = args.address { builder.add_address(x); }
+    if let Some(x) = args.node_id { builder.add_node_id(x); }
+    builder.add_draining(args.draining);
+    builder.finish()
+  }
+
+
+  /// The node's `--node-id`.
+  #[inline]
+  pub fn node_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LoadReply::VT_NODE_ID, None)}
+  }
+  /// Where clients reach the node (host:port), for redirect mode.
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LoadReply::VT_ADDRESS, None)}
+  }
+  /// Open client connections, all shards.
+  #[inline]
+  pub fn connections(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(LoadReply::VT_CONNECTIONS, Some(0)).unwrap()}
+  }
+  /// Most client connections the node accepts (`--max-connections`).
+  #[inline]
+  pub fn capacity(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(LoadReply::VT_CAPACITY, Some(0)).unwrap()}
+  }
+  /// Per shard: the fraction (0 to 1) of the last second its executor spent
+  /// running tasks.
+  #[inline]
+  pub fn shard_busy(&self) -> Option<::flatbuffers::Vector<'a, f32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, f32>>>(LoadReply::VT_SHARD_BUSY, None)}
+  }
+  /// Bytes queued to clients and not yet written, all shards.
+  #[inline]
+  pub fn outbound_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LoadReply::VT_OUTBOUND_BYTES, Some(0)).unwrap()}
+  }
+  /// The node takes no new connections (SIGUSR1, or stopping): send them
+  /// elsewhere; its open connections stay.
+  #[inline]
+  pub fn draining(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(LoadReply::VT_DRAINING, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LoadReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
+     .visit_field::<u32>("capacity", Self::VT_CAPACITY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, f32>>>("shard_busy", Self::VT_SHARD_BUSY, false)?
+     .visit_field::<u64>("outbound_bytes", Self::VT_OUTBOUND_BYTES, false)?
+     .visit_field::<bool>("draining", Self::VT_DRAINING, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LoadReplyArgs<'a> {
+    pub node_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub connections: u32,
+    pub capacity: u32,
+    pub shard_busy: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, f32>>>,
+    pub outbound_bytes: u64,
+    pub draining: bool,
+}
+impl<'a> Default for LoadReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LoadReplyArgs {
+      node_id: None,
+      address: None,
+      connections: 0,
+      capacity: 0,
+      shard_busy: None,
+      outbound_bytes: 0,
+      draining: false,
+    }
+  }
+}
+
+pub struct LoadReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LoadReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LoadReply::VT_NODE_ID, node_id);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LoadReply::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_connections(&mut self, connections: u32) {
+    self.fbb_.push_slot::<u32>(LoadReply::VT_CONNECTIONS, connections, 0);
+  }
+  #[inline]
+  pub fn add_capacity(&mut self, capacity: u32) {
+    self.fbb_.push_slot::<u32>(LoadReply::VT_CAPACITY, capacity, 0);
+  }
+  #[inline]
+  pub fn add_shard_busy(&mut self, shard_busy: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , f32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LoadReply::VT_SHARD_BUSY, shard_busy);
+  }
+  #[inline]
+  pub fn add_outbound_bytes(&mut self, outbound_bytes: u64) {
+    self.fbb_.push_slot::<u64>(LoadReply::VT_OUTBOUND_BYTES, outbound_bytes, 0);
+  }
+  #[inline]
+  pub fn add_draining(&mut self, draining: bool) {
+    self.fbb_.push_slot::<bool>(LoadReply::VT_DRAINING, draining, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LoadReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LoadReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LoadReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LoadReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LoadReply");
+      ds.field("node_id", &self.node_id());
+      ds.field("address", &self.address());
+      ds.field("connections", &self.connections());
+      ds.field("capacity", &self.capacity());
+      ds.field("shard_busy", &self.shard_busy());
+      ds.field("outbound_bytes", &self.outbound_bytes());
+      ds.field("draining", &self.draining());
+      ds.finish()
+  }
+}
+pub enum WhichNodeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a balancer in redirect mode which node to connect to.
+pub struct WhichNodeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WhichNodeRequest<'a> {
+  type Inner = WhichNodeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WhichNodeRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WhichNodeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args WhichNodeRequestArgs
+  ) -> ::flatbuffers::WIPOffset<WhichNodeRequest<'bldr>> {
+    let mut builder = WhichNodeRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for WhichNodeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WhichNodeRequestArgs {
+}
+impl<'a> Default for WhichNodeRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    WhichNodeRequestArgs {
+    }
+  }
+}
+
+pub struct WhichNodeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WhichNodeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WhichNodeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WhichNodeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WhichNodeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WhichNodeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WhichNodeRequest");
+      ds.finish()
+  }
+}
+pub enum WhichNodeReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The node a balancer chose: connect there directly.
+pub struct WhichNodeReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WhichNodeReply<'a> {
+  type Inner = WhichNodeReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WhichNodeReply<'a> {
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WhichNodeReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WhichNodeReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WhichNodeReply<'bldr>> {
+    let mut builder = WhichNodeReplyBuilder::new(_fbb);
+    if let Some(x) = args.node_id { builder.add_node_id(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WhichNodeReply::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn node_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WhichNodeReply::VT_NODE_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WhichNodeReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node_id", Self::VT_NODE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WhichNodeReplyArgs<'a> {
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub node_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for WhichNodeReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WhichNodeReplyArgs {
+      address: None,
+      node_id: None,
+    }
+  }
+}
+
+pub struct WhichNodeReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WhichNodeReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WhichNodeReply::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WhichNodeReply::VT_NODE_ID, node_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WhichNodeReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WhichNodeReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WhichNodeReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WhichNodeReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WhichNodeReply");
+      ds.field("address", &self.address());
+      ds.field("node_id", &self.node_id());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3930,6 +4427,66 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_load_request(&self) -> Option<LoadRequest<'a>> {
+    if self.body_type() == Body::LoadRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LoadRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_load_reply(&self) -> Option<LoadReply<'a>> {
+    if self.body_type() == Body::LoadReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LoadReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_which_node_request(&self) -> Option<WhichNodeRequest<'a>> {
+    if self.body_type() == Body::WhichNodeRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { WhichNodeRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_which_node_reply(&self) -> Option<WhichNodeReply<'a>> {
+    if self.body_type() == Body::WhichNodeReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { WhichNodeReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3964,6 +4521,10 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::PingReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingReply>>("Body::PingReply", pos),
           Body::MessagePush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MessagePush>>("Body::MessagePush", pos),
           Body::PresencePush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresencePush>>("Body::PresencePush", pos),
+          Body::LoadRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LoadRequest>>("Body::LoadRequest", pos),
+          Body::LoadReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LoadReply>>("Body::LoadReply", pos),
+          Body::WhichNodeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WhichNodeRequest>>("Body::WhichNodeRequest", pos),
+          Body::WhichNodeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WhichNodeReply>>("Body::WhichNodeReply", pos),
           _ => Ok(()),
         }
      })?
@@ -4181,6 +4742,34 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::PresencePush => {
           if let Some(x) = self.body_as_presence_push() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LoadRequest => {
+          if let Some(x) = self.body_as_load_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LoadReply => {
+          if let Some(x) = self.body_as_load_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::WhichNodeRequest => {
+          if let Some(x) = self.body_as_which_node_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::WhichNodeReply => {
+          if let Some(x) = self.body_as_which_node_reply() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
