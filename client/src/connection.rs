@@ -24,7 +24,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::error::{ClientError, Result};
 use crate::model::{
-    Event, Friend, Group, GroupId, Incoming, Login, Message, MessageId, Reply, Sent, UserId, decode,
+    Event, Friend, Group, GroupId, Incoming, LoadReport, Login, Message, MessageId, Reply, Sent,
+    UserId, decode,
 };
 use crate::request::{Request, needs_leading_ping, with_encoded};
 
@@ -572,6 +573,24 @@ impl Client {
         match self.request(&Request::DeliveryAck { message_id }).await? {
             Reply::DeliveryAck => Ok(()),
             other => Err(other.unexpected("DeliveryAckReply")),
+        }
+    }
+
+    /// Asks the node for its load (no login needed): what a balancer's probe
+    /// reads.
+    pub async fn load(&self) -> Result<LoadReport> {
+        match self.request(&Request::Load).await? {
+            Reply::Load(report) => Ok(report),
+            other => Err(other.unexpected("LoadReply")),
+        }
+    }
+
+    /// Asks a balancer in redirect mode which node to use; returns the node's
+    /// client address and id.
+    pub async fn which_node(&self) -> Result<(String, String)> {
+        match self.request(&Request::WhichNode).await? {
+            Reply::WhichNode { address, node_id } => Ok((address, node_id)),
+            other => Err(other.unexpected("WhichNodeReply")),
         }
     }
 

@@ -47,8 +47,8 @@ pub use connection::{Client, ClientConfig, DEFAULT_MAX_REPLY_FRAME, PendingReply
 pub use dedup::Dedup;
 pub use error::{ClientError, ErrorCode, Result};
 pub use model::{
-    Event, Friend, Group, GroupId, GroupMember, Login, Message, MessageId, Reply, Role, Sent, User,
-    UserId,
+    Event, Friend, Group, GroupId, GroupMember, LoadReport, Login, Message, MessageId, Reply, Role,
+    Sent, User, UserId,
 };
 pub use request::{Request, encode_request, needs_leading_ping};
 

@@ -91,6 +91,20 @@ pub struct Login {
     pub pending: Vec<Message>,
 }
 
+/// A node's answer to a load probe (`LoadReply`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub node_id: String,
+    /// The node's client-facing address.
+    pub address: String,
+    pub connections: u32,
+    pub capacity: u32,
+    /// Per shard, the fraction of the last second spent running tasks.
+    pub shard_busy: Vec<f32>,
+    pub outbound_bytes: u64,
+    pub draining: bool,
+}
+
 /// A message the node accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -100,7 +114,7 @@ pub struct Sent {
 
 /// The node's answer to one request, decoded. `Login` carries the pending
 /// messages that followed the `LoginReply`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     Error {
         code: ErrorCode,
@@ -122,6 +136,11 @@ pub enum Reply {
     Ping {
         time_ms: u64,
     },
+    Load(LoadReport),
+    WhichNode {
+        address: String,
+        node_id: String,
+    },
     /// A body that is not a reply (a request or push type where a reply was
     /// due, or a type this client does not know).
     Other(fb::Body),
@@ -142,6 +161,8 @@ impl Reply {
             Reply::GroupMessage(_) => "GroupMessageReply",
             Reply::DeliveryAck => "DeliveryAckReply",
             Reply::Ping { .. } => "PingReply",
+            Reply::Load(_) => "LoadReply",
+            Reply::WhichNode { .. } => "WhichNodeReply",
             Reply::Other(b) => b.variant_name().unwrap_or("unknown body"),
         }
     }
@@ -167,7 +188,7 @@ impl Reply {
 
 /// Something the node pushed to this session (request id 0), or a reply no
 /// request is waiting for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A message for this user (a direct message or a group post).
     Message(Message),
@@ -184,7 +205,7 @@ pub enum Event {
 }
 
 /// One frame from the node, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Incoming {
     /// A reply. For a `LoginReply`, `login_pending` is the number of
     /// `MessagePush` frames that follow and belong to it.
@@ -333,6 +354,28 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
         fb::Body::PingReply => Reply::Ping {
             time_ms: body(env.body_as_ping_reply(), "PingReply body")?.time_ms(),
         },
+        fb::Body::LoadReply => {
+            let r = body(env.body_as_load_reply(), "LoadReply body")?;
+            Reply::Load(LoadReport {
+                node_id: r.node_id().unwrap_or_default().to_owned(),
+                address: r.address().unwrap_or_default().to_owned(),
+                connections: r.connections(),
+                capacity: r.capacity(),
+                shard_busy: r
+                    .shard_busy()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+                outbound_bytes: r.outbound_bytes(),
+                draining: r.draining(),
+            })
+        }
+        fb::Body::WhichNodeReply => {
+            let r = body(env.body_as_which_node_reply(), "WhichNodeReply body")?;
+            Reply::WhichNode {
+                address: r.address().unwrap_or_default().to_owned(),
+                node_id: r.node_id().unwrap_or_default().to_owned(),
+            }
+        }
         other => Reply::Other(other),
     };
     Ok(Incoming::Reply {

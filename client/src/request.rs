@@ -53,6 +53,10 @@ pub enum Request<'a> {
         message_id: MessageId,
     },
     Ping,
+    /// A node's load report (no login needed).
+    Load,
+    /// Which node a balancer in redirect mode chooses.
+    WhichNode,
 }
 
 impl Request<'_> {
@@ -69,6 +73,8 @@ impl Request<'_> {
             Request::GroupMessage { .. } => fb::Body::GroupMessageRequest,
             Request::DeliveryAck { .. } => fb::Body::DeliveryAckRequest,
             Request::Ping => fb::Body::PingRequest,
+            Request::Load => fb::Body::LoadRequest,
+            Request::WhichNode => fb::Body::WhichNodeRequest,
         }
     }
 
@@ -151,6 +157,10 @@ impl Request<'_> {
                     .as_union_value()
             }
             Request::Ping => fb::PingRequest::create(b, &fb::PingRequestArgs {}).as_union_value(),
+            Request::Load => fb::LoadRequest::create(b, &fb::LoadRequestArgs {}).as_union_value(),
+            Request::WhichNode => {
+                fb::WhichNodeRequest::create(b, &fb::WhichNodeRequestArgs {}).as_union_value()
+            }
         }
     }
 }
