@@ -58,6 +58,8 @@ pub enum Command {
         up_to: MessageId,
     },
     Ping,
+    /// The node's load report (a balancer's probe; no login needed).
+    Load,
 }
 
 impl Command {
@@ -74,6 +76,7 @@ impl Command {
             Command::GroupMessage { .. } => "group_message",
             Command::DeliveryAck { .. } => "delivery_ack",
             Command::Ping => "ping",
+            Command::Load => "load",
         }
     }
 }
@@ -92,6 +95,7 @@ pub enum RequestKind {
     GroupMessage,
     DeliveryAck,
     Ping,
+    Load,
     /// A request that could not be decoded far enough to know its kind.
     Unknown,
 }
@@ -109,6 +113,7 @@ impl From<&Command> for RequestKind {
             Command::GroupMessage { .. } => RequestKind::GroupMessage,
             Command::DeliveryAck { .. } => RequestKind::DeliveryAck,
             Command::Ping => RequestKind::Ping,
+            Command::Load => RequestKind::Load,
         }
     }
 }
@@ -155,7 +160,22 @@ pub enum Reply {
     MessageSent { id: MessageId, time_ms: u64 },
     Acked,
     Pong { time_ms: u64 },
+    Load(LoadReport),
     Error(Failure),
+}
+
+/// What a node reports of its load (`LoadReply`): see `load.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub node_id: String,
+    /// Where clients reach the node.
+    pub address: String,
+    pub connections: u32,
+    pub capacity: u32,
+    /// Per shard, the fraction of the last second spent running tasks.
+    pub shard_busy: Vec<f32>,
+    pub outbound_bytes: u64,
+    pub draining: bool,
 }
 
 /// Something the node sends without being asked.

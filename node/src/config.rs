@@ -108,6 +108,15 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_SCYLLA_MESSAGE_TTL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub scylla_message_ttl: Option<Duration>,
+    /// Most client connections the node serves; more are closed at once [default: 10000].
+    #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// The client address reported to balancers (redirect mode sends clients there) [default: the bound --listen address].
+    #[arg(long, env = "CHAT_NODE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Balancer addresses whose connections start with a PROXY protocol v2 header carrying the real client address, comma-separated IPs [default: none].
+    #[arg(long, env = "CHAT_NODE_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Option<Vec<std::net::IpAddr>>,
     /// Create the keyspace and tables (from schema/cql) if missing, then run.
     #[arg(long, env = "CHAT_NODE_INIT_SCHEMA", num_args = 0..=1, default_missing_value = "true")]
     pub init_schema: Option<bool>,
@@ -160,6 +169,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub nats_subscription_capacity: usize,
     pub store: StoreChoice,
+    pub max_connections: u32,
+    pub advertise_addr: Option<String>,
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 /// Which backend holds the node's state.
@@ -232,6 +244,9 @@ impl Args {
             nats: self.nats.or(file.nats),
             lease_ttl: pick!(lease_ttl, Duration::from_secs(10)),
             nats_subscription_capacity: pick!(nats_subscription_capacity, 65_536),
+            max_connections: pick!(max_connections, 10_000),
+            advertise_addr: self.advertise_addr.or(file.advertise_addr),
+            proxy_protocol_from: pick!(proxy_protocol_from, Vec::new()),
             store: match pick!(store, StoreArg::Sqlite) {
                 StoreArg::Sqlite => StoreChoice::Sqlite,
                 StoreArg::Scylla => StoreChoice::Scylla(ScyllaOptions {
@@ -282,6 +297,9 @@ impl Config {
         if self.lease_ttl < Duration::from_secs(1) {
             return bad("--lease-ttl must be at least 1s");
         }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1");
+        }
         if self.nats_subscription_capacity == 0 {
             return bad("--nats-subscription-capacity must be at least 1");
         }
@@ -309,6 +327,9 @@ impl Config {
             lease_ttl: Duration::from_secs(10),
             nats_subscription_capacity: 65_536,
             store: StoreChoice::Sqlite,
+            max_connections: 10_000,
+            advertise_addr: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 

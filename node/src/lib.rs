@@ -19,6 +19,7 @@
 pub mod bus;
 pub mod command;
 pub mod config;
+pub mod load;
 pub mod local;
 pub mod metrics;
 pub mod node;

@@ -1,7 +1,9 @@
 //! The `chat-node` binary: parses settings, runs a node until SIGTERM/SIGINT.
+//! SIGUSR1 makes it drain (balancers send it no new connections), SIGUSR2
+//! ends draining.
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -14,11 +16,18 @@ fn main() -> anyhow::Result<()> {
     let config = chat_node::config::Args::parse().resolve()?;
     let node = chat_node::node::Node::start(config)?;
     let stopper = node.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "stopping: no new connections, flushing sessions");
-            stopper.stop();
+        for signal in signals.forever() {
+            match signal {
+                SIGUSR1 => stopper.drain(true),
+                SIGUSR2 => stopper.drain(false),
+                _ => {
+                    tracing::info!(signal, "stopping: no new connections, flushing sessions");
+                    stopper.stop();
+                    break;
+                }
+            }
         }
     });
     node.wait();

@@ -15,6 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::bus::{self, Bus, BusConfig};
 use crate::config::{Config, StoreChoice};
+use crate::load::NodeLoad;
 use crate::store::Store;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
@@ -55,6 +56,7 @@ pub struct Node {
     writer: std::thread::JoinHandle<()>,
     reader: std::thread::JoinHandle<()>,
     bus: Option<Bus>,
+    load: Arc<NodeLoad>,
 }
 
 impl Node {
@@ -167,12 +169,18 @@ impl Node {
 
         let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
         let config = Arc::new(config);
+        let load = Arc::new(NodeLoad::new(
+            config.node_id.clone(),
+            config.max_connections,
+            shards,
+        ));
         let wiring = shard::Wiring {
             config: config.clone(),
             store: store_client.clone(),
             mesh: MeshBuilder::full(shards, 1024),
             routers: Arc::new(router_rx),
             epochs: Arc::new(AtomicU64::new(first_epoch)),
+            load: load.clone(),
         };
 
         let mut addr = config.listen;
@@ -213,6 +221,8 @@ impl Node {
                 .map_err(|_| StartError::Executor("shard exited while binding".into()))?
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
+        let advertised = config.advertise_addr.clone().unwrap_or(addr.to_string());
+        let _ = load.address.set(advertised);
         tracing::info!(%addr, %metrics_addr, shards, node = %config.node_id, "chat-node listening");
         Ok(Node {
             addr,
@@ -223,12 +233,16 @@ impl Node {
             writer,
             reader,
             bus,
+            load,
         })
     }
 
     /// A handle that stops the node from another thread (a signal handler).
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.stop.clone())
+        Stopper {
+            stop: self.stop.clone(),
+            load: self.load.clone(),
+        }
     }
 
     /// Waits until the node has stopped: every shard closed its sessions and
@@ -249,14 +263,27 @@ impl Node {
     }
 }
 
-/// Stops a node: every shard stops accepting and closes its sessions.
+/// Controls a running node from another thread (a signal handler).
 #[derive(Clone)]
-pub struct Stopper(Vec<flume::Sender<()>>);
+pub struct Stopper {
+    stop: Vec<flume::Sender<()>>,
+    load: Arc<NodeLoad>,
+}
 
 impl Stopper {
+    /// Stops the node: it reports itself draining, every shard stops
+    /// accepting and closes its sessions.
     pub fn stop(&self) {
-        for tx in &self.0 {
+        self.load.set_draining(true);
+        for tx in &self.stop {
             let _ = tx.try_send(());
         }
+    }
+
+    /// Starts or ends draining: balancers send no new connections to a
+    /// draining node; its open connections stay.
+    pub fn drain(&self, draining: bool) {
+        tracing::info!(draining, "drain");
+        self.load.set_draining(draining);
     }
 }

@@ -24,10 +24,13 @@
 //! in one task at a time ([`Session::catch_up_running`]).
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use chat_schema::proxy_v2;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
@@ -209,24 +212,92 @@ fn count_delivery(push: &Push) {
     }
 }
 
+/// Counts a connection in the shard's load report while it lives.
+struct Counted<'a>(&'a AtomicU32);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads the PROXY protocol v2 header a balancer sends first; returns the
+/// real client address (`None` for the balancer's own LOCAL connections)
+/// and leaves what followed the header at the start of `buf[..*filled]`.
+async fn read_proxy_header(
+    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    buf: &mut [u8],
+    filled: &mut usize,
+) -> Result<Option<SocketAddr>, String> {
+    loop {
+        match proxy_v2::decode(&buf[..*filled]) {
+            Ok(Some((header, used))) => {
+                buf.copy_within(used..*filled, 0);
+                *filled -= used;
+                return Ok(match header {
+                    proxy_v2::Header::Proxy { source, .. } => Some(source),
+                    proxy_v2::Header::Local => None,
+                });
+            }
+            Ok(None) if *filled < buf.len() => {}
+            Ok(None) => return Err("PROXY header longer than the buffer".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        match reader.read(&mut buf[*filled..]).await {
+            Ok(0) => return Err("closed inside the PROXY header".into()),
+            Ok(n) => *filled += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _counted = Counted::new(&shard.load.shards[shard.id].connections);
     let _ = stream.set_nodelay(true);
     let idle = shard.config.idle_timeout;
     let _ = stream.set_read_timeout(Some(idle));
     let _ = stream.set_write_timeout(Some(idle));
+    let peer = stream.peer_addr().ok();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
 
     let mut buf = vec![0u8; 16 * 1024];
-    let first = match reader.read(&mut buf).await {
-        Ok(0) => return,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection failed before its first byte");
-            return;
+    let mut filled = 0;
+    let mut client = peer;
+    if let Some(peer) = peer
+        && shard.config.proxy_protocol_from.contains(&peer.ip())
+    {
+        match read_proxy_header(&mut reader, &mut buf, &mut filled).await {
+            Ok(source) => {
+                client = source.or(Some(peer));
+                metrics::counter!("chat_node_proxied_connections_total").increment(1);
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "bad PROXY protocol header; closing");
+                metrics::counter!("chat_node_proxy_header_errors_total").increment(1);
+                return;
+            }
         }
-        Ok(n) => n,
-    };
-    buf.truncate(first);
+    }
+    if filled == 0 {
+        filled = match reader.read(&mut buf).await {
+            Ok(0) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed before its first byte");
+                return;
+            }
+            Ok(n) => n,
+        };
+    }
+    buf.truncate(filled);
+    tracing::debug!(client = ?client, "connection");
     let wire = Wire::detect(buf[0]);
     let conn = shard.next_conn_id();
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
@@ -278,7 +349,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         metrics::counter!("chat_node_slow_consumer_disconnects_total").increment(1);
     }
     metrics::counter!("chat_node_connections_closed_total", "reason" => reason.name()).increment(1);
-    tracing::debug!(conn, reason = reason.name(), "connection closed");
+    tracing::debug!(conn, client = ?client, reason = reason.name(), "connection closed");
 
     let phase = std::mem::replace(&mut *session.phase.borrow_mut(), Phase::Anonymous);
     if let Phase::Online { who, .. } = phase {

@@ -18,6 +18,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
 use crate::config::Config;
+use crate::load::{self, NodeLoad};
 use crate::router::{self, Delivery, Forward, Route};
 use crate::service;
 use crate::session::{self, Session};
@@ -34,6 +35,8 @@ pub struct Shard {
     pub sessions: RefCell<HashMap<ConnId, Rc<Session>>>,
     /// Routes of the users whose home shard this is.
     pub routes: RefCell<HashMap<UserId, Route>>,
+    /// The node's load report, this shard's part written here.
+    pub load: Arc<NodeLoad>,
     next_conn: Cell<u64>,
     epochs: Arc<AtomicU64>,
 }
@@ -89,6 +92,7 @@ pub struct Wiring {
     /// Router inbox of each shard, indexed by mesh peer id.
     pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
     pub epochs: Arc<AtomicU64>,
+    pub load: Arc<NodeLoad>,
 }
 
 /// Runs one shard: accepts on `listener` until `shutdown` fires, then closes its
@@ -109,6 +113,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         store: wiring.store.clone(),
         sessions: RefCell::new(HashMap::new()),
         routes: RefCell::new(HashMap::new()),
+        load: wiring.load.clone(),
         next_conn: Cell::new(0),
         epochs: wiring.epochs.clone(),
     });
@@ -119,6 +124,19 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         glommio::spawn_local(async move { router::run(&shard, events, &senders).await })
     };
     let lag_probe = glommio::spawn_local(measure_lag(shard.label.clone()));
+    let sampler = {
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            let queued = || -> u64 {
+                s.sessions
+                    .borrow()
+                    .values()
+                    .map(|session| session.outbound.queued() as u64)
+                    .sum()
+            };
+            load::sample(&s.load, s.id, s.label.clone(), queued).await
+        })
+    };
     tracing::debug!(shard = id, "shard ready");
 
     loop {
@@ -130,6 +148,12 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         match accepted {
             None => break,
             Some(Ok(stream)) => {
+                if shard.load.connections() >= shard.load.capacity {
+                    // Over --max-connections: closed at once, counted.
+                    metrics::counter!("chat_node_connections_refused_total").increment(1);
+                    drop(stream);
+                    continue;
+                }
                 glommio::spawn_local(session::serve(shard.clone(), stream)).detach();
             }
             Some(Err(e)) => {
@@ -156,6 +180,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
     }
     drop(router_task);
     drop(lag_probe);
+    drop(sampler);
 }
 
 /// How late a 10 ms timer fires on this executor: near zero while every task

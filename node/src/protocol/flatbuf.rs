@@ -213,6 +213,16 @@ fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
                 .ok_or_else(|| missing_body(RequestKind::Ping))?;
             Ok(Command::Ping)
         }
+        fb::Body::LoadRequest => {
+            envelope
+                .body_as_load_request()
+                .ok_or_else(|| missing_body(RequestKind::Load))?;
+            Ok(Command::Load)
+        }
+        fb::Body::WhichNodeRequest => Err(refuse(
+            RequestKind::Unknown,
+            "WhichNodeRequest is answered by a balancer's redirect port, not by a node",
+        )),
         fb::Body::NONE => Err(refuse(RequestKind::Unknown, "envelope has no body")),
         other => Err(refuse(
             RequestKind::Unknown,
@@ -365,6 +375,24 @@ impl FrameEncoder {
             Reply::Acked => {
                 let r = fb::DeliveryAckReply::create(b, &fb::DeliveryAckReplyArgs {});
                 (fb::Body::DeliveryAckReply, r.as_union_value())
+            }
+            Reply::Load(report) => {
+                let node_id = b.create_string(&report.node_id);
+                let address = b.create_string(&report.address);
+                let shard_busy = b.create_vector(&report.shard_busy);
+                let r = fb::LoadReply::create(
+                    b,
+                    &fb::LoadReplyArgs {
+                        node_id: Some(node_id),
+                        address: Some(address),
+                        connections: report.connections,
+                        capacity: report.capacity,
+                        shard_busy: Some(shard_busy),
+                        outbound_bytes: report.outbound_bytes,
+                        draining: report.draining,
+                    },
+                );
+                (fb::Body::LoadReply, r.as_union_value())
             }
             Reply::Pong { time_ms } => {
                 let r = fb::PingReply::create(b, &fb::PingReplyArgs { time_ms: *time_ms });
@@ -531,6 +559,10 @@ impl FrameEncoder {
                 Command::Ping => {
                     let r = fb::PingRequest::create(b, &fb::PingRequestArgs {});
                     (fb::Body::PingRequest, r.as_union_value())
+                }
+                Command::Load => {
+                    let r = fb::LoadRequest::create(b, &fb::LoadRequestArgs {});
+                    (fb::Body::LoadRequest, r.as_union_value())
                 }
             }
         });

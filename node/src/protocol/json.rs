@@ -41,6 +41,8 @@ pub mod msgid {
     pub const GENERIC_ACK: u64 = 17;
     pub const PING: u64 = 18;
     pub const PING_ACK: u64 = 19;
+    pub const LOAD: u64 = 20;
+    pub const LOAD_ACK: u64 = 21;
 }
 
 /// Where the scanner is between calls.
@@ -423,6 +425,7 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
             }
         }
         msgid::PING => Command::Ping,
+        msgid::LOAD => Command::Load,
         _ => return Err(refuse(unknown, format!("unknown msgid {id}"))),
     })
 }
@@ -520,6 +523,19 @@ struct GroupAck {
 }
 
 #[derive(Serialize)]
+struct LoadAck<'a> {
+    msgid: u64,
+    errno: u8,
+    nodeid: &'a str,
+    address: &'a str,
+    connections: u32,
+    capacity: u32,
+    shardbusy: &'a [f32],
+    outboundbytes: u64,
+    draining: bool,
+}
+
+#[derive(Serialize)]
 struct PingAck {
     msgid: u64,
     errno: u8,
@@ -563,6 +579,7 @@ pub fn reply_msgid(kind: RequestKind) -> u64 {
         RequestKind::JoinGroup => msgid::JOIN_GROUP_ACK,
         RequestKind::GroupMessage => msgid::GROUP_CHAT_ACK,
         RequestKind::Ping => msgid::PING_ACK,
+        RequestKind::Load => msgid::LOAD_ACK,
         RequestKind::DeliveryAck | RequestKind::Unknown => msgid::GENERIC_ACK,
     }
 }
@@ -679,6 +696,20 @@ impl JsonEncoder {
                     msgid: msgid::PING_ACK,
                     errno: 0,
                     time: UtcTime(*time_ms),
+                },
+                out,
+            ),
+            Reply::Load(report) => write(
+                &LoadAck {
+                    msgid: msgid::LOAD_ACK,
+                    errno: 0,
+                    nodeid: &report.node_id,
+                    address: &report.address,
+                    connections: report.connections,
+                    capacity: report.capacity,
+                    shardbusy: &report.shard_busy,
+                    outboundbytes: report.outbound_bytes,
+                    draining: report.draining,
                 },
                 out,
             ),

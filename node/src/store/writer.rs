@@ -7,8 +7,9 @@
 //! emits the [`RouterEvent`]s the batch produced. Events are sent, in commit
 //! order, to the router of the recipient's home shard (`user % shards`): since
 //! every channel on that path is FIFO, a user's session receives routes and
-//! messages in the order the store committed them. Events go out before the
-//! answers, so a login's route is queued before its reply.
+//! messages in the order the store committed them. Routes go out before the
+//! answers, so a login's route is queued before its reply; deliveries after
+//! them, so a sender gets the reply to a message before any push it causes.
 //!
 //! In a cluster (with a [`Publisher`]) other nodes append too, so commit
 //! order on this node is not message order for a user. There a new message
@@ -372,10 +373,11 @@ pub fn run<S: Store>(
             let failed = commit(&mut store, &mut out, "batch");
             metrics::histogram!("chat_node_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
-            out.send(&routers, config.bus.as_mut());
+            out.send_routes(&routers);
             for reply in replies.drain(..) {
                 reply(failed.as_ref());
             }
+            out.send(&routers, config.bus.as_mut());
         }
         if last_lease.elapsed() >= config.lease_every {
             last_lease = Instant::now();
@@ -449,7 +451,9 @@ fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) 
 
 /// Router events and bus events of one batch, sent once it is committed.
 struct Outbox {
-    /// Per shard of this node.
+    /// Route and unroute events, per shard of this node.
+    routes: Vec<Vec<RouterEvent>>,
+    /// Every other event, per shard of this node.
     local: Vec<Vec<RouterEvent>>,
     /// Per other node.
     remote: HashMap<String, Vec<bus::Event>>,
@@ -458,26 +462,53 @@ struct Outbox {
 impl Outbox {
     fn new(shards: usize) -> Outbox {
         Outbox {
+            routes: vec![Vec::new(); shards],
             local: vec![Vec::new(); shards],
             remote: HashMap::new(),
         }
     }
 
     fn clear(&mut self) {
+        self.routes.iter_mut().for_each(Vec::clear);
         self.local.iter_mut().for_each(Vec::clear);
         self.remote.clear();
     }
 
-    fn send(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>], bus: Option<&mut Publisher>) {
-        for (shard, list) in self.local.iter_mut().enumerate() {
-            if !list.is_empty() {
-                // A router that is gone belongs to a shard that stopped.
-                let _ = routers[shard].send(std::mem::take(list));
+    /// Queues `event` for the router of its user's home shard.
+    fn push(&mut self, event: RouterEvent) {
+        let shard = (event.user() % self.local.len() as u64) as usize;
+        match event {
+            RouterEvent::Route { .. } | RouterEvent::Unroute { .. } => {
+                self.routes[shard].push(event)
             }
+            _ => self.local[shard].push(event),
         }
+    }
+
+    /// Sends the batch's route changes. A delivery of the same batch that
+    /// they overtake finds its session's route or, if the session was
+    /// leaving, no route: the message waits in the store.
+    fn send_routes(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>]) {
+        Self::flush(&mut self.routes, routers);
+    }
+
+    /// Sends everything else: deliveries and presence, here and to other
+    /// nodes.
+    fn send(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>], bus: Option<&mut Publisher>) {
+        Self::flush(&mut self.routes, routers);
+        Self::flush(&mut self.local, routers);
         if let Some(bus) = bus {
             for (node, events) in self.remote.drain() {
                 bus.publish(&node, events);
+            }
+        }
+    }
+
+    fn flush(lists: &mut [Vec<RouterEvent>], routers: &[flume::Sender<Vec<RouterEvent>>]) {
+        for (shard, list) in lists.iter_mut().enumerate() {
+            if !list.is_empty() {
+                // A router that is gone belongs to a shard that stopped.
+                let _ = routers[shard].send(std::mem::take(list));
             }
         }
     }
@@ -535,8 +566,7 @@ struct Step<'a, S> {
 impl<S: Store> Step<'_, S> {
     /// Queues an event for a router of this node.
     fn emit(&mut self, event: RouterEvent) {
-        let shard = (event.user() % self.out.local.len() as u64) as usize;
-        self.out.local[shard].push(event);
+        self.out.push(event);
     }
 
     /// Tells `user`'s session about a new message or a friend's presence,

@@ -35,7 +35,11 @@ pub struct Json {
 
 impl Json {
     pub fn connect(addr: SocketAddr) -> Json {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Json::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Speaks JSON over an already connected stream.
+    pub fn over(stream: TcpStream) -> Json {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
