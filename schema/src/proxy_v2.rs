@@ -145,7 +145,11 @@ mod tests {
 
     fn round_trip(source: &str, destination: &str) -> Header {
         let mut buf = Vec::new();
-        encode(source.parse().unwrap(), destination.parse().unwrap(), &mut buf);
+        encode(
+            source.parse().unwrap(),
+            destination.parse().unwrap(),
+            &mut buf,
+        );
         buf.extend_from_slice(b"after");
         let (header, used) = decode(&buf).unwrap().unwrap();
         assert_eq!(&buf[used..], b"after");
