@@ -585,6 +585,20 @@ impl Client {
         }
     }
 
+    /// Asks the balancer in redirect mode at `balancer` which node to use,
+    /// then connects to that node directly; returns the node's address with
+    /// the client.
+    pub async fn connect_redirected(
+        balancer: impl ToSocketAddrs,
+        config: ClientConfig,
+    ) -> Result<(Client, String)> {
+        let asking = Client::connect_with(balancer, config.clone()).await?;
+        let (address, _node) = asking.which_node().await?;
+        asking.close().await;
+        let client = Client::connect_with(address.as_str(), config).await?;
+        Ok((client, address))
+    }
+
     /// Asks a balancer in redirect mode which node to use; returns the node's
     /// client address and id.
     pub async fn which_node(&self) -> Result<(String, String)> {

@@ -24,6 +24,7 @@ const EXAMPLES: &str = "\
 Examples:
   chat                              connect to 127.0.0.1:6000
   chat --addr 10.0.0.5:6000         connect to another node
+  chat --balancer 127.0.0.1:8001    ask a chat-balancer (redirect port) for a node
   chat 127.0.0.1 6000               the seed client's `ChatClient IP PORT` form
   printf '1\\n5\\nsecret\\nchat:6:hello\\nloginout\\n3\\n' | chat
                                     log in as user 5, message user 6, quit
@@ -42,6 +43,10 @@ struct Args {
     /// Address of the chat node.
     #[arg(long, default_value = "127.0.0.1:6000")]
     addr: String,
+    /// A chat-balancer's redirect address: ask it which node to use, then
+    /// connect there (overrides --addr).
+    #[arg(long)]
+    balancer: Option<String>,
     /// Server IP (with PORT, the seed's form; overrides --addr).
     #[arg(requires = "port")]
     ip: Option<String>,
@@ -448,10 +453,22 @@ async fn run(args: Args) -> ExitCode {
         keepalive: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
     };
-    let client = match Client::connect_with(addr.as_str(), config).await {
+    let connected = match &args.balancer {
+        Some(balancer) => Client::connect_redirected(balancer.as_str(), config)
+            .await
+            .map(|(client, node)| {
+                eprintln!("balancer {balancer} chose {node}");
+                client
+            }),
+        None => Client::connect_with(addr.as_str(), config).await,
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("connect server error: {addr}: {e}");
+            eprintln!(
+                "connect server error: {}: {e}",
+                args.balancer.as_ref().unwrap_or(&addr)
+            );
             return ExitCode::FAILURE;
         }
     };
