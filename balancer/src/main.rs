@@ -1,1 +1,121 @@
-fn main() {}
+//! `chat-balancer`: a TCP balancer for chat nodes, in place of nginx's stream
+//! module. Routes each new connection by the load the nodes report.
+//!
+//! Modules, in the order data flows: [`config`] (flags, env, TOML) →
+//! [`pool`] (nodes, health, the choice) ← [`probe`] (load reports, active
+//! health) ; [`proxy`] (accept, connect, relay) and [`redirect`] ("which
+//! node?") ask the pool ; [`admin`] shows it all.
+//!
+//! This file: parse the settings, start the pieces, then handle signals —
+//! SIGHUP reloads the config (refused with a log line if invalid, the old one
+//! stays), SIGTERM/SIGINT stop accepting and wait up to `--shutdown-grace`
+//! for open connections.
+
+mod admin;
+mod config;
+mod pool;
+mod probe;
+mod proxy;
+mod redirect;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CHAT_BALANCER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = config::Args::parse();
+    let config = args.resolve()?;
+    let handle = admin::install()?;
+    let pool = Arc::new(pool::Pool::new(
+        config.upstreams.clone(),
+        config.tuning.clone(),
+    ));
+
+    let admin_addr = match config.admin_listen {
+        Some(addr) => {
+            let listener =
+                admin::bind(addr).with_context(|| format!("binding --admin-listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            admin::serve(listener, handle, pool.clone());
+            Some(bound)
+        }
+        None => None,
+    };
+    probe::start(pool.clone()).context("starting the probe thread")?;
+    let executors = proxy::Executors::start(
+        proxy::Wiring {
+            pool: pool.clone(),
+            listen: config.listen,
+            redirect_listen: config.redirect_listen,
+            shutdown_grace: config.shutdown_grace,
+        },
+        config.threads,
+    )?;
+    tracing::info!(
+        listen = %executors.listen,
+        redirect = ?executors.redirect_listen,
+        admin = ?admin_addr,
+        threads = config.threads,
+        upstreams = config.upstreams.len(),
+        "chat-balancer listening"
+    );
+
+    let stop = executors.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let running = config;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload(&args, &running, &pool);
+                    continue;
+                }
+                tracing::info!(
+                    signal,
+                    grace = ?running.shutdown_grace,
+                    "stopping: no new connections, open ones may finish"
+                );
+                for tx in &stop {
+                    let _ = tx.try_send(());
+                }
+                break;
+            }
+        })?;
+    executors.wait();
+    tracing::info!("chat-balancer stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-resolves the same flags with the config file read again.
+fn reload(args: &config::Args, running: &config::Config, pool: &pool::Pool) {
+    match args.resolve() {
+        Ok(new) => {
+            if new.listen != running.listen
+                || new.redirect_listen != running.redirect_listen
+                || new.admin_listen != running.admin_listen
+                || new.threads != running.threads
+            {
+                tracing::warn!(
+                    "reload: listen addresses and --threads only change on restart; keeping the old ones"
+                );
+            }
+            pool.reload(new.upstreams, new.tuning);
+            metrics::counter!("chat_balancer_reloads_total", "result" => "ok").increment(1);
+            tracing::info!("reload: configuration applied");
+        }
+        Err(e) => {
+            metrics::counter!("chat_balancer_reloads_total", "result" => "refused").increment(1);
+            tracing::error!(error = %e, "reload refused: invalid configuration, keeping the old one");
+        }
+    }
+}

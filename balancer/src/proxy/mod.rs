@@ -1,0 +1,229 @@
+//! Proxy mode: the executors that accept clients and relay them to nodes.
+//!
+//! One glommio executor per thread (`--threads`), each with its own listener
+//! on the same port (SO_REUSEPORT; the kernel spreads new connections). A
+//! connection lives on the executor that accepted it and goes through
+//! explicit states (as in sozu): [`Phase::Connecting`] (a node is chosen and
+//! connected, see [`connect`]), [`Phase::Relaying`] (bytes both ways, see
+//! [`relay`]), then closed. The redirect listener, when configured, runs on
+//! the same executors.
+//!
+//! Stopping: each executor stops accepting when told, then waits for its
+//! open connections to finish, up to the shutdown grace, and returns.
+
+pub mod connect;
+pub mod relay;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::pool::Pool;
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Choosing and connecting a node (possibly several in turn).
+    Connecting,
+    /// Both sides connected; bytes flow.
+    Relaying,
+}
+
+/// What every executor shares.
+#[derive(Clone)]
+pub struct Wiring {
+    pub pool: Arc<Pool>,
+    pub listen: SocketAddr,
+    pub redirect_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+}
+
+/// Running executors.
+pub struct Executors {
+    pub listen: SocketAddr,
+    pub redirect_listen: Option<SocketAddr>,
+    stop: Vec<flume::Sender<()>>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Executors {
+    /// Starts `threads` executors; returns once all listen. Executor 0 binds
+    /// first so that port 0 resolves to one port for all.
+    pub fn start(mut wiring: Wiring, threads: usize) -> anyhow::Result<Executors> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut stop = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..threads {
+            let (stop_tx, stop_rx) = flume::bounded(1);
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let placement = if threads <= cores {
+                Placement::Fixed(i)
+            } else {
+                Placement::Unbound
+            };
+            let w = wiring.clone();
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("proxy-{i}"))
+                .io_memory(512 << 10)
+                .ring_depth(256)
+                .spawn(move || async move {
+                    let bound = bind(&w);
+                    let (listener, redirect) = match bound {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let addrs = (
+                        listener.local_addr().expect("bound"),
+                        redirect.as_ref().map(|r| r.local_addr().expect("bound")),
+                    );
+                    let _ = bound_tx.send(Ok(addrs));
+                    run(listener, redirect, w, stop_rx).await
+                })
+                .map_err(|e| anyhow::anyhow!("starting executor {i}: {e}"))?;
+            let (listen, redirect) = bound_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("executor {i} exited while binding"))??;
+            wiring.listen = listen;
+            wiring.redirect_listen = redirect;
+            stop.push(stop_tx);
+            handles.push(handle);
+        }
+        Ok(Executors {
+            listen: wiring.listen,
+            redirect_listen: wiring.redirect_listen,
+            stop,
+            handles,
+        })
+    }
+
+    /// A handle that tells every executor to stop accepting.
+    pub fn stopper(&self) -> Vec<flume::Sender<()>> {
+        self.stop.clone()
+    }
+
+    /// Waits until every executor has returned.
+    pub fn wait(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+fn bind(w: &Wiring) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let listener = TcpListener::bind(w.listen)
+        .map_err(|e| anyhow::anyhow!("binding --listen {}: {e}", w.listen))?;
+    let redirect = match w.redirect_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("binding --redirect-listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok((listener, redirect))
+}
+
+/// Accepts until told to stop, then lets open connections finish.
+async fn run(
+    listener: TcpListener,
+    redirect: Option<TcpListener>,
+    wiring: Wiring,
+    stop: flume::Receiver<()>,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    let redirect_task = redirect.map(|r| {
+        let pool = wiring.pool.clone();
+        let open = open.clone();
+        glommio::spawn_local(async move { crate::redirect::serve(r, pool, open).await })
+    });
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                metrics::counter!("chat_balancer_accepted_total").increment(1);
+                let pool = wiring.pool.clone();
+                let guard = Open::new(&open);
+                glommio::spawn_local(async move {
+                    let _guard = guard;
+                    serve(stream, &pool).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                metrics::counter!("chat_balancer_accept_errors_total").increment(1);
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    drop(redirect_task);
+    let deadline = Instant::now() + wiring.shutdown_grace;
+    while open.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if open.get() > 0 {
+        tracing::warn!(
+            open = open.get(),
+            "shutdown grace over: closing the connections still open"
+        );
+    }
+}
+
+/// Counts a connection on its executor while it lives.
+struct Open(Rc<Cell<usize>>);
+
+impl Open {
+    fn new(count: &Rc<Cell<usize>>) -> Open {
+        count.set(count.get() + 1);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Serves one client connection: connect a node, relay, account.
+async fn serve(client: TcpStream, pool: &Pool) {
+    let _ = client.set_nodelay(true);
+    let (Ok(peer), Ok(local)) = (client.peer_addr(), client.local_addr()) else {
+        return;
+    };
+    let mut phase = Phase::Connecting;
+    tracing::trace!(%peer, ?phase, "client accepted");
+    let Some(connected) = connect::connect(pool, peer, local).await else {
+        metrics::counter!("chat_balancer_no_upstream_total").increment(1);
+        tracing::warn!(%peer, "no node accepted the connection; closing it");
+        return;
+    };
+    phase = Phase::Relaying;
+    let upstream = connected.upstream;
+    upstream.open.fetch_add(1, Ordering::Relaxed);
+    let gauge =
+        metrics::gauge!("chat_balancer_open_connections", "upstream" => upstream.label.clone());
+    gauge.increment(1.0);
+    tracing::trace!(%peer, upstream = %upstream.label, ?phase, "relaying");
+    let idle = pool.tuning().idle_timeout;
+    let end = relay::relay(client, connected.stream, &connected.header, idle).await;
+    upstream.open.fetch_sub(1, Ordering::Relaxed);
+    gauge.decrement(1.0);
+    metrics::counter!("chat_balancer_closed_total", "end" => end.name()).increment(1);
+    tracing::trace!(%peer, upstream = %upstream.label, end = end.name(), "connection closed");
+}

@@ -1,0 +1,162 @@
+//! Redirect mode: a client asks "which node?" and connects there itself, so
+//! the balancer leaves the data path.
+//!
+//! The protocol is the node's FlatBuffers framing (4-byte little-endian
+//! length, then an `Envelope`). A `WhichNodeRequest` is answered with a
+//! `WhichNodeReply` carrying the chosen node's client-facing address from its
+//! last load report (its configured address if it has not reported yet) and
+//! node id, under the request's id; a `PingRequest` with a `PingReply`.
+//! Anything else that parses gets an `ErrorReply` (BadRequest) and the
+//! connection stays; bytes that are not a frame (too long, empty, failing
+//! verification) get an `ErrorReply` and the connection is closed. Each
+//! connection must send a complete frame within [`READ_WITHIN`].
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_schema::fb;
+use chat_schema::frame::{self, PREFIX_LEN};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::pool::Pool;
+
+/// Largest request accepted: "which node?" is a few dozen bytes.
+const MAX_FRAME: usize = 4096;
+
+/// How long a connection may stay silent.
+const READ_WITHIN: Duration = Duration::from_secs(10);
+
+/// Accepts redirect clients on `listener` until dropped.
+pub async fn serve(listener: TcpListener, pool: Arc<Pool>, open: Rc<Cell<usize>>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let pool = pool.clone();
+                open.set(open.get() + 1);
+                let open = open.clone();
+                glommio::spawn_local(async move {
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_read_timeout(Some(READ_WITHIN));
+                    let _ = stream.set_write_timeout(Some(READ_WITHIN));
+                    answer(stream, &pool).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redirect accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, pool: &Pool) {
+    let peer = stream.peer_addr().ok();
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        // Answer every complete frame in the buffer.
+        loop {
+            let len = match frame::frame_len(&buf, MAX_FRAME) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => return refuse(&mut stream, peer, &e.to_string()).await,
+            };
+            if buf.len() < PREFIX_LEN + len {
+                break;
+            }
+            let whole: Vec<u8> = buf.drain(..PREFIX_LEN + len).collect();
+            let reply = match frame::parse_frame(&whole, MAX_FRAME) {
+                Ok(envelope) => reply_to(envelope, pool),
+                Err(e) => return refuse(&mut stream, peer, &e.to_string()).await,
+            };
+            if stream.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Answers garbage with an `ErrorReply` and closes.
+async fn refuse(stream: &mut TcpStream, peer: Option<std::net::SocketAddr>, why: &str) {
+    metrics::counter!("chat_balancer_bad_input_total", "port" => "redirect").increment(1);
+    tracing::info!(?peer, %why, "redirect: not a request frame; closing");
+    let reply = error_reply(0, fb::ErrorCode::BadRequest, why);
+    let _ = stream.write_all(&reply).await;
+    let _ = stream.close().await;
+}
+
+fn reply_to(envelope: fb::Envelope<'_>, pool: &Pool) -> Vec<u8> {
+    let id = envelope.request_id();
+    match envelope.body_type() {
+        fb::Body::WhichNodeRequest => {
+            let Some(pick) = pool.pick(&[]) else {
+                return error_reply(id, fb::ErrorCode::Overloaded, "no node available");
+            };
+            metrics::counter!("chat_balancer_redirects_total", "upstream" => pick.upstream.label.clone())
+                .increment(1);
+            let snap = pick
+                .upstream
+                .snapshot(std::time::Instant::now(), std::time::Duration::MAX);
+            let (address, node_id) = match snap.health.report {
+                Some((r, _, _)) if !r.address.is_empty() => (r.address, r.node_id),
+                Some((r, _, _)) => (pick.upstream.label.clone(), r.node_id),
+                None => (pick.upstream.label.clone(), String::new()),
+            };
+            frame::encode(id, |b| {
+                let address = b.create_string(&address);
+                let node_id = b.create_string(&node_id);
+                let r = fb::WhichNodeReply::create(
+                    b,
+                    &fb::WhichNodeReplyArgs {
+                        address: Some(address),
+                        node_id: Some(node_id),
+                    },
+                );
+                (fb::Body::WhichNodeReply, r.as_union_value())
+            })
+        }
+        fb::Body::PingRequest => {
+            let time_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            frame::encode(id, |b| {
+                let r = fb::PingReply::create(b, &fb::PingReplyArgs { time_ms });
+                (fb::Body::PingReply, r.as_union_value())
+            })
+        }
+        other => {
+            metrics::counter!("chat_balancer_bad_input_total", "port" => "redirect").increment(1);
+            error_reply(
+                id,
+                fb::ErrorCode::BadRequest,
+                &format!(
+                    "a balancer answers WhichNodeRequest and PingRequest, not {}",
+                    other.variant_name().unwrap_or("an unknown body")
+                ),
+            )
+        }
+    }
+}
+
+fn error_reply(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
+    frame::encode(id, |b| {
+        let message = b.create_string(message);
+        let r = fb::ErrorReply::create(
+            b,
+            &fb::ErrorReplyArgs {
+                code,
+                message: Some(message),
+            },
+        );
+        (fb::Body::ErrorReply, r.as_union_value())
+    })
+}
