@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{LocalError, LocalNats, LocalNode, NodeOptions};
+use super::{BalancerOptions, LocalBalancer, LocalError, LocalNats, LocalNode, NodeOptions};
 
 /// How long a new node may take to subscribe on NATS.
 const JOIN_WITHIN: Duration = Duration::from_secs(10);
@@ -32,6 +32,9 @@ pub struct ClusterOptions {
     pub binary: Option<PathBuf>,
     /// The `nats-server` binary; see [`super::nats::find_nats_server`] when `None`.
     pub nats_binary: Option<PathBuf>,
+    /// A `chat-balancer` started in front of the nodes (their addresses are
+    /// added to its upstreams); none when `None`.
+    pub balancer: Option<BalancerOptions>,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +48,7 @@ impl Default for ClusterOptions {
             log: "warn".into(),
             binary: None,
             nats_binary: None,
+            balancer: None,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct LocalCluster {
     options: ClusterOptions,
     nodes: Vec<LocalNode>,
     nats: LocalNats,
+    balancer: Option<LocalBalancer>,
     data: tempfile::TempDir,
 }
 
@@ -70,10 +75,17 @@ impl LocalCluster {
             options,
             nodes: Vec::new(),
             nats,
+            balancer: None,
             data,
         };
         for _ in 0..cluster.options.nodes {
             cluster.add_node()?;
+        }
+        if let Some(mut options) = cluster.options.balancer.clone() {
+            options
+                .upstreams
+                .extend(cluster.addrs().iter().map(|a| a.to_string()));
+            cluster.balancer = Some(LocalBalancer::start(options)?);
         }
         Ok(cluster)
     }
@@ -180,6 +192,16 @@ impl LocalCluster {
         self.nodes.iter().map(|n| n.metrics_addr).collect()
     }
 
+    /// The balancer in front of the nodes, when `ClusterOptions::balancer`
+    /// asked for one.
+    pub fn balancer(&self) -> Option<&LocalBalancer> {
+        self.balancer.as_ref()
+    }
+
+    pub fn balancer_mut(&mut self) -> Option<&mut LocalBalancer> {
+        self.balancer.as_mut()
+    }
+
     /// The data directory every node shares.
     pub fn data_dir(&self) -> &Path {
         self.data.path()
@@ -188,6 +210,9 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        if let Some(b) = &mut self.balancer {
+            b.kill9();
+        }
         for node in &mut self.nodes {
             node.kill9();
         }

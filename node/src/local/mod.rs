@@ -9,8 +9,10 @@
 //! - [`nats`]: [`LocalNats`], a `nats-server` process the nodes meet on;
 //! - [`cluster`]: [`LocalCluster`], N nodes on one NATS server and one shared
 //!   data directory;
-//! - [`scrape`]: reading a node's `/metrics` (and other plain HTTP GETs).
+//! - [`scrape`]: reading a node's `/metrics` (and other plain HTTP GETs);
+//! - [`balancer`]: [`LocalBalancer`], a `chat-balancer` in front of nodes.
 
+pub mod balancer;
 pub mod cluster;
 pub mod nats;
 pub mod scrape;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use balancer::{BalancerOptions, LocalBalancer};
 pub use cluster::{ClusterOptions, LocalCluster};
 pub use nats::LocalNats;
 pub use scrape::{http_get, metric_value, scrape};
