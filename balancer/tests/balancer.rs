@@ -292,7 +292,7 @@ fn proxy_protocol_carries_the_client_address() {
         assert!(Instant::now() < deadline, "no relayed connection");
         let (mut s, _) = stand_in.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut filled = 0;
         let decoded = loop {
             match chat_schema::proxy_v2::decode(&buf[..filled]) {
