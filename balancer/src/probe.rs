@@ -24,11 +24,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::pool::{Pool, Upstream};
 
-/// The PROXY protocol v2 header of a connection made by the proxy itself.
-const PROXY_V2_LOCAL: [u8; 16] = [
-    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00,
-];
-
 /// Starts the probe thread; it runs as long as the process.
 pub fn start(pool: Arc<Pool>) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -109,7 +104,7 @@ async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Client, Strin
     let _ = stream.set_nodelay(true);
     if spec.proxy_protocol {
         stream
-            .write_all(&PROXY_V2_LOCAL)
+            .write_all(&chat_schema::proxy_v2::LOCAL)
             .await
             .map_err(|e| format!("writing the PROXY header: {e}"))?;
     }
@@ -132,15 +127,4 @@ fn check(report: &LoadReport) -> Result<(), String> {
         return Err("invalid load report: too many shards".into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_local_header_decodes_as_local() {
-        assert_eq!(
-            chat_schema::proxy_v2::decode(&super::PROXY_V2_LOCAL),
-            Ok(Some((chat_schema::proxy_v2::Header::Local, 16)))
-        );
-    }
 }

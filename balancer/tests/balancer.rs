@@ -326,10 +326,30 @@ fn proxy_protocol_carries_the_client_address() {
         }
     };
     assert_eq!(header, (client_addr, b.addr));
-    // A real node with --proxy-protocol-from 127.0.0.1 cannot be started by
-    // the harness (its readiness ping comes from 127.0.0.1 without a header)
-    // and the balancer has no source-address binding (nginx proxy_bind) yet;
-    // the node's own decoding is tested in node/tests/load_probe.rs.
+}
+
+/// The same with a real node that trusts the balancer: the node serves the
+/// relayed stream and counts it as proxied; the probes' LOCAL headers are
+/// accepted too.
+#[test]
+fn a_node_behind_proxy_protocol_serves_relayed_clients() {
+    let n = node(&["--proxy-protocol-from", "127.0.0.1"]);
+    let b = balancer(&[format!("{} proxy_protocol=on", n.addr)], &[]);
+    wait_reports(&b, &[n.addr]);
+    let mut relayed = ping_through(b.addr);
+    let r = relayed.ask(r#"{"msgid":4,"name":"via-proxy","pwd":"pw"}"#, 5);
+    assert_eq!(r["errno"], 0, "{r}");
+    let metrics = chat_node::local::scrape(n.metrics_addr).unwrap();
+    let proxied = chat_node::local::metric_value(&metrics, "chat_node_proxied_connections_total");
+    assert!(
+        proxied >= Some(2.0),
+        "probe and client proxied: {proxied:?}"
+    );
+    assert_eq!(
+        chat_node::local::metric_value(&metrics, "chat_node_proxy_header_errors_total"),
+        None,
+        "no connection was refused"
+    );
 }
 
 /// Garbage on the proxy and redirect ports, and a fake node answering probes

@@ -14,6 +14,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The 12 bytes every v2 header starts with.
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
+/// The header of a connection the proxy makes for itself (a health check or
+/// probe): the LOCAL command, no addresses.
+pub const LOCAL: [u8; 16] = [
+    b'\r', b'\n', b'\r', b'\n', 0, b'\r', b'\n', b'Q', b'U', b'I', b'T', b'\n', 0x20, 0x00, 0x00,
+    0x00,
+];
+
 /// The longest header this decoder accepts (fixed part plus addresses and
 /// TLVs); anything longer is refused rather than buffered.
 pub const MAX_HEADER: usize = 16 + 536;
@@ -210,8 +217,7 @@ mod tests {
 
     #[test]
     fn local_command_carries_no_address() {
-        let mut buf = SIGNATURE.to_vec();
-        buf.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
-        assert_eq!(decode(&buf), Ok(Some((Header::Local, 16))));
+        assert_eq!(LOCAL[..12], SIGNATURE);
+        assert_eq!(decode(&LOCAL), Ok(Some((Header::Local, 16))));
     }
 }

@@ -13,13 +13,16 @@ use chat_node::local::{
 };
 use serde_json::Value;
 
-/// Builds the `chat-node` binary once per test process (this crate's tests
-/// only get their own binaries built by cargo); a no-op when up to date.
+/// The `chat-node` binary: `CHAT_NODE_BIN`, else the one next to this
+/// test's executable (`scripts/test.sh` builds the whole workspace first),
+/// else built once per test process. Cargo builds only this crate's own
+/// binaries for its tests, so a node changed since the last workspace build
+/// is picked up by `cargo build -p chat-node` or the test script.
 pub fn node_binary() -> std::path::PathBuf {
     static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("CHAT_NODE_BIN") {
-            return path.into();
+        if let Ok(path) = chat_node::local::find_binary("chat-node", "CHAT_NODE_BIN") {
+            return path;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)

@@ -215,9 +215,20 @@ impl LocalNode {
         self.wait_ready(Duration::from_secs(20))
     }
 
+    /// Whether the node expects a PROXY protocol header from loopback (it
+    /// trusts 127.0.0.1 with `--proxy-protocol-from`).
+    fn wants_proxy_header(&self) -> bool {
+        let args = &self.options.args;
+        args.iter()
+            .position(|a| a == "--proxy-protocol-from")
+            .and_then(|i| args.get(i + 1))
+            .is_some_and(|list| list.split(',').any(|ip| ip.trim() == "127.0.0.1"))
+    }
+
     fn wait_ready(&mut self, limit: Duration) -> Result<(), LocalError> {
         let addr = self.addr;
-        wait_until(&mut self.child, limit, || answers_ping(addr)).map_err(|status| {
+        let header = self.wants_proxy_header();
+        wait_until(&mut self.child, limit, || answers_ping(addr, header)).map_err(|status| {
             LocalError::NotReady {
                 addr,
                 secs: limit.as_secs(),
@@ -283,13 +294,20 @@ fn wait_until(
 
 /// Whether a node at `addr` answers a seed-JSON ping: the end-to-end sign
 /// that it accepts and serves connections, not only that a socket is bound.
-fn answers_ping(addr: SocketAddr) -> bool {
+/// With `proxy_header`, the ping follows a PROXY v2 LOCAL header, as a
+/// balancer's own connections do.
+fn answers_ping(addr: SocketAddr, proxy_header: bool) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"{\"msgid\":18}\0").is_err() {
+    let mut request = Vec::new();
+    if proxy_header {
+        request.extend_from_slice(&chat_schema::proxy_v2::LOCAL);
+    }
+    request.extend_from_slice(b"{\"msgid\":18}\0");
+    if s.write_all(&request).is_err() {
         return false;
     }
     let mut reply = [0u8; 64];
