@@ -475,3 +475,53 @@ fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     });
     assert!(status.success(), "{status:?}");
 }
+
+/// The seed's nginx config as translated in `docs/balancer.md` (its TOML
+/// block, with the two upstream ports swapped for two real nodes and the
+/// listen address for a free port) runs in front of two nodes, and a seed
+/// JSON client registers through it on both.
+#[test]
+fn the_seeds_nginx_config_translated_runs_in_front_of_two_nodes() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/balancer.md"))
+        .expect("docs/balancer.md");
+    let after = &doc[doc.find("As a file").expect("the TOML translation")..];
+    let start = after.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let toml = &after[start..start + after[start..].find("```").expect("end of block")];
+    assert!(toml.contains("127.0.0.1:9190") && toml.contains("127.0.0.1:9192"));
+
+    let (n0, n1) = (node(&[]), node(&[]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("balancer.toml");
+    std::fs::write(
+        &file,
+        toml.replace("127.0.0.1:9190", &n0.addr.to_string())
+            .replace("127.0.0.1:9192", &n1.addr.to_string()),
+    )
+    .unwrap();
+    // The harness's --listen (a free port) wins over the file's 0.0.0.0:8000.
+    let b = balancer(&[], &["--config", file.to_str().unwrap()]);
+    for i in 0..12 {
+        let r = Json::connect(b.addr).ask(
+            &format!(r#"{{"msgid":4,"name":"seed-{i}","pwd":"123456"}}"#),
+            5,
+        );
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // Each node has its own store here, so both having registered users
+    // shows both were used.
+    let used = [&n0, &n1]
+        .iter()
+        .filter(|n| {
+            chat_node::local::scrape(n.metrics_addr)
+                .ok()
+                .and_then(|m| {
+                    chat_node::local::metric_value(
+                        &m,
+                        "chat_node_requests_total{kind=\"register\",outcome=\"ok\"}",
+                    )
+                })
+                .is_some_and(|v| v > 0.0)
+        })
+        .count();
+    assert_eq!(used, 2, "registrations went to both nodes");
+}
