@@ -525,3 +525,43 @@ fn the_seeds_nginx_config_translated_runs_in_front_of_two_nodes() {
         .count();
     assert_eq!(used, 2, "registrations went to both nodes");
 }
+
+/// The `chat` client asks the redirect port for a node and talks to it
+/// directly: it registers there.
+#[test]
+fn chat_connects_through_the_redirect_port() {
+    let n0 = node(&[]);
+    let n1 = node(&[]);
+    let b = balancer(&addrs(&[&n0, &n1]), &["--probe-interval", "200ms"]);
+    wait_reports(&b, &[n0.addr, n1.addr]);
+    let chat = chat_node::local::find_binary("chat", "CHAT_BIN")
+        .expect("the chat binary is built with the workspace");
+    let mut child = std::process::Command::new(chat)
+        .arg("--balancer")
+        .arg(b.redirect_addr.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chat");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"2\nredirected\nsecret\n3\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "chat did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let chosen = [n0.addr, n1.addr]
+        .iter()
+        .find(|a| text.contains(&format!("chose {a}")))
+        .copied();
+    assert!(chosen.is_some(), "chat names a live node: {text}");
+    assert!(text.contains("name redirected register success"), "{text}");
+}
