@@ -13,7 +13,7 @@
 pub mod choice;
 pub mod upstream;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -27,6 +27,9 @@ use crate::config::{Tuning, UpstreamSpec};
 pub struct Pool {
     upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
     tuning: RwLock<Tuning>,
+    started: Instant,
+    /// The second (since `started`, plus one) of the last panic-mode warning.
+    panic_warned: AtomicU64,
 }
 
 /// A chosen node.
@@ -44,6 +47,8 @@ impl Pool {
         Pool {
             upstreams: RwLock::new(Arc::new(list)),
             tuning: RwLock::new(tuning),
+            started: Instant::now(),
+            panic_warned: AtomicU64::new(0),
         }
     }
 
@@ -81,7 +86,11 @@ impl Pool {
         }
         if tier == Tier::Panic {
             metrics::counter!("chat_balancer_panic_total").increment(1);
-            tracing::warn!(upstream = %upstream.label, "no node available: panic mode, trying one anyway");
+            // Once a second at most: in panic mode every connection gets here.
+            let second = now.duration_since(self.started).as_secs() + 1;
+            if self.panic_warned.swap(second, Ordering::Relaxed) != second {
+                tracing::warn!(upstream = %upstream.label, "no node available: panic mode, trying one anyway (logged once a second; chat_balancer_panic_total counts each)");
+            }
         }
         Some(Pick { upstream, tier })
     }
