@@ -86,6 +86,8 @@ async fn connections_over_the_cap_are_closed_at_once() {
     let node = node_with(&["--max-connections", "2"]);
     let a = Client::connect(node.addr).await.unwrap();
     a.ping().await.unwrap();
+    // The harness's readiness check may not have been seen closing yet.
+    probe_until(&a, "only this connection open", |r| r.connections == 1).await;
     let b = Client::connect(node.addr).await.unwrap();
     b.ping().await.unwrap();
 
