@@ -8,10 +8,10 @@
 //! from health (down, report age, reported load) are set from a pool
 //! snapshot just before each render.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use chat_ops::http::Response;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -123,53 +123,19 @@ fn describe() {
 
 /// Serves the admin endpoint on `listener` from a background thread.
 pub fn serve(listener: TcpListener, handle: PrometheusHandle, pool: Arc<Pool>) {
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = respond(stream, &handle, &pool);
-            }
-        })
-        .expect("spawning the admin thread");
-}
-
-fn respond(mut stream: TcpStream, handle: &PrometheusHandle, pool: &Pool) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?.take(16 * 1024));
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    let (status, kind, body) = match path {
+    let served = chat_ops::http::serve(listener, "admin", move |path| match path {
         "/metrics" => {
-            update_gauges(pool);
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                handle.render(),
-            )
+            update_gauges(&pool);
+            Response::metrics(handle.render())
         }
-        "/status.json" => (
-            "200 OK",
+        "/status.json" => Response::ok(
             "application/json",
-            serde_json::to_string_pretty(&status(pool)).unwrap_or_default(),
+            serde_json::to_string_pretty(&status(&pool)).unwrap_or_default(),
         ),
-        "/status" | "/" => ("200 OK", "text/html; charset=utf-8", html(&status(pool))),
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "see /metrics, /status, /status.json\n".to_owned(),
-        ),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+        "/status" | "/" => Response::ok("text/html; charset=utf-8", html(&status(&pool))),
+        _ => Response::not_found("see /metrics, /status, /status.json"),
+    });
+    served.expect("spawning the admin thread");
 }
 
 fn snapshots(pool: &Pool) -> Vec<(String, Snapshot)> {

@@ -11,9 +11,10 @@
 //! the pool.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_ops::settings::{self, SettingsError};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -204,29 +205,10 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] SettingsError),
     #[error("invalid setting: {0}")]
     Invalid(String),
-}
-
-fn load_file(path: &Path) -> Result<Args, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 /// `off`/`none` → no listener; otherwise a socket address.
@@ -245,7 +227,7 @@ impl Args {
     /// checked `Config`. Upstreams given as flags replace the file's list.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let file = match &self.config {
-            Some(path) => load_file(path)?,
+            Some(path) => settings::load(path)?,
             None => Args::default(),
         };
         macro_rules! pick {
@@ -405,6 +387,9 @@ mod tests {
         let file = dir.path().join("b.toml");
         std::fs::write(&file, "upstreams = []\n").unwrap();
         let typo = Args::parse_from(["chat-balancer", "--config", file.to_str().unwrap()]);
-        assert!(matches!(typo.resolve(), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            typo.resolve(),
+            Err(ConfigError::File(SettingsError::Parse { .. }))
+        ));
     }
 }

@@ -4,9 +4,10 @@
 //! the file over the built-in default.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_ops::settings::{self, SettingsError};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -184,36 +185,17 @@ pub enum StoreChoice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] SettingsError),
     #[error("invalid setting: {0}")]
     Invalid(String),
-}
-
-fn load_file(path: &Path) -> Result<Args, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 impl Args {
     /// Merges flags, the `--config` file and defaults into a checked `Config`.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let file = match &self.config {
-            Some(path) => load_file(path)?,
+            Some(path) => settings::load(path)?,
             None => Args::default(),
         };
         macro_rules! pick {
@@ -393,7 +375,10 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         let args = Args::parse_from(["chat-node", "--config", file.to_str().unwrap()]);
-        assert!(matches!(args.resolve(), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            args.resolve(),
+            Err(ConfigError::File(SettingsError::Parse { .. }))
+        ));
         let args = Args::parse_from(["chat-node", "--shards", "0"]);
         assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
     }

@@ -3,7 +3,7 @@
 //! thread (the exporter's own listener needs tokio, which the executors do
 //! not run).
 
-use std::io::{BufRead, BufReader, Write};
+use chat_ops::http::Response;
 use std::net::{SocketAddr, TcpListener};
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -111,36 +111,11 @@ fn describe() {
 
 /// Serves `GET /metrics` on `listener` from a background thread.
 pub fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = respond(stream, &handle);
-            }
-        })
-        .expect("spawning the metrics thread");
-}
-
-fn respond(mut stream: std::net::TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-        ("200 OK", handle.render())
-    } else {
-        ("404 Not Found", "see /metrics\n".to_owned())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    let served = chat_ops::http::serve(listener, "metrics", move |path| match path {
+        "/metrics" => Response::metrics(handle.render()),
+        _ => Response::not_found("see /metrics"),
+    });
+    served.expect("spawning the metrics thread");
 }
 
 /// Binds the metrics address.

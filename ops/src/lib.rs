@@ -1,0 +1,9 @@
+//! Plumbing shared by the project's binaries (`chat-node`, `chat-balancer`,
+//! and the tools after them), so that each keeps only its own job:
+//!
+//! - [`settings`]: reading the optional TOML file behind `--config`;
+//! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
+//!   pages, off the executors that serve clients.
+
+pub mod http;
+pub mod settings;
