@@ -189,6 +189,7 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
+use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
@@ -838,14 +839,25 @@ impl Inner {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let rows = self
-            .session
+        self.rows(statement, values)
+            .await?
+            .maybe_first_row::<R>()
+            .map_err(|e| fail(statement, e))
+    }
+
+    /// Runs `statement` unpaged and returns its rows (single-row reads and
+    /// lightweight transactions).
+    async fn rows(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryRowsResult> {
+        self.session
             .execute_unpaged(statement, values)
             .await
             .map_err(|e| fail(statement, e))?
             .into_rows_result()
-            .map_err(|e| fail(statement, e))?;
-        rows.maybe_first_row::<R>().map_err(|e| fail(statement, e))
+            .map_err(|e| fail(statement, e))
     }
 
     /// Reads rows page by page, keeping those `keep` accepts, until `max`
@@ -897,13 +909,7 @@ impl Inner {
 
     /// Runs a lightweight transaction.
     async fn lwt(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<Cas> {
-        let rows = self
-            .session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| fail(statement, e))?
-            .into_rows_result()
-            .map_err(|e| fail(statement, e))?;
+        let rows = self.rows(statement, values).await?;
         let names: Vec<String> = rows
             .column_specs()
             .iter()
