@@ -389,7 +389,6 @@ impl Inbox {
         if envelope.events.is_empty() {
             return;
         }
-        let shards = self.routers.len() as u64;
         let mut per_shard: Vec<Vec<RouterEvent>> = vec![Vec::new(); self.routers.len()];
         for event in envelope.events {
             let event = match event {
@@ -406,7 +405,7 @@ impl Inbox {
                     online,
                 },
             };
-            per_shard[(event.user() % shards) as usize].push(event);
+            per_shard[event.home_shard(self.routers.len())].push(event);
         }
         for (shard, events) in per_shard.into_iter().enumerate() {
             if !events.is_empty() {

@@ -90,6 +90,12 @@ impl RouterEvent {
             RouterEvent::Resync => 0,
         }
     }
+
+    /// The home shard of the event's user among `shards`: the one whose
+    /// router applies it.
+    pub fn home_shard(&self, shards: usize) -> usize {
+        (self.user() % shards as u64) as usize
+    }
 }
 
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -253,36 +259,11 @@ pub fn channel(capacity: usize) -> (StoreClient, OpQueues) {
 pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_batch);
-    let mut stopping = false;
-    while !stopping {
-        match ops.recv() {
-            Ok(Op::Stop) | Err(_) => break,
-            Ok(op) => batch.push(op),
-        }
-        while batch.len() < max_batch {
-            match ops.try_recv() {
-                Ok(Op::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    loop {
+        let stopping = take_batch(&ops, None, max_batch, &mut batch);
         for op in batch.drain(..) {
             metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
-            match op {
-                Op::User { id, answer } => replies.push(answer_later(answer, store.user(id))),
-                Op::Pending {
-                    user,
-                    after,
-                    limit,
-                    answer,
-                } => replies.push(answer_later(answer, store.pending(user, after, limit))),
-                // Never routed here (`Op::is_read`); dropping the answer
-                // fails the caller.
-                other => tracing::error!(op = other.kind(), "write op sent to the reader"),
-            }
+            replies.push(read(&mut store, op));
         }
         let failed = store.commit().err();
         if let Some(e) = &failed {
@@ -293,7 +274,58 @@ pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: u
         for reply in replies.drain(..) {
             reply(failed.as_ref());
         }
+        if stopping {
+            return;
+        }
     }
+}
+
+/// Runs a read op ([`Op::is_read`]); its answer waits for the batch's end.
+fn read<S: Store>(store: &mut S, op: Op) -> Reply {
+    match op {
+        Op::User { id, answer } => answer_later(answer, store.user(id)),
+        Op::Pending {
+            user,
+            after,
+            limit,
+            answer,
+        } => answer_later(answer, store.pending(user, after, limit)),
+        other => {
+            // Dropping the answer fails the caller.
+            tracing::error!(op = other.kind(), "not a read op");
+            Box::new(|_| {})
+        }
+    }
+}
+
+/// Waits up to `wait` (forever with `None`) for a first op, then takes the
+/// ops already waiting, up to `max` in `batch`; returns true once `Op::Stop`
+/// came or every sender is gone.
+fn take_batch(
+    ops: &flume::Receiver<Op>,
+    wait: Option<Duration>,
+    max: usize,
+    batch: &mut Vec<Op>,
+) -> bool {
+    let first = match wait {
+        Some(wait) => ops
+            .recv_timeout(wait)
+            .map_err(|e| matches!(e, flume::RecvTimeoutError::Disconnected)),
+        None => ops.recv().map_err(|_| true),
+    };
+    match first {
+        Ok(Op::Stop) | Err(true) => return true,
+        Ok(op) => batch.push(op),
+        Err(false) => {}
+    }
+    while batch.len() < max {
+        match ops.try_recv() {
+            Ok(Op::Stop) => return true,
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    false
 }
 
 /// An answered op whose answer waits for the commit.
@@ -345,18 +377,7 @@ pub fn run<S: Store>(
                 .saturating_sub(last_lease.elapsed())
                 .min(config.maintenance_every)
         };
-        match ops.recv_timeout(wait) {
-            Ok(Op::Stop) | Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
-            Ok(op) => batch.push(op),
-            Err(flume::RecvTimeoutError::Timeout) => {}
-        }
-        while !stopping && batch.len() < config.max_batch {
-            match ops.try_recv() {
-                Ok(Op::Stop) => stopping = true,
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+        stopping = take_batch(&ops, Some(wait), config.max_batch, &mut batch);
         if !batch.is_empty() {
             let started = Instant::now();
             metrics::histogram!("chat_node_store_batch_ops").record(batch.len() as f64);
@@ -476,7 +497,7 @@ impl Outbox {
 
     /// Queues `event` for the router of its user's home shard.
     fn push(&mut self, event: RouterEvent) {
-        let shard = (event.user() % self.local.len() as u64) as usize;
+        let shard = event.home_shard(self.local.len());
         match event {
             RouterEvent::Route { .. } | RouterEvent::Unroute { .. } => {
                 self.routes[shard].push(event)
@@ -668,7 +689,7 @@ impl<S: Store> Step<'_, S> {
                 password_hash,
                 answer,
             } => answer_later(answer, self.store.create_user(&name, &password_hash)),
-            Op::User { id, answer } => answer_later(answer, self.store.user(id)),
+            op @ (Op::User { .. } | Op::Pending { .. }) => read(self.store, op),
             Op::Login {
                 user,
                 shard,
@@ -703,12 +724,6 @@ impl<S: Store> Step<'_, S> {
                 answer,
             } => answer_later(answer, self.store.join_group(group, user)),
             Op::Append { message, answer } => answer_later(answer, self.append(&message)),
-            Op::Pending {
-                user,
-                after,
-                limit,
-                answer,
-            } => answer_later(answer, self.store.pending(user, after, limit)),
             Op::Ack {
                 user,
                 up_to,
