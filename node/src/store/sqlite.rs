@@ -88,8 +88,9 @@ const SCHEMA_VERSION: i64 = 1;
 ///   direct ones; `(recipient_id, id)` serves a user's direct backlog,
 ///   `(group_id, id)` a group's;
 /// - `sessions` holds the one claim a user may have, `nodes` each node's lease
-///   (its end, in Unix milliseconds); a claim counts only while the lease of
-///   its node is live.
+///   (its end, in Unix milliseconds; 0 once ended, and for a node that
+///   claimed before any lease); a claim counts only while the lease of its
+///   node is live.
 ///
 /// `AUTOINCREMENT` keeps ids from ever being reused, even after `compact`.
 const SCHEMA: &str = "
@@ -505,6 +506,12 @@ impl Store for SqliteStore {
                     // Stored as the same 64 bits, so every u64 round-trips.
                     .execute(params![u, node, epoch as i64])
                     .db()?;
+                // Every node holding a claim has a row, so that
+                // `expired_nodes` reads `nodes` rather than every session.
+                c.prepare_cached("INSERT OR IGNORE INTO nodes (id, expires_ms) VALUES (?1, 0)")
+                    .db()?
+                    .execute([node])
+                    .db()?;
                 Ok(())
             }
         }
@@ -549,20 +556,22 @@ impl Store for SqliteStore {
 
     fn end_lease(&mut self, node: &str) -> Result<()> {
         let c = self.tx()?;
-        c.prepare_cached("DELETE FROM nodes WHERE id = ?1")
+        c.prepare_cached("UPDATE nodes SET expires_ms = 0 WHERE id = ?1")
             .db()?
             .execute([node])
             .db()?;
         Ok(())
     }
 
+    /// Reads the small `nodes` table (every claim's node has a row, see
+    /// `claim_session`) and one index probe per expired node, not the
+    /// sessions: it runs every second on every node.
     fn expired_nodes(&mut self) -> Result<Vec<String>> {
         let c = self.tx()?;
         c.prepare_cached(concat!(
-            "SELECT DISTINCT s.node FROM sessions s LEFT JOIN nodes n ON n.id = s.node
-             WHERE n.expires_ms IS NULL OR n.expires_ms <= ",
+            "SELECT n.id FROM nodes n WHERE n.expires_ms <= ",
             now_ms!(),
-            " ORDER BY s.node"
+            " AND EXISTS(SELECT 1 FROM sessions s WHERE s.node = n.id) ORDER BY n.id"
         ))
         .db()?
         .query_map([], |r| r.get(0))
