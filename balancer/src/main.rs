@@ -23,15 +23,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CHAT_BALANCER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chat_ops::logs::init("CHAT_BALANCER_LOG");
     let args = config::Args::parse();
     let config = args.resolve()?;
     let handle = admin::install()?;

@@ -4,15 +4,9 @@
 
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CHAT_NODE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chat_ops::logs::init("CHAT_NODE_LOG");
     let config = chat_node::config::Args::parse().resolve()?;
     let node = chat_node::node::Node::start(config)?;
     let stopper = node.stopper();

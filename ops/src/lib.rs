@@ -2,8 +2,11 @@
 //! and the tools after them), so that each keeps only its own job:
 //!
 //! - [`settings`]: reading the optional TOML file behind `--config`;
+//! - [`logs`]: `tracing` to stderr, filtered by the binary's `*_LOG`
+//!   variable;
 //! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
 //!   pages, off the executors that serve clients.
 
 pub mod http;
+pub mod logs;
 pub mod settings;
