@@ -1,0 +1,17 @@
+//! `chat-loadtest`: open-model load scenarios against the chat cluster.
+//!
+//! A run flows through these modules:
+//! - [`config`]: flags and scenario file → a checked [`config::RunConfig`];
+//! - [`payload`]: what each message's text carries (sender, stream,
+//!   sequence number, intended send time);
+//! - [`outcome`]: what a run produced (histograms, counters, errors), and
+//!   how outcomes of several workers merge;
+//! - [`interval_log`]: HdrHistogram interval logs (files, and what
+//!   workers send back);
+//! - [`slo`]: objectives, checked against a run or a ramp step;
+//! - [`report`]: the final table, JSON, `.hgrm` files, interval logs, plot.
+pub mod config;
+pub mod interval_log;
+pub mod outcome;
+pub mod payload;
+pub mod slo;
