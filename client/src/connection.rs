@@ -301,6 +301,12 @@ impl Client {
     /// Connects to a node.
     pub async fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client> {
         let stream = TcpStream::connect(addr).await?;
+        Client::from_stream(stream, config)
+    }
+
+    /// Runs the protocol over a TCP connection made elsewhere (bound to a
+    /// chosen source address, say).
+    pub fn from_stream(stream: TcpStream, config: ClientConfig) -> Result<Client> {
         if config.nodelay {
             stream.set_nodelay(true)?;
         }

@@ -9,9 +9,22 @@
 //! - [`interval_log`]: HdrHistogram interval logs (files, and what
 //!   workers send back);
 //! - [`slo`]: objectives, checked against a run or a ramp step;
+//! - [`distributed`]: a coordinator and workers sharing a run over NATS;
 //! - [`report`]: the final table, JSON, `.hgrm` files, interval logs, plot.
 pub mod config;
+pub mod distributed;
 pub mod interval_log;
 pub mod outcome;
 pub mod payload;
+pub mod report;
 pub mod slo;
+pub mod population;
+pub mod record;
+pub mod run;
+pub mod session;
+pub mod tally;
+pub mod target;
+pub mod traffic;
+pub mod exporter;
+pub mod local;
+pub mod progress;

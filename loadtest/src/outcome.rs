@@ -190,8 +190,13 @@ pub struct Counters {
     pub expected: u64,
     /// Receipts that came, each counted once.
     pub delivered: u64,
-    /// Receipts of a message already received by that recipient.
+    /// Receipts of a message already received by that recipient under
+    /// another server id (a real duplicate).
     pub duplicated: u64,
+    /// Receipts of a server id the recipient had already seen: the node
+    /// sending again what was not acknowledged before a re-login, which the
+    /// protocol allows (at-least-once); not a duplicate.
+    pub redelivered: u64,
     /// Receipts that came after a later message of the same sender to the
     /// same recipient (or group).
     pub out_of_order: u64,
@@ -221,6 +226,7 @@ impl Counters {
             expected,
             delivered,
             duplicated,
+            redelivered,
             out_of_order,
             lost,
             late,
@@ -241,6 +247,7 @@ impl Counters {
         self.expected += expected;
         self.delivered += delivered;
         self.duplicated += duplicated;
+        self.redelivered += redelivered;
         self.out_of_order += out_of_order;
         self.lost += lost;
         self.late += late;

@@ -3,7 +3,8 @@
 //! intended send time, so that a recipient can measure delivery latency and
 //! spot lost, duplicated and reordered messages with no other channel.
 //!
-//! `lt <sender> <stream> <seq> <intended µs> xxxx…`, padded to the text size.
+//! `lt <sender> <stream> <seq> <intended µs> <sent µs> xxxx…`, padded to the
+//! text size.
 //! Times are µs since the run's start; sender and recipients of a message are
 //! users of the same process, so they share that clock.
 
@@ -24,6 +25,8 @@ pub struct Stamp {
     pub seq: u64,
     /// Intended send time, µs since the run's start.
     pub intended_us: u64,
+    /// Actual send time (for the uncorrected delivery latency).
+    pub sent_us: u64,
 }
 
 /// Set in [`Stamp::stream`] for a group message.
@@ -33,8 +36,8 @@ impl Stamp {
     /// The text, padded with `x` to `size` bytes.
     pub fn text(&self, size: usize) -> String {
         let mut s = format!(
-            "{MAGIC} {} {} {} {} ",
-            self.sender, self.stream, self.seq, self.intended_us
+            "{MAGIC} {} {} {} {} {} ",
+            self.sender, self.stream, self.seq, self.intended_us, self.sent_us
         );
         if s.len() < size {
             s.extend(std::iter::repeat_n('x', size - s.len()));
@@ -53,6 +56,7 @@ impl Stamp {
             stream: it.next()?.parse().ok()?,
             seq: it.next()?.parse().ok()?,
             intended_us: it.next()?.parse().ok()?,
+            sent_us: it.next()?.parse().ok()?,
         })
     }
 }
@@ -68,6 +72,7 @@ mod tests {
             stream: GROUP_STREAM | 12,
             seq: u64::MAX,
             intended_us: 3_600_000_000,
+            sent_us: 3_600_000_001,
         };
         let text = s.text(MIN_TEXT);
         assert!(text.len() >= MIN_TEXT);
@@ -78,7 +83,8 @@ mod tests {
     #[test]
     fn other_texts_are_not_stamps() {
         assert_eq!(Stamp::parse("hello"), None);
-        assert_eq!(Stamp::parse("lt 1 2 x 4 "), None);
+        assert_eq!(Stamp::parse("lt 1 2 x 4 5 "), None);
+        assert_eq!(Stamp::parse("lt 1 2 3 4 "), None);
         assert_eq!(Stamp::parse(""), None);
     }
 }

@@ -35,6 +35,10 @@ pub struct ClusterOptions {
     /// A `chat-balancer` started in front of the nodes (their addresses are
     /// added to its upstreams); none when `None`.
     pub balancer: Option<BalancerOptions>,
+    /// One node on its own, with no NATS (`nodes` must be 1, and
+    /// [`LocalCluster::add_node`] then fails): what `chat-loadtest --local 1`
+    /// runs, needing nothing but the binaries.
+    pub without_nats: bool,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +53,7 @@ impl Default for ClusterOptions {
             binary: None,
             nats_binary: None,
             balancer: None,
+            without_nats: false,
         }
     }
 }
@@ -57,7 +62,7 @@ impl Default for ClusterOptions {
 pub struct LocalCluster {
     options: ClusterOptions,
     nodes: Vec<LocalNode>,
-    nats: LocalNats,
+    nats: Option<LocalNats>,
     balancer: Option<LocalBalancer>,
     data: tempfile::TempDir,
 }
@@ -66,9 +71,11 @@ impl LocalCluster {
     /// Starts NATS, then the nodes one after the other, each ready (answering
     /// a ping and subscribed on NATS) before the next starts.
     pub fn start(options: ClusterOptions) -> Result<LocalCluster, LocalError> {
-        let nats = match &options.nats_binary {
-            Some(binary) => LocalNats::start_with(binary.clone())?,
-            None => LocalNats::start()?,
+        let nats = match (&options.nats_binary, options.without_nats) {
+            (_, true) if options.nodes == 1 => None,
+            (_, true) => return Err(LocalError::NeedsNats(options.nodes)),
+            (Some(binary), false) => Some(LocalNats::start_with(binary.clone())?),
+            (None, false) => Some(LocalNats::start()?),
         };
         let data = tempfile::Builder::new().prefix("chat-cluster-").tempdir()?;
         let mut cluster = LocalCluster {
@@ -107,7 +114,7 @@ impl LocalCluster {
             log: self.options.log.clone(),
             data_dir: Some(self.data.path().to_owned()),
             node_id: Some(format!("node-{i}")),
-            nats: Some(self.nats.url()),
+            nats: self.nats.as_ref().map(LocalNats::url),
         }
     }
 
@@ -115,6 +122,9 @@ impl LocalCluster {
     /// returns its index.
     pub fn add_node(&mut self) -> Result<usize, LocalError> {
         let i = self.nodes.len();
+        if self.nats.is_none() && i > 0 {
+            return Err(LocalError::NeedsNats(i + 1));
+        }
         let node = LocalNode::start(self.node_options(i))?;
         self.nodes.push(node);
         self.wait_joined(JOIN_WITHIN)?;
@@ -127,9 +137,12 @@ impl LocalCluster {
     /// is ready once every node is subscribed, and after NATS restarts the
     /// nodes are back once this returns.
     pub fn wait_joined(&self, within: Duration) -> Result<(), LocalError> {
+        let Some(nats) = &self.nats else {
+            return Ok(());
+        };
         let started = Instant::now();
         loop {
-            let subscribed = self.nats.subscriptions().unwrap_or_default();
+            let subscribed = nats.subscriptions().unwrap_or_default();
             let missing = self
                 .nodes
                 .iter()
@@ -152,12 +165,13 @@ impl LocalCluster {
         &self.options
     }
 
+    /// The NATS server; panics for a cluster started `without_nats`.
     pub fn nats(&self) -> &LocalNats {
-        &self.nats
+        self.nats.as_ref().expect("cluster started without NATS")
     }
 
     pub fn nats_mut(&mut self) -> &mut LocalNats {
-        &mut self.nats
+        self.nats.as_mut().expect("cluster started without NATS")
     }
 
     /// Node `i`; panics when there is no such node.
@@ -216,6 +230,8 @@ impl Drop for LocalCluster {
         for node in &mut self.nodes {
             node.kill9();
         }
-        self.nats.kill9();
+        if let Some(nats) = &mut self.nats {
+            nats.kill9();
+        }
     }
 }

@@ -80,13 +80,15 @@ enum DataDir {
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error(
-        "chat-node binary not found (looked for {0}); build it with `cargo build -p chat-node` or set CHAT_NODE_BIN"
+        "{} not found: binaries are looked for next to the running one; build them all with `cargo build --release` (or set CHAT_NODE_BIN, CHAT_BALANCER_BIN)", .0.display()
     )]
     NoBinary(PathBuf),
     #[error(
         "nats-server not found ({0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
     )]
     NoNatsServer(String),
+    #[error("{0} nodes need NATS to deliver between them; a cluster without NATS has one node")]
+    NeedsNats(usize),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(

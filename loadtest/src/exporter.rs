@@ -1,0 +1,92 @@
+//! The load tester's own Prometheus endpoint (`--metrics-listen`, default
+//! 127.0.0.1:9400), so that a long run can be watched next to the cluster it
+//! loads. Each second's [`LiveSecond`] is copied into `metrics` counters,
+//! gauges and latency histograms; `/metrics` renders them.
+
+use std::net::{SocketAddr, TcpListener};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::outcome::Series;
+use crate::run::LiveSecond;
+
+/// Latency buckets in seconds: 50 µs to 60 s.
+const SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the recorder and serves `/metrics` on `addr` from a thread.
+pub fn start(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder was already installed"))?;
+    describe();
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    chat_ops::http::serve(listener, "metrics", move |path| match path {
+        "/metrics" => chat_ops::http::Response::metrics(handle.render()),
+        _ => chat_ops::http::Response::not_found("try /metrics"),
+    })?;
+    Ok(bound)
+}
+
+fn describe() {
+    describe_gauge!("chat_loadtest_connections", "Connections of virtual users now open");
+    describe_gauge!("chat_loadtest_offered_rate", "Actions per second the schedule asks for now");
+    describe_gauge!("chat_loadtest_achieved_rate", "Sends acknowledged per second in the last second");
+    describe_gauge!("chat_loadtest_stage", "0 setup, 1 traffic, 2 drain, 3 done");
+    describe_counter!("chat_loadtest_sent_total", "Chat messages written to a socket");
+    describe_counter!("chat_loadtest_acked_total", "Chat messages the server acknowledged");
+    describe_counter!("chat_loadtest_send_failed_total", "Sends answered with an error or not at all");
+    describe_counter!("chat_loadtest_expected_total", "Receipts due (one per recipient of each message sent)");
+    describe_counter!("chat_loadtest_delivered_total", "Receipts that came, each counted once");
+    describe_gauge!("chat_loadtest_pending", "Receipts due that have not come yet (lost if they never do)");
+    describe_counter!("chat_loadtest_duplicated_total", "Messages received twice under different server ids");
+    describe_counter!("chat_loadtest_out_of_order_total", "Messages received after a later one of the same stream");
+    describe_counter!("chat_loadtest_late_total", "Actions the generator started late (its own bottleneck)");
+    describe_counter!("chat_loadtest_errors_total", "Errors of every kind");
+    describe_histogram!(
+        "chat_loadtest_latency_seconds",
+        metrics::Unit::Seconds,
+        "Latency by metric (connect, register, login, send_ack, delivery) and correction"
+    );
+}
+
+/// Copies one second into the metrics.
+pub fn publish(s: &LiveSecond) {
+    let c = &s.counters;
+    gauge!("chat_loadtest_connections").set(s.connections as f64);
+    gauge!("chat_loadtest_offered_rate").set(s.offered_per_s);
+    gauge!("chat_loadtest_achieved_rate").set(s.acked_per_s);
+    gauge!("chat_loadtest_stage").set(s.stage as u8 as f64);
+    counter!("chat_loadtest_sent_total").absolute(c.sent);
+    counter!("chat_loadtest_acked_total").absolute(c.acked);
+    counter!("chat_loadtest_send_failed_total").absolute(c.send_failed);
+    counter!("chat_loadtest_expected_total").absolute(c.expected);
+    counter!("chat_loadtest_delivered_total").absolute(c.delivered);
+    gauge!("chat_loadtest_pending").set(c.expected.saturating_sub(c.delivered) as f64);
+    counter!("chat_loadtest_duplicated_total").absolute(c.duplicated);
+    counter!("chat_loadtest_out_of_order_total").absolute(c.out_of_order);
+    counter!("chat_loadtest_late_total").absolute(c.late);
+    counter!("chat_loadtest_errors_total").increment(s.errors);
+    for (series, h) in &s.second.histograms {
+        record_histogram(*series, h);
+    }
+}
+
+fn record_histogram(series: Series, h: &hdrhistogram::Histogram<u64>) {
+    let out = histogram!(
+        "chat_loadtest_latency_seconds",
+        "metric" => series.metric.name(),
+        "correction" => series.correction.name()
+    );
+    for v in h.iter_recorded() {
+        out.record_many(v.value_iterated_to() as f64 / 1e6, v.count_at_value() as usize);
+    }
+}

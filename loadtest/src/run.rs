@@ -1,0 +1,388 @@
+//! One run, or one worker's share of a distributed run, from the first
+//! connection to the outcome: set the users up, run the traffic segments
+//! (one for a fixed rate, one per step for a ramp), wait for messages in
+//! flight, see how connections were spread over the nodes, and hand back
+//! everything recorded. A ticker reports progress to a [`Sink`] meanwhile.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::Semaphore;
+
+use crate::config::{RunConfig, ScenarioKind, Target};
+use crate::outcome::{Balance, Metric, Outcome, RampStep};
+use crate::population::{self, Population, SetupProgress};
+use crate::record::{Clock, Recorder, Second};
+use crate::slo::{self, Observed, Slo};
+use crate::target::{DialError, Dialer};
+use crate::traffic::{self, Segment};
+
+/// Which part of a run is going on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    Setup = 0,
+    Traffic = 1,
+    Drain = 2,
+    Done = 3,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Setup => "setup",
+            Stage::Traffic => "traffic",
+            Stage::Drain => "drain",
+            Stage::Done => "done",
+        }
+    }
+
+    fn from_u8(v: u8) -> Stage {
+        match v {
+            0 => Stage::Setup,
+            1 => Stage::Traffic,
+            2 => Stage::Drain,
+            _ => Stage::Done,
+        }
+    }
+}
+
+/// What the ticker reports.
+#[derive(Debug, Clone)]
+pub enum Tick {
+    /// Setup progress (several times a second).
+    Setup {
+        stage: &'static str,
+        done: u64,
+        total: u64,
+    },
+    /// One second of the run.
+    Second(Box<LiveSecond>),
+}
+
+/// One second, as the live line and `/metrics` show it.
+#[derive(Debug, Clone)]
+pub struct LiveSecond {
+    pub elapsed: Duration,
+    pub stage: Stage,
+    pub connections: u64,
+    /// The schedule's rate in that second (0 outside traffic).
+    pub offered_per_s: f64,
+    pub acked_per_s: f64,
+    pub delivered_per_s: f64,
+    pub errors: u64,
+    /// Counters so far.
+    pub counters: crate::outcome::Counters,
+    /// Corrected p99 of that second (delivery, else send ack, else login), µs.
+    pub p99_us: Option<u64>,
+    pub second: Second,
+}
+
+/// Where ticks go (the terminal, `/metrics`, a coordinator).
+pub type Sink = Arc<dyn Fn(&Tick) + Send + Sync>;
+
+/// This process's part of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    /// Worker index (0 for a plain run): part of user names.
+    pub worker: u32,
+    pub users: u64,
+    /// Share of the run's rate.
+    pub rate_share: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("target: {0}")]
+    Target(#[from] DialError),
+    #[error("no user could be set up ({0}); is the target up?")]
+    NoUsers(String),
+    #[error("the {0} scenario needs replies to group requests, which this server does not send (the seed's JSON server never says which id a new group got)")]
+    NoGroups(&'static str),
+}
+
+/// Runs `config`'s scenario for `part`, with the clock's zero at `base`.
+pub async fn run(config: Arc<RunConfig>, part: Part, base: Instant, sink: Sink) -> Result<Outcome, RunError> {
+    let rec = Arc::new(Recorder::new(Clock::starting_at(base), config.late_threshold));
+    let dialer = Arc::new(Dialer::new(&config).await?);
+    let stage = Arc::new(AtomicU8::new(Stage::Setup as u8));
+    let offered_rate = Arc::new(AtomicU64::new(0f64.to_bits()));
+    let setup = Arc::new(SetupProgress::default());
+    let ticker = tokio::spawn(tick(rec.clone(), stage.clone(), offered_rate.clone(), setup.clone(), sink));
+    let result = drive(&config, part, &rec, &dialer, &stage, &offered_rate, &setup).await;
+    stage.store(Stage::Done as u8, Ordering::Relaxed);
+    ticker.abort();
+    let (balance, ramp) = result?;
+    let mut outcome = rec.finish(part_rate(&config, part));
+    outcome.balance = balance;
+    outcome.ramp = ramp;
+    Ok(outcome)
+}
+
+fn part_rate(config: &RunConfig, part: Part) -> f64 {
+    match config.scenario {
+        ScenarioKind::Ramp => 0.0,
+        _ => config.rate * part.rate_share,
+    }
+}
+
+async fn drive(
+    config: &Arc<RunConfig>,
+    part: Part,
+    rec: &Arc<Recorder>,
+    dialer: &Arc<Dialer>,
+    stage: &AtomicU8,
+    offered_rate: &AtomicU64,
+    setup: &Arc<SetupProgress>,
+) -> Result<(Option<Balance>, Vec<RampStep>), RunError> {
+    let start = rec.clock.now_us() + 10_000;
+    let connect = config.scenario == ScenarioKind::Connect;
+    let rate = config.rate * part.rate_share;
+    let setup_rate = if connect {
+        rate
+    } else {
+        config.connect_rate * users_share(config, part)
+    };
+    if connect {
+        let end = start + (part.users as f64 * 1e6 / rate) as u64;
+        rec.set_window(start, end + 1);
+        offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+        crate::record::add(&rec.counts.window_offered, part.users);
+    }
+    let pop = Arc::new(
+        population::set_up(config, part.worker, part.users, start, setup_rate, dialer, rec, setup).await,
+    );
+    if connect {
+        crate::record::add(&rec.counts.window_sent, rec.counts.connections_opened.load(Ordering::Relaxed));
+    }
+    if pop.users.is_empty() {
+        return Err(RunError::NoUsers(first_error(rec)));
+    }
+    if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Mixed)
+        && pop.groups.is_empty()
+        && rec.errors().keys().any(|k| k.contains("no_group_id_from_server"))
+    {
+        return Err(RunError::NoGroups(config.scenario.name()));
+    }
+    let mut steps = Vec::new();
+    if !connect {
+        stage.store(Stage::Traffic as u8, Ordering::Relaxed);
+        let t0 = rec.clock.now_us() + 100_000;
+        if config.scenario == ScenarioKind::Ramp {
+            steps = ramp(config, part, t0, &pop, rec, offered_rate).await;
+        } else {
+            let measure = t0 + config.warmup.as_micros() as u64;
+            let end = measure + config.duration.as_micros() as u64;
+            rec.set_window(measure, end);
+            offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+            let segment = Segment {
+                start_us: t0,
+                end_us: end,
+                rate,
+            };
+            traffic::run_segment(segment, &pop, rec, config).await;
+            tokio::time::sleep_until(rec.clock.at(end)).await;
+        }
+        offered_rate.store(0f64.to_bits(), Ordering::Relaxed);
+        stage.store(Stage::Drain as u8, Ordering::Relaxed);
+        drain(rec, config.drain).await;
+    }
+    for u in &pop.users {
+        u.ack_all();
+    }
+    let balance = balance(config, &pop).await;
+    finish_population(&pop, rec).await;
+    Ok((balance, steps))
+}
+
+/// The share of all users this part has (the rate share for a fixed-rate
+/// scenario is the same number).
+fn users_share(config: &RunConfig, part: Part) -> f64 {
+    part.users as f64 / config.users.max(1) as f64
+}
+
+/// Runs ramp steps until one misses an objective; returns every step run.
+async fn ramp(
+    config: &Arc<RunConfig>,
+    part: Part,
+    t0: u64,
+    pop: &Arc<Population>,
+    rec: &Arc<Recorder>,
+    offered_rate: &AtomicU64,
+) -> Vec<RampStep> {
+    let step_us = config.ramp.step_duration.as_micros() as u64;
+    let rates = config.ramp_rates();
+    rec.set_window(t0, t0 + step_us * rates.len() as u64);
+    let mut steps = Vec::new();
+    let mut start = t0;
+    for total_rate in rates {
+        let rate = total_rate * part.rate_share;
+        offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+        let before = rec.counts.snapshot();
+        let errors_before = rec.errors_total();
+        let segment = Segment {
+            start_us: start,
+            end_us: start + step_us,
+            rate,
+        };
+        traffic::run_segment(segment, pop, rec, config).await;
+        tokio::time::sleep_until(rec.clock.at(segment.end_us)).await;
+        // Let the last second of the step close.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let after = rec.counts.snapshot();
+        let from = segment.start_us;
+        let to = segment.end_us;
+        let lookup = |m: Metric| rec.corrected_between(m, from, to);
+        let expected = after.expected - before.expected;
+        let backlog = (after.expected - after.delivered).saturating_sub(before.expected - before.delivered);
+        let seen = Observed {
+            main_metric: Metric::Delivery,
+            corrected: &lookup,
+            lost: backlog,
+            expected,
+            errors: rec.errors_total() - errors_before,
+        };
+        let step_slos: Vec<Slo> = config
+            .slo
+            .iter()
+            .filter(|s| !matches!(s, Slo::LossCount(_) | Slo::LossShare(_)))
+            .cloned()
+            .collect();
+        let held = slo::check(&step_slos, &seen).iter().all(|v| v.held);
+        let secs = step_us as f64 / 1e6;
+        steps.push(RampStep {
+            rate,
+            achieved: (after.acked - before.acked) as f64 / secs,
+            p99_us: lookup(Metric::Delivery).map_or(0, |h| h.value_at_quantile(0.99)),
+            sent: after.sent - before.sent,
+            lost: backlog,
+            held,
+        });
+        start = rec.clock.now_us();
+        if !held {
+            break;
+        }
+    }
+    rec.set_window(t0, start);
+    steps
+}
+
+/// Waits until every receipt due has come and every send was answered, or
+/// `limit` passed.
+async fn drain(rec: &Recorder, limit: Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let c = rec.counts.snapshot();
+        let settled = c.delivered >= c.expected && c.acked + c.send_failed >= c.sent;
+        if settled || tokio::time::Instant::now() >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asks each connection which node serves it (through a balancer this is
+/// how the balancer spread them).
+async fn balance(config: &RunConfig, pop: &Population) -> Option<Balance> {
+    let through_balancer = match &config.target {
+        Target::Addrs(a) => a.len() == 1,
+        Target::Redirect(_) => true,
+    };
+    if !through_balancer {
+        return None;
+    }
+    let limit = Arc::new(Semaphore::new(256));
+    let mut asks = FuturesUnordered::new();
+    for u in &pop.users {
+        let (u, limit) = (u.clone(), limit.clone());
+        asks.push(async move {
+            let _permit = limit.acquire().await;
+            if u.session.is_closed() {
+                return None;
+            }
+            u.session.node_id().await.ok()
+        });
+    }
+    let mut b = Balance::default();
+    let mut open = 0;
+    while let Some(node) = asks.next().await {
+        if let Some(node) = node {
+            open += 1;
+            *b.per_node.entry(node).or_default() += 1;
+        }
+    }
+    (open > 0).then_some(b)
+}
+
+async fn finish_population(pop: &Population, rec: &Recorder) {
+    pop.stopping.store(true, Ordering::Relaxed);
+    let open = pop.users.iter().filter(|u| !u.session.is_closed()).count();
+    crate::record::add(&rec.counts.connections_at_end, open as u64);
+    let mut closing = FuturesUnordered::new();
+    for u in &pop.users {
+        closing.push(u.session.close());
+    }
+    while closing.next().await.is_some() {}
+}
+
+fn first_error(rec: &Recorder) -> String {
+    rec.errors()
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or_else(|| "no error recorded".into(), |(k, n)| format!("{k} ×{n}"))
+}
+
+/// Reports setup progress five times a second and closes one interval a second.
+async fn tick(
+    rec: Arc<Recorder>,
+    stage: Arc<AtomicU8>,
+    offered_rate: Arc<AtomicU64>,
+    setup: Arc<SetupProgress>,
+    sink: Sink,
+) {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut last_roll = Instant::now();
+    let mut last = rec.counts.snapshot();
+    let mut last_errors = 0;
+    let reported_setup = AtomicBool::new(false);
+    loop {
+        every.tick().await;
+        let now_stage = Stage::from_u8(stage.load(Ordering::Relaxed));
+        if now_stage == Stage::Setup {
+            reported_setup.store(true, Ordering::Relaxed);
+            sink(&Tick::Setup {
+                stage: *setup.stage.lock().unwrap_or_else(PoisonError::into_inner),
+                done: setup.done.load(Ordering::Relaxed),
+                total: setup.total.load(Ordering::Relaxed),
+            });
+        }
+        if last_roll.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_roll = Instant::now();
+        let second = rec.roll();
+        let secs = second.length_us as f64 / 1e6;
+        let counters = rec.counts.snapshot();
+        let errors = rec.errors_total();
+        let live = LiveSecond {
+            elapsed: started.elapsed(),
+            stage: now_stage,
+            connections: (counters.connections_opened).saturating_sub(counters.disconnects),
+            offered_per_s: f64::from_bits(offered_rate.load(Ordering::Relaxed)),
+            acked_per_s: (counters.acked - last.acked) as f64 / secs,
+            delivered_per_s: (counters.delivered - last.delivered) as f64 / secs,
+            errors: errors - last_errors,
+            p99_us: second.p99_us(&[Metric::Delivery, Metric::SendAck, Metric::Login]),
+            counters: counters.clone(),
+            second,
+        };
+        last = counters;
+        last_errors = errors;
+        sink(&Tick::Second(Box::new(live)));
+    }
+}
