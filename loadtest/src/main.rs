@@ -255,9 +255,20 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 });
             }
         });
-        run::run(Arc::new(a.config), part, base, sink)
+        let outcome = run::run(Arc::new(a.config), part, base, sink)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let c = &outcome.counters;
+        eprintln!(
+            "worker {index}: run {}: sent {} acked {} delivered {} lost {} errors {}",
+            a.run_id,
+            c.sent,
+            c.acked,
+            c.delivered,
+            c.lost,
+            outcome.errors.values().sum::<u64>()
+        );
+        Ok(outcome)
     }))?;
     Ok(())
 }
