@@ -32,7 +32,8 @@ Examples:
   chat-loadtest worker --nats nats://10.0.0.9:4222
   chat-loadtest --workers 4 --nats nats://10.0.0.9:4222 --target 10.0.0.5:8000 --users 100000
 
-Scenarios: connect (users connect, register and log in at --rate per second),
+Scenarios: connect (users connect, register and log in at --rate per second,
+then stay online for --duration),
 direct (one-to-one messages between random friends at --rate), group (group
 messages at --rate, each to --group-size members), mixed (mostly idle users,
 some chatting, some in groups, logins and logouts), soak (direct at a fixed
@@ -256,7 +257,7 @@ pub struct Args {
     /// Messages per second over all users; connect: connections per second [default: 2000; connect: 500].
     #[arg(long, env = "CHAT_LOADTEST_RATE")]
     pub rate: Option<f64>,
-    /// Measured time, after the warmup [default: 10s; soak: 10m].
+    /// Measured time, after the warmup; connect: how long the users stay online after the last arrived [default: 10s; soak: 10m].
     #[arg(long, env = "CHAT_LOADTEST_DURATION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub duration: Option<Duration>,
@@ -470,14 +471,9 @@ impl Args {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(invalid("--rate must be a positive number"));
         }
-        let min_users = if scenario == ScenarioKind::Group {
-            2
-        } else {
-            2
-        };
-        if !connect && users < min_users {
+        if !connect && users < 2 {
             return Err(invalid(format!(
-                "the {} scenario needs at least {min_users} users",
+                "the {} scenario needs at least 2 users",
                 scenario.name()
             )));
         }
@@ -523,7 +519,7 @@ impl Args {
             slo = Slo::parse_list("p99=50ms,loss=0")?;
         }
         let text_size = self.text_size.unwrap_or(64);
-        if text_size < crate::payload::MIN_TEXT || text_size > 4096 {
+        if !(crate::payload::MIN_TEXT..=4096).contains(&text_size) {
             return Err(invalid(format!(
                 "--text-size must be in {}..=4096",
                 crate::payload::MIN_TEXT
@@ -764,5 +760,37 @@ mod tests {
             .unwrap();
         let back: RunConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+}
+
+#[cfg(test)]
+mod scenario_files {
+    use super::*;
+
+    #[test]
+    fn every_example_scenario_file_resolves() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let args = Args {
+                scenario_file: Some(path.clone()),
+                target: vec!["127.0.0.1:8000".into()],
+                ..Args::default()
+            };
+            let config = args
+                .with_file()
+                .and_then(|a| a.resolve(None))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            assert_eq!(
+                config.scenario.name(),
+                stem,
+                "{} names its scenario",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 6, "one example per scenario");
     }
 }

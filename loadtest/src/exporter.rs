@@ -13,8 +13,8 @@ use crate::run::LiveSecond;
 
 /// Latency buckets in seconds: 50 µs to 60 s.
 const SECONDS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Installs the recorder and serves `/metrics` on `addr` from a thread.
@@ -26,8 +26,8 @@ pub fn start(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder was already installed"))?;
     describe();
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    let listener =
+        TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     chat_ops::http::serve(listener, "metrics", move |path| match path {
         "/metrics" => chat_ops::http::Response::metrics(handle.render()),
@@ -37,19 +37,55 @@ pub fn start(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 fn describe() {
-    describe_gauge!("chat_loadtest_connections", "Connections of virtual users now open");
-    describe_gauge!("chat_loadtest_offered_rate", "Actions per second the schedule asks for now");
-    describe_gauge!("chat_loadtest_achieved_rate", "Sends acknowledged per second in the last second");
+    describe_gauge!(
+        "chat_loadtest_connections",
+        "Connections of virtual users now open"
+    );
+    describe_gauge!(
+        "chat_loadtest_offered_rate",
+        "Actions per second the schedule asks for now"
+    );
+    describe_gauge!(
+        "chat_loadtest_achieved_rate",
+        "Sends acknowledged per second in the last second"
+    );
     describe_gauge!("chat_loadtest_stage", "0 setup, 1 traffic, 2 drain, 3 done");
-    describe_counter!("chat_loadtest_sent_total", "Chat messages written to a socket");
-    describe_counter!("chat_loadtest_acked_total", "Chat messages the server acknowledged");
-    describe_counter!("chat_loadtest_send_failed_total", "Sends answered with an error or not at all");
-    describe_counter!("chat_loadtest_expected_total", "Receipts due (one per recipient of each message sent)");
-    describe_counter!("chat_loadtest_delivered_total", "Receipts that came, each counted once");
-    describe_gauge!("chat_loadtest_pending", "Receipts due that have not come yet (lost if they never do)");
-    describe_counter!("chat_loadtest_duplicated_total", "Messages received twice under different server ids");
-    describe_counter!("chat_loadtest_out_of_order_total", "Messages received after a later one of the same stream");
-    describe_counter!("chat_loadtest_late_total", "Actions the generator started late (its own bottleneck)");
+    describe_counter!(
+        "chat_loadtest_sent_total",
+        "Chat messages written to a socket"
+    );
+    describe_counter!(
+        "chat_loadtest_acked_total",
+        "Chat messages the server acknowledged"
+    );
+    describe_counter!(
+        "chat_loadtest_send_failed_total",
+        "Sends answered with an error or not at all"
+    );
+    describe_counter!(
+        "chat_loadtest_expected_total",
+        "Receipts due (one per recipient of each message sent)"
+    );
+    describe_counter!(
+        "chat_loadtest_delivered_total",
+        "Receipts that came, each counted once"
+    );
+    describe_gauge!(
+        "chat_loadtest_pending",
+        "Receipts due that have not come yet (lost if they never do)"
+    );
+    describe_counter!(
+        "chat_loadtest_duplicated_total",
+        "Messages received twice under different server ids"
+    );
+    describe_counter!(
+        "chat_loadtest_out_of_order_total",
+        "Messages received after a later one of the same stream"
+    );
+    describe_counter!(
+        "chat_loadtest_late_total",
+        "Actions the generator started late (its own bottleneck)"
+    );
     describe_counter!("chat_loadtest_errors_total", "Errors of every kind");
     describe_histogram!(
         "chat_loadtest_latency_seconds",
@@ -87,6 +123,9 @@ fn record_histogram(series: Series, h: &hdrhistogram::Histogram<u64>) {
         "correction" => series.correction.name()
     );
     for v in h.iter_recorded() {
-        out.record_many(v.value_iterated_to() as f64 / 1e6, v.count_at_value() as usize);
+        out.record_many(
+            v.value_iterated_to() as f64 / 1e6,
+            v.count_at_value() as usize,
+        );
     }
 }

@@ -13,18 +13,18 @@
 //! - [`report`]: the final table, JSON, `.hgrm` files, interval logs, plot.
 pub mod config;
 pub mod distributed;
+pub mod exporter;
 pub mod interval_log;
+pub mod local;
 pub mod outcome;
 pub mod payload;
-pub mod report;
-pub mod slo;
 pub mod population;
+pub mod progress;
 pub mod record;
+pub mod report;
 pub mod run;
 pub mod session;
+pub mod slo;
 pub mod tally;
 pub mod target;
 pub mod traffic;
-pub mod exporter;
-pub mod local;
-pub mod progress;

@@ -51,7 +51,11 @@ impl Local {
             nodes.len(),
             if nodes.len() == 1 { "" } else { "s" },
             nodes.join(", "),
-            if nodes.len() > 1 { ", NATS" } else { ", embedded store" }
+            if nodes.len() > 1 {
+                ", NATS"
+            } else {
+                ", embedded store"
+            }
         )
     }
 

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use chat_loadtest::config::{Args, Cli, Command, Output, RunConfig, ScenarioKind, WorkerArgs};
+use chat_loadtest::config::{
+    Args, Cli, Command, Output, RunConfig, ScenarioKind, Target, WorkerArgs,
+};
 use chat_loadtest::distributed::{self, Assignment, Progress};
+use chat_loadtest::exporter;
 use chat_loadtest::local::Local;
 use chat_loadtest::outcome::{Correction, Metric, Outcome, Series};
-use chat_loadtest::progress::{Display, human_us};
+use chat_loadtest::progress::Display;
 use chat_loadtest::report::{self, RunInfo};
 use chat_loadtest::run::{self, Part, Sink, Tick};
 use chat_loadtest::slo::{self, Observed, Verdict};
-use chat_loadtest::exporter;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -30,6 +32,42 @@ fn main() -> ExitCode {
         eprintln!("chat-loadtest: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Raises the open-files limit to its hard limit (each user holds one
+/// socket); returns the limit.
+fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Warns when this process cannot hold `users` connections.
+fn check_open_files(users: u64) {
+    let limit = raise_open_files();
+    if users + 64 > limit {
+        eprintln!(
+            "warning: this process may open {limit} files, too few for {users} connections: \
+             split the run over workers (`--workers K`, see docs/loadtest.md)"
+        );
+    }
 }
 
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -47,7 +85,10 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let local = match args.local {
         Some(0) => anyhow::bail!("--local needs at least one node"),
         Some(n) => {
-            eprintln!("starting a balancer and {n} node{} ...", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "starting a balancer and {n} node{} ...",
+                if n == 1 { "" } else { "s" }
+            );
             Some(Local::start(n, args.local_shards.unwrap_or(1)).context("--local")?)
         }
         None => None,
@@ -55,8 +96,14 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let config = Arc::new(args.resolve(local.as_ref().map(Local::target))?);
     let target = match &local {
         Some(l) => l.describe(),
-        None => format!("{:?}", config.target),
+        None => match &config.target {
+            Target::Addrs(a) => a.join(", "),
+            Target::Redirect(b) => format!("redirected by {b}"),
+        },
     };
+    if args.workers.is_none() {
+        check_open_files(config.users);
+    }
     let rt = runtime(args.threads)?;
     let metrics_at = match output.metrics_listen {
         Some(addr) => Some(exporter::start(addr)?),
@@ -90,7 +137,7 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
                             p.acked,
                             p.delivered,
                             p.errors,
-                            human_us(p.p99_us)
+                            report::fmt_us(p.p99_us)
                         );
                     }
                 })
@@ -128,7 +175,14 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     });
     display.finish();
     let Some(outcome) = outcome? else {
-        eprintln!("interrupted: stopping the run{}", if local.is_some() { " and the local cluster" } else { "" });
+        eprintln!(
+            "interrupted: stopping the run{}",
+            if local.is_some() {
+                " and the local cluster"
+            } else {
+                ""
+            }
+        );
         drop(rt);
         drop(local);
         return Ok(ExitCode::from(130));
@@ -194,7 +248,8 @@ fn verdicts(config: &RunConfig, outcome: &Outcome) -> Vec<Verdict> {
 
 fn write_reports(output: &Output, outcome: &Outcome, info: &RunInfo) -> anyhow::Result<()> {
     if let Some(path) = &output.json {
-        report::write_json(path, outcome, info).with_context(|| format!("--json {}", path.display()))?;
+        report::write_json(path, outcome, info)
+            .with_context(|| format!("--json {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(dir) = &output.hgrm_dir {
@@ -203,7 +258,8 @@ fn write_reports(output: &Output, outcome: &Outcome, info: &RunInfo) -> anyhow::
         eprintln!("wrote {} files in {}", files.len(), dir.display());
     }
     if let Some(path) = &output.plot {
-        report::write_plot(path, outcome, info).with_context(|| format!("--plot {}", path.display()))?;
+        report::write_plot(path, outcome, info)
+            .with_context(|| format!("--plot {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -220,55 +276,62 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!("worker: waiting for runs on {}", args.nats);
-    rt.block_on(distributed::serve(&args.nats, args.runs, move |a: Assignment, progress| async move {
-        let total = a.config.users;
-        let range = a.share.of(total);
-        let part = Part {
-            worker: a.share.index,
-            users: range.end - range.start,
-            rate_share: a.share.rate(1.0, total),
-        };
-        // The common start, on this machine's monotonic clock.
-        let now = (Instant::now(), SystemTime::now());
-        let base = match a.start_at.duration_since(now.1) {
-            Ok(ahead) => now.0 + ahead,
-            Err(behind) => now.0.checked_sub(behind.duration()).unwrap_or(now.0),
-        };
-        tokio::time::sleep_until(tokio::time::Instant::from_std(base)).await;
-        eprintln!("worker {}: run {}: {} users", a.share.index, a.run_id, part.users);
-        let index = a.share.index;
-        let sink: Sink = Arc::new(move |t: &Tick| {
-            if let Tick::Second(s) = t {
-                if exporting {
-                    exporter::publish(s);
+    rt.block_on(distributed::serve(
+        &args.nats,
+        args.runs,
+        move |a: Assignment, progress| async move {
+            let total = a.config.users;
+            let range = a.share.of(total);
+            let part = Part {
+                worker: a.share.index,
+                users: range.end - range.start,
+                rate_share: a.share.rate(1.0, total),
+            };
+            // The common start, on this machine's monotonic clock.
+            let now = (Instant::now(), SystemTime::now());
+            let base = match a.start_at.duration_since(now.1) {
+                Ok(ahead) => now.0 + ahead,
+                Err(behind) => now.0.checked_sub(behind.duration()).unwrap_or(now.0),
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(base)).await;
+            eprintln!(
+                "worker {}: run {}: {} users",
+                a.share.index, a.run_id, part.users
+            );
+            let index = a.share.index;
+            let sink: Sink = Arc::new(move |t: &Tick| {
+                if let Tick::Second(s) = t {
+                    if exporting {
+                        exporter::publish(s);
+                    }
+                    let _ = progress.send(Progress {
+                        worker: index,
+                        elapsed_ms: s.elapsed.as_millis() as u64,
+                        phase: s.stage.name().into(),
+                        connections: s.connections,
+                        sent: s.counters.sent,
+                        acked: s.counters.acked,
+                        delivered: s.counters.delivered,
+                        errors: s.errors,
+                        p99_us: s.p99_us.unwrap_or(0),
+                    });
                 }
-                let _ = progress.send(Progress {
-                    worker: index,
-                    elapsed_ms: s.elapsed.as_millis() as u64,
-                    phase: s.stage.name().into(),
-                    connections: s.connections,
-                    sent: s.counters.sent,
-                    acked: s.counters.acked,
-                    delivered: s.counters.delivered,
-                    errors: s.errors,
-                    p99_us: s.p99_us.unwrap_or(0),
-                });
-            }
-        });
-        let outcome = run::run(Arc::new(a.config), part, base, sink)
-            .await
-            .map_err(|e| e.to_string())?;
-        let c = &outcome.counters;
-        eprintln!(
-            "worker {index}: run {}: sent {} acked {} delivered {} lost {} errors {}",
-            a.run_id,
-            c.sent,
-            c.acked,
-            c.delivered,
-            c.lost,
-            outcome.errors.values().sum::<u64>()
-        );
-        Ok(outcome)
-    }))?;
+            });
+            let outcome = run::run(Arc::new(a.config), part, base, sink)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c = &outcome.counters;
+            eprintln!(
+                "worker {index}: run {}: sent {} acked {} delivered {} lost {} errors {}",
+                a.run_id,
+                c.sent,
+                c.acked,
+                c.delivered,
+                c.lost,
+                outcome.errors.values().sum::<u64>()
+            );
+            Ok(outcome)
+        },
+    ))?;
     Ok(())
 }

@@ -142,19 +142,32 @@ struct Arrived {
     pending: Vec<Received>,
 }
 
-/// Connects, registers and logs in `count` users at `config.connect_rate`
-/// (for the `connect` scenario, at `rate`), starting at `start_us`.
-/// Returns the population; users that failed are counted and left out.
+/// When users arrive: `count` users of worker `worker`, `rate` per second
+/// from `start_us`.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrivals {
+    pub worker: u32,
+    pub count: u64,
+    pub start_us: u64,
+    pub rate: f64,
+}
+
+/// Connects, registers and logs in the users as `arrivals` says, then makes
+/// friends and groups. Returns the population; users that failed are
+/// counted and left out.
 pub async fn set_up(
     config: &RunConfig,
-    worker: u32,
-    count: u64,
-    start_us: u64,
-    rate: f64,
+    arrivals: Arrivals,
     dialer: &Arc<Dialer>,
     rec: &Arc<Recorder>,
     progress: &Arc<SetupProgress>,
 ) -> Population {
+    let Arrivals {
+        worker,
+        count,
+        start_us,
+        rate,
+    } = arrivals;
     let chat_replies = match config.protocol {
         Protocol::Fb => true,
         Protocol::Json => match dialer.dial(u64::from(worker)).await {
@@ -163,11 +176,16 @@ pub async fn set_up(
         },
     };
     progress.stage("users", count);
-    let mut arrivals = FuturesUnordered::new();
+    let mut arriving = FuturesUnordered::new();
     for n in 0..count {
         let intended = start_us + (n as f64 * 1e6 / rate) as u64;
-        let (config, dialer, rec, progress) = (config.clone(), dialer.clone(), rec.clone(), progress.clone());
-        arrivals.push(tokio::spawn(async move {
+        let (config, dialer, rec, progress) = (
+            config.clone(),
+            dialer.clone(),
+            rec.clone(),
+            progress.clone(),
+        );
+        arriving.push(tokio::spawn(async move {
             tokio::time::sleep_until(rec.clock.at(intended)).await;
             let got = arrive(&config, worker, n, intended, chat_replies, &dialer, &rec).await;
             inc(&progress.done);
@@ -175,7 +193,7 @@ pub async fn set_up(
         }));
     }
     let mut arrived = Vec::new();
-    while let Some(joined) = arrivals.next().await {
+    while let Some(joined) = arriving.next().await {
         if let Ok(Some(a)) = joined {
             arrived.push(a);
         }
@@ -267,7 +285,12 @@ pub async fn set_up(
     for (id, members) in made {
         let mut joins = FuturesUnordered::new();
         for &m in &members[1..] {
-            let (user, rec, progress, limit) = (users[m as usize].clone(), rec.clone(), progress.clone(), limit.clone());
+            let (user, rec, progress, limit) = (
+                users[m as usize].clone(),
+                rec.clone(),
+                progress.clone(),
+                limit.clone(),
+            );
             joins.push(tokio::spawn(async move {
                 let _permit = limit.acquire().await;
                 let ok = match user.session.join_group(id).await {
@@ -288,12 +311,20 @@ pub async fn set_up(
             }
         }
         joined.sort_unstable();
-        groups.push(Group { id, members: joined });
+        groups.push(Group {
+            id,
+            members: joined,
+        });
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
     for user in &users {
-        tokio::spawn(receive_loop(user.clone(), rec.clone(), config.ack_every, stopping.clone()));
+        tokio::spawn(receive_loop(
+            user.clone(),
+            rec.clone(),
+            config.ack_every,
+            stopping.clone(),
+        ));
     }
     Population {
         users,
@@ -326,7 +357,12 @@ async fn arrive(
     };
     rec.latency(Metric::Connect, intended, started);
     inc(&rec.counts.connections_opened);
-    let session = match Session::start(stream, config.protocol, config.request_timeout, chat_replies) {
+    let session = match Session::start(
+        stream,
+        config.protocol,
+        config.request_timeout,
+        chat_replies,
+    ) {
         Ok(s) => s,
         Err(f) => {
             rec.error(format!("connect: {}", f.0));
@@ -367,7 +403,10 @@ async fn arrive(
 /// Mutual friendships: user `i` befriends `i+1 ..= i+k` (mod n), with
 /// `k = ceil(friends / 2)`, so every user ends with about `friends`.
 pub fn friend_pairs(n: u32, friends: u32) -> Vec<(u32, u32)> {
-    let k = friends.div_ceil(2).min(n.saturating_sub(1) / 2).max(u32::from(n > 1));
+    let k = friends
+        .div_ceil(2)
+        .min(n.saturating_sub(1) / 2)
+        .max(u32::from(n > 1));
     let mut seen = std::collections::HashSet::new();
     let mut pairs = Vec::new();
     for i in 0..n {
@@ -401,7 +440,12 @@ pub fn group_members(n: u32, size: u32) -> Vec<Vec<u32>> {
 
 /// Receives what is pushed to `user` until its connection ends;
 /// acknowledges every `ack_every` messages and whenever the inbox runs dry.
-async fn receive_loop(user: Arc<User>, rec: Arc<Recorder>, ack_every: u64, stopping: Arc<AtomicBool>) {
+async fn receive_loop(
+    user: Arc<User>,
+    rec: Arc<Recorder>,
+    ack_every: u64,
+    stopping: Arc<AtomicBool>,
+) {
     while let Some(m) = user.session.next_received().await {
         user.receive(&m, &rec, ack_every);
         while let Some(m) = user.session.try_received() {

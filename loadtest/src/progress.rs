@@ -11,16 +11,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{Progress, RunConfig, ScenarioKind};
+use crate::report::fmt_us;
 use crate::run::{LiveSecond, Tick};
-
-/// Formats µs for people: `412µs`, `3.21ms`, `1.20s`.
-pub fn human_us(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us}µs"),
-        1_000..1_000_000 => format!("{:.2}ms", us as f64 / 1e3),
-        _ => format!("{:.2}s", us as f64 / 1e6),
-    }
-}
 
 /// The live display.
 pub struct Display {
@@ -68,7 +60,10 @@ impl Display {
                     bar.set_position(*done);
                 }
                 None => {
-                    let mut last = self.last_setup_line.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut last = self
+                        .last_setup_line
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         *last = Some(std::time::Instant::now());
                         eprintln!("setup: {stage} {done}/{total}");
@@ -88,7 +83,8 @@ impl Display {
                             bar.set_message("ramp: step");
                             bar.set_length(self.ramp_rates.len() as u64);
                             bar.set_position(step as u64);
-                        } else if s.stage != crate::run::Stage::Setup && self.ramp_rates.is_empty() {
+                        } else if s.stage != crate::run::Stage::Setup && self.ramp_rates.is_empty()
+                        {
                             bar.set_message(s.stage.name());
                         }
                         bar.println(line);
@@ -118,18 +114,6 @@ pub fn line(s: &LiveSecond) -> String {
         s.acked_per_s,
         s.delivered_per_s,
         s.errors,
-        s.p99_us.map_or_else(|| "-".into(), human_us),
+        s.p99_us.map_or_else(|| "-".into(), fmt_us),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human_us(412), "412µs");
-        assert_eq!(human_us(3_210), "3.21ms");
-        assert_eq!(human_us(1_204_000), "1.20s");
-    }
 }

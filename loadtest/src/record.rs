@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::{Correction, Counters, Generator, Interval, Metric, Outcome, Series, new_histogram, record};
+use crate::outcome::{
+    Correction, Counters, Generator, Interval, Metric, Outcome, Series, new_histogram, record,
+};
 
 /// The run's clock: µs since the common start.
 #[derive(Debug, Clone, Copy)]
@@ -237,13 +239,20 @@ impl Recorder {
 
     /// The corrected histogram of `metric` over the intervals that started
     /// in `[from_us, to_us)`.
-    pub fn corrected_between(&self, metric: Metric, from_us: u64, to_us: u64) -> Option<Histogram<u64>> {
+    pub fn corrected_between(
+        &self,
+        metric: Metric,
+        from_us: u64,
+        to_us: u64,
+    ) -> Option<Histogram<u64>> {
         let series = Series::new(metric, Correction::Corrected);
         let h = lock(&self.histograms);
         let mut sum: Option<Histogram<u64>> = None;
-        for i in h.intervals.iter().filter(|i| {
-            i.series == series && (from_us..to_us).contains(&i.start_us)
-        }) {
+        for i in h
+            .intervals
+            .iter()
+            .filter(|i| i.series == series && (from_us..to_us).contains(&i.start_us))
+        {
             match &mut sum {
                 Some(s) => s.add(&i.histogram).expect("same bounds"),
                 None => sum = Some(i.histogram.clone()),
@@ -261,7 +270,11 @@ impl Recorder {
         let mut counters = self.counts.snapshot();
         counters.lost = counters.expected.saturating_sub(counters.delivered);
         Outcome {
-            window_us: if end == u64::MAX { 0 } else { end.saturating_sub(start) },
+            window_us: if end == u64::MAX {
+                0
+            } else {
+                end.saturating_sub(start)
+            },
             offered_rate,
             totals: h.totals.clone(),
             intervals: h.intervals.clone(),
@@ -284,7 +297,10 @@ mod tests {
 
     #[test]
     fn corrected_counts_from_the_intended_time_and_only_the_window_is_totalled() {
-        let rec = Recorder::new(Clock::starting_at(Instant::now()), Duration::from_millis(10));
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
         rec.set_window(0, u64::MAX - 1);
         // Intended 2 s ago, started just now: corrected ≈ 2 s, uncorrected ≈ 0.
         std::thread::sleep(Duration::from_millis(5));
@@ -297,7 +313,10 @@ mod tests {
         assert!(u.max() < 5_000, "uncorrected {} µs", u.max());
         assert_eq!(o.intervals.len(), 2, "one interval per series");
 
-        let rec = Recorder::new(Clock::starting_at(Instant::now()), Duration::from_millis(10));
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
         rec.set_window(1_000_000_000, 2_000_000_000);
         rec.latency(Metric::SendAck, 0, 0);
         let o = rec.finish(1.0);
@@ -307,7 +326,10 @@ mod tests {
 
     #[test]
     fn late_actions_are_counted() {
-        let rec = Recorder::new(Clock::starting_at(Instant::now()), Duration::from_millis(10));
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
         rec.lag(0, 5_000);
         rec.lag(0, 50_000);
         let o = rec.finish(1.0);
@@ -317,7 +339,10 @@ mod tests {
 
     #[test]
     fn lost_is_expected_minus_delivered() {
-        let rec = Recorder::new(Clock::starting_at(Instant::now()), Duration::from_millis(10));
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
         add(&rec.counts.expected, 10);
         add(&rec.counts.delivered, 7);
         rec.error("send: timeout");

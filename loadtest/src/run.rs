@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{RunConfig, ScenarioKind, Target};
 use crate::outcome::{Balance, Metric, Outcome, RampStep};
-use crate::population::{self, Population, SetupProgress};
+use crate::population::{self, Arrivals, Population, SetupProgress};
 use crate::record::{Clock, Recorder, Second};
 use crate::slo::{self, Observed, Slo};
 use crate::target::{DialError, Dialer};
@@ -100,18 +100,34 @@ pub enum RunError {
     Target(#[from] DialError),
     #[error("no user could be set up ({0}); is the target up?")]
     NoUsers(String),
-    #[error("the {0} scenario needs replies to group requests, which this server does not send (the seed's JSON server never says which id a new group got)")]
+    #[error(
+        "the {0} scenario needs replies to group requests, which this server does not send (the seed's JSON server never says which id a new group got)"
+    )]
     NoGroups(&'static str),
 }
 
 /// Runs `config`'s scenario for `part`, with the clock's zero at `base`.
-pub async fn run(config: Arc<RunConfig>, part: Part, base: Instant, sink: Sink) -> Result<Outcome, RunError> {
-    let rec = Arc::new(Recorder::new(Clock::starting_at(base), config.late_threshold));
+pub async fn run(
+    config: Arc<RunConfig>,
+    part: Part,
+    base: Instant,
+    sink: Sink,
+) -> Result<Outcome, RunError> {
+    let rec = Arc::new(Recorder::new(
+        Clock::starting_at(base),
+        config.late_threshold,
+    ));
     let dialer = Arc::new(Dialer::new(&config).await?);
     let stage = Arc::new(AtomicU8::new(Stage::Setup as u8));
     let offered_rate = Arc::new(AtomicU64::new(0f64.to_bits()));
     let setup = Arc::new(SetupProgress::default());
-    let ticker = tokio::spawn(tick(rec.clone(), stage.clone(), offered_rate.clone(), setup.clone(), sink));
+    let ticker = tokio::spawn(tick(
+        rec.clone(),
+        stage.clone(),
+        offered_rate.clone(),
+        setup.clone(),
+        sink,
+    ));
     let result = drive(&config, part, &rec, &dialer, &stage, &offered_rate, &setup).await;
     stage.store(Stage::Done as u8, Ordering::Relaxed);
     ticker.abort();
@@ -152,23 +168,39 @@ async fn drive(
         offered_rate.store(rate.to_bits(), Ordering::Relaxed);
         crate::record::add(&rec.counts.window_offered, part.users);
     }
-    let pop = Arc::new(
-        population::set_up(config, part.worker, part.users, start, setup_rate, dialer, rec, setup).await,
-    );
+    let arrivals = Arrivals {
+        worker: part.worker,
+        count: part.users,
+        start_us: start,
+        rate: setup_rate,
+    };
+    let pop = Arc::new(population::set_up(config, arrivals, dialer, rec, setup).await);
     if connect {
-        crate::record::add(&rec.counts.window_sent, rec.counts.connections_opened.load(Ordering::Relaxed));
+        crate::record::add(
+            &rec.counts.window_sent,
+            rec.counts.connections_opened.load(Ordering::Relaxed),
+        );
     }
     if pop.users.is_empty() {
         return Err(RunError::NoUsers(first_error(rec)));
     }
     if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Mixed)
         && pop.groups.is_empty()
-        && rec.errors().keys().any(|k| k.contains("no_group_id_from_server"))
+        && rec
+            .errors()
+            .keys()
+            .any(|k| k.contains("no_group_id_from_server"))
     {
         return Err(RunError::NoGroups(config.scenario.name()));
     }
     let mut steps = Vec::new();
-    if !connect {
+    if connect {
+        // Hold the connections (idle, logged in) for the duration: what a
+        // node's memory per connection is measured on.
+        stage.store(Stage::Traffic as u8, Ordering::Relaxed);
+        offered_rate.store(0f64.to_bits(), Ordering::Relaxed);
+        tokio::time::sleep(config.duration).await;
+    } else {
         stage.store(Stage::Traffic as u8, Ordering::Relaxed);
         let t0 = rec.clock.now_us() + 100_000;
         if config.scenario == ScenarioKind::Ramp {
@@ -237,7 +269,8 @@ async fn ramp(
         let to = segment.end_us;
         let lookup = |m: Metric| rec.corrected_between(m, from, to);
         let expected = after.expected - before.expected;
-        let backlog = (after.expected - after.delivered).saturating_sub(before.expected - before.delivered);
+        let backlog =
+            (after.expected - after.delivered).saturating_sub(before.expected - before.delivered);
         let seen = Observed {
             main_metric: Metric::Delivery,
             corrected: &lookup,

@@ -62,13 +62,20 @@ impl Tally {
             }
             self.highest_id = Some(id);
         }
-        let stream = self.streams.entry((stamp.sender, stamp.stream)).or_default();
+        let stream = self
+            .streams
+            .entry((stamp.sender, stamp.stream))
+            .or_default();
         if stream.seen(stamp.seq) {
             return Receipt::Duplicate;
         }
         let late = stream.highest.is_some_and(|h| stamp.seq < h);
         stream.mark(stamp.seq);
-        if late { Receipt::OutOfOrder } else { Receipt::New }
+        if late {
+            Receipt::OutOfOrder
+        } else {
+            Receipt::New
+        }
     }
 
     /// The highest server id received, to acknowledge.
@@ -95,10 +102,18 @@ mod tests {
     fn in_order_gaps_reorders_and_duplicates() {
         let mut t = Tally::default();
         assert_eq!(t.receive(&stamp(1, 0), Some(10)), Receipt::New);
-        assert_eq!(t.receive(&stamp(1, 2), Some(11)), Receipt::New, "a gap is not disorder");
+        assert_eq!(
+            t.receive(&stamp(1, 2), Some(11)),
+            Receipt::New,
+            "a gap is not disorder"
+        );
         assert_eq!(t.receive(&stamp(1, 1), Some(12)), Receipt::OutOfOrder);
         assert_eq!(t.receive(&stamp(1, 1), Some(13)), Receipt::Duplicate);
-        assert_eq!(t.receive(&stamp(2, 0), Some(14)), Receipt::New, "streams are per sender");
+        assert_eq!(
+            t.receive(&stamp(2, 0), Some(14)),
+            Receipt::New,
+            "streams are per sender"
+        );
         assert_eq!(t.highest_id(), Some(14));
     }
 
@@ -107,6 +122,10 @@ mod tests {
         let mut t = Tally::default();
         assert_eq!(t.receive(&stamp(1, 0), Some(10)), Receipt::New);
         assert_eq!(t.receive(&stamp(1, 0), Some(10)), Receipt::Redelivered);
-        assert_eq!(t.receive(&stamp(1, 0), None), Receipt::Duplicate, "no id: the seed");
+        assert_eq!(
+            t.receive(&stamp(1, 0), None),
+            Receipt::Duplicate,
+            "no id: the seed"
+        );
     }
 }

@@ -103,7 +103,11 @@ impl Dialer {
         self.open(addr, source).await
     }
 
-    async fn ask(&self, balancer: SocketAddr, source: Option<IpAddr>) -> Result<SocketAddr, DialError> {
+    async fn ask(
+        &self,
+        balancer: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<SocketAddr, DialError> {
         let stream = self.open(balancer, source).await?;
         let config = ClientConfig {
             request_timeout: Some(self.timeout),
@@ -184,7 +188,11 @@ mod tests {
         let mut seen = Vec::new();
         for n in 0..4 {
             let s = dialer.dial(n).await.unwrap();
-            let (listener, peer) = if n % 2 == 0 { (&a, s.local_addr()) } else { (&b, s.local_addr()) };
+            let (listener, peer) = if n % 2 == 0 {
+                (&a, s.local_addr())
+            } else {
+                (&b, s.local_addr())
+            };
             let (_, remote) = listener.accept().await.unwrap();
             assert_eq!(remote, peer.unwrap(), "user {n} went to the wrong target");
             seen.push(remote.ip());
@@ -197,7 +205,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_refused() {
-        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let args = crate::config::Args {
             target: vec![port.to_string()],
             ..Default::default()

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rand::Rng;
-use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 
 use crate::config::{Model, RunConfig, ScenarioKind};
@@ -50,7 +50,12 @@ enum Kind {
 
 /// Runs the traffic of one segment; returns when its last action has been
 /// started (acks and deliveries may still be in flight).
-pub async fn run_segment(segment: Segment, pop: &Arc<Population>, rec: &Arc<Recorder>, config: &Arc<RunConfig>) {
+pub async fn run_segment(
+    segment: Segment,
+    pop: &Arc<Population>,
+    rec: &Arc<Recorder>,
+    config: &Arc<RunConfig>,
+) {
     let senders: Vec<u32> = pop
         .users
         .iter()
@@ -61,7 +66,8 @@ pub async fn run_segment(segment: Segment, pop: &Arc<Population>, rec: &Arc<Reco
         rec.error("schedule: no user can send (no friends or groups)");
         return;
     }
-    let closed = (config.model == Model::Closed).then(|| spawn_closed_loops(&senders, pop, rec, config));
+    let closed =
+        (config.model == Model::Closed).then(|| spawn_closed_loops(&senders, pop, rec, config));
     let mut rng = SmallRng::from_os_rng();
     let mut k = 0u64;
     loop {
@@ -165,7 +171,10 @@ fn act(
             let group = &pop.groups[g as usize];
             let stream = GROUP_STREAM | u64::from(g);
             let text = stamp(user, stream, intended, started, config);
-            (group.members.len() as u64 - 1, user.session.send_group(group.id, &text))
+            (
+                group.members.len() as u64 - 1,
+                user.session.send_group(group.id, &text),
+            )
         }
         _ => {
             let f = user.friends[rng.random_range(0..user.friends.len())];
@@ -293,6 +302,9 @@ mod tests {
             rate: 4.0,
         };
         let times: Vec<u64> = (0..5).map(|k| s.at(k)).collect();
-        assert_eq!(times, vec![1_000_000, 1_250_000, 1_500_000, 1_750_000, 2_000_000]);
+        assert_eq!(
+            times,
+            vec![1_000_000, 1_250_000, 1_500_000, 1_750_000, 2_000_000]
+        );
     }
 }

@@ -71,24 +71,54 @@ fn a_local_run_loses_nothing_and_its_reports_agree() {
     let plot = dir.path().join("latency.svg");
     let (out, s) = run(
         &[
-            "--local", "1", "--users", "40", "--rate", "400", "--duration", "3s", "--warmup",
-            "1s", "--slo", "loss=0", "--hgrm-dir", hgrm.to_str().unwrap(), "--plot",
+            "--local",
+            "1",
+            "--users",
+            "40",
+            "--rate",
+            "400",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--slo",
+            "loss=0",
+            "--hgrm-dir",
+            hgrm.to_str().unwrap(),
+            "--plot",
             plot.to_str().unwrap(),
         ],
         &json,
     );
     let table = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "status {:?}\n{table}\n{stderr}", out.status);
-    assert!(stderr.contains("traffic"), "a live line each second:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "status {:?}\n{table}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("traffic"),
+        "a live line each second:\n{stderr}"
+    );
 
     assert_eq!(s["format"], "chat-loadtest/1");
     let sent = counter(&s, "sent");
     assert!(sent >= 1000, "400/s for 4 s sends about 1600, got {sent}");
-    assert_eq!(counter(&s, "expected"), sent, "one recipient per direct message");
+    assert_eq!(
+        counter(&s, "expected"),
+        sent,
+        "one recipient per direct message"
+    );
     assert_eq!(counter(&s, "delivered"), sent, "every message delivered");
     assert_eq!(counter(&s, "acked"), sent);
-    for zero in ["lost", "duplicated", "out_of_order", "send_failed", "disconnects"] {
+    for zero in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "send_failed",
+        "disconnects",
+    ] {
         assert_eq!(counter(&s, zero), 0, "{zero}");
     }
     assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
@@ -98,8 +128,14 @@ fn a_local_run_loses_nothing_and_its_reports_agree() {
     // The measured window's latency counts are its acknowledged sends.
     let window_acked = counter(&s, "window_acked");
     assert_eq!(s["latency"]["send_ack"]["corrected"]["count"], window_acked);
-    assert_eq!(s["latency"]["send_ack"]["uncorrected"]["count"], window_acked);
-    assert_eq!(s["latency"]["delivery"]["corrected"]["count"], s["latency"]["delivery"]["uncorrected"]["count"]);
+    assert_eq!(
+        s["latency"]["send_ack"]["uncorrected"]["count"],
+        window_acked
+    );
+    assert_eq!(
+        s["latency"]["delivery"]["corrected"]["count"],
+        s["latency"]["delivery"]["uncorrected"]["count"]
+    );
 
     // Every counter of the JSON appears in the table with the same value.
     let counters = table.split_once("counters:").expect("a counters section").1;
@@ -116,7 +152,12 @@ fn a_local_run_loses_nothing_and_its_reports_agree() {
     // Each .hgrm parses and agrees with the JSON; the interval log reads back.
     let text = std::fs::read_to_string(hgrm.join("delivery.corrected.hgrm")).unwrap();
     let parsed = parse_percentile_distribution(&text).unwrap();
-    assert_eq!(parsed.total_count, s["latency"]["delivery"]["corrected"]["count"].as_u64().unwrap());
+    assert_eq!(
+        parsed.total_count,
+        s["latency"]["delivery"]["corrected"]["count"]
+            .as_u64()
+            .unwrap()
+    );
     for entry in std::fs::read_dir(&hgrm).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read(&path).unwrap();
@@ -140,8 +181,22 @@ fn a_node_killed_mid_run_shows_as_lost_messages_and_errors() {
     let addr = node.addr.to_string();
     let child = loadtest()
         .args([
-            "--target", &addr, "--users", "20", "--rate", "500", "--duration", "5s", "--warmup",
-            "0s", "--drain", "2s", "--slo", "loss=0", "--json", json.to_str().unwrap(),
+            "--target",
+            &addr,
+            "--users",
+            "20",
+            "--rate",
+            "500",
+            "--duration",
+            "5s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "2s",
+            "--slo",
+            "loss=0",
+            "--json",
+            json.to_str().unwrap(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,10 +209,17 @@ fn a_node_killed_mid_run_shows_as_lost_messages_and_errors() {
     node.kill9();
     let out = child.wait_with_output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "the loss=0 objective is missed:\n{table}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the loss=0 objective is missed:\n{table}"
+    );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let lost = counter(&s, "lost");
-    assert!(lost > 0, "messages sent to the hung node never arrived:\n{table}");
+    assert!(
+        lost > 0,
+        "messages sent to the hung node never arrived:\n{table}"
+    );
     assert_eq!(counter(&s, "expected") - counter(&s, "delivered"), lost);
     assert!(counter(&s, "disconnects") > 0);
     assert!(s["errors_total"].as_u64().unwrap() > 0, "{}", s["errors"]);
@@ -171,8 +233,20 @@ fn stalled_run(model: &str, dir: &Path) -> Value {
     let addr = node.addr.to_string();
     let child = loadtest()
         .args([
-            "--target", &addr, "--users", "20", "--rate", "300", "--duration", "10s",
-            "--warmup", "0s", "--model", model, "--json", json.to_str().unwrap(),
+            "--target",
+            &addr,
+            "--users",
+            "20",
+            "--rate",
+            "300",
+            "--duration",
+            "10s",
+            "--warmup",
+            "0s",
+            "--model",
+            model,
+            "--json",
+            json.to_str().unwrap(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -187,7 +261,11 @@ fn stall_after_setup(node: &LocalNode, child: Child, json: &Path) -> Value {
     std::thread::sleep(Duration::from_secs(1));
     signal(node, libc::SIGCONT);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
 }
 
@@ -203,14 +281,24 @@ fn a_stall_shows_in_corrected_latency_and_closed_loop_hides_it() {
         "send_ack p99: open corrected {open_corrected} µs, closed corrected {closed_corrected} µs, \
          closed uncorrected {closed_uncorrected} µs"
     );
-    assert!(open_corrected >= 200_000, "a 1 s stall in 10 s is ~10% of sends: p99 {open_corrected} µs");
+    assert!(
+        open_corrected >= 200_000,
+        "a 1 s stall in 10 s is ~10% of sends: p99 {open_corrected} µs"
+    );
     assert!(p99_us(&open, "delivery", "corrected") >= 200_000);
-    assert!(closed_corrected >= 200_000, "corrected from the schedule, closed loop too");
+    assert!(
+        closed_corrected >= 200_000,
+        "corrected from the schedule, closed loop too"
+    );
     assert!(
         closed_uncorrected * 3 < open_corrected,
         "a closed loop sees the stall once per user: uncorrected p99 {closed_uncorrected} µs"
     );
-    assert_eq!(counter(&open, "lost"), 0, "a stall delays, it loses nothing");
+    assert_eq!(
+        counter(&open, "lost"),
+        0,
+        "a stall delays, it loses nothing"
+    );
 }
 
 #[test]
@@ -221,17 +309,35 @@ fn the_json_protocol_drives_our_node() {
     let addr = node.addr.to_string();
     let (out, s) = run(
         &[
-            "--target", &addr, "--protocol", "json", "--users", "20", "--rate", "200",
-            "--duration", "2s", "--warmup", "0s",
+            "--target",
+            &addr,
+            "--protocol",
+            "json",
+            "--users",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
         ],
         &json,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(s["protocol"], "json");
     let sent = counter(&s, "sent");
     assert!(sent >= 300, "{sent}");
     assert_eq!(counter(&s, "delivered"), sent);
-    assert_eq!(counter(&s, "acked"), sent, "our node answers JSON chat requests (msgid 12)");
+    assert_eq!(
+        counter(&s, "acked"),
+        sent,
+        "our node answers JSON chat requests (msgid 12)"
+    );
     assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
 }
 
@@ -243,29 +349,70 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
     let json = dir.path().join("group.json");
     let (out, s) = run(
         &[
-            "--target", &addr, "--scenario", "group", "--users", "30", "--group-size", "10",
-            "--rate", "100", "--duration", "2s", "--warmup", "0s",
+            "--target",
+            &addr,
+            "--scenario",
+            "group",
+            "--users",
+            "30",
+            "--group-size",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
         ],
         &json,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sent = counter(&s, "sent");
     assert!(sent > 0);
-    assert_eq!(counter(&s, "expected"), sent * 9, "each group message reaches 9 others");
+    assert_eq!(
+        counter(&s, "expected"),
+        sent * 9,
+        "each group message reaches 9 others"
+    );
     assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
 
     let json = dir.path().join("mixed.json");
     let (out, s) = run(
         &[
-            "--target", &addr, "--scenario", "mixed", "--users", "40", "--active", "0.5",
-            "--mix", "direct=60,group=20,relogin=20", "--rate", "200", "--duration", "3s",
-            "--warmup", "0s",
+            "--target",
+            &addr,
+            "--scenario",
+            "mixed",
+            "--users",
+            "40",
+            "--active",
+            "0.5",
+            "--mix",
+            "direct=60,group=20,relogin=20",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
         ],
         &json,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(counter(&s, "logouts") > 0, "mixed logs users out and in");
-    assert_eq!(counter(&s, "delivered"), counter(&s, "expected"), "offline messages arrive at login");
+    assert_eq!(
+        counter(&s, "delivered"),
+        counter(&s, "expected"),
+        "offline messages arrive at login"
+    );
     assert_eq!(counter(&s, "duplicated"), 0);
 }
 
@@ -289,12 +436,28 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
     let addr = node.addr.to_string();
     let (out, s) = run(
         &[
-            "--workers", "2", "--nats", &nats.url(), "--target", &addr, "--users", "30",
-            "--rate", "300", "--duration", "2s", "--warmup", "0s",
+            "--workers",
+            "2",
+            "--nats",
+            &nats.url(),
+            "--target",
+            &addr,
+            "--users",
+            "30",
+            "--rate",
+            "300",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
         ],
         &json,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut per_worker_sent = 0;
     for w in workers {
         let out = w.wait_with_output().unwrap();
@@ -302,13 +465,76 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
         assert!(out.status.success(), "{stderr}");
         let sent: u64 = stderr
             .lines()
-            .find_map(|l| l.split_once(" sent ").and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok()))
+            .find_map(|l| {
+                l.split_once(" sent ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            })
             .unwrap_or_else(|| panic!("worker reported no total:\n{stderr}"));
         per_worker_sent += sent;
     }
     assert_eq!(s["workers"], 2);
     assert_eq!(counter(&s, "users"), 30, "15 users each");
-    assert_eq!(counter(&s, "sent"), per_worker_sent, "the merged count is the sum");
+    assert_eq!(
+        counter(&s, "sent"),
+        per_worker_sent,
+        "the merged count is the sum"
+    );
     assert_eq!(counter(&s, "delivered"), counter(&s, "sent"));
-    assert_eq!(s["latency"]["send_ack"]["corrected"]["count"], counter(&s, "window_acked"));
+    assert_eq!(
+        s["latency"]["send_ack"]["corrected"]["count"],
+        counter(&s, "window_acked")
+    );
+}
+
+#[test]
+fn ctrl_c_tears_the_local_cluster_down() {
+    use std::io::{BufRead, BufReader};
+    let mut child = loadtest()
+        .args([
+            "--local",
+            "1",
+            "--users",
+            "20",
+            "--rate",
+            "100",
+            "--duration",
+            "60s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // "... local: balancer 127.0.0.1:P → 1 node (127.0.0.1:Q), embedded store"
+    let described = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("local: balancer"))
+        .expect("the run names its local cluster");
+    let addrs: Vec<std::net::SocketAddr> = described
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "balancer and node in {described:?}");
+    lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("traffic"))
+        .expect("traffic starts");
+    for a in &addrs {
+        assert!(
+            std::net::TcpStream::connect(a).is_ok(),
+            "{a} is up during the run"
+        );
+    }
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    for a in &addrs {
+        assert!(
+            std::net::TcpStream::connect(a).is_err(),
+            "{a} still answers after Ctrl-C"
+        );
+    }
 }

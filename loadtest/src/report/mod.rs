@@ -70,15 +70,16 @@ pub fn generator_verdict(outcome: &Outcome, config: &RunConfig) -> Option<String
     };
     Some(format!(
         "the load generator fell behind its schedule: {} of {scheduled} {actions} were late by \
-         more than {} ({lag_text}): latency figures include the generator's own delay; add \
-         --workers or --threads, or lower --rate",
+         more than {} ({lag_text}): latency figures include the generator's own delay. It \
+         lacked CPU: its own (add --workers or --threads, or lower --rate) or a machine shared \
+         with the servers under test (run it elsewhere)",
         c.late,
         humantime::format_duration(config.late_threshold),
     ))
 }
 
 /// `412µs`, `3.21ms`, `45.7ms`, `1.204s`: three or four significant digits.
-fn fmt_us(us: u64) -> String {
+pub fn fmt_us(us: u64) -> String {
     if us < 1_000 {
         format!("{us}µs")
     } else if us < 1_000_000 {

@@ -154,7 +154,9 @@ impl JsonSession {
                     };
                     let waiter = {
                         let mut w = lock(&waiters);
-                        w.iter().position(|(want, _)| *want == id).and_then(|i| w.remove(i))
+                        w.iter()
+                            .position(|(want, _)| *want == id)
+                            .and_then(|i| w.remove(i))
                     };
                     if let Some((_, tx)) = waiter {
                         let _ = tx.send(v);
@@ -192,14 +194,14 @@ impl JsonSession {
                 timeout: self.timeout,
             }
         });
-        self.out
-            .send(bytes)
-            .map_err(|_| Failure("closed".into()))?;
+        self.out.send(bytes).map_err(|_| Failure("closed".into()))?;
         Ok(pending)
     }
 
     async fn request(&self, v: Value, reply: i64) -> Result<Value, Failure> {
-        let pending = self.send(&v, Some(reply))?.expect("a waiter was registered");
+        let pending = self
+            .send(&v, Some(reply))?
+            .expect("a waiter was registered");
         pending.wait().await
     }
 

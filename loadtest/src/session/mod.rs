@@ -84,7 +84,9 @@ impl Session {
     ) -> Result<Session, Failure> {
         Ok(match protocol {
             Protocol::Fb => Session::Fb(fb::FbSession::start(stream, timeout)?),
-            Protocol::Json => Session::Json(json::JsonSession::start(stream, timeout, chat_replies)),
+            Protocol::Json => {
+                Session::Json(json::JsonSession::start(stream, timeout, chat_replies))
+            }
         })
     }
 
