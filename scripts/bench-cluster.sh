@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Benchmarks one-to-one chat in a two-node cluster on this machine: one
 # nats-server, two release chat-nodes sharing one data directory. In the same
-# run it measures pairs whose sender and receiver are on the same node and
-# pairs split across the two nodes (every message crosses NATS), closed loop
-# and at fixed rates, so the two can be compared as a ratio.
+# run it measures users whose friends are all on the same node (every user on
+# node 1) and users whose friends are all on the other node (users alternate
+# between the nodes and each befriends its two neighbours: every message
+# crosses NATS), at fixed rates and with a ramp, so the two compare as
+# ratios. The table, from chat-loadtest's --json, goes into docs/benchmarks.md.
 #   scripts/bench-cluster.sh
-#   PAIRS=50 RATES="2000 5000" DURATION=10s scripts/bench-cluster.sh
+#   USERS=100 RATES="2000 5000" DURATION=10s scripts/bench-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAIRS=${PAIRS:-20}
+USERS=${USERS:-40}
 RATES=${RATES:-"2000 5000"}
 DURATION=${DURATION:-10s}
+SLO=${SLO:-p99=20ms}
 SHARDS=${SHARDS:-1}
 BASE=${BASE:-16700}
+OUT=${OUT:-target/bench-cluster}
 
-cargo build --release --locked -p chat-node -p chat-client >&2
+cargo build --release --locked >&2
+mkdir -p "$OUT"
 data=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
@@ -33,15 +38,31 @@ for port in $((BASE + 1)) $((BASE + 2)); do
   done
 done
 
+same=(--target "127.0.0.1:$((BASE + 1))")
+across=(--target "127.0.0.1:$((BASE + 1))" --target "127.0.0.1:$((BASE + 2))")
+runs=()
 run() {
-  echo "== $*"
-  ./target/release/chat-bench --addr "127.0.0.1:$((BASE + 1))" --pairs "$PAIRS" --duration "$DURATION" --warmup 2s "$@" 2>&1 | tail -3
+  local name=$1
+  shift
+  echo "== $name: chat-loadtest $*" >&2
+  ./target/release/chat-loadtest --users "$USERS" --friends 1 --warmup 2s --metrics-listen off \
+    --progress off --json "$OUT/$name.json" "$@" >/dev/null || true
 }
-for rate in closed $RATES; do
-  extra=()
-  [ "$rate" != closed ] && extra=(--rate "$rate")
-  run "${extra[@]}"
-  run --receiver-addr "127.0.0.1:$((BASE + 2))" "${extra[@]}"
+for rate in $RATES; do
+  run "same-$rate" "${same[@]}" --rate "$rate" --duration "$DURATION"
+  run "across-$rate" "${across[@]}" --rate "$rate" --duration "$DURATION"
+  runs+=("same node, $rate/s=$OUT/same-$rate.json" "across nodes, $rate/s=$OUT/across-$rate.json|vs=same node, $rate/s")
 done
-echo "== node 2 bus metrics"
-curl -s "127.0.0.1:$((BASE + 12))/metrics" | grep -E '^chat_node_(nats|resyncs)'
+ramp=(--scenario ramp --ramp-start 2000 --ramp-step 2000 --ramp-max 60000 --ramp-step-duration 4s --slo "$SLO")
+run same-ramp "${same[@]}" "${ramp[@]}"
+run across-ramp "${across[@]}" "${ramp[@]}"
+runs+=("same node, ramp until $SLO is missed=$OUT/same-ramp.json" "across nodes, ramp until $SLO is missed=$OUT/across-ramp.json")
+scripts/loadtest-table.py cluster "\
+\`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO scripts/bench-cluster.sh\`: one
+nats-server and two release nodes (\`--shards $SHARDS\`) on one shared data directory, and the load
+generator, all on this machine's 2 cores. $USERS users, each with two friends. \"Same node\": every
+user on node 1. \"Across nodes\": users alternate between the nodes and their friends are their
+neighbours, so every message crosses NATS. Open model, latency corrected from the scheduled
+send time." "${runs[@]}"
+echo "== node 2 bus metrics" >&2
+curl -s "127.0.0.1:$((BASE + 12))/metrics" | grep -E '^chat_node_(nats|resyncs)' >&2

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Benchmarks one-to-one chat on this machine: starts a release chat-node on a
-# fresh data directory, then runs chat-bench with 50 sender/receiver pairs in
-# closed loop (one message in flight per pair) and at fixed rates, in both
-# protocols. Node and load generator share the machine's cores.
+# Benchmarks one-to-one chat on one node: starts a release chat-node (2
+# shards) on a fresh data directory and runs chat-loadtest against it
+# directly, in both protocols: at fixed rates, then a ramp that finds the
+# highest rate whose delivery p99 stays within the objective. Node and load
+# generator share the machine's cores. The table, from chat-loadtest's
+# --json, goes into docs/benchmarks.md (scripts/loadtest-table.py).
 #   scripts/bench.sh                 # defaults below
-#   PAIRS=100 RATES="10000" DURATION=20s scripts/bench.sh
+#   USERS=200 RATES="10000" DURATION=20s SLO=p99=10ms scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAIRS=${PAIRS:-50}
+USERS=${USERS:-100}
 RATES=${RATES:-"5000 10000 20000"}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-8s}
+SLO=${SLO:-p99=20ms}
 PORT=${PORT:-16600}
 METRICS=${METRICS:-16601}
+OUT=${OUT:-target/bench}
 
-cargo build --release --locked -p chat-node -p chat-client >&2
+cargo build --release --locked >&2
+mkdir -p "$OUT"
 data=$(mktemp -d)
 ./target/release/chat-node --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
   --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 2>"$data/node.log" &
@@ -24,15 +29,30 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+runs=()
 run() {
-  echo "== $*"
-  ./target/release/chat-bench --addr "127.0.0.1:$PORT" --pairs "$PAIRS" --duration "$DURATION" --warmup 2s "$@" 2>&1 | tail -3
+  local name=$1
+  shift
+  echo "== $name: chat-loadtest $*" >&2
+  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" --users "$USERS" --warmup 2s \
+    --metrics-listen off --progress off --json "$OUT/$name.json" "$@" >/dev/null || true
 }
 for protocol in fb json; do
-  run --protocol "$protocol"
+  label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
   for rate in $RATES; do
-    run --protocol "$protocol" --rate "$rate"
+    run "$protocol-$rate" --protocol "$protocol" --rate "$rate" --duration "$DURATION"
+    runs+=("$label, $rate/s=$OUT/$protocol-$rate.json")
   done
+  run "$protocol-ramp" --protocol "$protocol" --scenario ramp --ramp-start 5000 --ramp-step 5000 \
+    --ramp-max 100000 --ramp-step-duration 4s --slo "$SLO"
+  runs+=("$label, ramp until $SLO is missed=$OUT/$protocol-ramp.json")
 done
-echo "== node metrics"
-curl -s "127.0.0.1:$METRICS/metrics" | grep -E '^chat_node_(store_batch_ops|store_commit_seconds|event_loop_lag_seconds)_(sum|count)'
+scripts/loadtest-table.py one-node "\
+\`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO scripts/bench.sh\`: one release node
+(2 shards, \`--sync normal\`), $USERS users with 4 friends each sending one-to-one messages to
+random friends, open model (latency corrected from each message's scheduled send time), over
+loopback; node and load generator share the 2 cores. The ramp adds 5 000/s every 4 s from
+5 000/s until a step's delivery p99 exceeds the objective; its highest rate that held is the
+node's capacity at that latency." "${runs[@]}"
+echo "== node metrics" >&2
+curl -s "127.0.0.1:$METRICS/metrics" | grep -E '^chat_node_(store_batch_ops|store_commit_seconds|event_loop_lag_seconds)_(sum|count)' >&2

@@ -23,7 +23,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    chat_ops::logs::init("CHAT_LOADTEST_LOG");
+    chat_ops::logs::init_or("CHAT_LOADTEST_LOG", "warn");
     let result = match cli.command {
         Some(Command::Worker(w)) => worker(w).map(|()| ExitCode::SUCCESS),
         None => coordinator(cli.run),
@@ -106,7 +106,12 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     }
     let rt = runtime(args.threads)?;
     let metrics_at = match output.metrics_listen {
-        Some(addr) => Some(exporter::start(addr)?),
+        // A busy port costs the metrics, not the run.
+        Some(addr) => exporter::start(addr)
+            .map_err(|e| {
+                eprintln!("warning: no /metrics: {e:#} (choose another --metrics-listen, or off)")
+            })
+            .ok(),
         None => None,
     };
     let display = Arc::new(Display::new(output.progress, &config));
@@ -121,26 +126,21 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let run = async {
         match (args.workers, &args.nats) {
             (Some(k), Some(url)) => {
-                let display = display.clone();
-                let mut last = Instant::now();
-                distributed::coordinate(url, &config, k, Duration::from_secs(2), move |p: &Progress| {
-                    if last.elapsed() >= Duration::from_secs(1) || p.worker == 0 {
-                        last = Instant::now();
-                        let _ = &display;
-                        eprintln!(
-                            "{:>5}s worker {} {:<7} conns {:<6} sent {} acked {} delivered {} errors {} p99 {}",
-                            p.elapsed_ms / 1000,
-                            p.worker,
-                            p.phase,
-                            p.connections,
-                            p.sent,
-                            p.acked,
-                            p.delivered,
-                            p.errors,
-                            report::fmt_us(p.p99_us)
-                        );
-                    }
-                })
+                let quiet = output.progress == chat_loadtest::config::Progress::Off;
+                let mut latest = std::collections::BTreeMap::new();
+                distributed::coordinate(
+                    url,
+                    &config,
+                    k,
+                    Duration::from_secs(2),
+                    move |p: &Progress| {
+                        latest.insert(p.worker, p.clone());
+                        // Worker 0 reports once a second: print the sum of the latest of each.
+                        if p.worker == 0 && !quiet {
+                            eprintln!("{}", progress_line(latest.values(), k));
+                        }
+                    },
+                )
                 .await
                 .map_err(anyhow::Error::from)
             }
@@ -203,6 +203,30 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// One line summing the workers' latest progress.
+fn progress_line<'a>(latest: impl Iterator<Item = &'a Progress>, workers: u32) -> String {
+    let (mut n, mut elapsed, mut conns, mut sent, mut acked, mut delivered, mut errors, mut p99) =
+        (0, 0, 0, 0, 0, 0, 0, 0);
+    let mut phase = String::new();
+    for p in latest {
+        n += 1;
+        elapsed = elapsed.max(p.elapsed_ms);
+        conns += p.connections;
+        sent += p.sent;
+        acked += p.acked;
+        delivered += p.delivered;
+        errors += p.errors;
+        p99 = p99.max(p.p99_us);
+        phase.clone_from(&p.phase);
+    }
+    format!(
+        "{:>5}s {phase:<7} workers {n}/{workers} conns {conns:<7} sent {sent} acked {acked} \
+         delivered {delivered} errors {errors} p99 (worst worker) {}",
+        elapsed / 1000,
+        report::fmt_us(p99)
+    )
 }
 
 fn rate_text(config: &RunConfig) -> String {
