@@ -51,12 +51,12 @@ run() {
 for rate in $RATES; do
   run "same-$rate" "${same[@]}" --rate "$rate" --duration "$DURATION"
   run "across-$rate" "${across[@]}" --rate "$rate" --duration "$DURATION"
-  runs+=("same node, $rate/s=$OUT/same-$rate.json" "across nodes, $rate/s=$OUT/across-$rate.json|vs=same node, $rate/s")
+  runs+=("same node, $rate/s::$OUT/same-$rate.json" "across nodes, $rate/s::$OUT/across-$rate.json::same node, $rate/s")
 done
 ramp=(--scenario ramp --ramp-start 2000 --ramp-step 2000 --ramp-max 60000 --ramp-step-duration 4s --slo "$SLO")
 run same-ramp "${same[@]}" "${ramp[@]}"
 run across-ramp "${across[@]}" "${ramp[@]}"
-runs+=("same node, ramp until $SLO is missed=$OUT/same-ramp.json" "across nodes, ramp until $SLO is missed=$OUT/across-ramp.json")
+runs+=("same node, ramp until $SLO is missed::$OUT/same-ramp.json" "across nodes, ramp until $SLO is missed::$OUT/across-ramp.json")
 scripts/loadtest-table.py cluster "\
 \`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO scripts/bench-cluster.sh\`: one
 nats-server and two release nodes (\`--shards $SHARDS\`) on one shared data directory, and the load

@@ -130,10 +130,10 @@ binaries, 1-shard nodes, $USERS users with 4 friends each, open model, $DURATION
 Latency is corrected (from each message's scheduled send time). Group chat runs at a ninth
 of the direct rate, so that both deliver the same messages per second (each group message
 reaches 9 members)." \
-  "one node, direct=$OUT/direct-node.json" \
-  "one node, through chat-balancer=$OUT/direct-balancer.json" \
-  "two nodes (NATS), through chat-balancer=$OUT/two-nodes.json" \
-  "group chat, one node, 10 members=$OUT/group-node.json" \
+  "one node, direct::$OUT/direct-node.json" \
+  "one node, through chat-balancer::$OUT/direct-balancer.json" \
+  "two nodes (NATS), through chat-balancer::$OUT/two-nodes.json" \
+  "group chat, one node, 10 members::$OUT/group-node.json" \
   --note "**Connections one node held** (\`--scenario connect --users $CONNS --rate 1000\`
 against one 2-shard node; users connect, register, log in and stay online; the 20 000
 open-files limit per process caps one node here): $per_conn."

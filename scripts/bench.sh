@@ -41,11 +41,11 @@ for protocol in fb json; do
   label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
   for rate in $RATES; do
     run "$protocol-$rate" --protocol "$protocol" --rate "$rate" --duration "$DURATION"
-    runs+=("$label, $rate/s=$OUT/$protocol-$rate.json")
+    runs+=("$label, $rate/s::$OUT/$protocol-$rate.json")
   done
   run "$protocol-ramp" --protocol "$protocol" --scenario ramp --ramp-start 5000 --ramp-step 5000 \
     --ramp-max 100000 --ramp-step-duration 4s --slo "$SLO"
-  runs+=("$label, ramp until $SLO is missed=$OUT/$protocol-ramp.json")
+  runs+=("$label, ramp until $SLO is missed::$OUT/$protocol-ramp.json")
 done
 scripts/loadtest-table.py one-node "\
 \`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO scripts/bench.sh\`: one release node

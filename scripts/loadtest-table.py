@@ -4,10 +4,10 @@ into docs/benchmarks.md between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
 (appended under a heading when the markers are missing), so that every
 benchmark figure comes from the tool's JSON.
 
-    loadtest-table.py NAME INTRO 'label=path.json[|vs=other label]' ... [--note TEXT]
+    loadtest-table.py NAME INTRO 'label::path.json[::other label]' ... [--note TEXT]
 
 Each row's delivery p99 is also given as a ratio to a baseline measured in
-the same script run: the row named by `vs=`, else the first row.
+the same script run: the row named third, else the first row.
 """
 import json
 import re
@@ -54,8 +54,8 @@ def main(argv):
         if arg == "--note":
             note = rest.pop(0)
         else:
-            label, path = arg.split("=", 1)
-            path, _, vs = path.partition("|vs=")
+            label, path, *vs = arg.split("::")
+            vs = vs[0] if vs else None
             with open(path) as f:
                 runs.append((label, json.load(f), vs or None))
     by_label = {label: s for label, s, _ in runs}
