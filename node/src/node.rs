@@ -125,6 +125,10 @@ impl Node {
             .expect("bound socket has an address");
         metrics::serve(metrics_listener, handle);
 
+        shard::check_port_free(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let shards = config.shards;
         let (store_client, queues) = writer::channel(64 * 1024);
         let (router_tx, router_rx): (Vec<flume::Sender<Vec<RouterEvent>>>, Vec<_>) =

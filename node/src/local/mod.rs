@@ -155,8 +155,24 @@ impl LocalNode {
             data,
             child: None,
         };
-        node.spawn()?;
-        Ok(node)
+        // Another process may take a free port before the node binds it
+        // (the node then exits: it refuses a port in use): try other ports.
+        let mut attempts = 0;
+        loop {
+            match node.spawn() {
+                Err(LocalError::NotReady {
+                    status: Some(_), ..
+                }) if attempts < 3 => {
+                    attempts += 1;
+                    node.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    node.metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    if node.options.node_id.is_none() {
+                        node.node_id = format!("local-{}", node.addr.port());
+                    }
+                }
+                result => return result.map(|()| node),
+            }
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
