@@ -34,6 +34,15 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder was already installed"))?;
     describe();
+    for name in [
+        "chat_balancer_accepted_total",
+        "chat_balancer_accept_errors_total",
+        "chat_balancer_no_upstream_total",
+        "chat_balancer_panic_total",
+        "chat_balancer_fallback_picks_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     Ok(handle)
 }
 
@@ -126,7 +135,7 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, pool: Arc<Pool>) {
     let served = chat_ops::http::serve(listener, "admin", move |path| match path {
         "/metrics" => {
             update_gauges(&pool);
-            Response::metrics(handle.render())
+            Response::metrics(handle.render() + &chat_ops::process::render())
         }
         "/status.json" => Response::ok(
             "application/json",
@@ -149,6 +158,15 @@ fn snapshots(pool: &Pool) -> Vec<(String, Snapshot)> {
 
 fn update_gauges(pool: &Pool) {
     for (label, s) in snapshots(pool) {
+        // Each node's counters exist from its first scrape on, at 0: a
+        // series that appears only with its first event breaks `rate()`.
+        for name in [
+            "chat_balancer_picks_total",
+            "chat_balancer_connect_failures_total",
+            "chat_balancer_probe_failures_total",
+        ] {
+            metrics::counter!(name, "upstream" => label.clone()).increment(0);
+        }
         for reason in [
             "configured_down",
             "draining",

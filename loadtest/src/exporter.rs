@@ -30,7 +30,9 @@ pub fn start(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     chat_ops::http::serve(listener, "metrics", move |path| match path {
-        "/metrics" => chat_ops::http::Response::metrics(handle.render()),
+        "/metrics" => {
+            chat_ops::http::Response::metrics(handle.render() + &chat_ops::process::render())
+        }
         _ => chat_ops::http::Response::not_found("try /metrics"),
     })?;
     Ok(bound)

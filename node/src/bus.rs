@@ -92,6 +92,17 @@ struct Envelope {
     seq: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     events: Vec<Event>,
+    /// When it was published (µs since the epoch), for the NATS latency
+    /// (0 from a node that does not say).
+    #[serde(default)]
+    sent_us: u64,
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The subject node `node` listens on.
@@ -128,6 +139,7 @@ impl Publisher {
             incarnation: self.incarnation,
             seq: *seq,
             events,
+            sent_us: now_us(),
         };
         self.send(node, &envelope);
     }
@@ -140,6 +152,7 @@ impl Publisher {
                 incarnation: self.incarnation,
                 seq: *seq,
                 events: Vec::new(),
+                sent_us: now_us(),
             };
             self.send(node, &envelope);
         }
@@ -304,6 +317,7 @@ async fn run(
     };
 
     let mut inbox = Inbox::new(routers, config.heartbeat_every);
+    crate::metrics::zero_nats();
     let connected = metrics::gauge!("chat_node_nats_connected");
     connected.set(if joined { 1.0 } else { 0.0 });
     let mut was_down = !joined;
@@ -383,6 +397,10 @@ impl Inbox {
             }
         };
         metrics::counter!("chat_node_nats_received_total").increment(1);
+        if envelope.sent_us > 0 {
+            let latency_us = now_us().saturating_sub(envelope.sent_us);
+            metrics::histogram!("chat_node_nats_latency_seconds").record(latency_us as f64 / 1e6);
+        }
         if let Some(reason) = self.track(&envelope) {
             self.resync(reason).await;
         }
@@ -492,6 +510,7 @@ mod tests {
             events: (0..events as u64)
                 .map(|user| Event::Wake { user })
                 .collect(),
+            sent_us: 0,
         }
     }
 

@@ -38,9 +38,45 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed");
             }
             describe();
+            zero();
             handle
         })
         .clone()
+}
+
+/// Counters a dashboard or an alert reads exist from the start, at 0: a
+/// series that appears only with its first event breaks `rate()` and looks
+/// like a metric the node does not export.
+fn zero() {
+    for name in [
+        "chat_node_accept_errors_total",
+        "chat_node_connections_refused_total",
+        "chat_node_logins_total",
+        "chat_node_messages_stored_total",
+        "chat_node_messages_compacted_total",
+        "chat_node_slow_consumer_disconnects_total",
+        "chat_node_store_errors_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in ["direct", "group"] {
+        metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(0);
+    }
+}
+
+/// The NATS counters, at 0 once the node joins a cluster (a node alone has
+/// none).
+pub fn zero_nats() {
+    for name in [
+        "chat_node_nats_published_total",
+        "chat_node_nats_received_total",
+        "chat_node_nats_dropped_total",
+        "chat_node_nats_bad_messages_total",
+        "chat_node_resyncs_total",
+        "chat_node_expired_leases_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
 }
 
 fn describe() {
@@ -107,12 +143,78 @@ fn describe() {
         Unit::Seconds,
         "Time to run and commit one batch."
     );
+    describe_counter!(
+        "chat_node_connections_refused_total",
+        "Connections closed at once because the node was at --max-connections."
+    );
+    describe_counter!(
+        "chat_node_expired_leases_total",
+        "Expired leases of crashed nodes this node reaped (their users set offline)."
+    );
+    describe_gauge!(
+        "chat_node_nats_connected",
+        "1 while connected to NATS, 0 while not (absent on a node without NATS)."
+    );
+    describe_counter!(
+        "chat_node_nats_published_total",
+        "Envelopes published to other nodes."
+    );
+    describe_counter!(
+        "chat_node_nats_received_total",
+        "Envelopes received from other nodes."
+    );
+    describe_counter!(
+        "chat_node_nats_dropped_total",
+        "Envelopes dropped because NATS did not take them (recovered by gap detection)."
+    );
+    describe_counter!(
+        "chat_node_nats_bad_messages_total",
+        "Undecodable envelopes on this node's subject."
+    );
+    describe_counter!(
+        "chat_node_nats_gaps_total",
+        "Gaps in another node's envelope sequence, by reason (recovered from the store)."
+    );
+    describe_counter!(
+        "chat_node_resyncs_total",
+        "Reads of the store to recover from a gap."
+    );
+    describe_gauge!(
+        "chat_node_outbound_bytes",
+        "Bytes queued for clients and not yet written, by shard."
+    );
+    describe_gauge!(
+        "chat_node_shard_busy_ratio",
+        "Share of the last second each shard's executor was busy."
+    );
+    describe_gauge!(
+        "chat_node_draining",
+        "1 while the node drains (refuses new sessions), else 0."
+    );
+    describe_counter!(
+        "chat_node_proxied_connections_total",
+        "Connections that came with an accepted PROXY v2 header."
+    );
+    describe_counter!(
+        "chat_node_proxy_header_errors_total",
+        "Connections refused for a missing or bad PROXY v2 header."
+    );
+    describe_histogram!(
+        "chat_node_delivery_latency_seconds",
+        Unit::Seconds,
+        "Time from a message's commit to its push being queued on the recipient's connection, by kind."
+    );
+    describe_histogram!(
+        "chat_node_nats_latency_seconds",
+        Unit::Seconds,
+        "Time from publishing an envelope to another node to its receipt there (clocks must agree)."
+    );
 }
 
 /// Serves `GET /metrics` on `listener` from a background thread.
 pub fn serve(listener: TcpListener, handle: PrometheusHandle) {
     let served = chat_ops::http::serve(listener, "metrics", move |path| match path {
-        "/metrics" => Response::metrics(handle.render()),
+        "/metrics" => Response::metrics(handle.render() + &chat_ops::process::render()),
         _ => Response::not_found("see /metrics"),
     });
     served.expect("spawning the metrics thread");

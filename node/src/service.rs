@@ -240,6 +240,7 @@ async fn login(
             epoch,
         },
         last_pushed: info.pending.last().map_or(0, |m| m.id),
+        online_since_ms: now_ms(),
         // In a cluster a wake-up from another node may reach this node before
         // the login's route did: one more read after the reply covers it.
         catching_up: missed || info.pending.len() >= page || shard.config.nats.is_some(),
@@ -398,6 +399,7 @@ async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
                     last_pushed,
                     catching_up: true,
                     missed,
+                    ..
                 } => {
                     *missed = false;
                     (who.user, *last_pushed)

@@ -68,6 +68,9 @@ pub enum Phase {
         /// Stored messages are still being read: live pushes are dropped.
         catching_up: bool,
         missed: bool,
+        /// When the login completed (ms since the epoch): messages sent
+        /// since count in the delivery latency, older ones were offline.
+        online_since_ms: u64,
     },
 }
 
@@ -122,20 +125,26 @@ impl Session {
     /// these with [`Outbound::drained`], so they are queued like replies and
     /// never count as overflow.
     pub fn push_stored(&self, push: &Push, id: MessageId) {
-        {
+        let since = {
             let mut phase = self.phase.borrow_mut();
-            let Phase::Online { last_pushed, .. } = &mut *phase else {
+            let Phase::Online {
+                last_pushed,
+                online_since_ms,
+                ..
+            } = &mut *phase
+            else {
                 return;
             };
             if id <= *last_pushed {
                 return;
             }
             *last_pushed = id;
-        }
+            *online_since_ms
+        };
         self.outbound.reply(id, |buf| {
             self.encoder.borrow_mut().push(push, buf);
         });
-        count_delivery(push);
+        count_delivery(push, since);
     }
 
     /// New messages are stored for this session's user: notes that the
@@ -166,7 +175,7 @@ impl Session {
             Push::Message(m) => m.id,
             Push::Presence { .. } => 0,
         };
-        {
+        let since = {
             let mut phase = self.phase.borrow_mut();
             match &mut *phase {
                 Phase::Anonymous => return,
@@ -178,6 +187,7 @@ impl Session {
                     last_pushed,
                     catching_up,
                     missed,
+                    online_since_ms,
                     ..
                 } => {
                     if id != 0 {
@@ -190,9 +200,10 @@ impl Session {
                         }
                         *last_pushed = id;
                     }
+                    *online_since_ms
                 }
             }
-        }
+        };
         // Over the bound the queue closes the connection (slow consumer); the
         // message stays stored for the next login.
         let mut written = false;
@@ -200,15 +211,22 @@ impl Session {
             written = self.encoder.borrow_mut().push(push, buf);
         });
         if queued.is_ok() && written {
-            count_delivery(push);
+            count_delivery(push, since);
         }
     }
 }
 
-fn count_delivery(push: &Push) {
+/// Counts a message pushed and, when it was sent while the recipient was
+/// online (`since_ms`: their login), how long after its sending.
+fn count_delivery(push: &Push, since_ms: u64) {
     if let Push::Message(m) = push {
         let kind = if m.group_id == 0 { "direct" } else { "group" };
         metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(1);
+        if m.time_ms >= since_ms {
+            let age_ms = crate::service::now_ms().saturating_sub(m.time_ms);
+            metrics::histogram!("chat_node_delivery_latency_seconds", "kind" => kind)
+                .record(age_ms as f64 / 1e3);
+        }
     }
 }
 

@@ -5,8 +5,10 @@
 //! - [`logs`]: `tracing` to stderr, filtered by the binary's `*_LOG`
 //!   variable;
 //! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
-//!   pages, off the executors that serve clients.
+//!   pages, off the executors that serve clients;
+//! - [`process`]: the standard `process_*` metrics (CPU, memory, open files).
 
 pub mod http;
 pub mod logs;
+pub mod process;
 pub mod settings;
