@@ -552,6 +552,7 @@ mod tests {
                     online: true,
                 },
             ],
+            sent_us: 1_700_000_000_000_000,
         };
         let back: Envelope = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!((back.from.as_str(), back.seq), ("n1", 3));
