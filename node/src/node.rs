@@ -125,7 +125,7 @@ impl Node {
             .expect("bound socket has an address");
         metrics::serve(metrics_listener, handle);
 
-        shard::check_port_free(config.listen).map_err(|source| StartError::Bind {
+        chat_ops::listen::check_free(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;

@@ -195,17 +195,6 @@ async fn measure_lag(shard: String) {
     }
 }
 
-/// Fails when another process listens on `addr`. The shards bind with
-/// SO_REUSEPORT, which would otherwise let a second node on the same port
-/// start and silently take half of the first one's connections; a bind
-/// without it fails while any socket listens there.
-pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    std::net::TcpListener::bind(addr).map(drop)
-}
-
 /// Binds the client port for one shard (glommio sets SO_REUSEPORT, so every
 /// shard can bind the same port).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -6,9 +6,11 @@
 //!   variable;
 //! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
 //!   pages, off the executors that serve clients;
+//! - [`listen`]: refusing a port another process listens on;
 //! - [`process`]: the standard `process_*` metrics (CPU, memory, open files).
 
 pub mod http;
+pub mod listen;
 pub mod logs;
 pub mod process;
 pub mod settings;

@@ -56,6 +56,15 @@ impl Executors {
     /// Starts `threads` executors; returns once all listen. Executor 0 binds
     /// first so that port 0 resolves to one port for all.
     pub fn start(mut wiring: Wiring, threads: usize) -> anyhow::Result<Executors> {
+        for (flag, addr) in [
+            ("listen", Some(wiring.listen)),
+            ("redirect-listen", wiring.redirect_listen),
+        ] {
+            if let Some(addr) = addr {
+                chat_ops::listen::check_free(addr)
+                    .map_err(|e| anyhow::anyhow!("binding --{flag} {addr}: {e}"))?;
+            }
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut stop = Vec::new();
         let mut handles = Vec::new();

@@ -15,6 +15,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod nats;
+pub mod prometheus;
 pub mod scrape;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use balancer::{BalancerOptions, LocalBalancer};
 pub use cluster::{ClusterOptions, LocalCluster};
 pub use nats::LocalNats;
+pub use prometheus::LocalPrometheus;
 pub use scrape::{http_get, metric_value, scrape};
 
 /// How to start a local node.
@@ -87,6 +89,15 @@ pub enum LocalError {
         "nats-server not found ({0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
     )]
     NoNatsServer(String),
+    #[error(
+        "prometheus not found (looked on $PATH and in /usr/bin); install it with `apt-get install -y prometheus` or set CHAT_PROMETHEUS_BIN"
+    )]
+    NoPrometheus,
+    #[error("prometheus did not become ready (exit status: {status:?}); its log:\n{log}")]
+    PrometheusNotReady {
+        log: String,
+        status: Option<ExitStatus>,
+    },
     #[error("{0} nodes need NATS to deliver between them; a cluster without NATS has one node")]
     NeedsNats(usize),
     #[error("{0}")]

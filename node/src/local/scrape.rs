@@ -11,13 +11,14 @@ pub fn scrape(metrics_addr: SocketAddr) -> std::io::Result<String> {
     http_get(metrics_addr, "/metrics")
 }
 
-/// The body of a plain HTTP/1.1 `GET path` to `addr`; an error unless the
+/// The body of a plain HTTP `GET path` to `addr`; an error unless the
 /// status is 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        // HTTP/1.0: the body comes whole, never chunked.
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
