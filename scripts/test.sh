@@ -16,14 +16,33 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # The cluster tests start a nats-server (found as the tests find it: on PATH,
 # in /usr/sbin, or at $CHAT_NATS_SERVER_BIN).
+# The monitoring tests run a real Prometheus and promtool (Debian's package).
+missing=()
 if [ -z "${CHAT_NATS_SERVER_BIN:-}" ] && ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  missing+=(nats-server)
+fi
+if ! command -v promtool >/dev/null || { [ -z "${CHAT_PROMETHEUS_BIN:-}" ] && ! command -v prometheus >/dev/null; }; then
+  missing+=(prometheus)
+fi
+if ! command -v python3 >/dev/null; then
+  missing+=(python3)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
-  $sudo apt-get update && $sudo apt-get install -y nats-server
+  $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
 step "generated FlatBuffers code is current"
 scripts/gen-schema.sh --check
+
+step "Grafana dashboards are current (grafana/generate.py)"
+python3 grafana/generate.py --check
+
+step "Prometheus config and alert rules (promtool)"
+promtool check config grafana/prometheus.yml
+promtool check rules grafana/alerts.yml
+promtool test rules grafana/alerts_test.yml
 
 step "format"
 cargo fmt --all -- --check

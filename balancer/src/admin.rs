@@ -43,6 +43,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     ] {
         metrics::counter!(name).increment(0);
     }
+    for end in crate::proxy::relay::End::ALL {
+        metrics::counter!("chat_balancer_closed_total", "end" => end.name()).increment(0);
+    }
     Ok(handle)
 }
 

@@ -105,6 +105,16 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Why a gap in another node's envelopes was detected (the `reason` of
+/// `chat_node_nats_gaps_total`).
+pub const GAP_REASONS: [&str; 5] = [
+    "sequence",
+    "peer_restarted",
+    "reconnect",
+    "slow_consumer",
+    "peer_silent",
+];
+
 /// The subject node `node` listens on.
 pub fn subject(node: &str) -> String {
     format!("chat.node.{node}")

@@ -62,6 +62,10 @@ fn zero() {
     for kind in ["direct", "group"] {
         metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(0);
     }
+    for reason in crate::outbound::CloseReason::ALL {
+        metrics::counter!("chat_node_connections_closed_total", "reason" => reason.name())
+            .increment(0);
+    }
 }
 
 /// The NATS counters, at 0 once the node joins a cluster (a node alone has
@@ -76,6 +80,9 @@ pub fn zero_nats() {
         "chat_node_expired_leases_total",
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for reason in crate::bus::GAP_REASONS {
+        metrics::counter!("chat_node_nats_gaps_total", "reason" => reason).increment(0);
     }
 }
 

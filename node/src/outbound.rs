@@ -30,6 +30,15 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::ClientClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::SlowConsumer,
+        CloseReason::ProtocolError,
+        CloseReason::IoError,
+        CloseReason::Shutdown,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client_closed",

@@ -35,6 +35,8 @@ pub enum End {
 }
 
 impl End {
+    pub const ALL: [End; 3] = [End::Closed, End::Error, End::Idle];
+
     pub fn name(self) -> &'static str {
         match self {
             End::Closed => "closed",
