@@ -5,17 +5,43 @@
 //! before binding they look for a listening socket on the port in
 //! `/proc/net/tcp{,6}`: only a LISTEN socket counts, not connections a
 //! previous run left closing (a restarted process must be able to bind).
+//! A listener of a process that was just killed can outlive it for a moment
+//! (io_uring tears a ring down asynchronously, with its pending accepts), so
+//! a listener is only taken for another process's once it stayed for
+//! [`LINGER`].
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 const LISTEN: &str = "0A";
 
+/// How long a listener may linger after its process ended.
+pub const LINGER: Duration = Duration::from_secs(2);
+
 /// Fails with `AddrInUse` when a socket listens on `addr`'s port at that
-/// address (or at the unspecified address, or `addr` is unspecified).
+/// address (or at the unspecified address, or `addr` is unspecified) and
+/// is still there after [`LINGER`].
 pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    let started = Instant::now();
+    loop {
+        match listener_on(addr) {
+            None => return Ok(()),
+            Some(listening) if started.elapsed() >= LINGER => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another process listens on {listening}"),
+                ));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A listening socket that overlaps `addr`, if any.
+fn listener_on(addr: SocketAddr) -> Option<SocketAddr> {
     if addr.port() == 0 {
-        return Ok(());
+        return None;
     }
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -27,14 +53,11 @@ pub fn check_free(addr: SocketAddr) -> io::Result<()> {
                 || listening.ip().is_unspecified()
                 || addr.ip().is_unspecified();
             if same_port && overlaps {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another process listens on {listening}"),
-                ));
+                return Some(listening);
             }
         }
     }
-    Ok(())
+    None
 }
 
 /// The local address of a `/proc/net/tcp` line in state LISTEN.
