@@ -157,101 +157,89 @@ pub struct Interval {
     pub histogram: Histogram<u64>,
 }
 
-/// Counts of a run. "Window" counts cover the measured window only (rates
-/// are computed from them); the others cover the whole run, warmup and
-/// drain included, since a message lost in the warmup is still lost.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
+/// Defines [`Counters`] and [`Counts`] from one list of counters.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        /// Counts of a run. "Window" counts cover the measured window only (rates
+        /// are computed from them); the others cover the whole run, warmup and
+        /// drain included, since a message lost in the warmup is still lost.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Counters {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl Counters {
+            /// Every counter by name (its serde key), in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+
+            fn add(&mut self, o: &Counters) {
+                $(self.$field += o.$field;)*
+            }
+        }
+
+        /// The live counterpart of [`Counters`], one atomic per counter,
+        /// that a running recorder adds to.
+        #[derive(Debug, Default)]
+        pub struct Counts {
+            $(pub $field: std::sync::atomic::AtomicU64,)*
+        }
+
+        impl Counts {
+            pub fn snapshot(&self) -> Counters {
+                Counters {
+                    $($field: self.$field.load(std::sync::atomic::Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Virtual users that were set up (connected, registered, logged in).
-    pub users: u64,
+    users,
     /// Connections opened, and those that failed to open.
-    pub connections_opened: u64,
-    pub connections_failed: u64,
+    connections_opened,
+    connections_failed,
     /// Connections the server closed (or that broke) while the run went on.
-    pub disconnects: u64,
+    disconnects,
     /// Connections open when sending stopped.
-    pub connections_at_end: u64,
-    pub logins: u64,
-    pub logouts: u64,
+    connections_at_end,
+    logins,
+    logouts,
     /// Actions the schedule asked for in the measured window (sends; for
     /// `connect`, connections).
-    pub window_offered: u64,
+    window_offered,
     /// Of those, the ones that were made (written to a socket).
-    pub window_sent: u64,
+    window_sent,
     /// Of those, the ones the server acknowledged.
-    pub window_acked: u64,
+    window_acked,
     /// Messages written to a socket, whole run.
-    pub sent: u64,
+    sent,
     /// Sends the server acknowledged, whole run.
-    pub acked: u64,
+    acked,
     /// Sends the server answered with an error, or that got no answer.
-    pub send_failed: u64,
+    send_failed,
     /// Receipts due from messages written (one per recipient).
-    pub expected: u64,
+    expected,
     /// Receipts that came, each counted once.
-    pub delivered: u64,
+    delivered,
     /// Receipts of a message already received by that recipient under
     /// another server id (a real duplicate).
-    pub duplicated: u64,
+    duplicated,
     /// Receipts of a server id the recipient had already seen: the node
     /// sending again what was not acknowledged before a re-login, which the
     /// protocol allows (at-least-once); not a duplicate.
-    pub redelivered: u64,
+    redelivered,
     /// Receipts that came after a later message of the same sender to the
     /// same recipient (or group).
-    pub out_of_order: u64,
+    out_of_order,
     /// Receipts due that never came (`expected - delivered`).
-    pub lost: u64,
+    lost,
     /// Scheduled actions the generator made late (more than the lag
     /// threshold after their time) or could not make at all.
-    pub late: u64,
-}
-
-impl Counters {
-    fn add(&mut self, o: &Counters) {
-        let Counters {
-            users,
-            connections_opened,
-            connections_failed,
-            disconnects,
-            connections_at_end,
-            logins,
-            logouts,
-            window_offered,
-            window_sent,
-            window_acked,
-            sent,
-            acked,
-            send_failed,
-            expected,
-            delivered,
-            duplicated,
-            redelivered,
-            out_of_order,
-            lost,
-            late,
-        } = o;
-        self.users += users;
-        self.connections_opened += connections_opened;
-        self.connections_failed += connections_failed;
-        self.disconnects += disconnects;
-        self.connections_at_end += connections_at_end;
-        self.logins += logins;
-        self.logouts += logouts;
-        self.window_offered += window_offered;
-        self.window_sent += window_sent;
-        self.window_acked += window_acked;
-        self.sent += sent;
-        self.acked += acked;
-        self.send_failed += send_failed;
-        self.expected += expected;
-        self.delivered += delivered;
-        self.duplicated += duplicated;
-        self.redelivered += redelivered;
-        self.out_of_order += out_of_order;
-        self.lost += lost;
-        self.late += late;
-    }
+    late,
 }
 
 /// How far behind its schedule the generator itself ran.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::outcome::{
-    Correction, Counters, Generator, Interval, Metric, Outcome, Series, new_histogram, record,
+    Correction, Counts, Generator, Interval, Metric, Outcome, Series, new_histogram, record,
 };
 
 /// The run's clock: µs since the common start.
@@ -40,47 +40,6 @@ impl Clock {
         tokio::time::Instant::from_std(self.base + Duration::from_micros(us))
     }
 }
-
-macro_rules! counts {
-    ($($field:ident),* $(,)?) => {
-        /// The live counterpart of [`Counters`]: one atomic per field.
-        #[derive(Debug, Default)]
-        pub struct Counts {
-            $(pub $field: AtomicU64,)*
-        }
-
-        impl Counts {
-            pub fn snapshot(&self) -> Counters {
-                Counters {
-                    $($field: self.$field.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-    };
-}
-
-counts!(
-    users,
-    connections_opened,
-    connections_failed,
-    disconnects,
-    connections_at_end,
-    logins,
-    logouts,
-    window_offered,
-    window_sent,
-    window_acked,
-    sent,
-    acked,
-    send_failed,
-    expected,
-    delivered,
-    duplicated,
-    redelivered,
-    out_of_order,
-    lost,
-    late,
-);
 
 /// Adds `n` to a counter.
 pub fn add(c: &AtomicU64, n: u64) {

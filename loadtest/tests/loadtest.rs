@@ -19,10 +19,11 @@ fn loadtest() -> Command {
     c
 }
 
-/// Runs the load tester to the end; returns its output and JSON summary.
-fn run(args: &[&str], json: &Path) -> (Output, Value) {
+/// Runs the load tester with `args` (a command line, split at spaces) to
+/// the end; returns its output and JSON summary.
+fn run(args: &str, json: &Path) -> (Output, Value) {
     let out = loadtest()
-        .args(args)
+        .args(args.split_whitespace())
         .args(["--json", json.to_str().unwrap()])
         .output()
         .unwrap();
@@ -35,6 +36,18 @@ fn run(args: &[&str], json: &Path) -> (Output, Value) {
         )
     });
     (out, serde_json::from_str(&summary).unwrap())
+}
+
+/// Starts the load tester with `args` (split at spaces) and its JSON
+/// summary in `json`, output captured.
+fn spawn(args: &str, json: &Path) -> Child {
+    loadtest()
+        .args(args.split_whitespace())
+        .args(["--json", json.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn node(shards: usize) -> LocalNode {
@@ -70,24 +83,11 @@ fn a_local_run_loses_nothing_and_its_reports_agree() {
     let hgrm = dir.path().join("hgrm");
     let plot = dir.path().join("latency.svg");
     let (out, s) = run(
-        &[
-            "--local",
-            "1",
-            "--users",
-            "40",
-            "--rate",
-            "400",
-            "--duration",
-            "3s",
-            "--warmup",
-            "1s",
-            "--slo",
-            "loss=0",
-            "--hgrm-dir",
+        &format!(
+            "--local 1 --users 40 --rate 400 --duration 3s --warmup 1s --slo loss=0 --hgrm-dir {} --plot {}",
             hgrm.to_str().unwrap(),
-            "--plot",
-            plot.to_str().unwrap(),
-        ],
+            plot.to_str().unwrap()
+        ),
         &json,
     );
     let table = String::from_utf8(out.stdout).unwrap();
@@ -179,29 +179,12 @@ fn a_node_killed_mid_run_shows_as_lost_messages_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let addr = node.addr.to_string();
-    let child = loadtest()
-        .args([
-            "--target",
-            &addr,
-            "--users",
-            "20",
-            "--rate",
-            "500",
-            "--duration",
-            "5s",
-            "--warmup",
-            "0s",
-            "--drain",
-            "2s",
-            "--slo",
-            "loss=0",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        &format!(
+            "--target {addr} --users 20 --rate 500 --duration 5s --warmup 0s --drain 2s --slo loss=0"
+        ),
+        &json,
+    );
     std::thread::sleep(Duration::from_millis(2500));
     // A hung node (messages pile up unprocessed), then killed.
     signal(&node, libc::SIGSTOP);
@@ -231,27 +214,12 @@ fn stalled_run(model: &str, dir: &Path) -> Value {
     let node = node(1);
     let json = dir.join(format!("{model}.json"));
     let addr = node.addr.to_string();
-    let child = loadtest()
-        .args([
-            "--target",
-            &addr,
-            "--users",
-            "20",
-            "--rate",
-            "300",
-            "--duration",
-            "10s",
-            "--warmup",
-            "0s",
-            "--model",
-            model,
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        &format!(
+            "--target {addr} --users 20 --rate 300 --duration 10s --warmup 0s --model {model}"
+        ),
+        &json,
+    );
     stall_after_setup(&node, child, &json)
 }
 
@@ -308,20 +276,7 @@ fn the_json_protocol_drives_our_node() {
     let json = dir.path().join("run.json");
     let addr = node.addr.to_string();
     let (out, s) = run(
-        &[
-            "--target",
-            &addr,
-            "--protocol",
-            "json",
-            "--users",
-            "20",
-            "--rate",
-            "200",
-            "--duration",
-            "2s",
-            "--warmup",
-            "0s",
-        ],
+        &format!("--target {addr} --protocol json --users 20 --rate 200 --duration 2s --warmup 0s"),
         &json,
     );
     assert!(
@@ -348,22 +303,9 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
     let addr = node.addr.to_string();
     let json = dir.path().join("group.json");
     let (out, s) = run(
-        &[
-            "--target",
-            &addr,
-            "--scenario",
-            "group",
-            "--users",
-            "30",
-            "--group-size",
-            "10",
-            "--rate",
-            "100",
-            "--duration",
-            "2s",
-            "--warmup",
-            "0s",
-        ],
+        &format!(
+            "--target {addr} --scenario group --users 30 --group-size 10 --rate 100 --duration 2s --warmup 0s"
+        ),
         &json,
     );
     assert!(
@@ -382,24 +324,9 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
 
     let json = dir.path().join("mixed.json");
     let (out, s) = run(
-        &[
-            "--target",
-            &addr,
-            "--scenario",
-            "mixed",
-            "--users",
-            "40",
-            "--active",
-            "0.5",
-            "--mix",
-            "direct=60,group=20,relogin=20",
-            "--rate",
-            "200",
-            "--duration",
-            "3s",
-            "--warmup",
-            "0s",
-        ],
+        &format!(
+            "--target {addr} --scenario mixed --users 40 --active 0.5 --mix direct=60,group=20,relogin=20 --rate 200 --duration 3s --warmup 0s"
+        ),
         &json,
     );
     assert!(
@@ -435,22 +362,11 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
         .collect();
     let addr = node.addr.to_string();
     let (out, s) = run(
-        &[
-            "--workers",
-            "2",
-            "--nats",
-            &nats.url(),
-            "--target",
-            &addr,
-            "--users",
-            "30",
-            "--rate",
-            "300",
-            "--duration",
-            "2s",
-            "--warmup",
-            "0s",
-        ],
+        &format!(
+            "--workers 2 --nats {} --target {} --users 30 --rate 300 --duration 2s --warmup 0s",
+            nats.url(),
+            addr
+        ),
         &json,
     );
     assert!(

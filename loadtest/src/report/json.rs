@@ -73,8 +73,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json as j};
 
 use super::{
-    RunInfo, SloUnit, counter_fields, generator_verdict, model_name, protocol_name, quantile,
-    ramp_best_rate, series_with_data, slo_unit,
+    RunInfo, SloUnit, generator_verdict, model_name, protocol_name, quantile, ramp_best_rate,
+    series_with_data, slo_unit,
 };
 use crate::outcome::Outcome;
 
@@ -110,7 +110,7 @@ pub fn json(outcome: &Outcome, info: &RunInfo) -> serde_json::Value {
             "achieved_per_s": outcome.achieved_rate(),
         },
         "latency": latency(outcome),
-        "counters": counter_fields(&outcome.counters)
+        "counters": outcome.counters.fields()
             .into_iter()
             .map(|(name, value)| (name.to_string(), Value::from(value)))
             .collect::<Map<_, _>>(),
@@ -316,8 +316,8 @@ mod tests {
         let o = fixture::outcome();
         let v = summarize(&o);
         let counters = v["counters"].as_object().unwrap();
-        assert_eq!(counters.len(), counter_fields(&o.counters).len());
-        for (name, value) in counter_fields(&o.counters) {
+        assert_eq!(counters.len(), o.counters.fields().len());
+        for (name, value) in o.counters.fields() {
             assert_eq!(counters[name], value, "{name}");
         }
         assert_eq!(v["errors"]["send: timeout"], 7);

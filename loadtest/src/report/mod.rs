@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use hdrhistogram::Histogram;
 
 use crate::config::{Model, Protocol, RunConfig, ScenarioKind};
-use crate::outcome::{Counters, Outcome, RampStep, Series};
+use crate::outcome::{Outcome, RampStep, Series};
 use crate::slo::{Slo, Verdict};
 
 pub use hgrm::{
@@ -103,54 +103,6 @@ fn fmt_share(share: f64) -> String {
 /// A window length or similar, to the millisecond: `10s`, `1m 30s 250ms`.
 fn fmt_duration_us(us: u64) -> String {
     humantime::format_duration(Duration::from_millis(us / 1_000)).to_string()
-}
-
-/// Every field of [`Counters`], by its serde name, in declaration order.
-fn counter_fields(c: &Counters) -> [(&'static str, u64); 20] {
-    let Counters {
-        users,
-        connections_opened,
-        connections_failed,
-        disconnects,
-        connections_at_end,
-        logins,
-        logouts,
-        window_offered,
-        window_sent,
-        window_acked,
-        sent,
-        acked,
-        send_failed,
-        expected,
-        delivered,
-        duplicated,
-        redelivered,
-        out_of_order,
-        lost,
-        late,
-    } = *c;
-    [
-        ("users", users),
-        ("connections_opened", connections_opened),
-        ("connections_failed", connections_failed),
-        ("disconnects", disconnects),
-        ("connections_at_end", connections_at_end),
-        ("logins", logins),
-        ("logouts", logouts),
-        ("window_offered", window_offered),
-        ("window_sent", window_sent),
-        ("window_acked", window_acked),
-        ("sent", sent),
-        ("acked", acked),
-        ("send_failed", send_failed),
-        ("expected", expected),
-        ("delivered", delivered),
-        ("duplicated", duplicated),
-        ("redelivered", redelivered),
-        ("out_of_order", out_of_order),
-        ("lost", lost),
-        ("late", late),
-    ]
 }
 
 /// The series of `outcome.totals` that have data, in [`Series::all`] order.
@@ -413,7 +365,7 @@ mod tests {
         let c = fixture::outcome().counters;
         let serialized = serde_json::to_value(&c).unwrap();
         let serialized = serialized.as_object().unwrap();
-        let fields = counter_fields(&c);
+        let fields = c.fields();
         assert_eq!(fields.len(), serialized.len());
         for (name, value) in fields {
             assert_eq!(serialized[name], value, "{name}");

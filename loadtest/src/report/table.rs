@@ -6,8 +6,8 @@
 use std::fmt::Write;
 
 use super::{
-    RunInfo, SloUnit, counter_fields, fmt_duration_us, fmt_share, fmt_us, generator_verdict,
-    model_name, protocol_name, quantile, ramp_best_rate, series_with_data, slo_unit,
+    RunInfo, SloUnit, fmt_duration_us, fmt_share, fmt_us, generator_verdict, model_name,
+    protocol_name, quantile, ramp_best_rate, series_with_data, slo_unit,
 };
 use crate::outcome::Outcome;
 
@@ -86,7 +86,7 @@ fn rate(out: &mut String, outcome: &Outcome) {
 
 fn counters(out: &mut String, outcome: &Outcome) {
     out.push_str("\ncounters:\n");
-    for row in counter_fields(&outcome.counters).chunks(COUNTERS_PER_ROW) {
+    for row in outcome.counters.fields().chunks(COUNTERS_PER_ROW) {
         let cells: Vec<String> = row
             .iter()
             .map(|(name, value)| format!("{name:<18} {value:>12}"))
@@ -280,7 +280,7 @@ mod tests {
     fn every_counter_appears_with_its_exact_value() {
         let o = fixture::outcome();
         let text = render(&o);
-        for (name, value) in counter_fields(&o.counters) {
+        for (name, value) in o.counters.fields() {
             assert_eq!(counter_in(&text, name), Some(value), "{name} in\n{text}");
         }
     }
