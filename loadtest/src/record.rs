@@ -37,7 +37,12 @@ impl Clock {
     /// The instant `us` after the start (in the past if `us` is negative
     /// relative to now, which `sleep_until` treats as "at once").
     pub fn at(&self, us: u64) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.base + Duration::from_micros(us))
+        tokio::time::Instant::from_std(self.instant(us))
+    }
+
+    /// The same, as a standard instant.
+    pub fn instant(&self, us: u64) -> Instant {
+        self.base + Duration::from_micros(us)
     }
 }
 
