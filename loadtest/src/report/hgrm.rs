@@ -385,12 +385,7 @@ mod tests {
         let out = dir.path().join("hgrm");
         let o = fixture::outcome();
         let config = fixture::config();
-        let info = RunInfo {
-            config: &config,
-            started: fixture::started(),
-            verdicts: &[],
-            target: "t".into(),
-        };
+        let info = fixture::info(&config, &[]);
         let paths = write_hgrm_dir(&out, &o, &info).unwrap();
         let names: Vec<String> = paths
             .iter()

@@ -201,12 +201,7 @@ mod tests {
     fn summarize(outcome: &Outcome) -> Value {
         let config = fixture::config();
         let verdicts = fixture::verdicts();
-        let info = RunInfo {
-            config: &config,
-            started: fixture::started(),
-            verdicts: &verdicts,
-            target: "balancer 127.0.0.1:8000 (local, 1 node)".into(),
-        };
+        let info = fixture::info(&config, &verdicts);
         json(outcome, &info)
     }
 
@@ -382,12 +377,7 @@ mod tests {
     #[test]
     fn an_empty_outcome_has_nulls_and_empty_collections() {
         let config = fixture::config();
-        let info = RunInfo {
-            config: &config,
-            started: fixture::started(),
-            verdicts: &[],
-            target: "t".into(),
-        };
+        let info = fixture::info(&config, &[]);
         let v = json(&Outcome::default(), &info);
         assert_eq!(v["latency"], j!({}));
         assert_eq!(v["errors"], j!({}));
@@ -406,12 +396,7 @@ mod tests {
         let path = dir.path().join("report.json");
         let config = fixture::config();
         let verdicts = fixture::verdicts();
-        let info = RunInfo {
-            config: &config,
-            started: fixture::started(),
-            verdicts: &verdicts,
-            target: "t".into(),
-        };
+        let info = fixture::info(&config, &verdicts);
         let o = fixture::outcome();
         write_json(&path, &o, &info).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -245,6 +245,16 @@ mod fixture {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
     }
 
+    /// What the reports are told about a run of `config` with `verdicts`.
+    pub fn info<'a>(config: &'a RunConfig, verdicts: &'a [Verdict]) -> super::RunInfo<'a> {
+        super::RunInfo {
+            config,
+            started: started(),
+            verdicts,
+            target: "balancer 127.0.0.1:8000 (local, 1 node)".into(),
+        }
+    }
+
     /// Delivery and send_ack, both corrected and uncorrected, one interval
     /// per second, distinct non-zero counters, two error kinds, balance and
     /// a ramp whose first two steps held.

@@ -253,12 +253,7 @@ mod tests {
     use super::*;
 
     fn info_for(config: &crate::config::RunConfig) -> RunInfo<'_> {
-        RunInfo {
-            config,
-            started: fixture::started(),
-            verdicts: &[],
-            target: "t".into(),
-        }
+        fixture::info(config, &[])
     }
 
     #[test]

@@ -238,12 +238,7 @@ mod tests {
     fn render(outcome: &Outcome) -> String {
         let config = fixture::config();
         let verdicts = fixture::verdicts();
-        let info = RunInfo {
-            config: &config,
-            started: fixture::started(),
-            verdicts: &verdicts,
-            target: "balancer 127.0.0.1:8000 (local, 1 node)".into(),
-        };
+        let info = fixture::info(&config, &verdicts);
         table(outcome, &info)
     }
 
