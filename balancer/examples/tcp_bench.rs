@@ -564,20 +564,7 @@ async fn connect_from(target: SocketAddr, source: Option<u8>) -> std::io::Result
         return TcpStream::connect(target).await;
     };
     let socket = TcpSocket::new_v4()?;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket and a c_int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    chat_ops::source::bind_no_port(&socket)?;
     socket.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
     socket.connect(target).await
 }

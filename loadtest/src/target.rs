@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use chat_client::{Client, ClientConfig};
@@ -126,7 +125,7 @@ impl Dialer {
             TcpSocket::new_v6()?
         };
         if let Some(ip) = source {
-            bind_no_port(&socket)?;
+            chat_ops::source::bind_no_port(&socket)?;
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         let stream = tokio::time::timeout(self.timeout, socket.connect(addr))
@@ -134,27 +133,6 @@ impl Dialer {
             .map_err(|_| DialError::Timeout)??;
         stream.set_nodelay(true)?;
         Ok(stream)
-    }
-}
-
-/// `IP_BIND_ADDRESS_NO_PORT`: binding to a source address leaves the port
-/// to `connect`, so ports are unique per destination, not per source.
-fn bind_no_port(socket: &TcpSocket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

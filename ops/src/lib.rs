@@ -7,6 +7,7 @@
 //! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
 //!   pages, off the executors that serve clients;
 //! - [`listen`]: refusing a port another process listens on;
+//! - [`source`]: connecting from a chosen source address;
 //! - [`process`]: the standard `process_*` metrics (CPU, memory, open files).
 
 pub mod http;
@@ -14,3 +15,4 @@ pub mod listen;
 pub mod logs;
 pub mod process;
 pub mod settings;
+pub mod source;
