@@ -92,18 +92,7 @@ pub struct Login {
 }
 
 /// A node's answer to a load probe (`LoadReply`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadReport {
-    pub node_id: String,
-    /// The node's client-facing address.
-    pub address: String,
-    pub connections: u32,
-    pub capacity: u32,
-    /// Per shard, the fraction of the last second spent running tasks.
-    pub shard_busy: Vec<f32>,
-    pub outbound_bytes: u64,
-    pub draining: bool,
-}
+pub use chat_schema::LoadReport;
 
 /// A message the node accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -164,19 +164,8 @@ pub enum Reply {
     Error(Failure),
 }
 
-/// What a node reports of its load (`LoadReply`): see `load.rs`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadReport {
-    pub node_id: String,
-    /// Where clients reach the node.
-    pub address: String,
-    pub connections: u32,
-    pub capacity: u32,
-    /// Per shard, the fraction of the last second spent running tasks.
-    pub shard_busy: Vec<f32>,
-    pub outbound_bytes: u64,
-    pub draining: bool,
-}
+/// A node's answer to a load probe (`LoadReply`).
+pub use chat_schema::LoadReport;
 
 /// Something the node sends without being asked.
 #[derive(Debug, Clone, PartialEq)]
