@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
 use serde_json::{Value, json};
 
 use crate::pool::{Pool, Snapshot};
@@ -27,12 +27,7 @@ const SECONDS: &[f64] = &[
 
 /// Installs the global recorder and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder)
-        .map_err(|_| anyhow::anyhow!("a metrics recorder was already installed"))?;
+    let handle = chat_ops::exporter::install(&[(Matcher::Suffix("_seconds".into()), SECONDS)])?;
     describe();
     for name in [
         "chat_balancer_accepted_total",
@@ -138,7 +133,7 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, pool: Arc<Pool>) {
     let served = chat_ops::http::serve(listener, "admin", move |path| match path {
         "/metrics" => {
             update_gauges(&pool);
-            Response::metrics(handle.render() + &chat_ops::process::render())
+            chat_ops::exporter::page(&handle)
         }
         "/status.json" => Response::ok(
             "application/json",

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::Matcher;
 
 use crate::outcome::Series;
 use crate::run::LiveSecond;
@@ -19,20 +19,13 @@ const SECONDS: &[f64] = &[
 
 /// Installs the recorder and serves `/metrics` on `addr` from a thread.
 pub fn start(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder)
-        .map_err(|_| anyhow::anyhow!("a metrics recorder was already installed"))?;
+    let handle = chat_ops::exporter::install(&[(Matcher::Suffix("_seconds".into()), SECONDS)])?;
     describe();
     let listener =
         TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     chat_ops::http::serve(listener, "metrics", move |path| match path {
-        "/metrics" => {
-            chat_ops::http::Response::metrics(handle.render() + &chat_ops::process::render())
-        }
+        "/metrics" => chat_ops::exporter::page(&handle),
         _ => chat_ops::http::Response::not_found("try /metrics"),
     })?;
     Ok(bound)

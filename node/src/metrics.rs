@@ -6,6 +6,7 @@
 use chat_ops::http::Response;
 use std::net::{SocketAddr, TcpListener};
 
+use chat_ops::exporter::ExporterError;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -23,20 +24,18 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("chat_node_store_batch_ops".into()),
-                        BATCH,
-                    )
-                })
-                .expect("static bucket lists are valid")
-                .build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed");
-            }
+            let buckets = [
+                (Matcher::Suffix("_seconds".into()), SECONDS),
+                (Matcher::Full("chat_node_store_batch_ops".into()), BATCH),
+            ];
+            let handle = match chat_ops::exporter::install(&buckets) {
+                Ok(handle) => handle,
+                Err(ExporterError::AlreadyInstalled) => {
+                    tracing::warn!("a metrics recorder was already installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+                Err(e) => panic!("static bucket lists are valid: {e}"),
+            };
             describe();
             zero();
             handle
@@ -221,7 +220,7 @@ fn describe() {
 /// Serves `GET /metrics` on `listener` from a background thread.
 pub fn serve(listener: TcpListener, handle: PrometheusHandle) {
     let served = chat_ops::http::serve(listener, "metrics", move |path| match path {
-        "/metrics" => Response::metrics(handle.render() + &chat_ops::process::render()),
+        "/metrics" => chat_ops::exporter::page(&handle),
         _ => Response::not_found("see /metrics"),
     });
     served.expect("spawning the metrics thread");

@@ -8,8 +8,10 @@
 //!   pages, off the executors that serve clients;
 //! - [`listen`]: refusing a port another process listens on;
 //! - [`source`]: connecting from a chosen source address;
+//! - [`exporter`]: the Prometheus recorder and the `/metrics` page;
 //! - [`process`]: the standard `process_*` metrics (CPU, memory, open files).
 
+pub mod exporter;
 pub mod http;
 pub mod listen;
 pub mod logs;
