@@ -8,7 +8,7 @@
 //! in ms).
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use hdrhistogram::serialization::interval_log::{
@@ -86,13 +86,6 @@ pub fn read(text: &[u8]) -> Result<Vec<Interval>, IntervalLogError> {
         });
     }
     Ok(out)
-}
-
-/// Seconds since the epoch, as logs write them.
-pub fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 #[cfg(test)]

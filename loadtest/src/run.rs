@@ -4,7 +4,7 @@
 //! flight, see how connections were spread over the nodes, and hand back
 //! everything recorded. A ticker reports progress to a [`Sink`] meanwhile.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -382,12 +382,10 @@ async fn tick(
     let mut last_roll = Instant::now();
     let mut last = rec.counts.snapshot();
     let mut last_errors = 0;
-    let reported_setup = AtomicBool::new(false);
     loop {
         every.tick().await;
         let now_stage = Stage::from_u8(stage.load(Ordering::Relaxed));
         if now_stage == Stage::Setup {
-            reported_setup.store(true, Ordering::Relaxed);
             sink(&Tick::Setup {
                 stage: *setup.stage.lock().unwrap_or_else(PoisonError::into_inner),
                 done: setup.done.load(Ordering::Relaxed),
