@@ -2,8 +2,8 @@
 //! the connection.
 //!
 //! Producers (the session answering requests, the router delivering pushes)
-//! append encoded frames; the connection's writer task takes everything queued
-//! in one go and writes it with one call, so a burst of pushes costs one
+//! append encoded frames; the connection's task takes everything queued in
+//! one go and writes it with one call, so a burst of pushes costs one
 //! syscall. The queue is bounded in bytes: a push that would grow it past the
 //! bound marks the client a slow consumer and closes the connection, so a
 //! client that stops reading never makes the node's memory grow. Replies are
@@ -57,6 +57,7 @@ struct Inner {
     /// Highest message id among the pushes in `buf`.
     last_message: MessageId,
     close: Option<CloseReason>,
+    /// The connection's task: woken when bytes are queued or closing starts.
     writer: Option<Waker>,
     /// Tasks waiting for the queue to drain or the connection to close.
     waiters: Vec<Waker>,
@@ -145,27 +146,30 @@ impl Outbound {
         self.inner.borrow().buf.len()
     }
 
-    /// Waits until there is something to write and swaps it into `out`
-    /// (which must be empty); returns the highest message id it holds, or
-    /// `None` once the connection is closing and nothing is left.
-    pub async fn take(&self, out: &mut Vec<u8>) -> Option<MessageId> {
-        poll_fn(|cx| {
-            let mut inner = self.inner.borrow_mut();
-            if !inner.buf.is_empty() {
-                std::mem::swap(&mut inner.buf, out);
-                let wake = std::mem::take(&mut inner.waiters);
-                let last = std::mem::take(&mut inner.last_message);
-                drop(inner);
-                wake.into_iter().for_each(Waker::wake);
-                return Poll::Ready(Some(last));
-            }
-            if inner.close.is_some() {
-                return Poll::Ready(None);
-            }
-            inner.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+    /// Registers the connection's task, to be woken when bytes are queued or
+    /// the connection starts closing. Called on every poll of that task.
+    pub fn register(&self, waker: &Waker) {
+        let mut inner = self.inner.borrow_mut();
+        match &inner.writer {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.writer = Some(waker.clone()),
+        }
+    }
+
+    /// Swaps everything queued into `out` (which must be empty) and returns
+    /// the highest message id it holds; `None` when nothing is queued. Wakes
+    /// the tasks waiting for the queue to drain.
+    pub fn try_take(&self, out: &mut Vec<u8>) -> Option<MessageId> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.buf.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut inner.buf, out);
+        let wake = std::mem::take(&mut inner.waiters);
+        let last = std::mem::take(&mut inner.last_message);
+        drop(inner);
+        wake.into_iter().for_each(Waker::wake);
+        Some(last)
     }
 
     /// Waits until the queue holds less than its bound, or the connection is
@@ -209,12 +213,37 @@ mod tests {
     #[test]
     fn writer_takes_everything_queued_at_once() {
         let q = Outbound::new(100);
+        let mut out = Vec::new();
+        assert_eq!(q.try_take(&mut out), None);
         q.reply(0, |b| b.extend_from_slice(b"ab"));
         q.push(7, |b| b.extend_from_slice(b"cd")).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(block_on(q.take(&mut out)), Some(7));
+        assert_eq!(q.try_take(&mut out), Some(7));
         assert_eq!(out, b"abcd");
         assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn queued_bytes_and_closing_wake_the_registered_task() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let q = Outbound::new(100);
+        q.register(&waker);
+        q.reply(0, |b| b.push(1));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        q.register(&waker);
+        q.push(3, |b| b.push(2)).unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        q.register(&waker);
+        q.close(CloseReason::Shutdown);
+        assert_eq!(count.0.load(Ordering::Relaxed), 3);
     }
 
     #[test]
@@ -224,11 +253,11 @@ mod tests {
         assert_eq!(q.push(2, |b| b.extend_from_slice(b"5")), Err(Overflow));
         assert_eq!(q.closed(), Some(CloseReason::SlowConsumer));
         assert!(!block_on(q.drained()));
-        // What was queued is still flushed, then the writer sees the end.
+        // What was queued is still flushed, then nothing is left.
         let mut out = Vec::new();
-        assert!(block_on(q.take(&mut out)).is_some());
+        assert!(q.try_take(&mut out).is_some());
         out.clear();
-        assert_eq!(block_on(q.take(&mut out)), None);
+        assert_eq!(q.try_take(&mut out), None);
     }
 
     #[test]
@@ -237,7 +266,7 @@ mod tests {
         q.reply(0, |b| b.extend_from_slice(b"long reply"));
         assert_eq!(q.closed(), None);
         let mut out = Vec::new();
-        block_on(q.take(&mut out));
+        q.try_take(&mut out);
         assert!(block_on(q.drained()));
     }
 }

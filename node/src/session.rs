@@ -1,10 +1,10 @@
 //! One client connection, from accept to close.
 //!
-//! A connection is served by two tasks on the shard that accepted it: the
-//! reader (detects the protocol from the first byte, decodes requests, runs
-//! the handlers one at a time and queues their replies) and the writer (takes
-//! everything queued in the [`Outbound`] and writes it). Pushes reach the
-//! session from the router through [`Session::deliver`].
+//! A connection is served by one task on the shard that accepted it,
+//! [`Connection`], which owns the socket: it detects the protocol from the
+//! first byte, decodes requests, runs the handlers one at a time (their
+//! replies are queued in the [`Outbound`]) and writes everything queued.
+//! Pushes reach the session from the router through [`Session::deliver`].
 //!
 //! The login state is an explicit machine, [`Phase`]:
 //!
@@ -24,14 +24,17 @@
 //! in one task at a time ([`Session::catch_up_running`]).
 
 use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chat_schema::proxy_v2;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::command::{Push, Reply, Request, RequestKind};
@@ -250,7 +253,7 @@ impl Drop for Counted<'_> {
 /// real client address (`None` for the balancer's own LOCAL connections)
 /// and leaves what followed the header at the start of `buf[..*filled]`.
 async fn read_proxy_header(
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    stream: &mut TcpStream,
     buf: &mut [u8],
     filled: &mut usize,
 ) -> Result<Option<SocketAddr>, String> {
@@ -268,7 +271,7 @@ async fn read_proxy_header(
             Ok(None) => return Err("PROXY header longer than the buffer".into()),
             Err(e) => return Err(e.to_string()),
         }
-        match reader.read(&mut buf[*filled..]).await {
+        match stream.read(&mut buf[*filled..]).await {
             Ok(0) => return Err("closed inside the PROXY header".into()),
             Ok(n) => *filled += n,
             Err(e) => return Err(e.to_string()),
@@ -277,22 +280,21 @@ async fn read_proxy_header(
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _counted = Counted::new(&shard.load.shards[shard.id].connections);
     let _ = stream.set_nodelay(true);
     let idle = shard.config.idle_timeout;
     let _ = stream.set_read_timeout(Some(idle));
     let _ = stream.set_write_timeout(Some(idle));
     let peer = stream.peer_addr().ok();
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
 
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut first = [0u8; 4096];
     let mut filled = 0;
     let mut client = peer;
     if let Some(peer) = peer
         && shard.config.proxy_protocol_from.contains(&peer.ip())
     {
-        match read_proxy_header(&mut reader, &mut buf, &mut filled).await {
+        match read_proxy_header(&mut stream, &mut first, &mut filled).await {
             Ok(source) => {
                 client = source.or(Some(peer));
                 metrics::counter!("chat_node_proxied_connections_total").increment(1);
@@ -305,7 +307,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     }
     if filled == 0 {
-        filled = match reader.read(&mut buf).await {
+        filled = match stream.read(&mut first).await {
             Ok(0) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed before its first byte");
@@ -314,9 +316,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Ok(n) => n,
         };
     }
-    buf.truncate(filled);
     tracing::debug!(client = ?client, "connection");
-    let wire = Wire::detect(buf[0]);
+    let wire = Wire::detect(first[0]);
     let conn = shard.next_conn_id();
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
     shard.sessions.borrow_mut().insert(conn, session.clone());
@@ -324,45 +325,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name())
         .increment(1);
 
-    let writer_task = {
-        let (shard, session) = (shard.clone(), session.clone());
-        glommio::spawn_local(async move {
-            let mut out = Vec::with_capacity(16 * 1024);
-            while let Some(last) = session.outbound.take(&mut out).await {
-                if writer.write_all(&out).await.is_err() {
-                    session.outbound.close(CloseReason::IoError);
-                    break;
-                }
-                out.clear();
-                if session.wire == Wire::Json && last > session.json_acked.get() {
-                    // The seed's client can not ack: what is written counts as delivered.
-                    if let Some(who) = session.identity() {
-                        session.json_acked.set(last);
-                        shard
-                            .store
-                            .tell(Op::Ack {
-                                user: who.user,
-                                up_to: last,
-                                answer: None,
-                            })
-                            .await;
-                    }
-                }
-            }
-            let _ = writer.close().await;
-        })
-    };
-
-    let reason = read_loop(&shard, &session, &mut reader, buf).await;
+    let mut connection = Connection::new(&shard, &session, stream, first[..filled].to_vec());
+    let reason = connection.run().await;
     session.outbound.close(reason);
     let reason = session.outbound.closed().unwrap_or(reason);
-    // Let the writer flush what is queued, but not wait on a client that does
-    // not read: dropping the task cancels its write and closes the socket.
+    // A request being handled finishes first (a login the store completed
+    // must be undone by the logout below), then what is queued is flushed,
+    // but no client that does not read is waited for.
+    if let Some(handler) = connection.handler.take() {
+        handler.await;
+    }
     let grace = match reason {
         CloseReason::SlowConsumer | CloseReason::IoError => Duration::ZERO,
         _ => FLUSH_GRACE,
     };
-    futures_lite::future::or(writer_task, glommio::timer::sleep(grace)).await;
+    futures_lite::future::or(connection.flush(), async {
+        glommio::timer::sleep(grace).await;
+    })
+    .await;
+    let _ = connection.stream.close().await;
+    drop(connection);
     if reason == CloseReason::SlowConsumer {
         metrics::counter!("chat_node_slow_consumer_disconnects_total").increment(1);
     }
@@ -371,6 +353,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
     let phase = std::mem::replace(&mut *session.phase.borrow_mut(), Phase::Anonymous);
     if let Phase::Online { who, .. } = phase {
+        if let Some(up_to) = shard.take_written(who.user) {
+            shard
+                .store
+                .tell(Op::Ack {
+                    user: who.user,
+                    up_to,
+                    answer: None,
+                })
+                .await;
+        }
         shard
             .store
             .tell(Op::Logout {
@@ -385,67 +377,205 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).decrement(1.0);
 }
 
-/// Reads and handles requests until the connection must close; returns why.
-async fn read_loop(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
-    mut buf: Vec<u8>,
-) -> CloseReason {
-    let mut decoder = Decoder::new(session.wire, shard.config.max_frame);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let mut start = 0;
+/// Bytes read from a socket at a time (into the shard's scratch buffer).
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Units decoded and handled (or bytes moved) in one poll before the
+/// connection yields to the shard's other tasks.
+const POLL_BUDGET: usize = 64;
+/// Buffers that grew past this while busy are given back once empty.
+const KEEP_BUFFER: usize = 4 * 1024;
+
+/// The one task that owns a connection's socket.
+///
+/// It reads requests, runs their handlers one at a time and writes what the
+/// outbound queue holds, all from one poll function: every wake-up (bytes
+/// readable, the socket writable, a handler's answer, a queued push, a
+/// close) polls all three, each registering the same task, so no wake-up
+/// can be lost between a reading task and a writing task (issue 18: with the
+/// stream split between two tasks, requests were read and never handled).
+/// An idle connection holds no read or write buffer.
+struct Connection {
+    shard: Rc<Shard>,
+    session: Rc<Session>,
+    stream: TcpStream,
+    decoder: Decoder,
+    /// Bytes read and not yet decoded.
+    inbuf: Vec<u8>,
+    /// Bytes taken from the outbound queue, `out[written..]` still to write.
+    out: Vec<u8>,
+    written: usize,
+    /// Highest message id among the pushes in `out`.
+    out_last: MessageId,
+    /// The request being handled.
+    handler: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Connection {
+    fn new(shard: &Rc<Shard>, session: &Rc<Session>, stream: TcpStream, inbuf: Vec<u8>) -> Self {
+        Connection {
+            shard: shard.clone(),
+            session: session.clone(),
+            stream,
+            decoder: Decoder::new(session.wire, shard.config.max_frame),
+            inbuf,
+            out: Vec::new(),
+            written: 0,
+            out_last: 0,
+            handler: None,
+        }
+    }
+
+    /// Serves the connection until it must close; returns why.
+    async fn run(&mut self) -> CloseReason {
+        poll_fn(|cx| self.poll(cx)).await
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        self.session.outbound.register(cx.waker());
+        for _ in 0..POLL_BUDGET {
+            if let Poll::Ready(Err(reason)) = self.poll_write(cx) {
+                return Poll::Ready(reason);
+            }
+            if let Some(reason) = self.session.outbound.closed() {
+                return Poll::Ready(reason);
+            }
+            if let Some(handler) = self.handler.as_mut() {
+                match handler.as_mut().poll(cx) {
+                    Poll::Ready(()) => self.handler = None,
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if self.next_request() {
+                continue;
+            }
+            // Replies are bounded by not reading requests while too much
+            // waits to be written.
+            let waiting = self.session.outbound.queued() + self.out.len() - self.written;
+            if waiting >= self.shard.config.max_outbound {
+                return Poll::Pending;
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(reason)) => return Poll::Ready(reason),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Budget spent: let the shard's other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Decodes the next unit in `inbuf`: starts its handler, or answers a
+    /// bad unit. Returns whether there was one.
+    fn next_request(&mut self) -> bool {
+        let (used, unit) = self.decoder.decode(&self.inbuf);
+        self.inbuf.drain(..used);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
+            self.inbuf = Vec::new();
+        }
+        let Some(unit) = unit else {
+            return false;
+        };
+        let session = &self.session;
+        match unit {
+            Decoded::Request(request) => {
+                self.handler = Some(Box::pin(handle(
+                    self.shard.clone(),
+                    session.clone(),
+                    request,
+                )));
+            }
+            Decoded::Invalid {
+                request_id,
+                kind,
+                failure,
+            } => {
+                metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
+                session.reply(request_id, kind, &Reply::Error(failure));
+            }
+            Decoded::Fatal(failure) => {
+                metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
+                session.reply(0, RequestKind::Unknown, &Reply::Error(failure));
+                session.outbound.close(CloseReason::ProtocolError);
+            }
+        }
+        true
+    }
+
+    /// Reads what the socket has into `inbuf`.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
+        let mut scratch = self.shard.scratch.borrow_mut();
+        match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(CloseReason::ClientClosed)),
+            Poll::Ready(Ok(n)) => {
+                self.inbuf.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Poll::Ready(Err(CloseReason::IdleTimeout))
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Err(CloseReason::IoError)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes what is queued until the socket takes no more (`Pending`) or
+    /// nothing is left (`Ready(Ok)`); `Ready(Err)` when the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
         loop {
-            let (used, unit) = decoder.decode(&buf[start..]);
-            start += used;
-            let Some(unit) = unit else { break };
-            match unit {
-                Decoded::Request(request) => handle(shard, session, request).await,
-                Decoded::Invalid {
-                    request_id,
-                    kind,
-                    failure,
-                } => {
-                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
-                    session.reply(request_id, kind, &Reply::Error(failure));
-                }
-                Decoded::Fatal(failure) => {
-                    metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
-                    session.reply(0, RequestKind::Unknown, &Reply::Error(failure));
-                    return CloseReason::ProtocolError;
+            if self.written == self.out.len() {
+                self.wrote_all();
+                match self.session.outbound.try_take(&mut self.out) {
+                    Some(last) => self.out_last = last,
+                    None => return Poll::Ready(Ok(())),
                 }
             }
-            if let Some(reason) = session.outbound.closed() {
-                return reason;
+            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.session.outbound.close(CloseReason::IoError);
+                    return Poll::Ready(Err(CloseReason::IoError));
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        buf.drain(..start);
-        if !session.outbound.drained().await {
-            return session.outbound.closed().unwrap_or(CloseReason::IoError);
+    }
+
+    /// `out` is written: a JSON client's pushes in it count as delivered,
+    /// and the buffer is emptied (and given back if it grew large).
+    fn wrote_all(&mut self) {
+        let last = std::mem::take(&mut self.out_last);
+        let session = &self.session;
+        if session.wire == Wire::Json && last > session.json_acked.get() {
+            // The seed's client can not ack: what is written counts as delivered.
+            if let Some(who) = session.identity() {
+                session.json_acked.set(last);
+                self.shard.note_written(who.user, last);
+            }
         }
-        let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
-            session.outbound.wait_closed().await;
-            None
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Writes everything queued (the connection is closing).
+    async fn flush(&mut self) {
+        poll_fn(|cx| {
+            self.session.outbound.register(cx.waker());
+            self.poll_write(cx).map(|_| ())
         })
-        .await;
-        match read {
-            None => return session.outbound.closed().unwrap_or(CloseReason::Shutdown),
-            Some(Ok(0)) => return CloseReason::ClientClosed,
-            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return CloseReason::IdleTimeout;
-            }
-            Some(Err(_)) => return CloseReason::IoError,
-        }
+        .await
     }
 }
 
-async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, request: Request) {
+async fn handle(shard: Rc<Shard>, session: Rc<Session>, request: Request) {
     let kind = RequestKind::from(&request.command);
     let label = request.command.kind();
     let started = Instant::now();
-    let reply = service::handle(shard, session, request.command).await;
+    let reply = service::handle(&shard, &session, request.command).await;
     let outcome = match &reply {
         Reply::Error(f) => f.code.label(),
         _ => "ok",
@@ -455,5 +585,5 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, request: Request) {
     metrics::histogram!("chat_node_request_duration_seconds", "kind" => label)
         .record(started.elapsed().as_secs_f64());
     session.reply(request.id, kind, &reply);
-    service::catch_up(shard, session).await;
+    service::catch_up(&shard, &session).await;
 }

@@ -22,8 +22,12 @@ use crate::load::{self, NodeLoad};
 use crate::router::{self, Delivery, Forward, Route};
 use crate::service;
 use crate::session::{self, Session};
-use crate::store::UserId;
-use crate::store::writer::{ConnId, RouterEvent, StoreClient};
+use crate::store::writer::{ConnId, Op, RouterEvent, StoreClient};
+use crate::store::{MessageId, UserId};
+
+/// How long what JSON connections wrote may wait before the store is told
+/// (see [`Shard::note_written`]).
+pub const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// The state of one executor. Only touched from its own thread.
 pub struct Shard {
@@ -37,6 +41,14 @@ pub struct Shard {
     pub routes: RefCell<HashMap<UserId, Route>>,
     /// The node's load report, this shard's part written here.
     pub load: Arc<NodeLoad>,
+    /// Where every connection of this shard reads into: bytes are copied
+    /// out to the connection only while they wait to be handled, so an idle
+    /// connection holds no read buffer.
+    pub scratch: RefCell<Vec<u8>>,
+    /// What JSON connections have written and the store has not been told
+    /// yet: the highest message id per user (see [`Shard::note_written`]).
+    acks: RefCell<HashMap<UserId, MessageId>>,
+    acks_due: Cell<bool>,
     next_conn: Cell<u64>,
     epochs: Arc<AtomicU64>,
 }
@@ -52,6 +64,42 @@ impl Shard {
     /// A session epoch unique within the node and across its restarts.
     pub fn next_epoch(&self) -> u64 {
         self.epochs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A JSON connection of `user` has written messages up to `up_to` (the
+    /// seed's client can not acknowledge, so written counts as delivered).
+    /// The store is told within [`ACK_DELAY`], one op per user for all the
+    /// shard's writes meanwhile, instead of one store op (and one store
+    /// thread wake-up and commit) per write; a connection that closes tells
+    /// its own at once ([`Shard::take_written`]). A crash inside the delay
+    /// delivers those messages again at the next login, as it would any
+    /// message written and not yet read.
+    pub fn note_written(self: &Rc<Self>, user: UserId, up_to: MessageId) {
+        let mut acks = self.acks.borrow_mut();
+        let last = acks.entry(user).or_insert(0);
+        *last = (*last).max(up_to);
+        if !self.acks_due.replace(true) {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(ACK_DELAY).await;
+                shard.acks_due.set(false);
+                let acks = std::mem::take(&mut *shard.acks.borrow_mut());
+                for (user, up_to) in acks {
+                    shard.store.tell_now(Op::Ack {
+                        user,
+                        up_to,
+                        answer: None,
+                    });
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Takes what [`Shard::note_written`] holds for `user` and has not told
+    /// the store yet.
+    pub fn take_written(&self, user: UserId) -> Option<MessageId> {
+        self.acks.borrow_mut().remove(&user)
     }
 
     /// Hands a delivery to a local session, if it is still there.
@@ -114,6 +162,9 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         sessions: RefCell::new(HashMap::new()),
         routes: RefCell::new(HashMap::new()),
         load: wiring.load.clone(),
+        scratch: RefCell::new(vec![0; crate::session::READ_CHUNK]),
+        acks: RefCell::new(HashMap::new()),
+        acks_due: Cell::new(false),
         next_conn: Cell::new(0),
         epochs: wiring.epochs.clone(),
     });

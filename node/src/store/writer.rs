@@ -213,6 +213,15 @@ impl StoreClient {
         let _ = self.tx.send_async(op).await;
     }
 
+    /// Like [`StoreClient::tell`], from code that can not wait: the op is
+    /// queued at once, or by a task of its own while the queue is full.
+    pub fn tell_now(&self, op: Op) {
+        if let Err(flume::TrySendError::Full(op)) = self.tx.try_send(op) {
+            let store = self.clone();
+            glommio::spawn_local(async move { store.tell(op).await }).detach();
+        }
+    }
+
     /// Asks the threads to commit what they have and end (blocking).
     pub fn stop(&self) {
         let _ = self.reads.send(Op::Stop);
