@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat_client::Client;
-use chat_node::local::metric_value;
+use chat_node::local::{BalancerOptions, LocalBalancer, LocalNode, metric_value};
 use common::{json_register, node_with};
 
 const PAIRS: usize = 50;
@@ -34,7 +34,7 @@ struct PairCount {
 }
 
 /// The node's own count of direct-message requests it handled.
-fn node_handled(node: &chat_node::local::LocalNode) -> f64 {
+fn node_handled(node: &LocalNode) -> f64 {
     let text = chat_node::local::scrape(node.metrics_addr).expect("scraping /metrics");
     metric_value(
         &text,
@@ -169,31 +169,55 @@ async fn json_pair(addr: SocketAddr, from: u64, to: u64) -> PairCount {
     count
 }
 
-#[test]
-fn json_closed_loop_handles_every_request() {
+/// Runs the pairs over JSON against `addr` (a node, or a balancer in front
+/// of `node`) and checks the counts.
+fn json_closed_loop(what: &str, node: &LocalNode, addr: SocketAddr, run: usize) {
     // One thread drives every connection, as a lean generator does.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let users: Vec<u64> = (0..PAIRS * 2)
+        .map(|i| json_register(node.addr, &format!("u{i}")))
+        .collect();
+    let counts = runtime.block_on(async move {
+        let tasks: Vec<_> = users
+            .chunks(2)
+            .map(|pair| tokio::spawn(json_pair(addr, pair[0], pair[1])))
+            .collect();
+        let mut counts = Vec::new();
+        for task in tasks {
+            counts.push(task.await.unwrap());
+        }
+        counts
+    });
+    check(what, run, &counts, node_handled(node));
+}
+
+#[test]
+fn json_closed_loop_handles_every_request() {
     for run in 0..RUNS {
         let node = node_with(&[]);
-        let users: Vec<u64> = (0..PAIRS * 2)
-            .map(|i| json_register(node.addr, &format!("u{i}")))
-            .collect();
-        let addr = node.addr;
-        let counts = runtime.block_on(async move {
-            let tasks: Vec<_> = users
-                .chunks(2)
-                .map(|pair| tokio::spawn(json_pair(addr, pair[0], pair[1])))
-                .collect();
-            let mut counts = Vec::new();
-            for task in tasks {
-                counts.push(task.await.unwrap());
-            }
-            counts
-        });
-        check("json", run, &counts, node_handled(&node));
+        json_closed_loop("json", &node, node.addr, run);
+    }
+}
+
+/// The same through chat-balancer's proxy mode: the relay moves every byte
+/// both ways (its two directions share one task; see its module doc).
+#[test]
+fn json_closed_loop_through_the_balancer_handles_every_request() {
+    let binary = chat_node::local::find_binary("chat-balancer", "CHAT_BALANCER_BIN")
+        .expect("chat-balancer is built with the workspace (scripts/test.sh builds it first)");
+    for run in 0..RUNS / 2 {
+        let node = node_with(&[]);
+        let balancer = LocalBalancer::start(BalancerOptions {
+            binary: Some(binary.clone()),
+            upstreams: vec![node.addr.to_string()],
+            log: "warn".into(),
+            ..BalancerOptions::default()
+        })
+        .expect("starting chat-balancer");
+        json_closed_loop("json via balancer", &node, balancer.addr, run);
     }
 }
 

@@ -7,6 +7,12 @@
 //! directions have ended, on an error in either, or after `idle_timeout`
 //! without a byte either way.
 //!
+//! Both copy loops are polled by the connection's one task (`try_zip` in
+//! one future): the halves `futures_lite::io::split` makes share that task's
+//! waker, so no wake-up can be lost between a reading task and a writing
+//! task, the failure issue 18 found in the node when its reader and writer
+//! were two tasks on one stream.
+//!
 //! This is a plain read/write relay through glommio's io_uring sockets: one
 //! copy into user space and one out per chunk. splice(2) through a pipe would
 //! save those copies but costs a pipe (two more fds) per direction, which at
