@@ -45,7 +45,8 @@ pub struct Args {
     /// Directory of the embedded store [default: ./chat-data].
     #[arg(long, env = "CHAT_NODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Executors (threads, one per core) [default: number of cores].
+    /// Executors (threads, one per core) [default: cores - 1, at least 1:
+    /// the store thread gets a core of its own].
     #[arg(long, env = "CHAT_NODE_SHARDS")]
     pub shards: Option<usize>,
     /// Unique name of this node: letters, digits, `-` and `_` [default: host name and client port, e.g. `web1-6000`].
@@ -71,6 +72,12 @@ pub struct Args {
     /// Most requests the store commits in one transaction [default: 1024].
     #[arg(long, env = "CHAT_NODE_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// How long an idle executor spins before it sleeps, e.g. 50us; 0
+    /// sleeps at once [default: 0]. Spinning spends CPU to spare a sleep and
+    /// wake-up (see docs/architecture.md, "Threads").
+    #[arg(long, env = "CHAT_NODE_SPIN_BEFORE_PARK", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub spin_before_park: Option<Duration>,
     /// Stored messages sent per page when a user catches up [default: 1000].
     #[arg(long, env = "CHAT_NODE_PENDING_PAGE")]
     pub pending_page: Option<usize>,
@@ -162,6 +169,7 @@ pub struct Config {
     pub max_outbound: usize,
     pub sync: SyncPolicy,
     pub max_batch: usize,
+    pub spin_before_park: Duration,
     pub pending_page: usize,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -209,7 +217,10 @@ impl Args {
             listen,
             metrics_listen: pick!(metrics_listen, "127.0.0.1:9100".parse().expect("valid")),
             data_dir: pick!(data_dir, PathBuf::from("chat-data")),
-            shards: pick!(shards, cores),
+            // The store thread is busy in every message's path: sharing its
+            // core with an executor cost 25 % more CPU per message on 2
+            // cores (docs/benchmarks.md).
+            shards: pick!(shards, cores.saturating_sub(1).max(1)),
             node_id: pick!(node_id, default_node_id(listen)),
             max_frame: pick!(max_frame, chat_schema::frame::DEFAULT_MAX_FRAME),
             max_text: pick!(max_text, 4096),
@@ -220,6 +231,7 @@ impl Args {
                 SyncArg::Full => SyncPolicy::Full,
             },
             max_batch: pick!(max_batch, 1024),
+            spin_before_park: pick!(spin_before_park, Duration::ZERO),
             pending_page: pick!(pending_page, 1000),
             argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
             argon2_iterations: pick!(argon2_iterations, 2),
@@ -302,6 +314,7 @@ impl Config {
             max_outbound: 1 << 20,
             sync: SyncPolicy::Normal,
             max_batch: 1024,
+            spin_before_park: Duration::ZERO,
             pending_page: 1000,
             argon2_memory_kib: 1024,
             argon2_iterations: 1,

@@ -4,10 +4,14 @@
 //! not run).
 
 use chat_ops::http::Response;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
 use chat_ops::exporter::ExporterError;
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{
+    Counter, Histogram, Label, Unit, describe_counter, describe_gauge, describe_histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets for latencies in seconds: 25 µs to 10 s.
@@ -18,6 +22,57 @@ const SECONDS: &[f64] = &[
 const BATCH: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+
+/// A metric's name and up to two label pairs, all static: the key of the
+/// per-thread handle caches below.
+pub type Labels = [(&'static str, &'static str)];
+
+thread_local! {
+    static COUNTERS: RefCell<HashMap<[usize; 3], Counter>> = RefCell::new(HashMap::new());
+    static HISTOGRAMS: RefCell<HashMap<[usize; 3], Histogram>> = RefCell::new(HashMap::new());
+}
+
+/// Where a name and label values live: static strings are told apart by
+/// address, so the cache never hashes or compares text.
+fn cache_key(name: &'static str, labels: &Labels) -> [usize; 3] {
+    debug_assert!(labels.len() <= 2, "at most two labels on a cached metric");
+    let value = |i: usize| labels.get(i).map_or(0, |(_, v)| v.as_ptr() as usize);
+    [name.as_ptr() as usize, value(0), value(1)]
+}
+
+fn owned(labels: &Labels) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|&(k, v)| Label::from_static_parts(k, v))
+        .collect()
+}
+
+/// The counter `name{labels}`, looked up in the recorder once per thread.
+///
+/// For the metrics recorded per request, message or store op: a `counter!`
+/// macro builds its key and looks it up in the recorder's registry on every
+/// call (about 8 % of the node's CPU at 5 000 messages/s, by `perf`); a
+/// cached handle is one map lookup by address and an atomic add.
+pub fn counter(name: &'static str, labels: &Labels) -> Counter {
+    COUNTERS.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(cache_key(name, labels))
+            .or_insert_with(|| metrics::counter!(name, owned(labels)))
+            .clone()
+    })
+}
+
+/// The histogram `name{labels}`, looked up once per thread (see [`counter`]).
+pub fn histogram(name: &'static str, labels: &Labels) -> Histogram {
+    HISTOGRAMS.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(cache_key(name, labels))
+            .or_insert_with(|| metrics::histogram!(name, owned(labels)))
+            .clone()
+    })
+}
 
 /// Installs the global recorder (once per process) and returns its handle.
 pub fn install() -> PrometheusHandle {

@@ -198,10 +198,14 @@ impl Node {
                 Placement::Unbound
             };
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-            let executor = LocalExecutorBuilder::new(placement)
+            let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .io_memory(512 << 10)
-                .ring_depth(256)
+                .ring_depth(256);
+            if !config.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(config.spin_before_park);
+            }
+            let executor = builder
                 .spawn(move || async move {
                     let listener = match shard::bind(addr) {
                         Ok(l) => l,

@@ -224,10 +224,11 @@ impl Session {
 fn count_delivery(push: &Push, since_ms: u64) {
     if let Push::Message(m) = push {
         let kind = if m.group_id == 0 { "direct" } else { "group" };
-        metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(1);
+        crate::metrics::counter("chat_node_messages_delivered_total", &[("kind", kind)])
+            .increment(1);
         if m.time_ms >= since_ms {
             let age_ms = crate::service::now_ms().saturating_sub(m.time_ms);
-            metrics::histogram!("chat_node_delivery_latency_seconds", "kind" => kind)
+            crate::metrics::histogram("chat_node_delivery_latency_seconds", &[("kind", kind)])
                 .record(age_ms as f64 / 1e3);
         }
     }
@@ -580,9 +581,12 @@ async fn handle(shard: Rc<Shard>, session: Rc<Session>, request: Request) {
         Reply::Error(f) => f.code.label(),
         _ => "ok",
     };
-    metrics::counter!("chat_node_requests_total", "kind" => label, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("chat_node_request_duration_seconds", "kind" => label)
+    crate::metrics::counter(
+        "chat_node_requests_total",
+        &[("kind", label), ("outcome", outcome)],
+    )
+    .increment(1);
+    crate::metrics::histogram("chat_node_request_duration_seconds", &[("kind", label)])
         .record(started.elapsed().as_secs_f64());
     session.reply(request.id, kind, &reply);
     service::catch_up(&shard, &session).await;

@@ -14,6 +14,7 @@
 use chat_schema::fb;
 use chat_schema::frame::{self, FrameError, PREFIX_LEN};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use std::cell::RefCell;
 
 use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, Push, Reply, Request, RequestKind};
@@ -234,29 +235,25 @@ fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
     }
 }
 
-/// Writes replies and pushes as size-prefixed envelopes. One builder is
-/// reused for every frame, so encoding allocates only while a frame is larger
-/// than every frame before it.
-pub struct FrameEncoder {
-    builder: FlatBufferBuilder<'static>,
-    /// Offsets of tables waiting to be put in a vector (login reply).
-    scratch: Vec<u32>,
-}
+/// Writes replies and pushes as size-prefixed envelopes. One builder per
+/// thread is reused for every frame of every connection (encoding never
+/// waits, so connections of one shard take turns), so encoding allocates only
+/// while a frame is larger than every frame before it, and a connection
+/// holds no encoder state of its own.
+#[derive(Default)]
+pub struct FrameEncoder;
 
-impl Default for FrameEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
+thread_local! {
+    /// The builder and the vector scratch of [`FrameEncoder::frame`].
+    static BUILDER: RefCell<(FlatBufferBuilder<'static>, Vec<u32>)> =
+        RefCell::new((FlatBufferBuilder::with_capacity(1024), Vec::new()));
 }
 
 type Body = (fb::Body, WIPOffset<UnionWIPOffset>);
 
 impl FrameEncoder {
     pub fn new() -> Self {
-        FrameEncoder {
-            builder: FlatBufferBuilder::with_capacity(1024),
-            scratch: Vec::new(),
-        }
+        FrameEncoder
     }
 
     /// Appends the frame of `body` (built into the reset builder) to `out`.
@@ -266,18 +263,21 @@ impl FrameEncoder {
         out: &mut Vec<u8>,
         build: impl FnOnce(&mut FlatBufferBuilder<'static>, &mut Vec<u32>) -> Body,
     ) {
-        let b = &mut self.builder;
-        b.reset();
-        let (body_type, body) = build(b, &mut self.scratch);
-        let envelope = fb::Envelope::create(
-            b,
-            &fb::EnvelopeArgs {
-                request_id,
-                body_type,
-                body: Some(body),
-            },
-        );
-        out.extend_from_slice(frame::finish(b, envelope));
+        BUILDER.with(|cell| {
+            let (b, scratch) = &mut *cell.borrow_mut();
+            b.reset();
+            scratch.clear();
+            let (body_type, body) = build(b, scratch);
+            let envelope = fb::Envelope::create(
+                b,
+                &fb::EnvelopeArgs {
+                    request_id,
+                    body_type,
+                    body: Some(body),
+                },
+            );
+            out.extend_from_slice(frame::finish(b, envelope));
+        })
     }
 
     /// Appends the reply to request `request_id`, whose kind is `kind` (it

@@ -75,7 +75,16 @@ fn wait_for_lock(calls: i32) -> bool {
 }
 
 /// The schema version this code reads and writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// What turns a database of an older schema version into the current one,
+/// run in the transaction that creates the schema: version 1 indexed every
+/// message twice, by recipient and by group.
+const MIGRATE_FROM_1: &str = "
+DROP INDEX IF EXISTS messages_by_recipient;
+DROP INDEX IF EXISTS messages_by_group;
+UPDATE schema_version SET version = 2;
+";
 
 /// The schema, created if missing.
 ///
@@ -86,7 +95,9 @@ const SCHEMA_VERSION: i64 = 1;
 ///   order (the creator has 0);
 /// - `messages` has `recipient_id` 0 for group messages and `group_id` 0 for
 ///   direct ones; `(recipient_id, id)` serves a user's direct backlog,
-///   `(group_id, id)` a group's;
+///   `(group_id, id)` a group's; each is a partial index over its own kind
+///   of message (every query on them repeats the index's `WHERE` term), so
+///   a message writes one index entry, not two;
 /// - `sessions` holds the one claim a user may have, `nodes` each node's lease
 ///   (its end, in Unix milliseconds; 0 once ended, and for a node that
 ///   claimed before any lease); a claim counts only while the lease of its
@@ -135,8 +146,8 @@ CREATE TABLE IF NOT EXISTS messages (
     time_ms      INTEGER NOT NULL,
     text         TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient_id, id);
-CREATE INDEX IF NOT EXISTS messages_by_group ON messages (group_id, id);
+CREATE INDEX IF NOT EXISTS messages_to_user ON messages (recipient_id, id) WHERE group_id = 0;
+CREATE INDEX IF NOT EXISTS messages_to_group ON messages (group_id, id) WHERE group_id != 0;
 CREATE TABLE IF NOT EXISTS sessions (
     user_id INTEGER PRIMARY KEY,
     node    TEXT    NOT NULL,
@@ -425,6 +436,7 @@ impl SqliteStore {
                 Ok(())
             }
             Some(SCHEMA_VERSION) => Ok(()),
+            Some(1) => conn.execute_batch(MIGRATE_FROM_1).db(),
             Some(v) => Err(StoreError::Backend(format!(
                 "sqlite: schema version {v} is not supported (expected {SCHEMA_VERSION})"
             ))),
@@ -845,7 +857,7 @@ impl Store for SqliteStore {
             .prepare_cached(concat!(
                 "SELECT ",
                 message_columns!(),
-                " FROM messages WHERE recipient_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                " FROM messages WHERE recipient_id = ?1 AND group_id = 0 AND id > ?2 ORDER BY id LIMIT ?3"
             ))
             .db()?
             .query_map(params![u, from, lim], message_row)
@@ -866,7 +878,7 @@ impl Store for SqliteStore {
             .prepare_cached(concat!(
                 "SELECT ",
                 message_columns!(),
-                " FROM messages WHERE group_id = ?1 AND id > ?2 AND id < ?3 AND sender_id != ?4
+                " FROM messages WHERE group_id = ?1 AND group_id != 0 AND id > ?2 AND id < ?3 AND sender_id != ?4
                   ORDER BY id LIMIT ?5"
             ))
             .db()?;
@@ -925,7 +937,7 @@ impl Store for SqliteStore {
         let direct: i64 = c
             .prepare_cached(
                 "SELECT COUNT(*) FROM users u
-                 CROSS JOIN messages m ON m.recipient_id = u.id AND m.id > u.cursor",
+                 CROSS JOIN messages m ON m.recipient_id = u.id AND m.group_id = 0 AND m.id > u.cursor",
             )
             .db()?
             .query_row([], |r| r.get(0))
@@ -934,7 +946,7 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "SELECT COUNT(*) FROM group_members gm
                  CROSS JOIN users u ON u.id = gm.user_id
-                 CROSS JOIN messages m ON m.group_id = gm.group_id
+                 CROSS JOIN messages m ON m.group_id = gm.group_id AND m.group_id != 0
                       AND m.id > MAX(u.cursor, gm.joined_after)
                  WHERE m.sender_id != gm.user_id",
             )
@@ -956,7 +968,7 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "DELETE FROM messages WHERE id IN (
                      SELECT m.id FROM users u
-                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.id <= u.cursor
+                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.group_id = 0 AND m.id <= u.cursor
                      LIMIT ?1)",
             )
             .db()?
@@ -973,7 +985,7 @@ impl Store for SqliteStore {
                          SELECT gm.group_id AS g, MIN(MAX(u.cursor, gm.joined_after)) AS t
                          FROM group_members gm JOIN users u ON u.id = gm.user_id
                          GROUP BY gm.group_id) AS x
-                     JOIN messages m ON m.group_id = x.g AND m.id <= x.t
+                     JOIN messages m ON m.group_id = x.g AND m.group_id != 0 AND m.id <= x.t
                      LIMIT ?1)",
             )
             .db()?
@@ -1007,5 +1019,88 @@ impl Store for SqliteStore {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.in_tx = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("; ")
+    }
+
+    #[test]
+    fn backlog_reads_use_the_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("chat.db"), SyncPolicy::Normal).unwrap();
+        let direct = plan(
+            &store.conn,
+            "SELECT id FROM messages WHERE recipient_id = 1 AND group_id = 0 AND id > 5 ORDER BY id LIMIT 10",
+        );
+        assert!(direct.contains("messages_to_user"), "{direct}");
+        let group = plan(
+            &store.conn,
+            "SELECT id FROM messages WHERE group_id = 3 AND group_id != 0 AND id > 5 AND id < 9 ORDER BY id LIMIT 10",
+        );
+        assert!(group.contains("messages_to_group"), "{group}");
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        {
+            // Version 1: the same tables, both messages indexed twice.
+            let c = Connection::open(&path).unwrap();
+            let v1 = SCHEMA
+                .replace(
+                    "messages_to_user ON messages (recipient_id, id) WHERE group_id = 0",
+                    "messages_by_recipient ON messages (recipient_id, id)",
+                )
+                .replace(
+                    "messages_to_group ON messages (group_id, id) WHERE group_id != 0",
+                    "messages_by_group ON messages (group_id, id)",
+                );
+            c.execute_batch(&v1).unwrap();
+            c.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO users (name, password_hash) VALUES ('a', 'x'), ('b', 'x');
+                 INSERT INTO messages (sender_id, sender_name, recipient_id, group_id, time_ms, text)
+                     VALUES (1, 'a', 2, 0, 0, 'hi');",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path, SyncPolicy::Normal).unwrap();
+        let version: i64 = store
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let indexes: Vec<String> = store
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes.len(), 2, "{indexes:?}");
+        assert!(
+            indexes.iter().all(|i| i.starts_with("messages_to_")),
+            "{indexes:?}"
+        );
+        let pending = store.pending(2, 0, 10).unwrap();
+        store.commit().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].text, "hi");
     }
 }

@@ -271,7 +271,7 @@ pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: u
     loop {
         let stopping = take_batch(&ops, None, max_batch, &mut batch);
         for op in batch.drain(..) {
-            metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
+            crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
             replies.push(read(&mut store, op));
         }
         let failed = store.commit().err();
@@ -389,7 +389,7 @@ pub fn run<S: Store>(
         stopping = take_batch(&ops, Some(wait), config.max_batch, &mut batch);
         if !batch.is_empty() {
             let started = Instant::now();
-            metrics::histogram!("chat_node_store_batch_ops").record(batch.len() as f64);
+            crate::metrics::histogram("chat_node_store_batch_ops", &[]).record(batch.len() as f64);
             let mut step = Step {
                 store: &mut store,
                 out: &mut out,
@@ -397,11 +397,12 @@ pub fn run<S: Store>(
                 cluster: config.bus.is_some(),
             };
             for op in batch.drain(..) {
-                metrics::counter!("chat_node_store_ops_total", "op" => op.kind()).increment(1);
+                crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())])
+                    .increment(1);
                 replies.push(step.run(op));
             }
             let failed = commit(&mut store, &mut out, "batch");
-            metrics::histogram!("chat_node_store_commit_seconds")
+            crate::metrics::histogram("chat_node_store_commit_seconds", &[])
                 .record(started.elapsed().as_secs_f64());
             out.send_routes(&routers);
             for reply in replies.drain(..) {
@@ -803,7 +804,7 @@ impl<S: Store> Step<'_, S> {
 
     fn append(&mut self, message: &NewMessage) -> Result<Arc<StoredMessage>, StoreError> {
         let stored = Arc::new(self.store.append(message)?);
-        metrics::counter!("chat_node_messages_stored_total").increment(1);
+        crate::metrics::counter("chat_node_messages_stored_total", &[]).increment(1);
         match message.target {
             Target::User(to) => self.notify(
                 to,
