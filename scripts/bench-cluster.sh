@@ -5,7 +5,10 @@
 # node 1) and users whose friends are all on the other node (users alternate
 # between the nodes and each befriends its two neighbours: every message
 # crosses NATS), at fixed rates and with a ramp, so the two compare as
-# ratios. The table, from chat-loadtest's --json, goes into docs/benchmarks.md.
+# ratios. chat-loadtest reads both nodes' /metrics (--server-metrics) at the
+# start and end of each measured window and prints their CPU per delivered
+# message and memory per connection (the two nodes summed). The table, from
+# chat-loadtest's --json, goes into docs/benchmarks.md.
 #   scripts/bench-cluster.sh
 #   USERS=100 RATES="2000 5000" DURATION=10s scripts/bench-cluster.sh
 set -euo pipefail
@@ -45,8 +48,11 @@ run() {
   local name=$1
   shift
   echo "== $name: chat-loadtest $*" >&2
+  # The table's server-cost lines go to stderr.
   ./target/release/chat-loadtest --users "$USERS" --friends 1 --warmup 2s --metrics-listen off \
-    --progress off --json "$OUT/$name.json" "$@" >/dev/null || true
+    --server-metrics "http://127.0.0.1:$((BASE + 11))/metrics" \
+    --server-metrics "http://127.0.0.1:$((BASE + 12))/metrics" \
+    --progress off --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
 }
 for rate in $RATES; do
   run "same-$rate" "${same[@]}" --rate "$rate" --duration "$DURATION"
@@ -63,6 +69,8 @@ nats-server and two release nodes (\`--shards $SHARDS\`) on one shared data dire
 generator, all on this machine's 2 cores. $USERS users, each with two friends. \"Same node\": every
 user on node 1. \"Across nodes\": users alternate between the nodes and their friends are their
 neighbours, so every message crosses NATS. Open model, latency corrected from the scheduled
-send time." "${runs[@]}"
+send time. Server columns: both nodes' CPU time per delivered message and resident memory
+gained per connection, summed, from their \`/metrics\` at the start and the end of each
+measured window." "${runs[@]}"
 echo "== node 2 bus metrics" >&2
 curl -s "127.0.0.1:$((BASE + 12))/metrics" | grep -E '^chat_node_(nats|resyncs)' >&2

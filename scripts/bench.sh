@@ -3,8 +3,11 @@
 # shards) on a fresh data directory and runs chat-loadtest against it
 # directly, in both protocols: at fixed rates, then a ramp that finds the
 # highest rate whose delivery p99 stays within the objective. Node and load
-# generator share the machine's cores. The table, from chat-loadtest's
-# --json, goes into docs/benchmarks.md (scripts/loadtest-table.py).
+# generator share the machine's cores. chat-loadtest reads the node's
+# /metrics (--server-metrics) at the start and end of each measured window,
+# and prints the node's CPU per delivered message and memory per connection.
+# The table, from chat-loadtest's --json, goes into docs/benchmarks.md
+# (scripts/loadtest-table.py).
 #   scripts/bench.sh                 # defaults below
 #   USERS=200 RATES="10000" DURATION=20s SLO=p99=10ms scripts/bench.sh
 set -euo pipefail
@@ -34,8 +37,10 @@ run() {
   local name=$1
   shift
   echo "== $name: chat-loadtest $*" >&2
+  # The table's server-cost lines go to stderr.
   ./target/release/chat-loadtest --target "127.0.0.1:$PORT" --users "$USERS" --warmup 2s \
-    --metrics-listen off --progress off --json "$OUT/$name.json" "$@" >/dev/null || true
+    --server-metrics "http://127.0.0.1:$METRICS/metrics" --metrics-listen off --progress off \
+    --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
 }
 for protocol in fb json; do
   label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
@@ -53,6 +58,8 @@ scripts/loadtest-table.py one-node "\
 random friends, open model (latency corrected from each message's scheduled send time), over
 loopback; node and load generator share the 2 cores. The ramp adds 5 000/s every 4 s from
 5 000/s until a step's delivery p99 exceeds the objective; its highest rate that held is the
-node's capacity at that latency." "${runs[@]}"
+node's capacity at that latency. Server columns: the node's CPU time per delivered message and
+its resident memory gained per connection (since before the users connected), from its
+\`/metrics\` at the start and the end of each measured window (a ramp: of all its steps)." "${runs[@]}"
 echo "== node metrics" >&2
 curl -s "127.0.0.1:$METRICS/metrics" | grep -E '^chat_node_(store_batch_ops|store_commit_seconds|event_loop_lag_seconds)_(sum|count)' >&2

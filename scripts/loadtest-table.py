@@ -7,7 +7,11 @@ benchmark figure comes from the tool's JSON.
     loadtest-table.py NAME INTRO 'label::path.json[::other label]' ... [--note TEXT]
 
 Each row's delivery p99 is also given as a ratio to a baseline measured in
-the same script run: the row named third, else the first row.
+the same script run: the row named third, else the first row. The server
+columns come from the summary's `server` object (runs with --local or
+--server-metrics; empty otherwise): the nodes' CPU per delivered message in
+the measured window and their resident memory gained per connection, with
+--local's balancer added as "+ N balancer".
 """
 import json
 import re
@@ -16,6 +20,20 @@ import sys
 
 def ms(us):
     return f"{us / 1000:.2f}"
+
+
+def server_cell(s, key, scale, digits):
+    """The nodes' figure `key` of the summary's server cost, scaled, with the
+    balancer's after it when there is one; empty when not measured."""
+    server = s.get("server") or {}
+    parts = []
+    for group in ("nodes", "balancer"):
+        value = (server.get(group) or {}).get(key)
+        if value is None:
+            continue
+        text = f"{value / scale:.{digits}f}"
+        parts.append(text if group == "nodes" else f"+ {text} balancer")
+    return " ".join(parts)
 
 
 def row(label, s, base):
@@ -41,6 +59,8 @@ def row(label, s, base):
         ms(d["p99_9_us"]) if d else "",
         ms(a["p99_us"]) if a else "",
         ratio,
+        server_cell(s, "cpu_us_per_delivered", 1, 1),
+        server_cell(s, "rss_bytes_per_connection", 1024, 1),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -61,8 +81,9 @@ def main(argv):
     by_label = {label: s for label, s, _ in runs}
     lines = [
         "| run | offered/s | achieved/s | ramp: highest rate held | delivered | lost + dup + reordered "
-        "| delivery p50 ms | p99 ms | p99.9 ms | ack p99 ms | p99 vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| delivery p50 ms | p99 ms | p99.9 ms | ack p99 ms | p99 vs baseline "
+        "| server CPU µs/msg | server memory KiB/conn |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, (label, s, vs) in enumerate(runs):
         base = by_label[vs] if vs else (None if i == 0 else runs[0][1])

@@ -27,13 +27,19 @@ Examples:
   chat-loadtest --target 127.0.0.1:6000 --protocol json --scenario direct   # the seed's server too
   chat-loadtest --redirect 127.0.0.1:8001 --scenario connect --users 10000 --rate 2000
   chat-loadtest --local 1 --scenario ramp --ramp-start 1000 --ramp-step 1000 --slo p99=20ms
+  # closed loop at saturation: 50 sender/receiver pairs, one message in flight each
+  chat-loadtest --local 1 --model closed --users 100 --rate 200000
+  # the server's CPU per message and memory per connection, from its /metrics
+  chat-loadtest --target 127.0.0.1:6000 --server-metrics http://127.0.0.1:9100/metrics
+  chat-loadtest --target 127.0.0.1:6000 --scenario connect --connect-only --users 5000 \\
+      --server-metrics http://127.0.0.1:9100/metrics      # memory per idle connection
   chat-loadtest --scenario-file loadtest/scenarios/mixed.toml --target 127.0.0.1:8000
   # distributed: workers first (any machine), then the coordinator
   chat-loadtest worker --nats nats://10.0.0.9:4222
   chat-loadtest --workers 4 --nats nats://10.0.0.9:4222 --target 10.0.0.5:8000 --users 100000
 
 Scenarios: connect (users connect, register and log in at --rate per second,
-then stay online for --duration),
+then stay online for --duration; --connect-only: only connect and ping),
 direct (one-to-one messages between random friends at --rate), group (group
 messages at --rate, each to --group-size members), mixed (mostly idle users,
 some chatting, some in groups, logins and logouts), soak (direct at a fixed
@@ -83,8 +89,11 @@ impl ScenarioKind {
 pub enum Model {
     /// Sends follow the schedule whatever the replies (wrk2, amoc).
     Open,
-    /// Each user waits for the ack of its message before sending the next
-    /// (a closed-loop tool; shows what coordinated omission hides).
+    /// Each sender keeps one message in flight: it sends the next only once
+    /// the previous one is done (one-to-one scenarios: senders paired with
+    /// fixed receivers, done = delivered to the receiver and acknowledged;
+    /// group and mixed: acknowledged). A closed-loop tool; shows what
+    /// coordinated omission hides.
     Closed,
 }
 
@@ -160,9 +169,30 @@ pub struct RunConfig {
     pub password: String,
     /// User names are `<prefix>-<worker>-<n>`.
     pub prefix: String,
+    /// `connect` scenario: users only open their connection and send one
+    /// ping (no register, no login): what an idle connection costs.
+    #[serde(default)]
+    pub connect_only: bool,
+    /// Prometheus endpoints of the servers under test (`http://host:port/path`),
+    /// whose `process_cpu_seconds_total` and `process_resident_memory_bytes`
+    /// are summed into the server's cost.
+    #[serde(default)]
+    pub server_metrics: Vec<String>,
 }
 
 impl RunConfig {
+    /// Whether senders are paired with fixed receivers (closed model,
+    /// one-to-one scenarios): user `i` of the first half sends to user
+    /// `i + n/2`, one message in flight, the next once the receiver got the
+    /// previous one.
+    pub fn closed_pairs(&self) -> bool {
+        self.model == Model::Closed
+            && matches!(
+                self.scenario,
+                ScenarioKind::Direct | ScenarioKind::Soak | ScenarioKind::Ramp
+            )
+    }
+
     /// Time from the start of traffic to the end of sending.
     pub fn traffic_time(&self) -> Duration {
         match self.scenario {
@@ -248,7 +278,7 @@ pub struct Args {
     /// What the users do [default: direct].
     #[arg(long, env = "CHAT_LOADTEST_SCENARIO", value_enum)]
     pub scenario: Option<ScenarioKind>,
-    /// open: sends follow the schedule; closed: each user waits for its ack [default: open].
+    /// open: sends follow the schedule; closed: each sender keeps one message in flight (one-to-one: half the users send, each to a fixed receiver, and wait for its delivery; group, mixed: for the ack) [default: open].
     #[arg(long, env = "CHAT_LOADTEST_MODEL", value_enum)]
     pub model: Option<Model>,
     /// Virtual users (one connection each) [default: 200; connect: 1000].
@@ -350,6 +380,23 @@ pub struct Args {
     /// Live output: auto (a bar on a terminal, lines otherwise), lines, or off [default: auto].
     #[arg(long, env = "CHAT_LOADTEST_PROGRESS")]
     pub progress: Option<String>,
+    /// connect: users only open a connection and send one ping (no register, no login), to measure an idle connection [default: false].
+    #[arg(
+        long,
+        env = "CHAT_LOADTEST_CONNECT_ONLY",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub connect_only: Option<bool>,
+    /// Prometheus /metrics URL of a server under test (repeatable; summed): its process CPU and memory give the server's cost per message and per connection, e.g. http://127.0.0.1:9100/metrics.
+    #[arg(
+        long = "server-metrics",
+        env = "CHAT_LOADTEST_SERVER_METRICS",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub server_metrics: Vec<String>,
 }
 
 /// Why the settings can not be used.
@@ -402,6 +449,11 @@ impl Args {
                 Args {
                     scenario_file: self.scenario_file,
                     target: if self.target.is_empty() { file.target } else { self.target },
+                    server_metrics: if self.server_metrics.is_empty() {
+                        file.server_metrics
+                    } else {
+                        self.server_metrics
+                    },
                     $($f: self.$f.or(file.$f),)*
                 }
             };
@@ -442,7 +494,8 @@ impl Args {
             password,
             prefix,
             local_shards,
-            progress
+            progress,
+            connect_only
         )
     }
 
@@ -525,6 +578,16 @@ impl Args {
                 crate::payload::MIN_TEXT
             )));
         }
+        let connect_only = self.connect_only.unwrap_or(false);
+        if connect_only && !connect {
+            return Err(invalid(
+                "--connect-only applies to the connect scenario only",
+            ));
+        }
+        for url in &self.server_metrics {
+            crate::server::MetricsUrl::parse(url)
+                .map_err(|e| invalid(format!("--server-metrics: {e}")))?;
+        }
         let source_addrs = self
             .source_addrs
             .unwrap_or(users.div_ceil(25_000).max(1) as u32)
@@ -556,6 +619,8 @@ impl Args {
                 .clone()
                 .unwrap_or_else(|| "loadtest-pw".into()),
             prefix: self.prefix.clone().unwrap_or_else(random_prefix),
+            connect_only,
+            server_metrics: self.server_metrics.clone(),
         })
     }
 
@@ -751,6 +816,94 @@ mod tests {
         .unwrap();
         assert_eq!(c.ramp_rates(), vec![100.0, 150.0, 200.0, 250.0]);
         assert!(!c.slo.is_empty(), "ramp gets a default SLO");
+    }
+
+    #[test]
+    fn connect_only_is_for_the_connect_scenario() {
+        let c = parse(&["--target", "x:1", "--scenario", "connect", "--connect-only"])
+            .resolve(None)
+            .unwrap();
+        assert!(c.connect_only);
+        let c = parse(&[
+            "--target",
+            "x:1",
+            "--scenario",
+            "connect",
+            "--connect-only",
+            "false",
+        ])
+        .resolve(None)
+        .unwrap();
+        assert!(!c.connect_only);
+        let err = parse(&["--target", "x:1", "--connect-only"])
+            .resolve(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("connect scenario"), "{err}");
+    }
+
+    #[test]
+    fn server_metrics_urls_are_checked_and_kept_in_order() {
+        let c = parse(&[
+            "--target",
+            "x:1",
+            "--server-metrics",
+            "http://127.0.0.1:9100/metrics",
+            "--server-metrics",
+            "http://127.0.0.1:9101/metrics,http://127.0.0.1:9102/metrics",
+        ])
+        .resolve(None)
+        .unwrap();
+        assert_eq!(
+            c.server_metrics,
+            [
+                "http://127.0.0.1:9100/metrics",
+                "http://127.0.0.1:9101/metrics",
+                "http://127.0.0.1:9102/metrics"
+            ]
+        );
+        let err = parse(&["--target", "x:1", "--server-metrics", "127.0.0.1:9100"])
+            .resolve(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("--server-metrics"), "{err}");
+    }
+
+    #[test]
+    fn the_new_settings_come_from_the_scenario_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "scenario = \"connect\"\nconnect_only = true\n\
+             server_metrics = [\"http://127.0.0.1:9100/metrics\"]\n",
+        )
+        .unwrap();
+        let c = parse(&["--target", "x:1", "--scenario-file", path.to_str().unwrap()])
+            .with_file()
+            .unwrap()
+            .resolve(None)
+            .unwrap();
+        assert!(c.connect_only);
+        assert_eq!(c.server_metrics, ["http://127.0.0.1:9100/metrics"]);
+        assert!(
+            !parse(&[
+                "--target",
+                "x:1",
+                "--model",
+                "closed",
+                "--scenario",
+                "group"
+            ])
+            .resolve(None)
+            .unwrap()
+            .closed_pairs(),
+            "group messages have no pairs"
+        );
+        assert!(
+            parse(&["--target", "x:1", "--model", "closed"])
+                .resolve(None)
+                .unwrap()
+                .closed_pairs()
+        );
     }
 
     #[test]

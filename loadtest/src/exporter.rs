@@ -1,7 +1,9 @@
 //! The load tester's own Prometheus endpoint (`--metrics-listen`, default
 //! 127.0.0.1:9400), so that a long run can be watched next to the cluster it
 //! loads. Each second's [`LiveSecond`] is copied into `metrics` counters,
-//! gauges and latency histograms; `/metrics` renders them.
+//! gauges and latency histograms; `/metrics` renders them. With `--local`
+//! or `--server-metrics`, the servers' CPU and memory, and their cost per
+//! delivered message and per connection, are gauges too.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -9,7 +11,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::Matcher;
 
 use crate::outcome::Series;
-use crate::run::LiveSecond;
+use crate::run::{LiveSecond, LiveUsage};
 
 /// Latency buckets in seconds: 50 µs to 60 s.
 const SECONDS: &[f64] = &[
@@ -82,6 +84,26 @@ fn describe() {
         "Actions the generator started late (its own bottleneck)"
     );
     describe_counter!("chat_loadtest_errors_total", "Errors of every kind");
+    describe_gauge!(
+        "chat_loadtest_server_cpu_seconds",
+        metrics::Unit::Seconds,
+        "CPU time of the servers under test (process=nodes: the nodes or --server-metrics endpoints summed; process=balancer: --local's balancer)"
+    );
+    describe_gauge!(
+        "chat_loadtest_server_resident_memory_bytes",
+        metrics::Unit::Bytes,
+        "Resident memory of the servers under test"
+    );
+    describe_gauge!(
+        "chat_loadtest_server_cpu_seconds_per_delivered",
+        metrics::Unit::Seconds,
+        "Servers' CPU time in the last second per message delivered in it"
+    );
+    describe_gauge!(
+        "chat_loadtest_server_memory_per_connection_bytes",
+        metrics::Unit::Bytes,
+        "Servers' resident memory gained since before the users connected, per connection open"
+    );
     describe_histogram!(
         "chat_loadtest_latency_seconds",
         metrics::Unit::Seconds,
@@ -108,6 +130,25 @@ pub fn publish(s: &LiveSecond) {
     counter!("chat_loadtest_errors_total").increment(s.errors);
     for (series, h) in &s.second.histograms {
         record_histogram(*series, h);
+    }
+    if let Some(server) = &s.server {
+        publish_server("nodes", &server.nodes);
+        if let Some(b) = &server.balancer {
+            publish_server("balancer", b);
+        }
+    }
+}
+
+/// One group of server processes, labelled `process`.
+fn publish_server(process: &'static str, u: &LiveUsage) {
+    gauge!("chat_loadtest_server_cpu_seconds", "process" => process).set(u.usage.cpu_seconds);
+    gauge!("chat_loadtest_server_resident_memory_bytes", "process" => process)
+        .set(u.usage.rss_bytes as f64);
+    if let Some(v) = u.cpu_seconds_per_delivered {
+        gauge!("chat_loadtest_server_cpu_seconds_per_delivered", "process" => process).set(v);
+    }
+    if let Some(v) = u.rss_bytes_per_connection {
+        gauge!("chat_loadtest_server_memory_per_connection_bytes", "process" => process).set(v);
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`interval_log`]: HdrHistogram interval logs (files, and what
 //!   workers send back);
 //! - [`slo`]: objectives, checked against a run or a ramp step;
+//! - [`server`]: the servers' CPU and memory, from `/proc` or their
+//!   `/metrics`;
 //! - [`distributed`]: a coordinator and workers sharing a run over NATS;
 //! - [`report`]: the final table, JSON, `.hgrm` files, interval logs, plot.
 pub mod config;
@@ -23,6 +25,7 @@ pub mod progress;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod server;
 pub mod session;
 pub mod slo;
 pub mod tally;

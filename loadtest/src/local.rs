@@ -9,6 +9,7 @@ use std::time::Duration;
 use chat_node::local::{BalancerOptions, ClusterOptions, LocalCluster, LocalError};
 
 use crate::config::Target;
+use crate::server::Probe;
 
 /// A running local cluster.
 pub struct Local {
@@ -57,6 +58,28 @@ impl Local {
                 ", embedded store"
             }
         )
+    }
+
+    /// The nodes' and the balancer's processes, for the server's cost.
+    pub fn probe(&self) -> Probe {
+        Probe::Local {
+            nodes: self
+                .cluster
+                .nodes()
+                .iter()
+                .filter_map(|n| n.pid())
+                .collect(),
+            balancer: self.cluster.balancer().and_then(|b| b.pid()),
+        }
+    }
+
+    /// The nodes' `/metrics` URLs (for workers, which do not know the pids).
+    pub fn metrics_urls(&self) -> Vec<String> {
+        self.cluster
+            .metrics_addrs()
+            .iter()
+            .map(|a| format!("http://{a}/metrics"))
+            .collect()
     }
 
     pub fn cluster(&self) -> &LocalCluster {

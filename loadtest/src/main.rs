@@ -18,6 +18,7 @@ use chat_loadtest::outcome::{Correction, Metric, Outcome, Series};
 use chat_loadtest::progress::Display;
 use chat_loadtest::report::{self, RunInfo};
 use chat_loadtest::run::{self, Part, Sink, Tick};
+use chat_loadtest::server::Probe;
 use chat_loadtest::slo::{self, Observed, Verdict};
 use clap::Parser;
 
@@ -93,7 +94,21 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let config = Arc::new(args.resolve(local.as_ref().map(Local::target))?);
+    let mut config = args.resolve(local.as_ref().map(Local::target))?;
+    if let (Some(l), Some(_)) = (&local, args.workers) {
+        // Workers cannot see the local processes: they read the nodes'
+        // /metrics instead.
+        if config.server_metrics.is_empty() {
+            config.server_metrics = l.metrics_urls();
+        }
+    }
+    let config = Arc::new(config);
+    // A plain run samples the servers itself: --local's processes, or
+    // the --server-metrics endpoints.
+    let probe = match &local {
+        Some(l) => Some(l.probe()),
+        None => Probe::metrics(&config.server_metrics)?,
+    };
     let target = match &local {
         Some(l) => l.describe(),
         None => match &config.target {
@@ -161,7 +176,7 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
                     users: config.users,
                     rate_share: 1.0,
                 };
-                run::run(config.clone(), part, Instant::now(), sink)
+                run::run(config.clone(), part, Instant::now(), sink, probe)
                     .await
                     .map_err(anyhow::Error::from)
             }
@@ -183,7 +198,9 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
                 ""
             }
         );
-        drop(rt);
+        // Not a plain drop: that would wait for the pacer's thread to reach
+        // the end of its schedule.
+        rt.shutdown_timeout(Duration::from_secs(1));
         drop(local);
         return Ok(ExitCode::from(130));
     };
@@ -257,7 +274,9 @@ fn verdicts(config: &RunConfig, outcome: &Outcome) -> Vec<Verdict> {
             .cloned()
     };
     let seen = Observed {
-        main_metric: if config.scenario == ScenarioKind::Connect {
+        main_metric: if config.connect_only {
+            Metric::Connect
+        } else if config.scenario == ScenarioKind::Connect {
             Metric::Login
         } else {
             Metric::Delivery
@@ -323,6 +342,12 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 a.share.index, a.run_id, part.users
             );
             let index = a.share.index;
+            // The first worker samples the servers; the others count.
+            let probe = if index == 0 {
+                Probe::metrics(&a.config.server_metrics).map_err(|e| e.to_string())?
+            } else {
+                None
+            };
             let sink: Sink = Arc::new(move |t: &Tick| {
                 if let Tick::Second(s) = t {
                     if exporting {
@@ -341,7 +366,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                     });
                 }
             });
-            let outcome = run::run(Arc::new(a.config), part, base, sink)
+            let outcome = run::run(Arc::new(a.config), part, base, sink, probe)
                 .await
                 .map_err(|e| e.to_string())?;
             let c = &outcome.counters;

@@ -14,6 +14,8 @@ use std::fmt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+pub use crate::server::Usage;
+
 /// Highest latency a histogram records, in µs (one hour); larger values are
 /// clamped to it.
 pub const HIGHEST_US: u64 = 3_600_000_000;
@@ -297,6 +299,92 @@ impl Balance {
     }
 }
 
+/// One group of server processes (the nodes, or the balancer) sampled at
+/// three moments of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessCost {
+    /// Before the first user connected.
+    pub before: Usage,
+    /// At the start of the measured window.
+    pub start: Usage,
+    /// At its end (connect: after the users stayed online).
+    pub end: Usage,
+}
+
+impl ProcessCost {
+    /// CPU seconds spent between the start and the end of the window.
+    pub fn cpu_seconds(&self) -> f64 {
+        (self.end.cpu_seconds - self.start.cpu_seconds).max(0.0)
+    }
+
+    /// Resident memory gained since before the users connected (may be
+    /// negative: memory returned to the system).
+    pub fn rss_growth_bytes(&self) -> i64 {
+        self.end.rss_bytes as i64 - self.before.rss_bytes as i64
+    }
+}
+
+/// What the servers under test cost in the measured window (see
+/// [`crate::server`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerCost {
+    /// `local` (`/proc` of `--local`'s processes) or `metrics`
+    /// (`--server-metrics`); `None` in the outcome of a worker that only
+    /// counted (another worker sampled the servers).
+    pub source: Option<String>,
+    /// Pids or URLs sampled.
+    pub sampled: String,
+    /// Node processes (or endpoints) summed in `nodes`.
+    pub node_count: u32,
+    /// The nodes, summed (with `--server-metrics`: every endpoint, summed).
+    pub nodes: Option<ProcessCost>,
+    /// `--local`'s balancer.
+    pub balancer: Option<ProcessCost>,
+    /// Time between the window's start and end samples, µs.
+    pub sampled_us: u64,
+    /// Receipts counted between the window's start and end samples (every
+    /// worker's).
+    pub deliveries: u64,
+    /// Connections of virtual users open at the end sample (every worker's).
+    pub connections: u64,
+    /// Why a sample failed, if one did (the figures are then missing).
+    pub error: Option<String>,
+}
+
+impl ServerCost {
+    /// CPU µs per message delivered in the window; `None` without deliveries.
+    pub fn cpu_us_per_delivered(&self, p: &ProcessCost) -> Option<f64> {
+        (self.deliveries > 0).then(|| p.cpu_seconds() * 1e6 / self.deliveries as f64)
+    }
+
+    /// Resident memory gained per connection open at the end; `None`
+    /// without connections.
+    pub fn rss_bytes_per_connection(&self, p: &ProcessCost) -> Option<f64> {
+        (self.connections > 0).then(|| p.rss_growth_bytes() as f64 / self.connections as f64)
+    }
+
+    /// CPU cores busy on average in the window.
+    pub fn cores(&self, p: &ProcessCost) -> Option<f64> {
+        (self.sampled_us > 0).then(|| p.cpu_seconds() * 1e6 / self.sampled_us as f64)
+    }
+
+    /// Adds another worker's counts; the samples come from the one worker
+    /// that took them.
+    fn merge(&mut self, other: ServerCost) {
+        self.deliveries += other.deliveries;
+        self.connections += other.connections;
+        if self.source.is_none() && other.source.is_some() {
+            self.source = other.source;
+            self.sampled = other.sampled;
+            self.node_count = other.node_count;
+            self.nodes = other.nodes;
+            self.balancer = other.balancer;
+            self.sampled_us = other.sampled_us;
+            self.error = other.error;
+        }
+    }
+}
+
 /// One step of a `ramp` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RampStep {
@@ -333,6 +421,10 @@ pub struct Outcome {
     pub ramp: Vec<RampStep>,
     /// Workers whose outcomes were merged into this one (1 for a plain run).
     pub workers: u32,
+    /// The servers' CPU and memory, when they were sampled (`--local`,
+    /// `--server-metrics`).
+    #[serde(default)]
+    pub server: Option<ServerCost>,
 }
 
 impl Default for Outcome {
@@ -348,6 +440,7 @@ impl Default for Outcome {
             balance: None,
             ramp: Vec::new(),
             workers: 1,
+            server: None,
         }
     }
 }
@@ -434,6 +527,11 @@ impl Outcome {
             }
         }
         self.workers += other.workers;
+        match (&mut self.server, other.server) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.server = Some(theirs),
+            _ => {}
+        }
     }
 }
 
@@ -572,6 +670,46 @@ mod tests {
         assert_eq!(back.totals[&series], o.totals[&series]);
         assert_eq!(back.intervals[0].histogram, o.intervals[0].histogram);
         assert_eq!(back.counters, o.counters);
+    }
+
+    #[test]
+    fn merge_sums_server_counts_and_keeps_the_one_sample() {
+        let sampled = ServerCost {
+            source: Some("metrics".into()),
+            sampled: "http://127.0.0.1:9100/metrics".into(),
+            node_count: 1,
+            nodes: Some(ProcessCost::default()),
+            sampled_us: 5_000_000,
+            deliveries: 100,
+            connections: 10,
+            ..ServerCost::default()
+        };
+        let counted = ServerCost {
+            deliveries: 50,
+            connections: 5,
+            ..ServerCost::default()
+        };
+        for (first, second) in [
+            (counted.clone(), sampled.clone()),
+            (sampled.clone(), counted.clone()),
+        ] {
+            let mut a = Outcome {
+                server: Some(first),
+                ..Outcome::default()
+            };
+            a.merge(Outcome {
+                server: Some(second),
+                ..Outcome::default()
+            });
+            let s = a.server.unwrap();
+            assert_eq!((s.deliveries, s.connections), (150, 15));
+            assert_eq!(s.source.as_deref(), Some("metrics"));
+            assert_eq!(s.sampled_us, 5_000_000);
+            assert!(s.nodes.is_some());
+        }
+        let mut a = Outcome::default();
+        a.merge(Outcome::default());
+        assert!(a.server.is_none());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!
 //! User `n` of this process is `<prefix>-<worker>-<n>`; friends and groups
 //! never cross processes, so a message's sender and recipients share a
-//! clock.
+//! clock. Closed-loop pairs ([`closed_pairs`]) make no friends: the node
+//! delivers a one-to-one message to any user. With `--connect-only`, a user
+//! only connects and pings (no name, no login).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use std::time::Duration;
 use chat_client::{GroupId, UserId};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Protocol, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
@@ -49,6 +51,8 @@ pub struct User {
     tally: Mutex<Tally>,
     /// Receipts since the last acknowledgement.
     unacked: AtomicU64,
+    /// Woken at each new receipt (a closed loop waits for its message).
+    arrivals: Notify,
 }
 
 impl User {
@@ -78,12 +82,33 @@ impl User {
                     inc(&rec.counts.out_of_order);
                 }
                 rec.latency(Metric::Delivery, stamp.intended_us, stamp.sent_us);
+                self.arrivals.notify_waiters();
             }
             Receipt::Redelivered => inc(&rec.counts.redelivered),
             Receipt::Duplicate => inc(&rec.counts.duplicated),
         }
         if self.unacked.fetch_add(1, Ordering::Relaxed) + 1 >= ack_every {
             self.ack_all();
+        }
+    }
+
+    /// Returns once message `seq` of `sender`'s `stream` has arrived.
+    pub async fn received(&self, sender: u32, stream: u64, seq: u64) {
+        loop {
+            let arrival = self.arrivals.notified();
+            tokio::pin!(arrival);
+            // Registered before the check, so that an arrival between the
+            // check and the wait still wakes it.
+            arrival.as_mut().enable();
+            let has = self
+                .tally
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .has(sender, stream, seq);
+            if has {
+                return;
+            }
+            arrival.await;
         }
     }
 
@@ -205,7 +230,11 @@ pub async fn set_up(
         a.index = i as u32;
     }
     let n = arrived.len() as u32;
-    let friends = if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Connect) {
+    // Closed-loop pairs need no friendship: the node delivers a one-to-one
+    // message to any user.
+    let friends = if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Connect)
+        || config.closed_pairs()
+    {
         Vec::new()
     } else {
         friend_pairs(n, config.friends)
@@ -243,6 +272,7 @@ pub async fn set_up(
                 seqs: Mutex::default(),
                 tally: Mutex::default(),
                 unacked: AtomicU64::new(0),
+                arrivals: Notify::new(),
             });
             for m in &a.pending {
                 user.receive(m, rec, config.ack_every);
@@ -369,6 +399,22 @@ async fn arrive(
             return None;
         }
     };
+    if config.connect_only {
+        // An idle connection: one ping, no user behind it.
+        if let Err(f) = session.ping().await {
+            rec.error(format!("ping: {}", f.0));
+            return None;
+        }
+        if rec.in_window(intended) {
+            inc(&rec.counts.window_acked);
+        }
+        return Some(Arrived {
+            index: n as u32,
+            id: 0,
+            session,
+            pending: Vec::new(),
+        });
+    }
     let name = format!("{}-{worker}-{n}", config.prefix);
     let step = rec.clock.now_us();
     let id = match session.register(&name, &config.password).await {
@@ -418,6 +464,12 @@ pub fn friend_pairs(n: u32, friends: u32) -> Vec<(u32, u32)> {
         }
     }
     pairs
+}
+
+/// Closed-loop pairs of `n` users: sender `i` of the first half, receiver
+/// `i + n/2` (an odd last user stays idle).
+pub fn closed_pairs(n: u32) -> Vec<(u32, u32)> {
+    (0..n / 2).map(|i| (i, i + n / 2)).collect()
 }
 
 /// Consecutive users in groups of `size`; a short last group joins the one
@@ -476,6 +528,19 @@ mod tests {
         assert!(degree.iter().all(|&d| d == 4), "{degree:?}");
         assert_eq!(friend_pairs(2, 4), vec![(0, 1)]);
         assert!(friend_pairs(1, 4).is_empty());
+    }
+
+    #[test]
+    fn closed_pairs_send_from_the_first_half_to_the_second() {
+        let pairs = closed_pairs(100);
+        assert_eq!(pairs.len(), 50);
+        assert_eq!(pairs[0], (0, 50));
+        assert_eq!(pairs[49], (49, 99));
+        let mut seen: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>(), "every user in one pair");
+        assert_eq!(closed_pairs(5), vec![(0, 2), (1, 3)], "user 4 stays idle");
+        assert!(closed_pairs(1).is_empty());
     }
 
     #[test]

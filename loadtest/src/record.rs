@@ -9,7 +9,7 @@
 //! [`Outcome`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,39 @@ impl Second {
     }
 }
 
+/// The generator's lag of many actions, recorded apart and added to the
+/// recorder in one go ([`Recorder::add_lags`]).
+pub struct Lags {
+    histogram: Histogram<u64>,
+    late: u64,
+    threshold_us: u64,
+}
+
+impl Lags {
+    /// Records how late an action intended at `intended_us` started at
+    /// `started_us`.
+    pub fn record(&mut self, intended_us: u64, started_us: u64) {
+        let lag = started_us.saturating_sub(intended_us);
+        if lag > self.threshold_us {
+            self.late += 1;
+        }
+        record(&mut self.histogram, lag);
+    }
+
+    /// Late actions recorded and not yet added.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+}
+
 pub struct Recorder {
     pub clock: Clock,
     pub counts: Counts,
     window_start_us: AtomicU64,
     window_end_us: AtomicU64,
+    /// Whether an action belongs to the window by its actual start (closed
+    /// model) rather than its intended time.
+    window_by_start: AtomicBool,
     late_threshold_us: u64,
     histograms: Mutex<Histograms>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -106,6 +134,7 @@ impl Recorder {
             counts: Counts::default(),
             window_start_us: AtomicU64::new(u64::MAX),
             window_end_us: AtomicU64::new(u64::MAX),
+            window_by_start: AtomicBool::new(false),
             late_threshold_us: late_threshold.as_micros() as u64,
             histograms: Mutex::new(Histograms {
                 current: BTreeMap::new(),
@@ -136,11 +165,29 @@ impl Recorder {
         (start..end).contains(&intended_us)
     }
 
+    /// From now on an action is in the window when it *started* in it, not
+    /// when it was intended to (closed model: a closed loop decides when it
+    /// sends; behind a backlog, the actions intended in the window would
+    /// start after it).
+    pub fn window_by_start(&self) {
+        self.window_by_start.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an action intended at `intended_us` and started at
+    /// `started_us` belongs to the measured window.
+    pub fn action_in_window(&self, intended_us: u64, started_us: u64) -> bool {
+        if self.window_by_start.load(Ordering::Relaxed) {
+            self.in_window(started_us)
+        } else {
+            self.in_window(intended_us)
+        }
+    }
+
     /// Records one action of `metric` intended at `intended_us`, started at
     /// `started_us` and done now.
     pub fn latency(&self, metric: Metric, intended_us: u64, started_us: u64) {
         let done = self.clock.now_us();
-        let in_window = self.in_window(intended_us);
+        let in_window = self.action_in_window(intended_us, started_us);
         let corrected = done.saturating_sub(intended_us);
         let uncorrected = done.saturating_sub(started_us.max(intended_us));
         let mut h = lock(&self.histograms);
@@ -164,6 +211,28 @@ impl Recorder {
             inc(&self.counts.late);
         }
         record(&mut lock(&self.histograms).lag, lag);
+    }
+
+    /// A lag histogram of one's own, to record many actions without taking
+    /// the recorder's lock for each (the pacer); see [`Recorder::add_lags`].
+    pub fn lags(&self) -> Lags {
+        Lags {
+            histogram: new_histogram(),
+            late: 0,
+            threshold_us: self.late_threshold_us,
+        }
+    }
+
+    /// Adds what `lags` recorded, and empties it.
+    pub fn add_lags(&self, lags: &mut Lags) {
+        add(&self.counts.late, std::mem::take(&mut lags.late));
+        if !lags.histogram.is_empty() {
+            lock(&self.histograms)
+                .lag
+                .add(&lags.histogram)
+                .expect("same bounds");
+            lags.histogram.reset();
+        }
     }
 
     /// Counts one error of `kind` (`send: timeout`).
@@ -251,6 +320,7 @@ impl Recorder {
             balance: None,
             ramp: Vec::new(),
             workers: 1,
+            server: None,
         }
     }
 }
@@ -289,6 +359,24 @@ mod tests {
     }
 
     #[test]
+    fn the_closed_model_counts_the_window_by_start() {
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
+        rec.set_window(1_000, 2_000);
+        assert!(rec.action_in_window(1_500, 5_000), "by intended time");
+        assert!(!rec.action_in_window(500, 1_500));
+        rec.window_by_start();
+        assert!(!rec.action_in_window(1_500, 5_000));
+        assert!(rec.action_in_window(500, 1_500), "by start");
+        rec.latency(Metric::SendAck, 500, 1_500);
+        let o = rec.finish(1.0);
+        let c = &o.totals[&Series::new(Metric::SendAck, Correction::Corrected)];
+        assert_eq!(c.len(), 1, "started in the window, intended before it");
+    }
+
+    #[test]
     fn late_actions_are_counted() {
         let rec = Recorder::new(
             Clock::starting_at(Instant::now()),
@@ -299,6 +387,24 @@ mod tests {
         let o = rec.finish(1.0);
         assert_eq!(o.counters.late, 1);
         assert_eq!(o.generator.lag.len(), 2);
+    }
+
+    #[test]
+    fn lags_recorded_apart_add_up() {
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now()),
+            Duration::from_millis(10),
+        );
+        let mut lags = rec.lags();
+        lags.record(0, 5_000);
+        lags.record(0, 50_000);
+        assert_eq!(lags.late(), 1);
+        rec.add_lags(&mut lags);
+        rec.add_lags(&mut lags);
+        rec.lag(0, 20_000);
+        let o = rec.finish(1.0);
+        assert_eq!(o.counters.late, 2, "added once");
+        assert_eq!(o.generator.lag.len(), 3);
     }
 
     #[test]

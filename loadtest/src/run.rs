@@ -5,17 +5,18 @@
 //! everything recorded. A ticker reports progress to a [`Sink`] meanwhile.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
-use crate::config::{RunConfig, ScenarioKind, Target};
-use crate::outcome::{Balance, Metric, Outcome, RampStep};
+use crate::config::{Model, RunConfig, ScenarioKind, Target};
+use crate::outcome::{Balance, Metric, Outcome, ProcessCost, RampStep, ServerCost};
 use crate::population::{self, Arrivals, Population, SetupProgress};
 use crate::record::{Clock, Recorder, Second};
+use crate::server::{Probe, Sample, Usage};
 use crate::slo::{self, Observed, Slo};
 use crate::target::{DialError, Dialer};
 use crate::traffic::{self, Segment};
@@ -76,9 +77,32 @@ pub struct LiveSecond {
     pub errors: u64,
     /// Counters so far.
     pub counters: crate::outcome::Counters,
-    /// Corrected p99 of that second (delivery, else send ack, else login), µs.
+    /// Corrected p99 of that second (delivery, else send ack, else login,
+    /// else connect), µs.
     pub p99_us: Option<u64>,
     pub second: Second,
+    /// The servers' usage now, when they are sampled (see [`Probe`]).
+    pub server: Option<LiveServer>,
+}
+
+/// The servers' usage at one second of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveServer {
+    /// The nodes (or the `--server-metrics` endpoints), summed.
+    pub nodes: LiveUsage,
+    /// `--local`'s balancer.
+    pub balancer: Option<LiveUsage>,
+}
+
+/// One group of server processes at one second of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveUsage {
+    pub usage: Usage,
+    /// CPU seconds spent in the last second per message delivered in it.
+    pub cpu_seconds_per_delivered: Option<f64>,
+    /// Resident memory gained since before the users connected, per
+    /// connection open now.
+    pub rss_bytes_per_connection: Option<f64>,
 }
 
 /// Where ticks go (the terminal, `/metrics`, a coordinator).
@@ -107,16 +131,29 @@ pub enum RunError {
 }
 
 /// Runs `config`'s scenario for `part`, with the clock's zero at `base`.
+/// With a `probe`, the servers' CPU and memory are sampled (before the users
+/// connect, at the start and the end of the window, and once a second).
 pub async fn run(
     config: Arc<RunConfig>,
     part: Part,
     base: Instant,
     sink: Sink,
+    probe: Option<Probe>,
 ) -> Result<Outcome, RunError> {
     let rec = Arc::new(Recorder::new(
         Clock::starting_at(base),
         config.late_threshold,
     ));
+    if config.model == Model::Closed && config.scenario != ScenarioKind::Connect {
+        rec.window_by_start();
+    }
+    let meter = Arc::new(Meter {
+        // A worker without the probe still counts its deliveries and
+        // connections for the worker that samples the servers.
+        on: probe.is_some() || !config.server_metrics.is_empty(),
+        probe: probe.map(Arc::new),
+        before: Mutex::new(None),
+    });
     let dialer = Arc::new(Dialer::new(&config).await?);
     let stage = Arc::new(AtomicU8::new(Stage::Setup as u8));
     let offered_rate = Arc::new(AtomicU64::new(0f64.to_bits()));
@@ -126,15 +163,24 @@ pub async fn run(
         stage.clone(),
         offered_rate.clone(),
         setup.clone(),
+        meter.clone(),
         sink,
     ));
-    let result = drive(&config, part, &rec, &dialer, &stage, &offered_rate, &setup).await;
+    let context = Context {
+        config: &config,
+        rec: &rec,
+        stage: &stage,
+        offered_rate: &offered_rate,
+        meter: &meter,
+    };
+    let result = drive(&context, part, &dialer, &setup).await;
     stage.store(Stage::Done as u8, Ordering::Relaxed);
     ticker.abort();
-    let (balance, ramp) = result?;
+    let ended = result?;
     let mut outcome = rec.finish(part_rate(&config, part));
-    outcome.balance = balance;
-    outcome.ramp = ramp;
+    outcome.balance = ended.balance;
+    outcome.ramp = ended.ramp;
+    outcome.server = ended.server;
     Ok(outcome)
 }
 
@@ -145,15 +191,39 @@ fn part_rate(config: &RunConfig, part: Part) -> f64 {
     }
 }
 
+/// What [`drive`] works with.
+struct Context<'a> {
+    config: &'a Arc<RunConfig>,
+    rec: &'a Arc<Recorder>,
+    stage: &'a AtomicU8,
+    offered_rate: &'a AtomicU64,
+    meter: &'a Arc<Meter>,
+}
+
+impl Context<'_> {
+    fn stage(&self, stage: Stage) {
+        self.stage.store(stage as u8, Ordering::Relaxed);
+    }
+
+    fn offer(&self, rate: f64) {
+        self.offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// What a run ends with besides the recorder's outcome.
+struct Ended {
+    balance: Option<Balance>,
+    ramp: Vec<RampStep>,
+    server: Option<ServerCost>,
+}
+
 async fn drive(
-    config: &Arc<RunConfig>,
+    cx: &Context<'_>,
     part: Part,
-    rec: &Arc<Recorder>,
     dialer: &Arc<Dialer>,
-    stage: &AtomicU8,
-    offered_rate: &AtomicU64,
     setup: &Arc<SetupProgress>,
-) -> Result<(Option<Balance>, Vec<RampStep>), RunError> {
+) -> Result<Ended, RunError> {
+    let (config, rec, meter) = (cx.config, cx.rec, cx.meter);
     let start = rec.clock.now_us() + 10_000;
     let connect = config.scenario == ScenarioKind::Connect;
     let rate = config.rate * part.rate_share;
@@ -165,7 +235,7 @@ async fn drive(
     if connect {
         let end = start + (part.users as f64 * 1e6 / rate) as u64;
         rec.set_window(start, end + 1);
-        offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+        cx.offer(rate);
         crate::record::add(&rec.counts.window_offered, part.users);
     }
     let arrivals = Arrivals {
@@ -174,6 +244,9 @@ async fn drive(
         start_us: start,
         rate: setup_rate,
     };
+    // The servers before any user connects: the base of memory per connection.
+    let before = meter.mark(rec, 0).await;
+    meter.remember_before(&before);
     let pop = Arc::new(population::set_up(config, arrivals, dialer, rec, setup).await);
     if connect {
         crate::record::add(
@@ -194,40 +267,210 @@ async fn drive(
         return Err(RunError::NoGroups(config.scenario.name()));
     }
     let mut steps = Vec::new();
+    let server;
     if connect {
         // Hold the connections (idle, logged in) for the duration: what a
         // node's memory per connection is measured on.
-        stage.store(Stage::Traffic as u8, Ordering::Relaxed);
-        offered_rate.store(0f64.to_bits(), Ordering::Relaxed);
+        cx.stage(Stage::Traffic);
+        cx.offer(0.0);
         tokio::time::sleep(config.duration).await;
+        let end = meter.mark(rec, open_connections(&pop)).await;
+        server = meter.cost(&before, &before, &end);
     } else {
-        stage.store(Stage::Traffic as u8, Ordering::Relaxed);
+        cx.stage(Stage::Traffic);
         let t0 = rec.clock.now_us() + 100_000;
+        let drain_until;
         if config.scenario == ScenarioKind::Ramp {
-            steps = ramp(config, part, t0, &pop, rec, offered_rate).await;
+            let first = meter.mark_at(rec, &pop, t0);
+            steps = ramp(cx, part, t0, &pop).await;
+            let end = meter.mark(rec, open_connections(&pop)).await;
+            server = meter.cost(&before, &joined(first).await, &end);
+            drain_until = tokio::time::Instant::now() + config.drain;
         } else {
             let measure = t0 + config.warmup.as_micros() as u64;
             let end = measure + config.duration.as_micros() as u64;
             rec.set_window(measure, end);
-            offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+            cx.offer(rate);
             let segment = Segment {
                 start_us: t0,
                 end_us: end,
                 rate,
             };
+            let first = meter.mark_at(rec, &pop, measure);
+            let last = meter.mark_at(rec, &pop, end);
             traffic::run_segment(segment, &pop, rec, config).await;
             tokio::time::sleep_until(rec.clock.at(end)).await;
+            server = meter.cost(&before, &joined(first).await, &joined(last).await);
+            drain_until = rec.clock.at(end) + config.drain;
         }
-        offered_rate.store(0f64.to_bits(), Ordering::Relaxed);
-        stage.store(Stage::Drain as u8, Ordering::Relaxed);
-        drain(rec, config.drain).await;
+        cx.offer(0.0);
+        cx.stage(Stage::Drain);
+        drain(rec, drain_until).await;
     }
     for u in &pop.users {
         u.ack_all();
     }
     let balance = balance(config, &pop).await;
     finish_population(&pop, rec).await;
-    Ok((balance, steps))
+    Ok(Ended {
+        balance,
+        ramp: steps,
+        server,
+    })
+}
+
+/// Connections of the population still open.
+fn open_connections(pop: &Population) -> u64 {
+    pop.users.iter().filter(|u| !u.session.is_closed()).count() as u64
+}
+
+async fn joined(mark: tokio::task::JoinHandle<Mark>) -> Mark {
+    mark.await.unwrap_or_default()
+}
+
+/// The run's counts and the servers' usage at one moment.
+#[derive(Debug, Clone, Default)]
+struct Mark {
+    at_us: u64,
+    delivered: u64,
+    connections: u64,
+    /// The servers' usage, when there is a probe.
+    sample: Option<Result<Sample, String>>,
+}
+
+/// Takes [`Mark`]s for the server's cost.
+struct Meter {
+    probe: Option<Arc<Probe>>,
+    /// Whether this part counts for a server cost (a probe here, or
+    /// `--server-metrics` sampled by another worker).
+    on: bool,
+    /// The servers before the users connected (for the live figures).
+    before: Mutex<Option<Sample>>,
+}
+
+impl Meter {
+    /// The servers' usage now (on a blocking thread), `None` without a probe.
+    async fn sample(&self) -> Option<Result<Sample, String>> {
+        let probe = self.probe.clone()?;
+        Some(
+            match tokio::task::spawn_blocking(move || probe.sample()).await {
+                Ok(sampled) => sampled.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+    }
+
+    /// A mark now, with `connections` open.
+    async fn mark(&self, rec: &Recorder, connections: u64) -> Mark {
+        if !self.on {
+            return Mark::default();
+        }
+        let at_us = rec.clock.now_us();
+        let delivered = rec.counts.delivered.load(Ordering::Relaxed);
+        let sample = self.sample().await;
+        Mark {
+            at_us,
+            delivered,
+            connections,
+            sample,
+        }
+    }
+
+    /// Keeps the servers' usage before the users connected, the base of the
+    /// live memory per connection.
+    fn remember_before(&self, before: &Mark) {
+        if let Some(Ok(s)) = &before.sample {
+            *self.before.lock().unwrap_or_else(PoisonError::into_inner) = Some(*s);
+        }
+    }
+
+    /// A mark at `at_us` on the run's clock, taken by a task.
+    fn mark_at(
+        self: &Arc<Self>,
+        rec: &Arc<Recorder>,
+        pop: &Arc<Population>,
+        at_us: u64,
+    ) -> tokio::task::JoinHandle<Mark> {
+        let (meter, rec, pop) = (self.clone(), rec.clone(), pop.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(rec.clock.at(at_us)).await;
+            meter.mark(&rec, open_connections(&pop)).await
+        })
+    }
+
+    /// The servers' cost between `start` and `end`, memory from `before`.
+    fn cost(&self, before: &Mark, start: &Mark, end: &Mark) -> Option<ServerCost> {
+        if !self.on {
+            return None;
+        }
+        let mut cost = ServerCost {
+            deliveries: end.delivered.saturating_sub(start.delivered),
+            connections: end.connections,
+            ..ServerCost::default()
+        };
+        let Some(probe) = &self.probe else {
+            return Some(cost);
+        };
+        cost.source = Some(probe.source().to_string());
+        cost.sampled = probe.describe();
+        cost.node_count = probe.node_count();
+        cost.sampled_us = end.at_us.saturating_sub(start.at_us);
+        let samples = [&before.sample, &start.sample, &end.sample];
+        match samples.map(|s| s.clone().unwrap_or_else(|| Err("not sampled".into()))) {
+            [Ok(b), Ok(s), Ok(e)] => {
+                cost.nodes = Some(ProcessCost {
+                    before: b.nodes,
+                    start: s.nodes,
+                    end: e.nodes,
+                });
+                if let (Some(before), Some(start), Some(end)) = (b.balancer, s.balancer, e.balancer)
+                {
+                    cost.balancer = Some(ProcessCost { before, start, end });
+                }
+            }
+            failed => {
+                let error = failed.into_iter().find_map(Result::err);
+                cost.error = error;
+            }
+        }
+        if let Some(e) = &cost.error {
+            tracing::warn!(error = %e, "the servers could not be sampled");
+        }
+        Some(cost)
+    }
+
+    /// The servers now, for the live figures: CPU per message delivered
+    /// since `last`, memory per connection open now.
+    async fn live(
+        &self,
+        last: &mut Option<(Sample, u64)>,
+        delivered: u64,
+        connections: u64,
+    ) -> Option<LiveServer> {
+        self.probe.as_ref()?;
+        let now = tokio::time::timeout(Duration::from_millis(500), self.sample())
+            .await
+            .ok()??
+            .ok()?;
+        let before = *self.before.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = last.replace((now, delivered));
+        let figure = |usage: Usage, pick: fn(&Sample) -> Option<Usage>| LiveUsage {
+            usage,
+            cpu_seconds_per_delivered: previous.and_then(|(p, d)| {
+                let spent = usage.cpu_seconds - pick(&p)?.cpu_seconds;
+                (delivered > d).then(|| spent.max(0.0) / (delivered - d) as f64)
+            }),
+            rss_bytes_per_connection: before.and_then(|b| {
+                let base = pick(&b)?.rss_bytes;
+                (connections > 0)
+                    .then(|| (usage.rss_bytes as f64 - base as f64) / connections as f64)
+            }),
+        };
+        Some(LiveServer {
+            nodes: figure(now.nodes, |s| Some(s.nodes)),
+            balancer: now.balancer.map(|b| figure(b, |s| s.balancer)),
+        })
+    }
 }
 
 /// The share of all users this part has (the rate share for a fixed-rate
@@ -237,14 +480,8 @@ fn users_share(config: &RunConfig, part: Part) -> f64 {
 }
 
 /// Runs ramp steps until one misses an objective; returns every step run.
-async fn ramp(
-    config: &Arc<RunConfig>,
-    part: Part,
-    t0: u64,
-    pop: &Arc<Population>,
-    rec: &Arc<Recorder>,
-    offered_rate: &AtomicU64,
-) -> Vec<RampStep> {
+async fn ramp(cx: &Context<'_>, part: Part, t0: u64, pop: &Arc<Population>) -> Vec<RampStep> {
+    let (config, rec) = (cx.config, cx.rec);
     let step_us = config.ramp.step_duration.as_micros() as u64;
     let rates = config.ramp_rates();
     rec.set_window(t0, t0 + step_us * rates.len() as u64);
@@ -252,7 +489,7 @@ async fn ramp(
     let mut start = t0;
     for total_rate in rates {
         let rate = total_rate * part.rate_share;
-        offered_rate.store(rate.to_bits(), Ordering::Relaxed);
+        cx.offer(rate);
         let before = rec.counts.snapshot();
         let errors_before = rec.errors_total();
         let segment = Segment {
@@ -304,9 +541,8 @@ async fn ramp(
 }
 
 /// Waits until every receipt due has come and every send was answered, or
-/// `limit` passed.
-async fn drain(rec: &Recorder, limit: Duration) {
-    let until = tokio::time::Instant::now() + limit;
+/// `until`.
+async fn drain(rec: &Recorder, until: tokio::time::Instant) {
     loop {
         let c = rec.counts.snapshot();
         let settled = c.delivered >= c.expected && c.acked + c.send_failed >= c.sent;
@@ -374,8 +610,10 @@ async fn tick(
     stage: Arc<AtomicU8>,
     offered_rate: Arc<AtomicU64>,
     setup: Arc<SetupProgress>,
+    meter: Arc<Meter>,
     sink: Sink,
 ) {
+    let mut last_server = None;
     let mut every = tokio::time::interval(Duration::from_millis(200));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
@@ -400,17 +638,29 @@ async fn tick(
         let secs = second.length_us as f64 / 1e6;
         let counters = rec.counts.snapshot();
         let errors = rec.errors_total();
+        let connections = counters
+            .connections_opened
+            .saturating_sub(counters.disconnects);
+        let server = meter
+            .live(&mut last_server, counters.delivered, connections)
+            .await;
         let live = LiveSecond {
             elapsed: started.elapsed(),
             stage: now_stage,
-            connections: (counters.connections_opened).saturating_sub(counters.disconnects),
+            connections,
             offered_per_s: f64::from_bits(offered_rate.load(Ordering::Relaxed)),
             acked_per_s: (counters.acked - last.acked) as f64 / secs,
             delivered_per_s: (counters.delivered - last.delivered) as f64 / secs,
             errors: errors - last_errors,
-            p99_us: second.p99_us(&[Metric::Delivery, Metric::SendAck, Metric::Login]),
+            p99_us: second.p99_us(&[
+                Metric::Delivery,
+                Metric::SendAck,
+                Metric::Login,
+                Metric::Connect,
+            ]),
             counters: counters.clone(),
             second,
+            server,
         };
         last = counters;
         last_errors = errors;

@@ -78,6 +78,13 @@ impl Tally {
         }
     }
 
+    /// Whether message `seq` of `sender`'s `stream` arrived.
+    pub fn has(&self, sender: u32, stream: u64, seq: u64) -> bool {
+        self.streams
+            .get(&(sender, stream))
+            .is_some_and(|s| s.seen(seq))
+    }
+
     /// The highest server id received, to acknowledge.
     pub fn highest_id(&self) -> Option<MessageId> {
         self.highest_id
@@ -115,6 +122,8 @@ mod tests {
             "streams are per sender"
         );
         assert_eq!(t.highest_id(), Some(14));
+        assert!(t.has(1, 7, 0) && t.has(1, 7, 1) && t.has(1, 7, 2));
+        assert!(!t.has(1, 7, 3) && !t.has(2, 7, 1) && !t.has(1, 8, 0));
     }
 
     #[test]

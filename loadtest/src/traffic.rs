@@ -1,27 +1,39 @@
 //! Chat traffic on a schedule: the pacer computes the intended time of the
 //! k-th action of a segment (`start + k / rate`) and starts each when it is
-//! due, whatever the server is doing (open model), or hands it to one user
-//! who waits for the previous ack first (closed model). Every action's
-//! latency counts from its intended time (corrected) and from its actual
-//! start (uncorrected); how late the pacer itself started it is recorded as
-//! the generator's lag.
+//! due, whatever the server is doing (open model), or releases it to one
+//! closed loop that takes its actions one at a time (closed model). Every
+//! action's latency counts from its intended time (corrected) and from its
+//! actual start (uncorrected); how late the pacer itself started (or
+//! released) it is recorded as the generator's lag.
 //!
 //! An action is a direct message to a random friend, a group message, or
 //! (in `mixed`) a logout followed by a login. Each message carries a
 //! [`Stamp`] so that its recipients can measure delivery.
+//!
+//! **Closed model.** One loop per sender; the schedule's slots go to the
+//! loops in turn (slot k to loop k mod L), and a loop takes its next slot
+//! only once its previous message is done: in the one-to-one scenarios the
+//! senders are the first half of the users, each paired with a fixed
+//! receiver in the second half, and a message is done once the receiver got
+//! it and the sender got its ack; in `group` and `mixed`, once acknowledged.
+//! A loop behind its slots sends at once (the corrected latency counts
+//! from the slot). At the segment's end no loop starts anything new; the
+//! segment ends once every loop's last message is done, or `--drain` after
+//! the end.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::config::{Model, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
 use crate::payload::{GROUP_STREAM, Stamp};
-use crate::population::{Population, User};
+use crate::population::{Population, User, closed_pairs};
 use crate::record::{Recorder, add, inc};
 use crate::session::Ack;
 
@@ -48,40 +60,93 @@ enum Kind {
     Relogin,
 }
 
-/// Runs the traffic of one segment; returns when its last action has been
-/// started (acks and deliveries may still be in flight).
+/// Who sends in a segment: users that can (open model, group, mixed), or
+/// closed-loop pairs, each sender with its one receiver.
+struct Senders {
+    users: Vec<u32>,
+    /// `receivers[i]`: the one user `users[i]` sends to (closed pairs).
+    receivers: Option<Vec<u32>>,
+}
+
+impl Senders {
+    fn of(pop: &Population, config: &RunConfig) -> Senders {
+        if config.closed_pairs() {
+            let (users, receivers) = closed_pairs(pop.users.len() as u32).into_iter().unzip();
+            return Senders {
+                users,
+                receivers: Some(receivers),
+            };
+        }
+        Senders {
+            users: pop
+                .users
+                .iter()
+                .filter(|u| u.active && can_send(u, config.scenario))
+                .map(|u| u.index)
+                .collect(),
+            receivers: None,
+        }
+    }
+}
+
+/// What every action works with.
+#[derive(Clone)]
+struct Scene {
+    pop: Arc<Population>,
+    rec: Arc<Recorder>,
+    config: Arc<RunConfig>,
+}
+
+/// Runs the traffic of one segment. Open model: returns when its last
+/// action has been started (acks and deliveries may still be in flight).
+/// Closed model: returns when every loop's last message is done, or
+/// `config.drain` after the segment's end (the loops still waiting are
+/// stopped; what they waited for is counted as it stands).
 pub async fn run_segment(
     segment: Segment,
     pop: &Arc<Population>,
     rec: &Arc<Recorder>,
     config: &Arc<RunConfig>,
 ) {
-    let (pop, rec, config) = (pop.clone(), rec.clone(), config.clone());
+    let senders = Senders::of(pop, config);
+    if senders.users.is_empty() {
+        rec.error("schedule: no user can send (no friends or groups)");
+        return;
+    }
+    let scene = Scene {
+        pop: pop.clone(),
+        rec: rec.clone(),
+        config: config.clone(),
+    };
+    let closed =
+        (config.model == Model::Closed).then(|| ClosedLoops::start(segment, &senders, &scene));
+    let slots = closed.as_ref().map(|c| c.slots.clone());
+    let users = senders.users;
     // The pacer sleeps on its own thread: tokio's timers fire on a 1 ms
     // grid, which would make every send up to a millisecond late (and the
     // corrected latency that much longer); a thread sleeps to within tens
     // of microseconds.
-    let paced = tokio::task::spawn_blocking(move || pace(segment, &pop, &rec, &config)).await;
+    let paced =
+        tokio::task::spawn_blocking(move || pace(segment, &users, slots.as_deref(), &scene)).await;
     if let Err(e) = paced {
         tracing::error!(error = %e, "the pacer failed");
     }
+    if let Some(loops) = closed {
+        loops
+            .finish(rec.clock.at(segment.end_us) + config.drain)
+            .await;
+    }
 }
 
-/// The pacer's loop (on a blocking thread, inside the runtime).
-fn pace(segment: Segment, pop: &Arc<Population>, rec: &Arc<Recorder>, config: &Arc<RunConfig>) {
-    let senders: Vec<u32> = pop
-        .users
-        .iter()
-        .filter(|u| u.active && can_send(u, config.scenario))
-        .map(|u| u.index)
-        .collect();
-    if senders.is_empty() {
-        rec.error("schedule: no user can send (no friends or groups)");
-        return;
-    }
-    let closed =
-        (config.model == Model::Closed).then(|| spawn_closed_loops(&senders, pop, rec, config));
+/// The pacer's loop (on a blocking thread, inside the runtime): each action
+/// is started (open model) or released to its closed loop when it is due.
+/// Its lag and the window's offered actions are counted locally and added
+/// once per batch of due actions, so that a high rate costs little more
+/// than the actions themselves.
+fn pace(segment: Segment, senders: &[u32], slots: Option<&Slots>, scene: &Scene) {
+    let rec = &scene.rec;
     let mut rng = SmallRng::from_os_rng();
+    let mut lags = rec.lags();
     let mut k = 0u64;
     loop {
         let intended = segment.at(k);
@@ -95,27 +160,34 @@ fn pace(segment: Segment, pop: &Arc<Population>, rec: &Arc<Recorder>, config: &A
         }
         // Every action due by now, each with its own intended time.
         let now = rec.clock.now_us();
+        let mut offered = 0;
         while segment.at(k) <= now && segment.at(k) < segment.end_us {
             let intended = segment.at(k);
-            k += 1;
             if rec.in_window(intended) {
-                inc(&rec.counts.window_offered);
+                offered += 1;
             }
-            let sender = senders[rng.random_range(0..senders.len())];
-            rec.lag(intended, rec.clock.now_us());
-            match &closed {
-                Some(queues) => {
-                    let _ = queues[sender_slot(&senders, sender)].send(intended);
-                }
-                None => {
-                    let kind = pick_kind(config, &mut rng);
-                    if let Some(ack) = act(kind, sender, intended, pop, rec, config, &mut rng) {
-                        let rec = rec.clone();
-                        tokio::spawn(async move { finish(ack, rec).await });
-                    }
+            lags.record(intended, rec.clock.now_us());
+            if slots.is_none() {
+                let sender = senders[rng.random_range(0..senders.len())];
+                let kind = pick_kind(&scene.config, &mut rng);
+                if let Some(f) = scene.act(kind, sender, None, intended, &mut rng) {
+                    let rec = rec.clone();
+                    tokio::spawn(async move { finish(f.ack, f.intended, f.started, &rec).await });
                 }
             }
+            k += 1;
         }
+        if let Some(slots) = slots {
+            slots.release_until(k);
+        }
+        add(&rec.counts.window_offered, offered);
+        if lags.late() > 0 {
+            rec.add_lags(&mut lags);
+        }
+    }
+    rec.add_lags(&mut lags);
+    if let Some(slots) = slots {
+        slots.close();
     }
 }
 
@@ -125,10 +197,6 @@ fn can_send(user: &User, scenario: ScenarioKind) -> bool {
         ScenarioKind::Mixed => !user.friends.is_empty() || !user.groups.is_empty(),
         _ => !user.friends.is_empty(),
     }
-}
-
-fn sender_slot(senders: &[u32], sender: u32) -> usize {
-    senders.binary_search(&sender).unwrap_or(0)
 }
 
 fn pick_kind(config: &RunConfig, rng: &mut SmallRng) -> Kind {
@@ -149,96 +217,125 @@ fn pick_kind(config: &RunConfig, rng: &mut SmallRng) -> Kind {
     }
 }
 
-/// A send in flight: its ack, and when it was intended and made.
+/// A send in flight: its ack, when it was intended and made, and for a
+/// one-to-one message what its receiver will get.
 pub struct InFlight {
     ack: Ack,
     intended: u64,
     started: u64,
+    receipt: Option<Due>,
 }
 
-/// Starts one action by `sender`; returns the send to await, if any.
-fn act(
-    kind: Kind,
+/// A one-to-one message its receiver is due to get.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    receiver: u32,
     sender: u32,
-    intended: u64,
-    pop: &Arc<Population>,
-    rec: &Arc<Recorder>,
-    config: &Arc<RunConfig>,
-    rng: &mut SmallRng,
-) -> Option<InFlight> {
-    let user = &pop.users[sender as usize];
-    let kind = match kind {
-        Kind::Direct if user.friends.is_empty() => Kind::Group,
-        Kind::Group if user.groups.is_empty() => Kind::Direct,
-        k => k,
-    };
-    if kind == Kind::Relogin {
-        tokio::spawn(relogin(user.clone(), intended, rec.clone(), config.clone()));
-        return None;
-    }
-    if !user.online.load(Ordering::Relaxed) {
-        rec.error("send: sender offline");
-        inc(&rec.counts.send_failed);
-        return None;
-    }
-    let started = rec.clock.now_us();
-    let (recipients, sent) = match kind {
-        Kind::Group => {
-            let g = user.groups[rng.random_range(0..user.groups.len())];
-            let group = &pop.groups[g as usize];
-            let stream = GROUP_STREAM | u64::from(g);
-            let text = stamp(user, stream, intended, started, config);
-            (
-                group.members.len() as u64 - 1,
-                user.session.send_group(group.id, &text),
-            )
+    stream: u64,
+    seq: u64,
+}
+
+impl Scene {
+    /// Starts one action by `sender` (a direct message goes to `to`, else to a
+    /// random friend); returns the send to await, if any.
+    fn act(
+        &self,
+        kind: Kind,
+        sender: u32,
+        to: Option<u32>,
+        intended: u64,
+        rng: &mut SmallRng,
+    ) -> Option<InFlight> {
+        let (pop, rec, config) = (&self.pop, &self.rec, &self.config);
+        let user = &pop.users[sender as usize];
+        let kind = match kind {
+            Kind::Direct if to.is_none() && user.friends.is_empty() => Kind::Group,
+            Kind::Group if user.groups.is_empty() => Kind::Direct,
+            k => k,
+        };
+        if kind == Kind::Relogin {
+            tokio::spawn(relogin(user.clone(), intended, rec.clone(), config.clone()));
+            return None;
         }
-        _ => {
-            let f = user.friends[rng.random_range(0..user.friends.len())];
-            let stream = u64::from(f);
-            let text = stamp(user, stream, intended, started, config);
-            (1, user.session.send_direct(pop.users[f as usize].id, &text))
-        }
-    };
-    match sent {
-        Ok(ack) => {
-            inc(&rec.counts.sent);
-            add(&rec.counts.expected, recipients);
-            if rec.in_window(intended) {
-                inc(&rec.counts.window_sent);
-            }
-            Some(InFlight {
-                ack,
-                intended,
-                started,
-            })
-        }
-        Err(f) => {
+        if !user.online.load(Ordering::Relaxed) {
+            rec.error("send: sender offline");
             inc(&rec.counts.send_failed);
-            rec.error(format!("send: {}", f.0));
-            None
+            return None;
+        }
+        let started = rec.clock.now_us();
+        let (recipients, receipt, sent) = match kind {
+            Kind::Group => {
+                let g = user.groups[rng.random_range(0..user.groups.len())];
+                let group = &pop.groups[g as usize];
+                let stream = GROUP_STREAM | u64::from(g);
+                let (text, _) = stamp(user, stream, intended, started, config);
+                (
+                    group.members.len() as u64 - 1,
+                    None,
+                    user.session.send_group(group.id, &text),
+                )
+            }
+            _ => {
+                let f = to.unwrap_or_else(|| user.friends[rng.random_range(0..user.friends.len())]);
+                let stream = u64::from(f);
+                let (text, seq) = stamp(user, stream, intended, started, config);
+                let due = Due {
+                    receiver: f,
+                    sender,
+                    stream,
+                    seq,
+                };
+                (
+                    1,
+                    Some(due),
+                    user.session.send_direct(pop.users[f as usize].id, &text),
+                )
+            }
+        };
+        match sent {
+            Ok(ack) => {
+                inc(&rec.counts.sent);
+                add(&rec.counts.expected, recipients);
+                if rec.action_in_window(intended, started) {
+                    inc(&rec.counts.window_sent);
+                }
+                Some(InFlight {
+                    ack,
+                    intended,
+                    started,
+                    receipt,
+                })
+            }
+            Err(f) => {
+                inc(&rec.counts.send_failed);
+                rec.error(format!("send: {}", f.0));
+                None
+            }
         }
     }
 }
 
-fn stamp(user: &User, stream: u64, intended: u64, sent: u64, config: &RunConfig) -> String {
-    Stamp {
+/// The message's text, and its sequence number on `stream`.
+fn stamp(user: &User, stream: u64, intended: u64, sent: u64, config: &RunConfig) -> (String, u64) {
+    let seq = user.next_seq(stream);
+    let text = Stamp {
         sender: user.index,
         stream,
-        seq: user.next_seq(stream),
+        seq,
         intended_us: intended,
         sent_us: sent,
     }
-    .text(config.text_size)
+    .text(config.text_size);
+    (text, seq)
 }
 
 /// Waits for a send's ack and records it.
-async fn finish(f: InFlight, rec: Arc<Recorder>) {
-    match f.ack.wait().await {
+async fn finish(ack: Ack, intended: u64, started: u64, rec: &Recorder) {
+    match ack.wait().await {
         Ok(true) => {
-            rec.latency(Metric::SendAck, f.intended, f.started);
+            rec.latency(Metric::SendAck, intended, started);
             inc(&rec.counts.acked);
-            if rec.in_window(f.intended) {
+            if rec.action_in_window(intended, started) {
                 inc(&rec.counts.window_acked);
             }
         }
@@ -277,34 +374,151 @@ async fn relogin(user: Arc<User>, intended: u64, rec: Arc<Recorder>, config: Arc
     }
 }
 
-/// Closed model: one task per sender, each taking its intended times in
-/// turn and waiting for the ack of one message before sending the next.
-fn spawn_closed_loops(
-    senders: &[u32],
-    pop: &Arc<Population>,
-    rec: &Arc<Recorder>,
-    config: &Arc<RunConfig>,
-) -> Vec<mpsc::UnboundedSender<u64>> {
-    senders
-        .iter()
-        .map(|&sender| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-            let (pop, rec, config) = (pop.clone(), rec.clone(), config.clone());
-            tokio::spawn(async move {
-                let mut rng = SmallRng::from_os_rng();
-                while let Some(intended) = rx.recv().await {
-                    let kind = match pick_kind(&config, &mut rng) {
-                        Kind::Relogin => Kind::Direct,
-                        k => k,
+/// Closed model: the slots of a segment's schedule, released by the pacer
+/// when due. Slot k belongs to loop `k mod L`, which takes its slots in
+/// order, each only after its previous message is done.
+struct Slots {
+    /// Slots released so far (slots `0..released`).
+    released: AtomicU64,
+    /// The pacer is done: no slot will be released any more.
+    closed: AtomicBool,
+    /// One per loop, woken when one of its slots is released.
+    wake: Vec<Notify>,
+}
+
+impl Slots {
+    fn new(loops: usize) -> Slots {
+        Slots {
+            released: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            wake: (0..loops).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    /// Releases every slot below `end`, waking the loops they belong to.
+    fn release_until(&self, end: u64) {
+        let from = self.released.swap(end, Ordering::SeqCst);
+        let loops = self.wake.len() as u64;
+        // A permit is kept when a loop is busy: it finds its slot released
+        // the next time it looks. One wake per loop is enough.
+        for k in from..end.min(from + loops) {
+            self.wake[(k % loops) as usize].notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for w in &self.wake {
+            w.notify_one();
+        }
+    }
+
+    /// Waits until slot `k` is released (true) or the pacer is done without
+    /// releasing it (false).
+    async fn take(&self, k: u64) -> bool {
+        let wake = &self.wake[(k % self.wake.len() as u64) as usize];
+        loop {
+            if self.released.load(Ordering::SeqCst) > k {
+                return true;
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return self.released.load(Ordering::SeqCst) > k;
+            }
+            wake.notified().await;
+        }
+    }
+}
+
+/// The loops of a closed-model segment.
+struct ClosedLoops {
+    slots: Arc<Slots>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl ClosedLoops {
+    /// One loop per sender, waiting for its slots.
+    fn start(segment: Segment, senders: &Senders, scene: &Scene) -> ClosedLoops {
+        let count = senders.users.len();
+        let slots = Arc::new(Slots::new(count));
+        let loops = senders
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, &sender)| {
+                let to = senders.receivers.as_ref().map(|r| r[i]);
+                let one = Loop {
+                    first: i as u64,
+                    step: count as u64,
+                    sender,
+                    to,
+                    segment,
+                };
+                tokio::spawn(one.run(slots.clone(), scene.clone()))
+            })
+            .collect();
+        ClosedLoops { slots, loops }
+    }
+
+    /// Waits for every loop to end, until `deadline`; stops those still
+    /// waiting then.
+    async fn finish(self, deadline: tokio::time::Instant) {
+        for mut one in self.loops {
+            if tokio::time::timeout_at(deadline, &mut one).await.is_err() {
+                one.abort();
+            }
+        }
+    }
+}
+
+/// One closed loop: a sender taking slots `first`, `first + step`, ...
+struct Loop {
+    first: u64,
+    step: u64,
+    sender: u32,
+    /// The fixed receiver of a one-to-one pair.
+    to: Option<u32>,
+    segment: Segment,
+}
+
+impl Loop {
+    async fn run(self, slots: Arc<Slots>, scene: Scene) {
+        let (pop, rec, config) = (&scene.pop, &scene.rec, &scene.config);
+        let mut rng = SmallRng::from_os_rng();
+        let mut k = self.first;
+        while slots.take(k).await {
+            // The traffic window is over: nothing new starts; what is in
+            // flight was awaited before this point.
+            if rec.clock.now_us() >= self.segment.end_us {
+                break;
+            }
+            let intended = self.segment.at(k);
+            k += self.step;
+            let kind = match (self.to, pick_kind(config, &mut rng)) {
+                (Some(_), _) | (None, Kind::Relogin) => Kind::Direct,
+                (None, kind) => kind,
+            };
+            let Some(f) = scene.act(kind, self.sender, self.to, intended, &mut rng) else {
+                continue;
+            };
+            let acked = finish(f.ack, f.intended, f.started, rec);
+            match (self.to, f.receipt) {
+                (Some(_), Some(due)) => {
+                    let receiver = &pop.users[due.receiver as usize];
+                    let delivered = receiver.received(due.sender, due.stream, due.seq);
+                    let delivered = async {
+                        if tokio::time::timeout(config.request_timeout, delivered)
+                            .await
+                            .is_err()
+                        {
+                            rec.error("delivery: timeout");
+                        }
                     };
-                    if let Some(f) = act(kind, sender, intended, &pop, &rec, &config, &mut rng) {
-                        finish(f, rec.clone()).await;
-                    }
+                    tokio::join!(acked, delivered);
                 }
-            });
-            tx
-        })
-        .collect()
+                _ => acked.await,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -171,6 +171,146 @@ fn a_local_run_loses_nothing_and_its_reports_agree() {
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg"));
+
+    // The servers' cost: --local knows its processes.
+    let server = &s["server"];
+    assert_eq!(server["source"], "local", "{server}");
+    assert!(server["error"].is_null(), "{server}");
+    assert_eq!(server["connections"], 40, "{server}");
+    assert!(server["deliveries"].as_u64().unwrap() > 0, "{server}");
+    for group in ["nodes", "balancer"] {
+        let g = &server[group];
+        let cpu = g["cpu_us_per_delivered"].as_f64().unwrap_or(0.0);
+        assert!(cpu > 0.0, "{group}: CPU per delivered message: {g}");
+        assert!(g["rss_before_bytes"].as_u64().unwrap() > 0, "{group}: {g}");
+        assert!(g["rss_bytes_per_connection"].is_number(), "{group}: {g}");
+    }
+    let per_connection = server["nodes"]["rss_bytes_per_connection"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        per_connection > 0.0,
+        "the node holds 40 more connections than before: {server}"
+    );
+    assert!(table.contains("server (local)"), "{table}");
+}
+
+/// Every message of `s` was sent, acknowledged and delivered, nothing lost,
+/// no error.
+fn assert_all_delivered(s: &Value, what: &str) {
+    let sent = counter(s, "sent");
+    assert!(sent > 0, "{what}: nothing sent");
+    for name in ["expected", "acked", "delivered"] {
+        assert_eq!(counter(s, name), sent, "{what}: {name} = sent");
+    }
+    for zero in [
+        "lost",
+        "send_failed",
+        "duplicated",
+        "out_of_order",
+        "disconnects",
+    ] {
+        assert_eq!(counter(s, zero), 0, "{what}: {zero}");
+    }
+    assert_eq!(s["errors_total"], 0, "{what}: {}", s["errors"]);
+}
+
+#[test]
+fn a_closed_loop_at_saturation_loses_nothing_in_either_protocol() {
+    let node = node(2);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = node.addr.to_string();
+    let metrics = format!("http://{}/metrics", node.metrics_addr);
+    for protocol in ["fb", "json"] {
+        let json = dir.path().join(format!("{protocol}.json"));
+        // 100 users are 50 pairs; far more messages offered than a node
+        // carries, so every sender always has its next one due.
+        let (out, s) = run(
+            &format!(
+                "--target {addr} --protocol {protocol} --model closed --users 100 --rate 200000 \
+                 --duration 3s --warmup 1s --server-metrics {metrics}"
+            ),
+            &json,
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{protocol}: {table}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(s["model"], "closed");
+        let errors = s["errors"].as_object().unwrap();
+        assert!(
+            !errors.keys().any(|k| k.starts_with("send: closed")),
+            "{protocol}: sends after the connections closed: {errors:?}"
+        );
+        assert_all_delivered(&s, protocol);
+        // The window holds what started in it, behind any backlog.
+        let window_acked = counter(&s, "window_acked");
+        assert!(window_acked > 0, "{protocol}: {table}");
+        assert_eq!(
+            s["latency"]["send_ack"]["uncorrected"]["count"],
+            window_acked
+        );
+        assert!(counter(&s, "window_offered") > window_acked, "saturated");
+        assert!(
+            s["latency"]["delivery"]["uncorrected"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        // The node's cost, from its /metrics.
+        let server = &s["server"];
+        assert_eq!(server["source"], "metrics", "{server}");
+        assert_eq!(server["connections"], 100, "{server}");
+        assert!(
+            server["nodes"]["cpu_us_per_delivered"].as_f64().unwrap() > 0.0,
+            "{server}"
+        );
+        assert!(server["balancer"].is_null(), "{server}");
+    }
+}
+
+#[test]
+fn idle_connections_without_login_are_measured() {
+    let node = node(1);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("idle.json");
+    let (out, s) = run(
+        &format!(
+            "--target {} --scenario connect --connect-only --users 50 --rate 500 --duration 1s \
+             --server-metrics http://{}/metrics --slo p99=10s,errors=0",
+            node.addr, node.metrics_addr
+        ),
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["config"]["connect_only"], true);
+    assert_eq!(counter(&s, "users"), 50);
+    assert_eq!(counter(&s, "logins"), 0, "nobody logs in");
+    assert_eq!(counter(&s, "connections_at_end"), 50);
+    assert_eq!(counter(&s, "window_acked"), 50, "every ping answered");
+    assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
+    assert_eq!(
+        s["slo"][0]["objective"], "p99<=10s",
+        "the objective is on connecting"
+    );
+    assert_eq!(s["slo"][0]["held"], true, "{}", s["slo"]);
+    let server = &s["server"];
+    assert_eq!(server["connections"], 50, "{server}");
+    assert!(
+        server["nodes"]["rss_bytes_per_connection"].is_number(),
+        "{server}"
+    );
+    assert!(
+        server["nodes"]["cpu_us_per_delivered"].is_null(),
+        "no messages: {server}"
+    );
 }
 
 #[test]
@@ -363,9 +503,11 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
     let addr = node.addr.to_string();
     let (out, s) = run(
         &format!(
-            "--workers 2 --nats {} --target {} --users 30 --rate 300 --duration 2s --warmup 0s",
+            "--workers 2 --nats {} --target {} --users 30 --rate 300 --duration 2s --warmup 0s \
+             --server-metrics http://{}/metrics",
             nats.url(),
-            addr
+            addr,
+            node.metrics_addr
         ),
         &json,
     );
@@ -399,6 +541,14 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
     assert_eq!(
         s["latency"]["send_ack"]["corrected"]["count"],
         counter(&s, "window_acked")
+    );
+    // One worker sampled the node; both counted their receipts and connections.
+    let server = &s["server"];
+    assert_eq!(server["source"], "metrics", "{server}");
+    assert_eq!(server["connections"], 30, "{server}");
+    assert!(
+        server["nodes"]["cpu_us_per_delivered"].as_f64().unwrap() > 0.0,
+        "{server}"
     );
 }
 

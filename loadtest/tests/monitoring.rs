@@ -218,8 +218,15 @@ fn every_dashboard_query_returns_data_and_every_metric_passes_promtool() {
     .unwrap();
     let balancer = cluster.balancer().unwrap();
     let loadtest_metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let nodes = cluster.metrics_addrs();
+    // The nodes' cost too (chat_loadtest_server_*), so that promtool reads it.
+    let server_metrics: Vec<String> = nodes
+        .iter()
+        .map(|a| format!("--server-metrics=http://{a}/metrics"))
+        .collect();
     let mut loadtest = Command::new(env!("CARGO_BIN_EXE_chat-loadtest"))
         .args(["--target", &balancer.addr.to_string()])
+        .args(&server_metrics)
         .args(["--scenario", "mixed", "--users", "40", "--active", "0.5"])
         .args([
             "--rate",
@@ -242,7 +249,6 @@ fn every_dashboard_query_returns_data_and_every_metric_passes_promtool() {
         .spawn()
         .unwrap();
 
-    let nodes = cluster.metrics_addrs();
     let prom = LocalPrometheus::start(
         &config(&[
             ("127.0.0.1:9100", nodes[0]),

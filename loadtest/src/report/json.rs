@@ -30,6 +30,7 @@
 //! | `ramp_best_rate_per_s` | number or null | rate of the last step of the first run of held steps |
 //! | `slo` | array | one verdict per `--slo` objective |
 //! | `slo_held` | bool | every objective held (true when none was set) |
+//! | `server` | object or null | the servers' CPU and memory (`--local`, `--server-metrics`; see below) |
 //!
 //! **`latency`**: metrics are `connect`, `register`, `login`, `send_ack`,
 //! `delivery`. `corrected` measures from the time the schedule said the
@@ -65,6 +66,23 @@
 //! `actual` is in `unit`: `"us"` (integer) for latency, `"count"` (integer)
 //! for `loss<=N` and `errors<=N`, `"share"` (0–1) for `loss<=X%`; `null` when
 //! there was nothing to measure (which fails the objective).
+//!
+//! **`server`** (null unless `--local` or `--server-metrics`): `{"source"`
+//! (`"local"`: `/proc` of `--local`'s processes; `"metrics"`: the
+//! `--server-metrics` endpoints; `null` if no worker sampled), `"sampled"`
+//! (pids or URLs, in words), `"node_count"`, `"sampled_us"` (between the
+//! window's start and end samples), `"deliveries"` (receipts between them),
+//! `"connections"` (open at the end sample), `"error"` (why a sample
+//! failed, or `null`), `"nodes"` and `"balancer"` (`null` unless `--local`):
+//! each `null` or `{"cpu_seconds", "cpu_cores", "cpu_us_per_delivered",
+//! "rss_before_bytes", "rss_start_bytes", "rss_end_bytes",
+//! "rss_bytes_per_connection"}`}. `cpu_seconds` is spent between the start
+//! and end samples; `cpu_cores` is that over `sampled_us`;
+//! `cpu_us_per_delivered` is `cpu_seconds` in µs over `deliveries` (number;
+//! `null` without deliveries); `rss_bytes_per_connection` is `rss_end_bytes
+//! − rss_before_bytes` (before the first user connected) over `connections`
+//! (number, negative if memory was returned; `null` without connections).
+//! With `--server-metrics` the endpoints are summed into `nodes`.
 
 use std::path::Path;
 use std::time::UNIX_EPOCH;
@@ -76,7 +94,7 @@ use super::{
     RunInfo, SloUnit, generator_verdict, model_name, protocol_name, quantile, ramp_best_rate,
     series_with_data, slo_unit,
 };
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, ProcessCost, ServerCost};
 
 /// The `format` of this schema.
 pub const FORMAT: &str = "chat-loadtest/1";
@@ -155,6 +173,34 @@ pub fn json(outcome: &Outcome, info: &RunInfo) -> serde_json::Value {
             })
         }).collect::<Vec<_>>(),
         "slo_held": info.verdicts.iter().all(|v| v.held),
+        "server": outcome.server.as_ref().map(server),
+    })
+}
+
+fn server(s: &ServerCost) -> Value {
+    let group = |p: &Option<ProcessCost>| {
+        p.as_ref().map(|p| {
+            j!({
+                "cpu_seconds": p.cpu_seconds(),
+                "cpu_cores": s.cores(p),
+                "cpu_us_per_delivered": s.cpu_us_per_delivered(p),
+                "rss_before_bytes": p.before.rss_bytes,
+                "rss_start_bytes": p.start.rss_bytes,
+                "rss_end_bytes": p.end.rss_bytes,
+                "rss_bytes_per_connection": s.rss_bytes_per_connection(p),
+            })
+        })
+    };
+    j!({
+        "source": s.source,
+        "sampled": s.sampled,
+        "node_count": s.node_count,
+        "sampled_us": s.sampled_us,
+        "deliveries": s.deliveries,
+        "connections": s.connections,
+        "error": s.error,
+        "nodes": group(&s.nodes),
+        "balancer": group(&s.balancer),
     })
 }
 
@@ -235,6 +281,7 @@ mod tests {
             "ramp_best_rate_per_s",
             "slo",
             "slo_held",
+            "server",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
@@ -375,6 +422,42 @@ mod tests {
     }
 
     #[test]
+    fn server_cost_per_message_and_per_connection() {
+        let v = summarize(&fixture::outcome());
+        let s = &v["server"];
+        assert_eq!(s["source"], "local");
+        assert_eq!(s["node_count"], 1);
+        assert_eq!(s["sampled_us"], 10_000_000);
+        assert_eq!(s["deliveries"], 10_000);
+        assert_eq!(s["connections"], 200);
+        assert!(s["error"].is_null());
+        let n = &s["nodes"];
+        assert_eq!(n["cpu_seconds"], 2.5);
+        assert_eq!(n["cpu_cores"], 0.25);
+        assert_eq!(n["cpu_us_per_delivered"], 250.0);
+        assert_eq!(n["rss_before_bytes"], 10 << 20);
+        assert_eq!(n["rss_end_bytes"], 20 << 20);
+        assert_eq!(
+            n["rss_bytes_per_connection"],
+            (10 << 20) as f64 / 200.0,
+            "from before the users connected"
+        );
+        let b = &s["balancer"];
+        assert_eq!(b["cpu_us_per_delivered"], 50.0);
+        assert_eq!(b["rss_bytes_per_connection"], -(1 << 20) as f64 / 200.0);
+
+        let mut o = fixture::outcome();
+        let cost = o.server.as_mut().unwrap();
+        cost.deliveries = 0;
+        cost.connections = 0;
+        cost.balancer = None;
+        let v = summarize(&o);
+        assert!(v["server"]["nodes"]["cpu_us_per_delivered"].is_null());
+        assert!(v["server"]["nodes"]["rss_bytes_per_connection"].is_null());
+        assert!(v["server"]["balancer"].is_null());
+    }
+
+    #[test]
     fn an_empty_outcome_has_nulls_and_empty_collections() {
         let config = fixture::config();
         let info = fixture::info(&config, &[]);
@@ -388,6 +471,7 @@ mod tests {
         assert_eq!(v["slo"], j!([]));
         assert_eq!(v["slo_held"], true);
         assert_eq!(v["generator"]["lag_max_us"], 0);
+        assert!(v["server"].is_null());
     }
 
     #[test]

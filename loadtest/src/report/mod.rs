@@ -94,6 +94,21 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// Bytes as `512 B`, `26.7 KiB`, `506.0 MiB`, `1.25 GiB` (negative too).
+pub fn fmt_bytes(bytes: f64) -> String {
+    let sign = if bytes < 0.0 { "-" } else { "" };
+    let b = bytes.abs();
+    if b < 1024.0 {
+        format!("{sign}{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{sign}{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{sign}{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{sign}{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    }
+}
+
 /// A share (0–1) as a percentage: `0.025%`, `12.5%`.
 fn fmt_share(share: f64) -> String {
     let text = format!("{:.4}", share * 100.0);
@@ -195,8 +210,8 @@ mod fixture {
 
     use crate::config::{Cli, RunConfig};
     use crate::outcome::{
-        Balance, Correction, Counters, Interval, Metric, Outcome, RampStep, Series, new_histogram,
-        record,
+        Balance, Correction, Counters, Interval, Metric, Outcome, ProcessCost, RampStep, Series,
+        ServerCost, Usage, new_histogram, record,
     };
     use crate::slo::{self, Verdict};
 
@@ -256,8 +271,10 @@ mod fixture {
     }
 
     /// Delivery and send_ack, both corrected and uncorrected, one interval
-    /// per second, distinct non-zero counters, two error kinds, balance and
-    /// a ramp whose first two steps held.
+    /// per second, distinct non-zero counters, two error kinds, balance, a
+    /// ramp whose first two steps held, and the servers' cost: the node
+    /// 2.5 s of CPU and 10 MiB more for 10 000 deliveries and 200
+    /// connections, the balancer 0.5 s and 1 MiB less.
     pub fn outcome() -> Outcome {
         let mut o = Outcome {
             window_us: 10_000_000,
@@ -348,6 +365,29 @@ mod fixture {
                 held: false,
             },
         ];
+        let usage = |cpu_seconds: f64, mib: u64| Usage {
+            cpu_seconds,
+            rss_bytes: mib << 20,
+        };
+        o.server = Some(ServerCost {
+            source: Some("local".into()),
+            sampled: "/proc of node 100 and balancer 101".into(),
+            node_count: 1,
+            nodes: Some(ProcessCost {
+                before: usage(0.5, 10),
+                start: usage(1.0, 18),
+                end: usage(3.5, 20),
+            }),
+            balancer: Some(ProcessCost {
+                before: usage(0.125, 5),
+                start: usage(0.25, 5),
+                end: usage(0.75, 4),
+            }),
+            sampled_us: 10_000_000,
+            deliveries: 10_000,
+            connections: 200,
+            error: None,
+        });
         o
     }
 }
@@ -368,6 +408,10 @@ mod tests {
         assert_eq!(fmt_share(0.000_249_875), "0.025%");
         assert_eq!(fmt_share(0.125), "12.5%");
         assert_eq!(fmt_share(0.0), "0%");
+        assert_eq!(fmt_bytes(512.0), "512 B");
+        assert_eq!(fmt_bytes(27_340.8), "26.7 KiB");
+        assert_eq!(fmt_bytes(-1_048_576.0), "-1.0 MiB");
+        assert_eq!(fmt_bytes(1.25 * (1u64 << 30) as f64), "1.25 GiB");
     }
 
     #[test]

@@ -6,10 +6,10 @@
 use std::fmt::Write;
 
 use super::{
-    RunInfo, SloUnit, fmt_duration_us, fmt_share, fmt_us, generator_verdict, model_name,
+    RunInfo, SloUnit, fmt_bytes, fmt_duration_us, fmt_share, fmt_us, generator_verdict, model_name,
     protocol_name, quantile, ramp_best_rate, series_with_data, slo_unit,
 };
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, ProcessCost, ServerCost};
 
 const WIDTH: usize = 100;
 const COUNTERS_PER_ROW: usize = 3;
@@ -24,6 +24,7 @@ pub fn table(outcome: &Outcome, info: &RunInfo) -> String {
     errors(&mut out, outcome);
     generator(&mut out, outcome, info);
     balance(&mut out, outcome);
+    server(&mut out, outcome);
     ramp(&mut out, outcome);
     slo(&mut out, info);
     out
@@ -149,6 +150,67 @@ fn balance(out: &mut String, outcome: &Outcome) {
     for (node, n) in &b.per_node {
         let _ = writeln!(out, "  {node:<name_width$} {n:>12}");
     }
+}
+
+/// CPU µs (fractional) as `85.3µs` or `1.25ms`.
+fn fmt_cpu_us(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.1}µs")
+    } else {
+        format!("{:.2}ms", us / 1e3)
+    }
+}
+
+fn server(out: &mut String, outcome: &Outcome) {
+    let Some(s) = &outcome.server else {
+        return;
+    };
+    let Some(source) = &s.source else {
+        return;
+    };
+    out.push('\n');
+    wrap(out, &format!("server ({source}): {}", s.sampled), "");
+    let _ = writeln!(
+        out,
+        "  {:.2}s between samples, {} deliveries, {} connections open",
+        s.sampled_us as f64 / 1e6,
+        s.deliveries,
+        s.connections
+    );
+    if let Some(e) = &s.error {
+        wrap(out, &format!("not measured: {e}"), "  ");
+    }
+    let nodes = if s.node_count == 1 {
+        "node".to_string()
+    } else {
+        format!("{} nodes", s.node_count)
+    };
+    for (name, p) in [(nodes, &s.nodes), ("balancer".to_string(), &s.balancer)] {
+        if let Some(p) = p {
+            let _ = writeln!(out, "  {name:<9} {}", server_row(s, p));
+        }
+    }
+}
+
+/// `cpu 2.50s (0.25 cores), 250.0µs/delivered; rss 10.0 MiB → 20.0 MiB, 51.2 KiB/connection`
+fn server_row(s: &ServerCost, p: &ProcessCost) -> String {
+    let cores = s
+        .cores(p)
+        .map_or_else(String::new, |c| format!(" ({c:.2} cores)"));
+    let per_message = s.cpu_us_per_delivered(p).map_or_else(
+        || "no deliveries".to_string(),
+        |us| format!("{}/delivered", fmt_cpu_us(us)),
+    );
+    let per_connection = s.rss_bytes_per_connection(p).map_or_else(
+        || "no connections".to_string(),
+        |b| format!("{}/connection", fmt_bytes(b)),
+    );
+    format!(
+        "cpu {:.2}s{cores}, {per_message}; rss {} → {}, {per_connection}",
+        p.cpu_seconds(),
+        fmt_bytes(p.before.rss_bytes as f64),
+        fmt_bytes(p.end.rss_bytes as f64),
+    )
 }
 
 fn ramp(out: &mut String, outcome: &Outcome) {
@@ -373,6 +435,44 @@ mod tests {
             text.contains("  ok      loss<=0.5%  actual 0.025%\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn server_cost_lines() {
+        let text = render(&fixture::outcome());
+        assert!(
+            text.contains(
+                "server (local): /proc of node 100 and balancer 101\n  \
+                 10.00s between samples, 10000 deliveries, 200 connections open\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  node      cpu 2.50s (0.25 cores), 250.0µs/delivered; rss 10.0 MiB → 20.0 MiB, \
+                 51.2 KiB/connection\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  balancer  cpu 0.50s (0.05 cores), 50.0µs/delivered; rss 5.0 MiB → 4.0 MiB, -5.1 KiB/connection\n"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+        let mut o = fixture::outcome();
+        let cost = o.server.as_mut().unwrap();
+        cost.nodes = None;
+        cost.balancer = None;
+        cost.error = Some("http://127.0.0.1:1/metrics: connection refused".into());
+        let text = render(&o);
+        assert!(
+            text.contains("  not measured: http://127.0.0.1:1/metrics: connection refused"),
+            "{text}"
+        );
+        o.server = None;
+        assert!(!render(&o).contains("server ("));
+        assert_eq!(fmt_cpu_us(85.25), "85.2µs");
+        assert_eq!(fmt_cpu_us(1_250.0), "1.25ms");
     }
 
     #[test]

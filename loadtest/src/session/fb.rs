@@ -107,6 +107,11 @@ impl FbSession {
             .start_request(&Request::DeliveryAck { message_id });
     }
 
+    pub async fn ping(&self) -> Result<(), Failure> {
+        self.client.ping().await?;
+        Ok(())
+    }
+
     pub async fn node_id(&self) -> Result<String, Failure> {
         Ok(self.client.load().await?.node_id)
     }

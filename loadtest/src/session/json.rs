@@ -315,6 +315,14 @@ impl JsonSession {
         self.inbox.try_lock().ok()?.try_recv().ok()
     }
 
+    /// Pings the server (msgid 18); the seed does not answer, so against
+    /// it the ping is only written.
+    pub async fn ping(&self) -> Result<(), Failure> {
+        self.maybe_request(json!({"msgid": PING}), PING_ACK)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn node_id(&self) -> Result<String, Failure> {
         if !self.chat_replies {
             return Err(Failure("no_load_probe".into()));

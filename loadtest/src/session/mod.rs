@@ -173,6 +173,15 @@ impl Session {
         }
     }
 
+    /// One ping, answered (our node) or only written (the seed's server,
+    /// which does not answer pings).
+    pub async fn ping(&self) -> Result<(), Failure> {
+        match self {
+            Session::Fb(s) => s.ping().await,
+            Session::Json(s) => s.ping().await,
+        }
+    }
+
     /// The id of the node serving this connection (asked with a load probe).
     pub async fn node_id(&self) -> Result<String, Failure> {
         match self {
