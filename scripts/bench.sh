@@ -1,36 +1,62 @@
 #!/usr/bin/env bash
-# Benchmarks one-to-one chat on one node: starts a release chat-node (2
-# shards) on a fresh data directory and runs chat-loadtest against it
-# directly, in both protocols: at fixed rates, then a ramp that finds the
-# highest rate whose delivery p99 stays within the objective. Node and load
-# generator share the machine's cores. chat-loadtest reads the node's
-# /metrics (--server-metrics) at the start and end of each measured window,
-# and prints the node's CPU per delivered message and memory per connection.
-# The table, from chat-loadtest's --json, goes into docs/benchmarks.md
-# (scripts/loadtest-table.py).
+# Benchmarks one node: starts a release chat-node (default shards) on a fresh
+# data directory and runs chat-loadtest against it directly, in both
+# protocols: one-to-one messages at fixed open-model rates, closed loop (50
+# sender/receiver pairs, each with one message in flight), a ramp that finds
+# the highest rate whose delivery p99 stays within the objective, group
+# fan-out (one group of 100 members), then memory per idle connection and per
+# logged-in idle user. Node and load generator share the machine's cores.
+# chat-loadtest reads the node's /metrics (--server-metrics) at the start and
+# end of each measured window: the node's CPU per delivered message and
+# memory per connection. The table, from chat-loadtest's --json, goes into
+# docs/benchmarks.md (scripts/loadtest-table.py).
+#
+# BASELINE=path/to/other/chat-node runs the same set against that binary too,
+# in the same run (its rows say "baseline"), e.g. a build of an earlier
+# commit: ratios between the two then come from one run on one machine.
 #   scripts/bench.sh                 # defaults below
 #   USERS=200 RATES="10000" DURATION=20s SLO=p99=10ms scripts/bench.sh
+#   BASELINE=/tmp/old/target/release/chat-node scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-100}
-RATES=${RATES:-"5000 10000 20000"}
+RATES=${RATES:-"5000 10000"}
 DURATION=${DURATION:-8s}
-SLO=${SLO:-p99=20ms}
+SLO=${SLO:-p99=5ms}
 PORT=${PORT:-16600}
 METRICS=${METRICS:-16601}
 OUT=${OUT:-target/bench}
+NODE=${NODE:-./target/release/chat-node}
+BASELINE=${BASELINE:-}
+NODE_ARGS=${NODE_ARGS:-}
+IDLE=${IDLE:-2000}
 
 cargo build --release --locked >&2
 mkdir -p "$OUT"
-data=$(mktemp -d)
-./target/release/chat-node --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
-  --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 2>"$data/node.log" &
-node=$!
-trap 'kill $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-  sleep 0.1
-done
+
+node=""
+data=""
+stop_node() {
+  if [ -n "$node" ]; then kill "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; fi
+  if [ -n "$data" ]; then rm -rf "$data"; fi
+  node=""
+  data=""
+}
+trap stop_node EXIT
+start_node() {
+  stop_node
+  data=$(mktemp -d)
+  # shellcheck disable=SC2086
+  "$1" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
+    --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 $NODE_ARGS 2>"$data/node.log" &
+  node=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+    sleep 0.1
+  done
+  echo "chat-node did not start: $(cat "$data/node.log")" >&2
+  exit 1
+}
 
 runs=()
 run() {
@@ -38,28 +64,59 @@ run() {
   shift
   echo "== $name: chat-loadtest $*" >&2
   # The table's server-cost lines go to stderr.
-  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" --users "$USERS" --warmup 2s \
+  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" \
     --server-metrics "http://127.0.0.1:$METRICS/metrics" --metrics-listen off --progress off \
     --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
 }
-for protocol in fb json; do
-  label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
-  for rate in $RATES; do
-    run "$protocol-$rate" --protocol "$protocol" --rate "$rate" --duration "$DURATION"
-    runs+=("$label, $rate/s::$OUT/$protocol-$rate.json")
+
+# One binary's whole set; $1 the binary, $2 a row prefix ("" or "baseline, ").
+bench() {
+  local bin=$1 tag=$2 key=${2:+base-}
+  for protocol in fb json; do
+    local label
+    label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
+    start_node "$bin"
+    for rate in $RATES; do
+      run "$key$protocol-$rate" --warmup 2s --protocol "$protocol" --users "$USERS" --rate "$rate" --duration "$DURATION"
+      runs+=("$tag$label, $rate/s::$OUT/$key$protocol-$rate.json")
+    done
+    run "$key$protocol-closed" --warmup 2s --protocol "$protocol" --users "$USERS" --model closed \
+      --rate 1000000 --duration "$DURATION"
+    runs+=("$tag$label, closed loop, $((USERS / 2)) pairs::$OUT/$key$protocol-closed.json")
+    run "$key$protocol-group" --warmup 2s --protocol "$protocol" --users 100 --scenario group \
+      --group-size 100 --rate 1000 --duration "$DURATION"
+    runs+=("$tag$label, one group of 100, 1 000 msg/s (per delivery)::$OUT/$key$protocol-group.json")
+    start_node "$bin"
+    run "$key$protocol-ramp" --warmup 2s --protocol "$protocol" --users "$USERS" --scenario ramp \
+      --ramp-start 5000 --ramp-step 5000 --ramp-max 100000 --ramp-step-duration 4s --slo "$SLO"
+    runs+=("$tag$label, ramp until $SLO is missed::$OUT/$key$protocol-ramp.json")
+    start_node "$bin"
+    run "$key$protocol-idle" --protocol "$protocol" --scenario connect --connect-only \
+      --users "$IDLE" --rate 2000 --duration 3s --warmup 0s
+    runs+=("$tag$label, $IDLE idle connections (memory)::$OUT/$key$protocol-idle.json")
+    start_node "$bin"
+    run "$key$protocol-online" --protocol "$protocol" --scenario connect \
+      --users "$IDLE" --rate 2000 --duration 3s --warmup 0s
+    runs+=("$tag$label, $IDLE logged-in idle users (memory)::$OUT/$key$protocol-online.json")
   done
-  run "$protocol-ramp" --protocol "$protocol" --scenario ramp --ramp-start 5000 --ramp-step 5000 \
-    --ramp-max 100000 --ramp-step-duration 4s --slo "$SLO"
-  runs+=("$label, ramp until $SLO is missed::$OUT/$protocol-ramp.json")
-done
+  stop_node
+}
+
+bench "$NODE" ""
+if [ -n "$BASELINE" ]; then
+  bench "$BASELINE" "baseline, "
+fi
 scripts/loadtest-table.py one-node "\
-\`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO scripts/bench.sh\`: one release node
-(2 shards, \`--sync normal\`), $USERS users with 4 friends each sending one-to-one messages to
-random friends, open model (latency corrected from each message's scheduled send time), over
-loopback; node and load generator share the 2 cores. The ramp adds 5 000/s every 4 s from
-5 000/s until a step's delivery p99 exceeds the objective; its highest rate that held is the
-node's capacity at that latency. Server columns: the node's CPU time per delivered message and
-its resident memory gained per connection (since before the users connected), from its
-\`/metrics\` at the start and the end of each measured window (a ramp: of all its steps)." "${runs[@]}"
-echo "== node metrics" >&2
-curl -s "127.0.0.1:$METRICS/metrics" | grep -E '^chat_node_(store_batch_ops|store_commit_seconds|event_loop_lag_seconds)_(sum|count)' >&2
+\`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO${BASELINE:+ BASELINE=…} scripts/bench.sh\`: one
+release node (default shards, \`--sync normal\`${NODE_ARGS:+, \`$NODE_ARGS\`}) on a fresh data directory, $USERS
+users with 4 friends each sending one-to-one messages to random friends, open model (latency
+corrected from each message's scheduled send time), over loopback; node and load generator share
+the 2 cores. Closed loop: $((USERS / 2)) fixed sender/receiver pairs, each sender's next message
+once its receiver got the last one (and its ack came). Group: one group of 100 members, each
+message delivered to the 99 others (server CPU is per delivery). The ramp adds 5 000/s every 4 s
+from 5 000/s until a step's delivery p99 exceeds the objective; its highest rate that held is the
+node's capacity at that latency. Memory rows: $IDLE connections that only connect and ping, or
+users that register, log in and stay idle. Server columns: the node's CPU time per delivered
+message and its resident memory gained per connection (since before the users connected), from
+its \`/metrics\` at the start and the end of each measured window (a ramp: of all its steps).${BASELINE:+ Rows
+marked baseline ran the binary \`BASELINE\` names in the same script run.}" "${runs[@]}"

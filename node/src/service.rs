@@ -253,16 +253,7 @@ async fn login(
 async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>) -> Outcome {
     let who = acting(session, actor)?;
     *session.phase.borrow_mut() = Phase::Anonymous;
-    if let Some(up_to) = shard.take_written(who.user) {
-        shard
-            .store
-            .tell(Op::Ack {
-                user: who.user,
-                up_to,
-                answer: None,
-            })
-            .await;
-    }
+    shard.flush_written(who.user).await;
     shard
         .store
         .call(|answer| Op::Logout {

@@ -354,16 +354,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 
     let phase = std::mem::replace(&mut *session.phase.borrow_mut(), Phase::Anonymous);
     if let Phase::Online { who, .. } = phase {
-        if let Some(up_to) = shard.take_written(who.user) {
-            shard
-                .store
-                .tell(Op::Ack {
-                    user: who.user,
-                    up_to,
-                    answer: None,
-                })
-                .await;
-        }
+        shard.flush_written(who.user).await;
         shard
             .store
             .tell(Op::Logout {

@@ -71,7 +71,7 @@ impl Shard {
     /// The store is told within [`ACK_DELAY`], one op per user for all the
     /// shard's writes meanwhile, instead of one store op (and one store
     /// thread wake-up and commit) per write; a connection that closes tells
-    /// its own at once ([`Shard::take_written`]). A crash inside the delay
+    /// its own at once ([`Shard::flush_written`]). A crash inside the delay
     /// delivers those messages again at the next login, as it would any
     /// message written and not yet read.
     pub fn note_written(self: &Rc<Self>, user: UserId, up_to: MessageId) {
@@ -96,10 +96,20 @@ impl Shard {
         }
     }
 
-    /// Takes what [`Shard::note_written`] holds for `user` and has not told
-    /// the store yet.
-    pub fn take_written(&self, user: UserId) -> Option<MessageId> {
-        self.acks.borrow_mut().remove(&user)
+    /// Tells the store at once what [`Shard::note_written`] holds for
+    /// `user` (the user is leaving this connection), ahead of any op sent
+    /// after this returns.
+    pub async fn flush_written(&self, user: UserId) {
+        let held = self.acks.borrow_mut().remove(&user);
+        if let Some(up_to) = held {
+            self.store
+                .tell(Op::Ack {
+                    user,
+                    up_to,
+                    answer: None,
+                })
+                .await;
+        }
     }
 
     /// Hands a delivery to a local session, if it is still there.
