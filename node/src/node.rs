@@ -53,7 +53,11 @@ pub struct Node {
     stop: Vec<flume::Sender<()>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     store: writer::StoreClient,
-    writer: std::thread::JoinHandle<()>,
+    /// The store thread; `None` when the writer runs on shard 0's executor.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// With the writer on shard 0: told when that shard has closed its
+    /// sessions (its executor then still runs the writer).
+    shard_0_closed: Option<flume::Receiver<()>>,
     reader: std::thread::JoinHandle<()>,
     bus: Option<Bus>,
     load: Arc<NodeLoad>,
@@ -161,10 +165,22 @@ impl Node {
             lease_every: config.lease_every(),
             bus: publisher,
         };
-        let writer = std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || writer::run(store, queues.writes, router_tx, writer_config))
-            .expect("spawning the store thread");
+        let on_shard = config.store_on_shard && matches!(config.store, StoreChoice::Sqlite);
+        let mut inline_writer = None;
+        let mut shard_0_closed = None;
+        let writer = if on_shard {
+            let (closed_tx, closed_rx) = flume::bounded(1);
+            inline_writer = Some((store, queues.writes, router_tx, writer_config, closed_tx));
+            shard_0_closed = Some(closed_rx);
+            None
+        } else {
+            Some(
+                std::thread::Builder::new()
+                    .name("store".into())
+                    .spawn(move || writer::run(store, queues.writes, router_tx, writer_config))
+                    .expect("spawning the store thread"),
+            )
+        };
         let max_batch = config.max_batch;
         let reader = std::thread::Builder::new()
             .name("store-reader".into())
@@ -192,6 +208,7 @@ impl Node {
         let mut executors = Vec::with_capacity(shards);
         for (i, shutdown) in shutdown.into_iter().enumerate() {
             let wiring = wiring.clone();
+            let inline_writer = inline_writer.take();
             let placement = if shards <= cores {
                 Placement::Fixed(i)
             } else {
@@ -207,6 +224,12 @@ impl Node {
             }
             let executor = builder
                 .spawn(move || async move {
+                    // Shard 0 may also run the writer; it then outlives the
+                    // shard until `Node::wait` sends `Op::Stop`.
+                    let writer = inline_writer.map(|(store, ops, routers, config, closed)| {
+                        let task = writer::run_on_executor(store, ops, routers, config);
+                        (glommio::spawn_local(task), closed)
+                    });
                     let listener = match shard::bind(addr) {
                         Ok(l) => l,
                         Err(e) => {
@@ -219,7 +242,11 @@ impl Node {
                             .local_addr()
                             .map_err(|e| std::io::Error::other(e.to_string())),
                     );
-                    shard::run(listener, wiring, shutdown).await
+                    shard::run(listener, wiring, shutdown).await;
+                    if let Some((writer, closed)) = writer {
+                        let _ = closed.send(());
+                        writer.await;
+                    }
                 })
                 .map_err(|e| StartError::Executor(e.to_string()))?;
             executors.push(executor);
@@ -239,6 +266,7 @@ impl Node {
             executors,
             store: store_client,
             writer,
+            shard_0_closed,
             reader,
             bus,
             load,
@@ -256,13 +284,25 @@ impl Node {
     /// Waits until the node has stopped: every shard closed its sessions and
     /// the store thread committed their logouts.
     pub fn wait(self) {
-        for executor in self.executors {
+        let mut executors = self.executors.into_iter();
+        // With the writer on shard 0, that executor ends after the writer:
+        // wait for its sessions only, then stop the writer, then join it.
+        let shard_0 = self.writer.is_none().then(|| executors.next()).flatten();
+        for executor in executors {
             let _ = executor.join();
+        }
+        if let Some(closed) = &self.shard_0_closed {
+            let _ = closed.recv();
         }
         drop(self.stop);
         // Every session has queued its logout by now; commit and end.
         self.store.stop();
-        let _ = self.writer.join();
+        if let Some(executor) = shard_0 {
+            let _ = executor.join();
+        }
+        if let Some(writer) = self.writer {
+            let _ = writer.join();
+        }
         let _ = self.reader.join();
         if let Some(bus) = self.bus {
             bus.stop();

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat_client::Client;
-use chat_node::local::{BalancerOptions, LocalBalancer, LocalNode, metric_value};
+use chat_node::local::{BalancerOptions, LocalBalancer, LocalNode, NodeOptions, metric_value};
 use common::{json_register, node_with};
 
 const PAIRS: usize = 50;
@@ -199,6 +199,22 @@ fn json_closed_loop_handles_every_request() {
     for run in 0..RUNS {
         let node = node_with(&[]);
         json_closed_loop("json", &node, node.addr, run);
+    }
+}
+
+/// One shard, whose executor also runs the store's writer (the default on
+/// two cores).
+#[test]
+fn json_closed_loop_with_the_writer_on_the_shard_handles_every_request() {
+    for run in 0..RUNS / 2 {
+        let node = LocalNode::start(NodeOptions {
+            binary: Some(env!("CARGO_BIN_EXE_chat-node").into()),
+            shards: 1,
+            args: vec!["--store-on-shard".into()],
+            ..NodeOptions::default()
+        })
+        .expect("starting chat-node");
+        json_closed_loop("json, writer on the shard", &node, node.addr, run);
     }
 }
 

@@ -30,7 +30,17 @@ async fn login_and_read(
 
 #[tokio::test]
 async fn acknowledged_sends_survive_kill_9_and_restart() {
-    let mut node = node_with(&["--pending-page", "100"]);
+    survive_kill_9(&["--pending-page", "100"]).await;
+}
+
+/// The same with the writer on shard 0's executor instead of a thread.
+#[tokio::test]
+async fn acknowledged_sends_survive_kill_9_with_the_writer_on_a_shard() {
+    survive_kill_9(&["--pending-page", "100", "--store-on-shard"]).await;
+}
+
+async fn survive_kill_9(args: &[&str]) {
+    let mut node = node_with(args);
     let alice = Client::connect(node.addr).await.unwrap();
     let a = alice.register("alice", "pw").await.unwrap();
     let b = alice.register("bob", "pw").await.unwrap();

@@ -30,7 +30,7 @@
 //! refreshes the pending gauge and deletes acknowledged messages in small
 //! slices between batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -364,82 +364,192 @@ fn answer_if_asked<T: Send + 'static>(
 /// Runs the store thread until it gets `Op::Stop` or every `StoreClient` is
 /// dropped.
 pub fn run<S: Store>(
-    mut store: S,
+    store: S,
     ops: flume::Receiver<Op>,
     routers: Vec<flume::Sender<Vec<RouterEvent>>>,
-    mut config: WriterConfig,
+    config: WriterConfig,
 ) {
-    let mut batch = Vec::with_capacity(config.max_batch);
-    let mut replies: Vec<Reply> = Vec::with_capacity(config.max_batch);
-    let mut out = Outbox::new(config.shards);
-    let mut last_maintenance = Instant::now();
-    let mut last_lease = Instant::now();
+    let mut writer = Writer::new(store, routers, config);
+    let mut batch = Vec::with_capacity(writer.config.max_batch);
     let mut stopping = false;
-    let mut compacting = false;
-    let mut last_slice = Instant::now();
     while !stopping {
-        let wait = if compacting {
+        stopping = take_batch(
+            &ops,
+            Some(writer.wait()),
+            writer.config.max_batch,
+            &mut batch,
+        );
+        writer.run_batch(&mut batch);
+        writer.tick(ops.is_empty());
+    }
+    writer.finish();
+}
+
+/// Runs the store's writer as a task of the executor it is spawned on
+/// (`--store-on-shard`), until it gets `Op::Stop` or every `StoreClient` is
+/// dropped.
+///
+/// A node with one shard then runs a message's whole path on one thread: no
+/// wake-up of a store thread and no second executor sleep per message. The
+/// cost: while a batch runs and commits (tens of microseconds for a few
+/// ops), the shard serves no socket. Only for SQLite, whose calls do not
+/// wait on a network.
+pub async fn run_on_executor<S: Store>(
+    store: S,
+    ops: flume::Receiver<Op>,
+    routers: Vec<flume::Sender<Vec<RouterEvent>>>,
+    config: WriterConfig,
+) {
+    let mut writer = Writer::new(store, routers, config);
+    writer.inline = true;
+    let max = writer.config.max_batch;
+    let mut batch = Vec::with_capacity(max);
+    let mut stopping = false;
+    while !stopping {
+        let wait = writer.wait();
+        let first = futures_lite::future::or(async { Some(ops.recv_async().await) }, async {
+            glommio::timer::sleep(wait).await;
+            None
+        })
+        .await;
+        match first {
+            Some(Ok(Op::Stop)) | Some(Err(_)) => stopping = true,
+            Some(Ok(op)) => batch.push(op),
+            None => {}
+        }
+        while !stopping && batch.len() < max {
+            match ops.try_recv() {
+                Ok(Op::Stop) => stopping = true,
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        writer.run_batch(&mut batch);
+        writer.tick(ops.is_empty());
+        // Let the answered sessions and the router run before the next batch.
+        futures_lite::future::yield_now().await;
+    }
+    writer.finish();
+}
+
+/// The writer's state between batches: the group commit, the lease and the
+/// maintenance schedule. Driven by [`run`] on a thread of its own or by
+/// [`run_on_executor`] as a task.
+struct Writer<S> {
+    store: S,
+    routers: Vec<flume::Sender<Vec<RouterEvent>>>,
+    config: WriterConfig,
+    replies: Vec<Reply>,
+    out: Outbox,
+    last_maintenance: Instant,
+    last_lease: Instant,
+    compacting: bool,
+    last_slice: Instant,
+    /// Runs on an executor: sends to routers never block.
+    inline: bool,
+}
+
+impl<S: Store> Writer<S> {
+    fn new(store: S, routers: Vec<flume::Sender<Vec<RouterEvent>>>, config: WriterConfig) -> Self {
+        Writer {
+            store,
+            routers,
+            replies: Vec::with_capacity(config.max_batch),
+            out: Outbox::new(config.shards),
+            config,
+            last_maintenance: Instant::now(),
+            last_lease: Instant::now(),
+            compacting: false,
+            last_slice: Instant::now(),
+            inline: false,
+        }
+    }
+
+    /// How long to wait for a first op before the lease or maintenance is due.
+    fn wait(&self) -> Duration {
+        if self.compacting {
             Duration::from_millis(1)
         } else {
-            config
+            self.config
                 .lease_every
-                .saturating_sub(last_lease.elapsed())
-                .min(config.maintenance_every)
-        };
-        stopping = take_batch(&ops, Some(wait), config.max_batch, &mut batch);
-        if !batch.is_empty() {
-            let started = Instant::now();
-            crate::metrics::histogram("chat_node_store_batch_ops", &[]).record(batch.len() as f64);
-            let mut step = Step {
-                store: &mut store,
-                out: &mut out,
-                node: &config.node_id,
-                cluster: config.bus.is_some(),
-            };
-            for op in batch.drain(..) {
-                crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())])
-                    .increment(1);
-                replies.push(step.run(op));
-            }
-            let failed = commit(&mut store, &mut out, "batch");
-            crate::metrics::histogram("chat_node_store_commit_seconds", &[])
-                .record(started.elapsed().as_secs_f64());
-            out.send_routes(&routers);
-            for reply in replies.drain(..) {
-                reply(failed.as_ref());
-            }
-            out.send(&routers, config.bus.as_mut());
+                .saturating_sub(self.last_lease.elapsed())
+                .min(self.config.maintenance_every)
         }
-        if last_lease.elapsed() >= config.lease_every {
-            last_lease = Instant::now();
-            lease_tick(&mut store, &mut out, &config);
-            out.send(&routers, config.bus.as_mut());
-            if let Some(bus) = config.bus.as_mut() {
+    }
+
+    /// Runs `batch` in one transaction, commits, answers every op and sends
+    /// the events, in commit order.
+    fn run_batch(&mut self, batch: &mut Vec<Op>) {
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        crate::metrics::histogram("chat_node_store_batch_ops", &[]).record(batch.len() as f64);
+        let mut step = Step {
+            store: &mut self.store,
+            out: &mut self.out,
+            node: &self.config.node_id,
+            cluster: self.config.bus.is_some(),
+        };
+        for op in batch.drain(..) {
+            crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
+            self.replies.push(step.run(op));
+        }
+        let failed = commit(&mut self.store, &mut self.out, "batch");
+        crate::metrics::histogram("chat_node_store_commit_seconds", &[])
+            .record(started.elapsed().as_secs_f64());
+        self.out.send_routes(&self.routers, self.inline);
+        for reply in self.replies.drain(..) {
+            reply(failed.as_ref());
+        }
+        self.out
+            .send(&self.routers, self.config.bus.as_mut(), self.inline);
+    }
+
+    /// The lease, heartbeats and maintenance, when due; `idle` when no op
+    /// waits (compaction slices run then, or once a `SLICE_GAP` under load).
+    fn tick(&mut self, idle: bool) {
+        if self.inline {
+            // Anything a full router queue left waiting.
+            self.out
+                .send(&self.routers, self.config.bus.as_mut(), self.inline);
+        }
+        if self.last_lease.elapsed() >= self.config.lease_every {
+            self.last_lease = Instant::now();
+            lease_tick(&mut self.store, &mut self.out, &self.config);
+            self.out
+                .send(&self.routers, self.config.bus.as_mut(), self.inline);
+            if let Some(bus) = self.config.bus.as_mut() {
                 bus.heartbeat();
             }
         }
         // Compaction goes in small slices when no request is waiting (and at
         // most one per SLICE_GAP under constant load), so that requests never
         // wait behind a long transaction.
-        if !compacting && last_maintenance.elapsed() >= config.maintenance_every {
-            last_maintenance = Instant::now();
-            refresh_pending_gauge(&mut store);
-            compacting = true;
+        if !self.compacting && self.last_maintenance.elapsed() >= self.config.maintenance_every {
+            self.last_maintenance = Instant::now();
+            refresh_pending_gauge(&mut self.store);
+            self.compacting = true;
         }
-        if compacting && (ops.is_empty() || last_slice.elapsed() >= SLICE_GAP) {
-            last_slice = Instant::now();
-            compacting = compact_slice(&mut store);
+        if self.compacting && (idle || self.last_slice.elapsed() >= SLICE_GAP) {
+            self.last_slice = Instant::now();
+            self.compacting = compact_slice(&mut self.store);
         }
     }
-    while compact_slice(&mut store) {}
-    refresh_pending_gauge(&mut store);
-    // Every session has logged out: the lease ends with the node.
-    if let Err(e) = store
-        .end_lease(&config.node_id)
-        .and_then(|()| store.commit())
-    {
-        tracing::warn!(error = %e, "ending the lease failed; it expires by itself");
-        store.rollback();
+
+    /// Compacts what is left and ends the lease (the node is stopping).
+    fn finish(mut self) {
+        while compact_slice(&mut self.store) {}
+        refresh_pending_gauge(&mut self.store);
+        // Every session has logged out: the lease ends with the node.
+        if let Err(e) = self
+            .store
+            .end_lease(&self.config.node_id)
+            .and_then(|()| self.store.commit())
+        {
+            tracing::warn!(error = %e, "ending the lease failed; it expires by itself");
+            self.store.rollback();
+        }
     }
 }
 
@@ -488,6 +598,9 @@ struct Outbox {
     local: Vec<Vec<RouterEvent>>,
     /// Per other node.
     remote: HashMap<String, Vec<bus::Event>>,
+    /// Committed events a full router queue did not take yet (writer on an
+    /// executor only), per shard, oldest first.
+    overflow: Vec<VecDeque<Vec<RouterEvent>>>,
 }
 
 impl Outbox {
@@ -496,9 +609,12 @@ impl Outbox {
             routes: vec![Vec::new(); shards],
             local: vec![Vec::new(); shards],
             remote: HashMap::new(),
+            overflow: vec![VecDeque::new(); shards],
         }
     }
 
+    /// Forgets the events of a batch that failed to commit (committed ones
+    /// waiting in `overflow` stay).
     fn clear(&mut self) {
         self.routes.iter_mut().for_each(Vec::clear);
         self.local.iter_mut().for_each(Vec::clear);
@@ -519,15 +635,20 @@ impl Outbox {
     /// Sends the batch's route changes. A delivery of the same batch that
     /// they overtake finds its session's route or, if the session was
     /// leaving, no route: the message waits in the store.
-    fn send_routes(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>]) {
-        Self::flush(&mut self.routes, routers);
+    fn send_routes(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>], inline: bool) {
+        Self::flush(&mut self.routes, &mut self.overflow, routers, inline);
     }
 
     /// Sends everything else: deliveries and presence, here and to other
     /// nodes.
-    fn send(&mut self, routers: &[flume::Sender<Vec<RouterEvent>>], bus: Option<&mut Publisher>) {
-        Self::flush(&mut self.routes, routers);
-        Self::flush(&mut self.local, routers);
+    fn send(
+        &mut self,
+        routers: &[flume::Sender<Vec<RouterEvent>>],
+        bus: Option<&mut Publisher>,
+        inline: bool,
+    ) {
+        Self::flush(&mut self.routes, &mut self.overflow, routers, inline);
+        Self::flush(&mut self.local, &mut self.overflow, routers, inline);
         if let Some(bus) = bus {
             for (node, events) in self.remote.drain() {
                 bus.publish(&node, events);
@@ -535,11 +656,38 @@ impl Outbox {
         }
     }
 
-    fn flush(lists: &mut [Vec<RouterEvent>], routers: &[flume::Sender<Vec<RouterEvent>>]) {
+    /// Hands each shard's events to its router. On a thread of its own the
+    /// writer waits while a router's queue is full; on an executor
+    /// (`inline`) it must not block the thread that may be the one to run
+    /// that router, so what a full queue does not take waits in `overflow`,
+    /// in order, and goes first at the next flush (the writer flushes at
+    /// least once per lease period).
+    fn flush(
+        lists: &mut [Vec<RouterEvent>],
+        overflow: &mut [VecDeque<Vec<RouterEvent>>],
+        routers: &[flume::Sender<Vec<RouterEvent>>],
+        inline: bool,
+    ) {
         for (shard, list) in lists.iter_mut().enumerate() {
+            if !inline {
+                if !list.is_empty() {
+                    // A router that is gone belongs to a shard that stopped.
+                    let _ = routers[shard].send(std::mem::take(list));
+                }
+                continue;
+            }
+            let waiting = &mut overflow[shard];
             if !list.is_empty() {
-                // A router that is gone belongs to a shard that stopped.
-                let _ = routers[shard].send(std::mem::take(list));
+                waiting.push_back(std::mem::take(list));
+            }
+            while let Some(events) = waiting.pop_front() {
+                match routers[shard].try_send(events) {
+                    Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+                    Err(flume::TrySendError::Full(events)) => {
+                        waiting.push_front(events);
+                        break;
+                    }
+                }
             }
         }
     }
