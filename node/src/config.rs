@@ -79,7 +79,7 @@ pub struct Args {
     #[serde(default, with = "humantime_serde_opt")]
     pub spin_before_park: Option<Duration>,
     /// Run the store's writer on shard 0's executor instead of a thread of
-    /// its own (SQLite only) [default: true with one shard].
+    /// its own (SQLite only) [default: true with one shard and no --nats].
     #[arg(long, env = "CHAT_NODE_STORE_ON_SHARD", num_args = 0..=1, default_missing_value = "true")]
     pub store_on_shard: Option<bool>,
     /// Stored messages sent per page when a user catches up [default: 1000].
@@ -222,6 +222,7 @@ impl Args {
         // core with an executor cost 25 % more CPU per message on 2 cores
         // (docs/benchmarks.md).
         let shards = pick!(shards, cores.saturating_sub(1).max(1));
+        let nats = self.nats.or(file.nats);
         let config = Config {
             listen,
             metrics_listen: pick!(metrics_listen, "127.0.0.1:9100".parse().expect("valid")),
@@ -238,13 +239,16 @@ impl Args {
             },
             max_batch: pick!(max_batch, 1024),
             spin_before_park: pick!(spin_before_park, Duration::ZERO),
-            // One shard: its executor also runs the writer, so a message's
-            // whole path is one thread (30 % less CPU per message, measured).
-            store_on_shard: pick!(store_on_shard, shards == 1),
+            // One shard running alone: its executor also runs the writer, so
+            // a message's whole path is one thread (30 % less CPU per
+            // message, measured). Not in a cluster: nodes sharing one SQLite
+            // file wait for each other's write lock, and that wait must not
+            // stall an executor (cluster p99 went from 6 ms to 135 ms).
+            store_on_shard: pick!(store_on_shard, shards == 1 && nats.is_none()),
             pending_page: pick!(pending_page, 1000),
             argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
             argon2_iterations: pick!(argon2_iterations, 2),
-            nats: self.nats.or(file.nats),
+            nats,
             lease_ttl: pick!(lease_ttl, Duration::from_secs(10)),
             nats_subscription_capacity: pick!(nats_subscription_capacity, 65_536),
             max_connections: pick!(max_connections, 10_000),
