@@ -188,21 +188,6 @@ impl Outbound {
         })
         .await
     }
-
-    /// Waits until the connection is closing and returns why.
-    pub async fn wait_closed(&self) -> CloseReason {
-        poll_fn(|cx| {
-            let mut inner = self.inner.borrow_mut();
-            match inner.close {
-                Some(reason) => Poll::Ready(reason),
-                None => {
-                    inner.waiters.push(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
