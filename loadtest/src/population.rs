@@ -53,6 +53,11 @@ pub struct User {
     unacked: AtomicU64,
     /// Woken at each new receipt (a closed loop waits for its message).
     arrivals: Notify,
+    /// Held while receipts are checked: a re-login holds it from its login
+    /// request until the pending messages of the reply are checked, so that
+    /// pushes that follow the reply are checked after them, in the order the
+    /// node sent them (the reply and the pushes reach two different tasks).
+    pub inbox: tokio::sync::Mutex<()>,
 }
 
 impl User {
@@ -273,6 +278,7 @@ pub async fn set_up(
                 tally: Mutex::default(),
                 unacked: AtomicU64::new(0),
                 arrivals: Notify::new(),
+                inbox: tokio::sync::Mutex::new(()),
             });
             for m in &a.pending {
                 user.receive(m, rec, config.ack_every);
@@ -499,6 +505,7 @@ async fn receive_loop(
     stopping: Arc<AtomicBool>,
 ) {
     while let Some(m) = user.session.next_received().await {
+        let _inbox = user.inbox.lock().await;
         user.receive(&m, &rec, ack_every);
         while let Some(m) = user.session.try_received() {
             user.receive(&m, &rec, ack_every);

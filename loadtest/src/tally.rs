@@ -17,8 +17,10 @@ pub enum Receipt {
     New,
     /// First receipt, after a later message of the same stream.
     OutOfOrder,
-    /// A server id at or below the highest already seen: the node sending
-    /// again what was not acknowledged.
+    /// A message received before, again under a server id at or below the
+    /// highest already seen: the node sending again what was not
+    /// acknowledged. (A message never received is never a redelivery, even
+    /// under a low id: it counts as delivered.)
     Redelivered,
     /// A new server id for a message already received.
     Duplicate,
@@ -56,18 +58,20 @@ pub struct Tally {
 
 impl Tally {
     pub fn receive(&mut self, stamp: &Stamp, message_id: Option<MessageId>) -> Receipt {
-        if let Some(id) = message_id {
-            if self.highest_id.is_some_and(|h| id <= h) {
-                return Receipt::Redelivered;
-            }
-            self.highest_id = Some(id);
-        }
+        let known_id = message_id.is_some_and(|id| self.highest_id.is_some_and(|h| id <= h));
+        self.highest_id = self.highest_id.max(message_id);
         let stream = self
             .streams
             .entry((stamp.sender, stamp.stream))
             .or_default();
         if stream.seen(stamp.seq) {
-            return Receipt::Duplicate;
+            // Sent again under an id already seen: the node's redelivery of
+            // what was not acknowledged; under a new id: a real duplicate.
+            return if known_id {
+                Receipt::Redelivered
+            } else {
+                Receipt::Duplicate
+            };
         }
         let late = stream.highest.is_some_and(|h| stamp.seq < h);
         stream.mark(stamp.seq);
@@ -136,5 +140,15 @@ mod tests {
             Receipt::Duplicate,
             "no id: the seed"
         );
+    }
+
+    #[test]
+    fn a_message_never_received_is_delivered_whatever_its_id() {
+        // A re-login's pending messages checked after a later push.
+        let mut t = Tally::default();
+        assert_eq!(t.receive(&stamp(1, 1), Some(20)), Receipt::New);
+        assert_eq!(t.receive(&stamp(1, 0), Some(15)), Receipt::OutOfOrder);
+        assert_eq!(t.receive(&stamp(1, 0), Some(15)), Receipt::Redelivered);
+        assert_eq!(t.highest_id(), Some(20));
     }
 }

@@ -360,6 +360,7 @@ async fn relogin(user: Arc<User>, intended: u64, rec: Arc<Recorder>, config: Arc
     }
     inc(&rec.counts.logouts);
     let started = rec.clock.now_us();
+    let _inbox = user.inbox.lock().await;
     match user.session.login(user.id, &config.password).await {
         Ok(pending) => {
             rec.latency(Metric::Login, intended, started);

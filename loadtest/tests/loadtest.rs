@@ -481,6 +481,11 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
         "offline messages arrive at login"
     );
     assert_eq!(counter(&s, "duplicated"), 0);
+    assert_eq!(
+        counter(&s, "out_of_order"),
+        0,
+        "a re-login's pending messages come before the pushes that follow it"
+    );
 }
 
 #[test]
