@@ -663,7 +663,7 @@ def balancer():
             ),
             stat(
                 "Nodes marked down",
-                "Upstreams getting no new connections for any reason (probe or connect failures, draining, max_conns, configured down).",
+                "Upstreams getting no new connections for any reason (probe or connect failures, draining, max_conns, configured down, drained or downed through the admin API).",
                 "short",
                 [T(agg("sum", (), agg("max", ("upstream",), sel("chat_balancer_upstream_down", up_))), "down")],
                 thresholds=thresholds("green", (1, "orange")),

@@ -27,6 +27,17 @@ fi
 if ! command -v python3 >/dev/null; then
   missing+=(python3)
 fi
+# The PROXY protocol tests put real nginx (stream module) and HAProxy in
+# front of a node (node/tests/proxy_protocol_fronts.rs).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  missing+=(nginx)
+fi
+if [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  missing+=(libnginx-mod-stream)
+fi
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  missing+=(haproxy)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi

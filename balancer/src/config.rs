@@ -26,12 +26,17 @@ Examples:
       --upstream '127.0.0.1:9191 weight=1 max_fails=3 fail_timeout=30s'
   chat-balancer --upstream 127.0.0.1:6000 --upstream '127.0.0.1:6002 weight=2 backup'
   chat-balancer --config balancer.toml        # keys as below, in snake_case; SIGHUP re-reads it
-  CHAT_BALANCER_UPSTREAM='10.0.0.5:6000,10.0.0.6:6000 proxy_protocol=on' chat-balancer
+  CHAT_BALANCER_UPSTREAM='10.0.0.5:6000,10.0.0.6:6000 proxy_protocol=v1' chat-balancer
   chat-balancer --redirect-listen off --admin-listen 0.0.0.0:9300
+  chat-balancer -t --config balancer.toml     # check it, print what would run, exit 0/1
+  chat-balancer --reuse-port --config balancer.toml   # several processes on one port
+  chat-balancer --access-log /var/log/chat-balancer/access.log --upstream 127.0.0.1:6000
 
 Upstream parameters (as nginx `server`): weight=N (1), max_fails=N (1; 0 = never
 marked down by failed connects), fail_timeout=DURATION (10s), max_conns=N (0 =
-unlimited), backup, down, slow_start=DURATION (0s), proxy_protocol=on|off (off).
+unlimited), backup, down, slow_start=DURATION (0s), proxy_protocol=v1|v2|off (off;
+v1 = nginx `proxy_protocol on` and HAProxy `send-proxy`, v2 = `send-proxy-v2`;
+`on` is kept as a synonym of v2).
 
 Signals: SIGHUP reloads the config file (upstreams added, removed or changed;
 open connections stay), SIGTERM/SIGINT stop accepting and let open connections
@@ -61,7 +66,15 @@ pub struct Args {
     /// Admin HTTP address (/metrics, /status, /status.json), or `off` [default: 127.0.0.1:9300].
     #[arg(long, env = "CHAT_BALANCER_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// A node, as an nginx `server` line: "ADDR [weight=N] [max_fails=N] [fail_timeout=D] [max_conns=N] [backup] [down] [slow_start=D] [proxy_protocol=on]". Repeatable; comma-separated in the environment.
+    /// Who may change the pool through the admin API (POST /upstreams/ADDR/drain|undrain|down|up|weight?value=N): CIDRs or addresses, comma-separated; others get 403. /metrics and /status stay open to anyone who reaches --admin-listen. Read at start only [default: loopback, 127.0.0.0/8 and ::1].
+    #[arg(
+        long = "admin-allow",
+        env = "CHAT_BALANCER_ADMIN_ALLOW",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub admin_allow: Vec<String>,
+    /// A node, as an nginx `server` line: "ADDR [weight=N] [max_fails=N] [fail_timeout=D] [max_conns=N] [backup] [down] [slow_start=D] [proxy_protocol=v1|v2|off]". Repeatable; comma-separated in the environment.
     #[arg(
         long = "upstream",
         env = "CHAT_BALANCER_UPSTREAM",
@@ -98,6 +111,16 @@ pub struct Args {
     #[arg(long, env = "CHAT_BALANCER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub shutdown_grace: Option<Duration>,
+    /// Let other chat-balancer processes listen on the same ports (nginx's `listen ... reuseport`): the kernel spreads new connections over them, and a new binary can start before the old one stops. Without it, a port another process listens on is refused [default: false].
+    #[arg(long, env = "CHAT_BALANCER_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
+    pub reuse_port: Option<bool>,
+    /// One line per relayed connection (client, node, connect time, bytes each way, duration, how it ended) to a file (appended), `stderr`, or `off` [default: off].
+    #[arg(long, env = "CHAT_BALANCER_ACCESS_LOG")]
+    pub access_log: Option<String>,
+    /// Check the configuration (flags, environment, file), print what would run, and exit: 0 if valid, 1 with the reason if not. Binds nothing (as `nginx -t`).
+    #[arg(short = 't', long)]
+    #[serde(skip)]
+    pub check_config: bool,
 }
 
 mod humantime_serde_opt {
@@ -108,6 +131,53 @@ mod humantime_serde_opt {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+/// Which PROXY protocol header a node gets before each relayed connection
+/// and probe (`proxy_protocol=` on an upstream line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header.
+    #[default]
+    Off,
+    /// The text header, as nginx `proxy_protocol on` and HAProxy `send-proxy`.
+    V1,
+    /// The binary header, as HAProxy `send-proxy-v2` (also spelled `on`).
+    V2,
+}
+
+impl ProxyProtocol {
+    /// Parses the value of `proxy_protocol=`.
+    pub fn parse(value: &str) -> Result<ProxyProtocol, String> {
+        match value {
+            "off" => Ok(ProxyProtocol::Off),
+            "v1" => Ok(ProxyProtocol::V1),
+            "v2" | "on" => Ok(ProxyProtocol::V2),
+            other => Err(format!(
+                "proxy_protocol={other:?}: expected v1, v2 (or on, the same as v2) or off"
+            )),
+        }
+    }
+
+    /// The header version to send, `None` when off.
+    pub fn version(self) -> Option<chat_schema::proxy::Version> {
+        match self {
+            ProxyProtocol::Off => None,
+            ProxyProtocol::V1 => Some(chat_schema::proxy::Version::V1),
+            ProxyProtocol::V2 => Some(chat_schema::proxy::Version::V2),
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        })
     }
 }
 
@@ -126,11 +196,32 @@ pub struct UpstreamSpec {
     /// Never used (kept in the list, shown in /status).
     pub down: bool,
     pub slow_start: Duration,
-    /// Start relayed connections (and probes) with a PROXY protocol v2 header.
-    pub proxy_protocol: bool,
+    /// The PROXY protocol header relayed connections (and probes) start with.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 impl UpstreamSpec {
+    /// The spec as a `server` line with every parameter spelled out.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} weight={} max_fails={} fail_timeout={} max_conns={} slow_start={}",
+            self.addr,
+            self.weight,
+            self.max_fails,
+            humantime::format_duration(self.fail_timeout),
+            self.max_conns,
+            humantime::format_duration(self.slow_start),
+        );
+        line.push_str(&format!(" proxy_protocol={}", self.proxy_protocol));
+        if self.backup {
+            line.push_str(" backup");
+        }
+        if self.down {
+            line.push_str(" down");
+        }
+        line
+    }
+
     /// Parses an nginx-style `server` line.
     pub fn parse(line: &str) -> Result<UpstreamSpec, ConfigError> {
         let bad = |m: String| ConfigError::Invalid(format!("upstream {line:?}: {m}"));
@@ -150,7 +241,7 @@ impl UpstreamSpec {
             backup: false,
             down: false,
             slow_start: Duration::ZERO,
-            proxy_protocol: false,
+            proxy_protocol: ProxyProtocol::Off,
         };
         for word in words {
             let number = |v: &str| -> Result<u32, ConfigError> {
@@ -166,8 +257,9 @@ impl UpstreamSpec {
                 Some(("fail_timeout", v)) => spec.fail_timeout = duration(v)?,
                 Some(("max_conns", v)) => spec.max_conns = number(v)?,
                 Some(("slow_start", v)) => spec.slow_start = duration(v)?,
-                Some(("proxy_protocol", "on")) => spec.proxy_protocol = true,
-                Some(("proxy_protocol", "off")) => spec.proxy_protocol = false,
+                Some(("proxy_protocol", v)) => {
+                    spec.proxy_protocol = ProxyProtocol::parse(v).map_err(bad)?
+                }
                 None if word == "backup" => spec.backup = true,
                 None if word == "down" => spec.down = true,
                 _ => return Err(bad(format!("unknown parameter {word:?}"))),
@@ -197,10 +289,15 @@ pub struct Config {
     pub listen: SocketAddr,
     pub redirect_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// Sources allowed to use the admin API (loopback unless set).
+    pub admin_allow: Vec<ipnet::IpNet>,
     pub upstreams: Vec<UpstreamSpec>,
     pub threads: usize,
     pub shutdown_grace: Duration,
     pub tuning: Tuning,
+    /// Whether other processes may share the listening ports.
+    pub reuse_port: bool,
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +317,30 @@ fn listen_addr(flag: &str, value: &str) -> Result<Option<SocketAddr>, ConfigErro
         .parse()
         .map(Some)
         .map_err(|_| ConfigError::Invalid(format!("--{flag} {value:?}: not an address or `off`")))
+}
+
+/// `--admin-allow`: CIDRs or bare addresses; none given → loopback.
+fn admin_allow(items: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    if items.iter().all(|i| i.trim().is_empty()) {
+        return Ok(vec![
+            "127.0.0.0/8".parse().expect("a CIDR"),
+            "::1/128".parse().expect("a CIDR"),
+        ]);
+    }
+    items
+        .iter()
+        .map(|i| i.trim())
+        .filter(|i| !i.is_empty())
+        .map(|i| {
+            i.parse::<ipnet::IpNet>()
+                .or_else(|_| i.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "--admin-allow {i:?}: not a CIDR (10.0.0.0/8) or an address"
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl Args {
@@ -260,9 +381,16 @@ impl Args {
                 "admin-listen",
                 &pick!(admin_listen, "127.0.0.1:9300".into()),
             )?,
+            admin_allow: admin_allow(if self.admin_allow.is_empty() {
+                &file.admin_allow
+            } else {
+                &self.admin_allow
+            })?,
             upstreams,
             threads: pick!(threads, cores),
             shutdown_grace: pick!(shutdown_grace, Duration::from_secs(10)),
+            reuse_port: pick!(reuse_port, false),
+            access_log: crate::access_log::Target::parse(&pick!(access_log, "off".into())),
             tuning: Tuning {
                 connect_timeout: pick!(connect_timeout, Duration::from_secs(1)),
                 next_upstream_tries: pick!(next_upstream_tries, 0),
@@ -278,6 +406,42 @@ impl Args {
 }
 
 impl Config {
+    /// What would run, one setting a line (`--check-config`).
+    pub fn describe(&self) -> String {
+        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let t = &self.tuning;
+        let mut out = format!(
+            "listen {}{}\nredirect_listen {}\nadmin_listen {}\nthreads {}\n\
+             shutdown_grace {}\nconnect_timeout {}\nnext_upstream_tries {}\n\
+             idle_timeout {}\nprobe_interval {}\nprobe_fails {}\nreport_max_age {}\n\
+             access_log {}\nadmin_allow {}\n",
+            self.listen,
+            if self.reuse_port { " reuse_port" } else { "" },
+            addr(self.redirect_listen),
+            addr(self.admin_listen),
+            self.threads,
+            humantime::format_duration(self.shutdown_grace),
+            humantime::format_duration(t.connect_timeout),
+            t.next_upstream_tries,
+            humantime::format_duration(t.idle_timeout),
+            humantime::format_duration(t.probe_interval),
+            t.probe_fails,
+            humantime::format_duration(t.report_max_age),
+            self.access_log
+                .as_ref()
+                .map_or_else(|| "off".to_owned(), |t| t.to_string()),
+            self.admin_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        for u in &self.upstreams {
+            out.push_str(&format!("upstream {}\n", u.describe()));
+        }
+        out
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.upstreams.is_empty() {
@@ -319,7 +483,20 @@ mod tests {
         assert_eq!((s.weight, s.max_fails, s.max_conns), (2, 3, 100));
         assert_eq!(s.fail_timeout, Duration::from_secs(30));
         assert_eq!(s.slow_start, Duration::from_secs(10));
-        assert!(s.backup && s.proxy_protocol && !s.down);
+        assert!(s.backup && !s.down);
+        assert_eq!(s.proxy_protocol, ProxyProtocol::V2, "on is v2");
+        for (value, expected) in [
+            ("v1", ProxyProtocol::V1),
+            ("v2", ProxyProtocol::V2),
+            ("off", ProxyProtocol::Off),
+        ] {
+            let line = format!("127.0.0.1:1 proxy_protocol={value}");
+            assert_eq!(UpstreamSpec::parse(&line).unwrap().proxy_protocol, expected);
+        }
+        let error = UpstreamSpec::parse("127.0.0.1:1 proxy_protocol=v3")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("expected v1, v2"), "{error}");
         let d = UpstreamSpec::parse("127.0.0.1:1 down").unwrap();
         assert!(d.down);
         assert_eq!((d.weight, d.max_fails), (1, 1));
@@ -369,6 +546,47 @@ mod tests {
         let c = flags.resolve().unwrap();
         assert_eq!(c.upstreams.len(), 1);
         assert_eq!(c.upstreams[0].addr.port(), 6001);
+    }
+
+    #[test]
+    fn admin_allow_is_loopback_unless_set_by_flag_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "upstream = [\"127.0.0.1:6000\"]\nadmin_allow = [\"10.0.0.0/8\", \"192.0.2.7\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let plain = Args::parse_from(["chat-balancer", "--upstream", "127.0.0.1:1"]);
+        let nets = |c: Config| {
+            c.admin_allow
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(nets(plain.resolve().unwrap()), ["127.0.0.0/8", "::1/128"]);
+        let from_file = Args::parse_from(["chat-balancer", "--config", path]);
+        assert_eq!(
+            nets(from_file.resolve().unwrap()),
+            ["10.0.0.0/8", "192.0.2.7/32"]
+        );
+        let flag = Args::parse_from([
+            "chat-balancer",
+            "--config",
+            path,
+            "--admin-allow",
+            "127.0.0.1/32,::1",
+        ]);
+        assert_eq!(nets(flag.resolve().unwrap()), ["127.0.0.1/32", "::1/128"]);
+        let bad = Args::parse_from([
+            "chat-balancer",
+            "--upstream",
+            "127.0.0.1:1",
+            "--admin-allow",
+            "10.0.0.0/33",
+        ]);
+        assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

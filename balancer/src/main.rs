@@ -11,6 +11,7 @@
 //! stays), SIGTERM/SIGINT stop accepting and wait up to `--shutdown-grace`
 //! for open connections.
 
+mod access_log;
 mod admin;
 mod config;
 mod pool;
@@ -27,6 +28,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 fn main() -> anyhow::Result<()> {
     chat_ops::logs::init("CHAT_BALANCER_LOG");
     let args = config::Args::parse();
+    if args.check_config {
+        std::process::exit(check_config(&args));
+    }
     let config = args.resolve()?;
     let handle = admin::install()?;
     let pool = Arc::new(pool::Pool::new(
@@ -39,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             let listener =
                 admin::bind(addr).with_context(|| format!("binding --admin-listen {addr}"))?;
             let bound = listener.local_addr()?;
-            admin::serve(listener, handle, pool.clone());
+            admin::serve(listener, handle, pool.clone(), config.admin_allow.clone());
             Some(bound)
         }
         None => None,
@@ -51,6 +55,8 @@ fn main() -> anyhow::Result<()> {
             listen: config.listen,
             redirect_listen: config.redirect_listen,
             shutdown_grace: config.shutdown_grace,
+            reuse_port: config.reuse_port,
+            access_log: config.access_log.clone(),
         },
         config.threads,
     )?;
@@ -90,6 +96,34 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--check-config` (`-t`): resolves and validates everything, prints what
+/// would run, binds nothing; returns the exit code.
+fn check_config(args: &config::Args) -> i32 {
+    let checked = args.resolve().map_err(anyhow::Error::from).and_then(|c| {
+        if let Some(target) = &c.access_log {
+            target.open().context("--access-log")?;
+        }
+        Ok(c)
+    });
+    match checked {
+        Ok(c) => {
+            print!("{}", c.describe());
+            match &args.config {
+                Some(path) => println!(
+                    "chat-balancer: the configuration in {} is ok",
+                    path.display()
+                ),
+                None => println!("chat-balancer: the configuration is ok"),
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("chat-balancer: the configuration is invalid: {e:#}");
+            1
+        }
+    }
+}
+
 /// SIGHUP: re-resolves the same flags with the config file read again.
 fn reload(args: &config::Args, running: &config::Config, pool: &pool::Pool) {
     match args.resolve() {
@@ -98,9 +132,12 @@ fn reload(args: &config::Args, running: &config::Config, pool: &pool::Pool) {
                 || new.redirect_listen != running.redirect_listen
                 || new.admin_listen != running.admin_listen
                 || new.threads != running.threads
+                || new.reuse_port != running.reuse_port
+                || new.access_log != running.access_log
+                || new.admin_allow != running.admin_allow
             {
                 tracing::warn!(
-                    "reload: listen addresses and --threads only change on restart; keeping the old ones"
+                    "reload: listen addresses, --threads, --reuse-port, --access-log and --admin-allow only change on restart; keeping the old ones"
                 );
             }
             pool.reload(new.upstreams, new.tuning);

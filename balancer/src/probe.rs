@@ -12,8 +12,9 @@
 //!
 //! A supervisor looks at the pool a few times a second and starts a task for
 //! each node that has none; a task ends when its node is removed by a reload.
-//! Nodes with `proxy_protocol=on` get a PROXY v2 LOCAL header first, as
-//! HAProxy sends on its health checks.
+//! Nodes with `proxy_protocol=v1|v2` get a PROXY header for the balancer's
+//! own connection first (v1 `PROXY UNKNOWN`, v2 LOCAL), as HAProxy sends on
+//! its health checks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -102,9 +103,9 @@ async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Client, Strin
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    if spec.proxy_protocol {
+    if let Some(version) = spec.proxy_protocol.version() {
         stream
-            .write_all(&chat_schema::proxy_v2::LOCAL)
+            .write_all(&chat_schema::proxy::local(version))
             .await
             .map_err(|e| format!("writing the PROXY header: {e}"))?;
     }

@@ -276,65 +276,82 @@ fn redirect_mode_returns_a_live_node() {
     });
 }
 
-/// PROXY v2 towards an upstream with proxy_protocol=on: a stand-in upstream
-/// sees the header with the client's address, then the client's bytes.
+/// The PROXY header towards an upstream with proxy_protocol=v1, v2 and on
+/// (= v2): a stand-in upstream sees the header of that version with the
+/// client's address, then the client's bytes; the probes' own connections
+/// come with the LOCAL (v2) or UNKNOWN (v1) header.
 #[test]
 fn proxy_protocol_carries_the_client_address() {
-    let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up = stand_in.local_addr().unwrap();
-    let b = balancer(&[format!("{up} proxy_protocol=on")], &[]);
-    let mut client = TcpStream::connect(b.addr).unwrap();
-    let client_addr = client.local_addr().unwrap();
-    client.write_all(b"hello").unwrap();
-    // Probes connect too (with a LOCAL header); find the relayed connection.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let header = loop {
-        assert!(Instant::now() < deadline, "no relayed connection");
-        let (mut s, _) = stand_in.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let mut filled = 0;
-        let decoded = loop {
-            match chat_schema::proxy_v2::decode(&buf[..filled]) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => panic!("bad header: {e}"),
+    use chat_schema::proxy::{self, Header, Version};
+    for (option, version) in [
+        ("v1", Version::V1),
+        ("v2", Version::V2),
+        ("on", Version::V2),
+    ] {
+        let stand_in = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = stand_in.local_addr().unwrap();
+        let b = balancer(&[format!("{up} proxy_protocol={option}")], &[]);
+        let mut client = TcpStream::connect(b.addr).unwrap();
+        let client_addr = client.local_addr().unwrap();
+        client.write_all(b"hello").unwrap();
+        // Probes connect too; find the relayed connection.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut locals = 0;
+        let header = loop {
+            assert!(Instant::now() < deadline, "{option}: no relayed connection");
+            let (mut s, _) = stand_in.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 128];
+            let mut filled = 0;
+            let decoded = loop {
+                match proxy::decode(&buf[..filled]) {
+                    Ok(Some(d)) => break d,
+                    Ok(None) => {}
+                    Err(e) => panic!("{option}: bad header: {e}"),
+                }
+                let n = s.read(&mut buf[filled..]).unwrap();
+                assert!(n > 0, "{option}: closed inside the header");
+                filled += n;
+            };
+            assert_eq!(decoded.version, version, "proxy_protocol={option}");
+            match decoded.header {
+                Header::Local => locals += 1,
+                Header::Proxy {
+                    source,
+                    destination,
+                } if source == client_addr => {
+                    // (Other relayed connections are the harness's readiness checks.)
+                    let mut rest = buf[decoded.used..filled].to_vec();
+                    while rest.len() < 5 {
+                        let mut more = [0u8; 16];
+                        let n = s.read(&mut more).unwrap();
+                        assert!(n > 0);
+                        rest.extend_from_slice(&more[..n]);
+                    }
+                    assert_eq!(&rest[..5], b"hello");
+                    break (source, destination);
+                }
+                Header::Proxy { .. } => {}
             }
-            let n = s.read(&mut buf[filled..]).unwrap();
-            assert!(n > 0, "closed inside the header");
-            filled += n;
         };
-        if let (
-            chat_schema::proxy_v2::Header::Proxy {
-                source,
-                destination,
-            },
-            used,
-        ) = decoded
-            && source == client_addr
-        {
-            // (Other relayed connections are the harness's readiness checks.)
-            let mut rest = buf[used..filled].to_vec();
-            while rest.len() < 5 {
-                let mut more = [0u8; 16];
-                let n = s.read(&mut more).unwrap();
-                assert!(n > 0);
-                rest.extend_from_slice(&more[..n]);
-            }
-            assert_eq!(&rest[..5], b"hello");
-            break (source, destination);
-        }
-    };
-    assert_eq!(header, (client_addr, b.addr));
+        assert_eq!(header, (client_addr, b.addr), "proxy_protocol={option}");
+        eprintln!("proxy_protocol={option}: {locals} probe connection(s) before the client's");
+    }
 }
 
-/// The same with a real node that trusts the balancer: the node serves the
-/// relayed stream and counts it as proxied; the probes' LOCAL headers are
-/// accepted too.
+/// The same with a real node that trusts the balancer, for v1 and v2: the
+/// node serves the relayed stream and counts it as proxied; the probes' LOCAL
+/// (v2) and UNKNOWN (v1) headers are accepted too.
 #[test]
 fn a_node_behind_proxy_protocol_serves_relayed_clients() {
+    for option in ["v1", "v2"] {
+        a_node_behind_proxy_protocol_serves(option);
+    }
+}
+
+fn a_node_behind_proxy_protocol_serves(option: &str) {
     let n = node(&["--proxy-protocol-from", "127.0.0.1"]);
-    let b = balancer(&[format!("{} proxy_protocol=on", n.addr)], &[]);
+    let b = balancer(&[format!("{} proxy_protocol={option}", n.addr)], &[]);
     wait_reports(&b, &[n.addr]);
     let mut relayed = ping_through(b.addr);
     let r = relayed.ask(r#"{"msgid":4,"name":"via-proxy","pwd":"pw"}"#, 5);
@@ -343,12 +360,12 @@ fn a_node_behind_proxy_protocol_serves_relayed_clients() {
     let proxied = chat_node::local::metric_value(&metrics, "chat_node_proxied_connections_total");
     assert!(
         proxied >= Some(2.0),
-        "probe and client proxied: {proxied:?}"
+        "{option}: probe and client proxied: {proxied:?}"
     );
     assert_eq!(
         chat_node::local::metric_value(&metrics, "chat_node_proxy_header_errors_total"),
         None,
-        "no connection was refused"
+        "{option}: no connection was refused"
     );
 }
 

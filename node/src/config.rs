@@ -62,6 +62,14 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub idle_timeout: Option<Duration>,
+    /// Once the first byte of a request arrived, how long the rest may take (as nginx's client_header_timeout); a client that trickles a frame is closed [default: 10s].
+    #[arg(long, env = "CHAT_NODE_FRAME_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub frame_timeout: Option<Duration>,
+    /// How long a connection may stay without logging in (registering and pinging included) before it is closed [default: 60s].
+    #[arg(long, env = "CHAT_NODE_LOGIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub login_timeout: Option<Duration>,
     /// Bytes queued to a client that does not read before it is disconnected [default: 1048576].
     #[arg(long, env = "CHAT_NODE_MAX_OUTBOUND")]
     pub max_outbound: Option<usize>,
@@ -126,7 +134,7 @@ pub struct Args {
     /// The client address reported to balancers (redirect mode sends clients there) [default: the bound --listen address].
     #[arg(long, env = "CHAT_NODE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// Balancer addresses whose connections start with a PROXY protocol v2 header carrying the real client address, comma-separated IPs [default: none].
+    /// Proxy addresses (chat-balancer, nginx, HAProxy) whose connections start with a PROXY protocol header, v1 (text: nginx `proxy_protocol on`, HAProxy `send-proxy`) or v2 (binary: `send-proxy-v2`), carrying the real client address; comma-separated IPs. A connection from them without a valid header is closed; others are never read for one [default: none].
     #[arg(long, env = "CHAT_NODE_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
     pub proxy_protocol_from: Option<Vec<std::net::IpAddr>>,
     /// Create the keyspace and tables (from schema/cql) if missing, then run.
@@ -170,6 +178,8 @@ pub struct Config {
     pub max_frame: usize,
     pub max_text: usize,
     pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub login_timeout: Duration,
     pub max_outbound: usize,
     pub sync: SyncPolicy,
     pub max_batch: usize,
@@ -232,6 +242,8 @@ impl Args {
             max_frame: pick!(max_frame, chat_schema::frame::DEFAULT_MAX_FRAME),
             max_text: pick!(max_text, 4096),
             idle_timeout: pick!(idle_timeout, Duration::from_secs(300)),
+            frame_timeout: pick!(frame_timeout, Duration::from_secs(10)),
+            login_timeout: pick!(login_timeout, Duration::from_secs(60)),
             max_outbound: pick!(max_outbound, 1 << 20),
             sync: match pick!(sync, SyncArg::Normal) {
                 SyncArg::Normal => SyncPolicy::Normal,
@@ -283,8 +295,11 @@ impl Config {
         if self.max_text == 0 || self.max_text >= self.max_frame {
             return bad("--max-text must be at least 1 and below --max-frame");
         }
-        if self.idle_timeout.is_zero() {
-            return bad("--idle-timeout must be positive");
+        if self.idle_timeout.is_zero()
+            || self.frame_timeout.is_zero()
+            || self.login_timeout.is_zero()
+        {
+            return bad("--idle-timeout, --frame-timeout and --login-timeout must be positive");
         }
         if self.max_batch == 0 || self.pending_page == 0 {
             return bad("--max-batch and --pending-page must be at least 1");
@@ -324,6 +339,8 @@ impl Config {
             max_frame: chat_schema::frame::DEFAULT_MAX_FRAME,
             max_text: 4096,
             idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
             max_outbound: 1 << 20,
             sync: SyncPolicy::Normal,
             max_batch: 1024,

@@ -254,11 +254,11 @@ fn describe() {
     );
     describe_counter!(
         "chat_node_proxied_connections_total",
-        "Connections that came with an accepted PROXY v2 header."
+        "Connections that came with an accepted PROXY header (v1 or v2)."
     );
     describe_counter!(
         "chat_node_proxy_header_errors_total",
-        "Connections refused for a missing or bad PROXY v2 header."
+        "Connections refused for a missing or bad PROXY header (v1 or v2)."
     );
     describe_histogram!(
         "chat_node_delivery_latency_seconds",

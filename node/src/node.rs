@@ -59,6 +59,7 @@ pub struct Node {
     /// sessions (its executor then still runs the writer).
     shard_0_closed: Option<flume::Receiver<()>>,
     reader: std::thread::JoinHandle<()>,
+    gauges: Option<(std::thread::JoinHandle<()>, flume::Sender<()>)>,
     bus: Option<Bus>,
     load: Arc<NodeLoad>,
 }
@@ -76,11 +77,13 @@ impl Node {
                 })?;
                 let path = config.data_dir.join("chat.db");
                 let place = path.display().to_string();
-                let opened = SqliteStore::open(&path, config.sync)
-                    .and_then(|store| Ok((store, SqliteStore::open_reader(&path)?)));
-                let (store, reader) =
+                let opened = SqliteStore::open(&path, config.sync).and_then(|store| {
+                    let reader = SqliteStore::open_reader(&path)?;
+                    Ok((store, reader, SqliteStore::open_reader(&path)?))
+                });
+                let (store, reader, gauges) =
                     opened.map_err(|source| StartError::Store { place, source })?;
-                Node::start_with(config, store, reader)
+                Node::start_with(config, store, reader, Some(gauges))
             }
             StoreChoice::Scylla(options) => {
                 let place = format!("ScyllaDB at {}", options.nodes.join(","));
@@ -93,14 +96,21 @@ impl Node {
                 });
                 let (store, reader) =
                     opened.map_err(|source| StartError::Store { place, source })?;
-                Node::start_with(config, store, reader)
+                // ScyllaDB can not count pending messages: no gauge thread.
+                Node::start_with(config, store, reader, None)
             }
         }
     }
 
-    /// Starts the node on `store` (the writer's handle) and `reader` (a
-    /// second handle on the same data, for the reader thread).
-    fn start_with<S: Store>(config: Config, mut store: S, reader: S) -> Result<Node, StartError> {
+    /// Starts the node on `store` (the writer's handle), `reader` (a second
+    /// handle on the same data, for the reader thread) and `gauges` (a third,
+    /// for the thread that counts pending messages, if the backend can).
+    fn start_with<S: Store>(
+        config: Config,
+        mut store: S,
+        reader: S,
+        gauges: Option<S>,
+    ) -> Result<Node, StartError> {
         let recovered = store
             .release_node(&config.node_id)
             .and_then(|users| {
@@ -156,11 +166,12 @@ impl Node {
             }
             None => (None, None),
         };
+        let writer_maintenance = Duration::from_secs(10);
         let writer_config = WriterConfig {
             node_id: config.node_id.clone(),
             shards,
             max_batch: config.max_batch,
-            maintenance_every: Duration::from_secs(10),
+            maintenance_every: writer_maintenance,
             lease_ttl: config.lease_ttl,
             lease_every: config.lease_every(),
             bus: publisher,
@@ -186,6 +197,14 @@ impl Node {
             .name("store-reader".into())
             .spawn(move || writer::run_reader(reader, queues.reads, max_batch))
             .expect("spawning the store reader thread");
+        let (gauges_stop, gauges_stopped) = flume::bounded::<()>(1);
+        let gauges = gauges.map(|store| {
+            let every = writer_maintenance;
+            std::thread::Builder::new()
+                .name("store-gauges".into())
+                .spawn(move || writer::run_gauges(store, every, gauges_stopped))
+                .expect("spawning the store gauges thread")
+        });
 
         let (stop, shutdown): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
         let config = Arc::new(config);
@@ -268,6 +287,7 @@ impl Node {
             writer,
             shard_0_closed,
             reader,
+            gauges: gauges.map(|thread| (thread, gauges_stop)),
             bus,
             load,
         })
@@ -304,6 +324,10 @@ impl Node {
             let _ = writer.join();
         }
         let _ = self.reader.join();
+        if let Some((thread, stop)) = self.gauges {
+            drop(stop);
+            let _ = thread.join();
+        }
         if let Some(bus) = self.bus {
             bus.stop();
         }

@@ -23,6 +23,10 @@ use crate::store::MessageId;
 pub enum CloseReason {
     ClientClosed,
     IdleTimeout,
+    /// A request's bytes did not all arrive within `--frame-timeout`.
+    FrameTimeout,
+    /// No login within `--login-timeout` of connecting.
+    LoginTimeout,
     SlowConsumer,
     ProtocolError,
     IoError,
@@ -30,9 +34,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::ClientClosed,
         CloseReason::IdleTimeout,
+        CloseReason::FrameTimeout,
+        CloseReason::LoginTimeout,
         CloseReason::SlowConsumer,
         CloseReason::ProtocolError,
         CloseReason::IoError,
@@ -43,6 +49,8 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::FrameTimeout => "frame_timeout",
+            CloseReason::LoginTimeout => "login_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::IoError => "io_error",
@@ -170,6 +178,13 @@ impl Outbound {
         drop(inner);
         wake.into_iter().for_each(Waker::wake);
         Some(last)
+    }
+
+    /// Forgets which messages the queued bytes carry (they stay queued):
+    /// the session's user changed, and what was queued for the previous one
+    /// must never count as delivered to the next.
+    pub fn forget_messages(&self) {
+        self.inner.borrow_mut().last_message = 0;
     }
 
     /// Waits until the queue holds less than its bound, or the connection is

@@ -108,14 +108,38 @@ fn acting(session: &Session, actor: Option<UserId>) -> Result<Identity, Failure>
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), Failure> {
-    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(Failure::new(
+/// The name as stored: `name` under the PRECIS Nickname profile (RFC 8266),
+/// at most [`MAX_NAME`] bytes. It maps every space to U+0020, removes
+/// leading and trailing spaces and collapses runs of them, maps fullwidth
+/// forms to their usual width and normalizes to NFKC, so "alice ", "ａｌｉｃｅ"
+/// and "alice" are one name; it refuses control characters and code points
+/// that do not show (zero-width, bidi overrides and other format
+/// characters), so no name can pass for another by what can not be seen.
+fn normalize_name(what: &str, name: &str) -> Result<String, Failure> {
+    use precis_core::profile::Profile;
+    let refused = |why: &str| {
+        Failure::new(
             ErrorCode::InvalidName,
-            format!("{what} must be 1 to {MAX_NAME} bytes of printable text"),
-        ));
+            format!("{what} must be 1 to {MAX_NAME} bytes of visible text{why}"),
+        )
+    };
+    if name.len() > 4 * MAX_NAME {
+        return Err(refused(""));
     }
-    Ok(())
+    let normalized = precis_profiles::Nickname::new()
+        .enforce(name)
+        .map_err(|e| match e {
+            precis_core::Error::BadCodepoint(c) => refused(&format!(
+                " (U+{:04X} at character {} is not allowed)",
+                c.cp,
+                c.position + 1
+            )),
+            _ => refused(""),
+        })?;
+    if normalized.is_empty() || normalized.len() > MAX_NAME {
+        return Err(refused(""));
+    }
+    Ok(normalized.into_owned())
 }
 
 fn check_len(what: &str, value: &str, max: usize, code: ErrorCode) -> Result<(), Failure> {
@@ -136,7 +160,7 @@ fn cost(shard: &Shard) -> password::Cost {
 }
 
 async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome {
-    check_name("name", &name)?;
+    let name = normalize_name("name", &name)?;
     if password.is_empty() {
         return Err(Failure::new(
             ErrorCode::BadRequest,
@@ -233,6 +257,7 @@ async fn login(
             "connection closed during login",
         ));
     }
+    session.user_changed();
     *session.phase.borrow_mut() = Phase::Online {
         who: Identity {
             user,
@@ -253,6 +278,7 @@ async fn login(
 async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>) -> Outcome {
     let who = acting(session, actor)?;
     *session.phase.borrow_mut() = Phase::Anonymous;
+    session.user_changed();
     shard.flush_written(who.user).await;
     shard
         .store
@@ -300,7 +326,7 @@ async fn create_group(
     description: String,
 ) -> Outcome {
     let who = acting(session, actor)?;
-    check_name("group name", &name)?;
+    let name = normalize_name("group name", &name)?;
     check_len(
         "group description",
         &description,
@@ -452,5 +478,36 @@ async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
         } else {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalized_or_refused() {
+        let ok = |n: &str| normalize_name("name", n).unwrap();
+        assert_eq!(ok("alice"), "alice");
+        assert_eq!(ok(" alice  "), "alice");
+        assert_eq!(ok("al   ice"), "al ice");
+        assert_eq!(ok("ａｌｉｃｅ"), "alice");
+        assert_eq!(ok("a\u{00A0}b"), "a b");
+        assert_eq!(ok("Zoë 李雷"), "Zoë 李雷");
+        for bad in [
+            "",
+            "   ",
+            "ali\u{200B}ce",
+            "ali\u{202E}ce",
+            "x\u{0007}",
+            "\u{FEFF}alice",
+        ] {
+            let e = normalize_name("name", bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidName, "{bad:?}");
+        }
+        assert!(normalize_name("name", &"x".repeat(MAX_NAME)).is_ok());
+        assert!(normalize_name("name", &"x".repeat(MAX_NAME + 1)).is_err());
+        let e = normalize_name("name", "ali\u{200B}ce").unwrap_err();
+        assert!(e.message.contains("U+200B"), "{}", e.message);
     }
 }

@@ -33,11 +33,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use chat_schema::proxy_v2;
+use chat_schema::proxy;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::command::{Push, Reply, Request, RequestKind};
+use crate::command::{ErrorCode, Failure, Push, Reply, Request, RequestKind};
 use crate::outbound::{CloseReason, Outbound};
 use crate::protocol::{Decoded, Decoder, Encoder, Wire};
 use crate::service;
@@ -47,6 +47,10 @@ use crate::store::{MessageId, UserId};
 
 /// How long a closing connection may take to flush its queued bytes.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection closed with an error keeps reading (and dropping)
+/// what its client still sends, so that the error reply is not lost to a
+/// reset.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Who a logged-in session is.
 #[derive(Debug, Clone)]
@@ -86,6 +90,10 @@ pub struct Session {
     pub phase: RefCell<Phase>,
     /// Highest message id a JSON client has been sent and the store told of.
     json_acked: Cell<MessageId>,
+    /// Counts the changes of the session's user (logins and logouts): bytes
+    /// taken to be written under one count are acknowledged only for the
+    /// user of that same count, so no cursor moves with another user's ids.
+    user_change: Cell<u64>,
     /// Whether a catch-up task is reading the store for this session.
     pub catch_up_running: Cell<bool>,
 }
@@ -99,8 +107,18 @@ impl Session {
             outbound: Outbound::new(max_outbound),
             phase: RefCell::new(Phase::Anonymous),
             json_acked: Cell::new(0),
+            user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
         }
+    }
+
+    /// The connection is about to serve another user (a login) or none (a
+    /// logout): what was sent to the previous user stops counting as
+    /// delivered, and the JSON acknowledgement position starts again.
+    pub fn user_changed(&self) {
+        self.user_change.set(self.user_change.get() + 1);
+        self.json_acked.set(0);
+        self.outbound.forget_messages();
     }
 
     /// The logged-in identity, if any.
@@ -250,23 +268,31 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Reads the PROXY protocol v2 header a balancer sends first; returns the
-/// real client address (`None` for the balancer's own LOCAL connections)
-/// and leaves what followed the header at the start of `buf[..*filled]`.
+/// Reads the PROXY protocol header (v1 or v2, told apart by the first bytes)
+/// a trusted proxy sends first, however many reads it takes; returns its
+/// version and the real client address (`None` for the proxy's own LOCAL or
+/// UNKNOWN connections) and leaves what followed the header at the start of
+/// `buf[..*filled]`. Garbage is refused as soon as it cannot be a header,
+/// and a header as soon as it runs past its limit (107 bytes for v1,
+/// `proxy::MAX_V2_HEADER` for v2), so `buf` never fills up waiting.
 async fn read_proxy_header(
     stream: &mut TcpStream,
     buf: &mut [u8],
     filled: &mut usize,
-) -> Result<Option<SocketAddr>, String> {
+) -> Result<(proxy::Version, Option<SocketAddr>), String> {
+    debug_assert!(buf.len() >= proxy::MAX_HEADER);
     loop {
-        match proxy_v2::decode(&buf[..*filled]) {
-            Ok(Some((header, used))) => {
-                buf.copy_within(used..*filled, 0);
-                *filled -= used;
-                return Ok(match header {
-                    proxy_v2::Header::Proxy { source, .. } => Some(source),
-                    proxy_v2::Header::Local => None,
-                });
+        match proxy::decode(&buf[..*filled]) {
+            Ok(Some(decoded)) => {
+                buf.copy_within(decoded.used..*filled, 0);
+                *filled -= decoded.used;
+                return Ok((
+                    decoded.version,
+                    match decoded.header {
+                        proxy::Header::Proxy { source, .. } => Some(source),
+                        proxy::Header::Local => None,
+                    },
+                ));
             }
             Ok(None) if *filled < buf.len() => {}
             Ok(None) => return Err("PROXY header longer than the buffer".into()),
@@ -296,7 +322,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         && shard.config.proxy_protocol_from.contains(&peer.ip())
     {
         match read_proxy_header(&mut stream, &mut first, &mut filled).await {
-            Ok(source) => {
+            Ok((version, source)) => {
+                tracing::debug!(%peer, %version, source = ?source, "PROXY header");
                 client = source.or(Some(peer));
                 metrics::counter!("chat_node_proxied_connections_total").increment(1);
             }
@@ -307,18 +334,25 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
     }
-    if filled == 0 {
-        filled = match stream.read(&mut first).await {
+    // Read until the first bytes tell the protocol (one read, nearly always).
+    let wire = loop {
+        if let Some(wire) = Wire::detect(&first[..filled]) {
+            break wire;
+        }
+        if filled == first.len() {
+            // Only whitespace so far: JSON skips it.
+            break Wire::Json;
+        }
+        filled += match stream.read(&mut first[filled..]).await {
             Ok(0) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "connection failed before its first byte");
+                tracing::debug!(error = %e, "connection failed before its protocol was known");
                 return;
             }
             Ok(n) => n,
         };
-    }
+    };
     tracing::debug!(client = ?client, "connection");
-    let wire = Wire::detect(first[0]);
     let conn = shard.next_conn_id();
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
     shard.sessions.borrow_mut().insert(conn, session.clone());
@@ -344,6 +378,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         glommio::timer::sleep(grace).await;
     })
     .await;
+    if matches!(
+        reason,
+        CloseReason::ProtocolError | CloseReason::FrameTimeout | CloseReason::LoginTimeout
+    ) {
+        connection.linger().await;
+    }
     let _ = connection.stream.close().await;
     drop(connection);
     if reason == CloseReason::SlowConsumer {
@@ -398,12 +438,23 @@ struct Connection {
     written: usize,
     /// Highest message id among the pushes in `out`.
     out_last: MessageId,
+    /// [`Session::user_change`] when `out` was taken.
+    out_user_change: u64,
     /// The request being handled.
     handler: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// Since when the connection serves no user (accepted, or logged out;
+    /// the login deadline counts from it), and the [`Session::user_change`]
+    /// it was taken at.
+    anonymous_since: (Instant, u64),
+    /// Since when `inbuf` holds part of a request (the frame deadline).
+    partial_since: Option<Instant>,
+    /// The timer of the nearest deadline, while one applies.
+    deadline: Option<(Instant, glommio::timer::Timer)>,
 }
 
 impl Connection {
     fn new(shard: &Rc<Shard>, session: &Rc<Session>, stream: TcpStream, inbuf: Vec<u8>) -> Self {
+        let partial_since = (!inbuf.is_empty()).then(Instant::now);
         Connection {
             shard: shard.clone(),
             session: session.clone(),
@@ -413,7 +464,11 @@ impl Connection {
             out: Vec::new(),
             written: 0,
             out_last: 0,
+            out_user_change: 0,
             handler: None,
+            anonymous_since: (Instant::now(), 0),
+            partial_since,
+            deadline: None,
         }
     }
 
@@ -424,6 +479,9 @@ impl Connection {
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         self.session.outbound.register(cx.waker());
+        if let Some(reason) = self.check_deadlines(cx) {
+            return Poll::Ready(reason);
+        }
         for _ in 0..POLL_BUDGET {
             if let Poll::Ready(Err(reason)) = self.poll_write(cx) {
                 return Poll::Ready(reason);
@@ -458,11 +516,81 @@ impl Connection {
         Poll::Pending
     }
 
+    /// Closes the connection, with an error in its protocol, when a request
+    /// is incomplete for longer than `--frame-timeout` (a client that
+    /// trickles bytes would otherwise keep it forever: the idle timeout
+    /// restarts at every read) or it has not logged in within
+    /// `--login-timeout`; otherwise arms a timer for the nearest deadline.
+    /// Logged in with no partial request, nothing is armed.
+    fn check_deadlines(&mut self, cx: &mut Context<'_>) -> Option<CloseReason> {
+        let config = &self.shard.config;
+        let change = self.session.user_change.get();
+        if self.anonymous_since.1 != change {
+            self.anonymous_since = (Instant::now(), change);
+        }
+        let anonymous = matches!(*self.session.phase.borrow(), Phase::Anonymous);
+        let login = anonymous.then(|| {
+            (
+                self.anonymous_since.0 + config.login_timeout,
+                CloseReason::LoginTimeout,
+            )
+        });
+        // A request waiting for its handler is the node's delay, not the
+        // client's: the frame deadline counts only while none runs.
+        let frame = self
+            .partial_since
+            .filter(|_| self.handler.is_none())
+            .map(|since| (since + config.frame_timeout, CloseReason::FrameTimeout));
+        let Some((at, reason)) = [login, frame].into_iter().flatten().min_by_key(|d| d.0) else {
+            self.deadline = None;
+            return None;
+        };
+        let now = Instant::now();
+        if now < at {
+            let timer = match &mut self.deadline {
+                Some((armed, timer)) if *armed == at => timer,
+                slot => &mut slot.insert((at, glommio::timer::Timer::new(at - now))).1,
+            };
+            if Pin::new(timer).poll(cx).is_pending() {
+                return None;
+            }
+        }
+        self.deadline = None;
+        let (code, message) = match reason {
+            CloseReason::LoginTimeout => (
+                ErrorCode::NotLoggedIn,
+                format!(
+                    "not logged in within {}; closing",
+                    humantime::format_duration(config.login_timeout)
+                ),
+            ),
+            _ => (
+                ErrorCode::BadRequest,
+                format!(
+                    "request incomplete after {}; closing",
+                    humantime::format_duration(config.frame_timeout)
+                ),
+            ),
+        };
+        metrics::counter!("chat_node_bad_input_total", "protocol" => self.session.wire.name(), "code" => code.label()).increment(1);
+        self.session.reply(
+            0,
+            RequestKind::Unknown,
+            &Reply::Error(Failure::new(code, message)),
+        );
+        self.session.outbound.close(reason);
+        Some(reason)
+    }
+
     /// Decodes the next unit in `inbuf`: starts its handler, or answers a
     /// bad unit. Returns whether there was one.
     fn next_request(&mut self) -> bool {
         let (used, unit) = self.decoder.decode(&self.inbuf);
         self.inbuf.drain(..used);
+        if used > 0 {
+            // A unit ended; what is left (if anything) starts the next.
+            self.partial_since = (!self.inbuf.is_empty()).then(Instant::now);
+        }
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
             self.inbuf = Vec::new();
         }
@@ -502,6 +630,7 @@ impl Connection {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(CloseReason::ClientClosed)),
             Poll::Ready(Ok(n)) => {
                 self.inbuf.extend_from_slice(&scratch[..n]);
+                self.partial_since.get_or_insert_with(Instant::now);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -519,7 +648,10 @@ impl Connection {
             if self.written == self.out.len() {
                 self.wrote_all();
                 match self.session.outbound.try_take(&mut self.out) {
-                    Some(last) => self.out_last = last,
+                    Some(last) => {
+                        self.out_last = last;
+                        self.out_user_change = self.session.user_change.get();
+                    }
                     None => return Poll::Ready(Ok(())),
                 }
             }
@@ -539,7 +671,10 @@ impl Connection {
     fn wrote_all(&mut self) {
         let last = std::mem::take(&mut self.out_last);
         let session = &self.session;
-        if session.wire == Wire::Json && last > session.json_acked.get() {
+        if session.wire == Wire::Json
+            && last > session.json_acked.get()
+            && self.out_user_change == session.user_change.get()
+        {
             // The seed's client can not ack: what is written counts as delivered.
             if let Some(who) = session.identity() {
                 session.json_acked.set(last);
@@ -551,6 +686,25 @@ impl Connection {
         if self.out.capacity() > KEEP_BUFFER {
             self.out = Vec::new();
         }
+    }
+
+    /// Closes the sending side and reads (and drops) what the client still
+    /// sends for up to [`LINGER`] or until it closes: a socket closed with
+    /// unread bytes sends a reset, and a reset can make the client's kernel
+    /// drop the error reply it has not read yet (nginx's `lingering_close`
+    /// for the same reason). Used after the node closes a connection with an
+    /// error.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let stream = &mut self.stream;
+        futures_lite::future::or(
+            async {
+                let mut sink = [0u8; 512];
+                while let Ok(1..) = stream.read(&mut sink).await {}
+            },
+            glommio::timer::sleep(LINGER),
+        )
+        .await;
     }
 
     /// Writes everything queued (the connection is closing).

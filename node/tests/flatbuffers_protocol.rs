@@ -452,6 +452,46 @@ async fn idle_connections_are_closed_unless_they_ping() {
     assert!(silent.ping().await.is_err(), "idle connection closed");
 }
 
+/// A FlatBuffers frame of exactly 123 bytes starts with `{` (its length
+/// prefix, little-endian) and is still served as FlatBuffers; a JSON client
+/// that starts with whitespace is served as JSON.
+#[test]
+fn the_protocol_is_told_apart_by_more_than_the_first_byte() {
+    use std::io::{Read, Write};
+    let node = node_with(&[]);
+    let frame = chat_client::encode_request(7, &Request::Ping);
+    let mut body = frame[frame::PREFIX_LEN..].to_vec();
+    assert!(body.len() < 123);
+    body.resize(123, 0);
+    let mut padded = 123u32.to_le_bytes().to_vec();
+    padded.extend_from_slice(&body);
+    assert_eq!(padded[0], b'{');
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&padded).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)
+        .expect("a reply to the 123-byte frame");
+    let mut reply = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    let mut whole = len.to_vec();
+    whole.extend_from_slice(&reply);
+    let envelope = frame::parse_frame(&whole, 1 << 16).expect("a FlatBuffers reply");
+    assert_eq!(envelope.request_id(), 7);
+    assert_eq!(envelope.body_type(), fb::Body::PingReply);
+
+    let mut j = std::net::TcpStream::connect(node.addr).unwrap();
+    j.set_read_timeout(Some(WAIT)).unwrap();
+    j.write_all(b"\r\n  {\"msgid\":18}\0").unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while j.read(&mut byte).unwrap() == 1 && byte[0] != 0 {
+        got.push(byte[0]);
+    }
+    let pong: serde_json::Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(pong["msgid"], 19, "{pong}");
+}
+
 fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -334,6 +334,171 @@ fn bad_input_gets_an_error_and_the_node_keeps_serving() {
     json_register(node.addr, "bob");
 }
 
+/// One JSON connection used by two users in turn, as the seed's client
+/// allows: B's offline messages, delivered in B's login reply, count as
+/// delivered even though A was sent later (higher) ids on the same
+/// connection before, so B's next login does not bring them again.
+#[test]
+fn a_connection_reused_by_another_user_acknowledges_for_that_user() {
+    let node = node();
+    let a = json_register(node.addr, "a");
+    let b = json_register(node.addr, "b");
+    let s = json_register(node.addr, "s");
+    let (mut sender, _) = json_login(node.addr, s);
+    // B's offline messages get the lower ids.
+    for i in 0..3 {
+        let r = sender.ask(&format!(
+            r#"{{"msgid":6,"id":{s},"toid":{b},"msg":"b{i}"}}"#
+        ));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let mut c = Json::connect(node.addr);
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{a},"pwd":"123456"}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    for i in 0..5 {
+        let r = sender.ask(&format!(
+            r#"{{"msgid":6,"id":{s},"toid":{a},"msg":"a{i}"}}"#
+        ));
+        assert_eq!(r["errno"], 0, "{r}");
+        assert_eq!(c.recv()["msg"], format!("a{i}"));
+    }
+    let r = c.ask(&format!(r#"{{"msgid":3,"id":{a}}}"#));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(11), Some(0)),
+        "{r}"
+    );
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{b},"pwd":"123456"}}"#));
+    assert_eq!(strings(&r, "offlinemsg").len(), 3, "{r}");
+    // B logs out (its position is written at logout) and in again.
+    let r = c.ask(&format!(r#"{{"msgid":3,"id":{b}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{b},"pwd":"123456"}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert!(
+        r.get("offlinemsg").is_none(),
+        "B's messages were delivered once already: {r}"
+    );
+    // And A's were acknowledged for A alone.
+    let r = c.ask(&format!(r#"{{"msgid":3,"id":{b}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{a},"pwd":"123456"}}"#));
+    assert!(r.get("offlinemsg").is_none(), "{r}");
+}
+
+/// A client that trickles a request byte by byte is closed once the request
+/// has taken longer than `--frame-timeout`, with an error; one that never
+/// logs in is closed after `--login-timeout` (pings do not count); a
+/// logged-in client that is only quiet stays.
+#[test]
+fn trickled_requests_and_connections_that_never_log_in_are_closed() {
+    let node = node_with(&["--frame-timeout", "1s", "--login-timeout", "2s"]);
+    let alice = json_register(node.addr, "alice");
+
+    let mut trickle = Json::connect(node.addr);
+    trickle.send_raw(b"{");
+    let mut error = None;
+    for b in br#""msgid":18"#.iter().cycle().take(20) {
+        std::thread::sleep(Duration::from_millis(300));
+        trickle.send_raw(&[*b]);
+        if let Some(v) = trickle.try_recv(Duration::from_millis(1)) {
+            error = Some(v);
+            break;
+        }
+    }
+    let error = error.or_else(|| trickle.try_recv(Duration::from_secs(2)));
+    let error = error.expect("an error before the close");
+    assert_eq!(
+        (error["msgid"].as_u64(), error["errcode"].as_u64()),
+        (Some(17), Some(13)),
+        "{error}"
+    );
+    assert!(
+        error["errmsg"].as_str().unwrap().contains("incomplete"),
+        "{error}"
+    );
+    assert!(trickle.closed_within(Duration::from_secs(2)));
+
+    let mut anonymous = Json::connect(node.addr);
+    let mut closing = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        anonymous.send(r#"{"msgid":18}"#);
+        match anonymous.try_recv(Duration::from_millis(500)) {
+            Some(v) if v["msgid"] == 19 => {}
+            other => {
+                closing = other;
+                break;
+            }
+        }
+    }
+    let closing = closing.expect("closed within the login timeout, with an error");
+    assert_eq!(
+        (closing["msgid"].as_u64(), closing["errcode"].as_u64()),
+        (Some(17), Some(4)),
+        "{closing}"
+    );
+    assert!(anonymous.closed_within(Duration::from_secs(2)));
+
+    // Logged in and quiet past both timeouts: still served.
+    let (mut quiet, _) = json_login(node.addr, alice);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(quiet.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    // Logged out, the login deadline counts again from the logout.
+    let r = quiet.ask(&format!(r#"{{"msgid":3,"id":{alice}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        quiet.ask(r#"{"msgid":18}"#)["msgid"],
+        19,
+        "1.5 s after the logout"
+    );
+    let last = quiet
+        .try_recv(Duration::from_secs(3))
+        .expect("the login deadline");
+    assert_eq!(last["errcode"], 4, "{last}");
+}
+
+/// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
+/// letters make the same name, not a look-alike second one; characters that
+/// do not show are refused.
+#[test]
+fn look_alike_names_are_one_name_or_refused() {
+    let node = node();
+    json_register(node.addr, "alice");
+    let mut c = Json::connect(node.addr);
+    for taken in ["alice ", " alice", "ａｌｉｃｅ"] {
+        let r = c.ask(&format!(r#"{{"msgid":4,"name":"{taken}","pwd":"x"}}"#));
+        assert_eq!(
+            (
+                r["msgid"].as_u64(),
+                r["errno"].as_u64(),
+                r["errcode"].as_u64()
+            ),
+            (Some(5), Some(1), Some(3)),
+            "{taken:?} is alice: {r}"
+        );
+    }
+    for unseen in [r"ali\u200bce", r"ali\u202ece", r"alice\u2066", r"\u00a0"] {
+        let r = c.ask(&format!(r#"{{"msgid":4,"name":"{unseen}","pwd":"x"}}"#));
+        assert_eq!(
+            (
+                r["msgid"].as_u64(),
+                r["errno"].as_u64(),
+                r["errcode"].as_u64()
+            ),
+            (Some(5), Some(1), Some(16)),
+            "{unseen:?} refused: {r}"
+        );
+    }
+    // The stored name is the normalized one, as others see it.
+    let r = c.ask(r#"{"msgid":4,"name":"  bob   smith ","pwd":"x"}"#);
+    assert_eq!(r["errno"], 0, "{r}");
+    let bob = r["id"].as_u64().unwrap();
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{bob},"pwd":"x"}}"#));
+    assert_eq!(r["name"], "bob smith", "{r}");
+}
+
 #[test]
 fn requests_split_by_nul_newline_or_nothing() {
     let node = node();

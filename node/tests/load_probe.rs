@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chat_client::{Client, LoadReport};
 use chat_node::local::{metric_value, scrape};
-use chat_schema::proxy_v2;
+use chat_schema::proxy;
 use common::{Json, node_with};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -126,7 +126,12 @@ async fn a_trusted_balancer_sends_the_real_client_in_a_proxy_header() {
 
     let mut relayed = json_from(BALANCER, node.addr).await;
     let mut header = Vec::new();
-    proxy_v2::encode("203.0.113.7:4444".parse().unwrap(), node.addr, &mut header);
+    proxy::encode(
+        proxy::Version::V2,
+        "203.0.113.7:4444".parse().unwrap(),
+        node.addr,
+        &mut header,
+    );
     relayed.send_raw(&header);
     let pong = relayed.ask(r#"{"msgid":18}"#);
     assert_eq!(pong["msgid"], 19, "the stream after the header is served");

@@ -4,7 +4,7 @@
 //! - [`settings`]: reading the optional TOML file behind `--config`;
 //! - [`logs`]: `tracing` to stderr, filtered by the binary's `*_LOG`
 //!   variable;
-//! - [`http`]: a one-thread HTTP/1.1 endpoint for `/metrics` and status
+//! - [`http`]: a small HTTP/1.1 endpoint (hyper, on its own thread) for `/metrics` and status
 //!   pages, off the executors that serve clients;
 //! - [`listen`]: refusing a port another process listens on;
 //! - [`source`]: connecting from a chosen source address;

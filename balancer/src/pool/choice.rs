@@ -1,8 +1,9 @@
 //! The choice of a node for a new connection: power of two random choices.
 //!
 //! Candidates are the available primaries; if there are none, the available
-//! backups; if there are none either, every node not configured `down`
-//! (panic mode: better to try a node that may have recovered than to refuse).
+//! backups; if there are none either, every node not set `down` (in the
+//! config or through the admin API) nor removed (panic mode: better to try
+//! a node that may have recovered than to refuse).
 //! Two distinct candidates are drawn at random and the one with the lower
 //! cost wins (ties at random):
 //!
@@ -28,7 +29,7 @@ const OUTBOUND_UNIT: f64 = 64.0 * 1024.0 * 1024.0;
 pub enum Tier {
     Primary,
     Backup,
-    /// No node available: every node not configured down.
+    /// No node available: every node not set down nor removed.
     Panic,
 }
 
@@ -60,7 +61,11 @@ pub fn choose(
                     .filter(|&i| {
                         !matches!(
                             nodes[i].unavailable,
-                            Some(super::Unavailable::Configured | super::Unavailable::Removed)
+                            Some(
+                                super::Unavailable::Configured
+                                    | super::Unavailable::AdminDown
+                                    | super::Unavailable::Removed
+                            )
                         )
                     })
                     .collect();
@@ -195,6 +200,28 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(choose(&snaps(&nodes), &[], &mut rng).unwrap().0, 2);
         }
+    }
+
+    #[test]
+    fn admin_overrides_drain_down_and_weigh() {
+        use crate::pool::Override;
+        let nodes = [node(1, 0), node(2, 0)];
+        let mut rng = rand::rng();
+        nodes[0].set_override(Override::Drain(true));
+        for _ in 0..20 {
+            assert_eq!(choose(&snaps(&nodes), &[], &mut rng).unwrap().0, 1);
+        }
+        // A drained node is still a last resort; a node set down is not.
+        let (i, tier, _) = choose(&snaps(&nodes), &[1], &mut rng).unwrap();
+        assert_eq!((i, tier), (0, Tier::Panic));
+        nodes[0].set_override(Override::Down(true));
+        assert!(choose(&snaps(&nodes), &[1], &mut rng).is_none());
+        assert!(nodes[0].clear_overrides());
+        assert_eq!(nodes[0].overrides(), Default::default());
+        nodes[1].set_override(Override::Weight(9));
+        let s = snaps(&nodes);
+        assert_eq!((s[0].effective_weight, s[1].effective_weight), (1.0, 9.0));
+        assert_eq!(s[1].spec.weight, 1, "the configured weight is kept");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! The [`Pool`] holds the current list (swapped whole on reload, each node
 //! kept by address so that its counters survive) and the tunables. The proxy
 //! and redirect listeners call [`Pool::pick`]; the probe thread and the proxy
-//! feed outcomes back into each [`Upstream`].
+//! feed outcomes back into each [`Upstream`]; the admin API sets runtime
+//! [`Override`]s on them (drain, down, weight), which a reload clears.
 
 pub mod choice;
 pub mod upstream;
@@ -18,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 pub use choice::Tier;
-pub use upstream::{Snapshot, Unavailable, Upstream};
+pub use upstream::{Override, Snapshot, Unavailable, Upstream};
 
 use crate::config::{Tuning, UpstreamSpec};
 
@@ -95,6 +96,16 @@ impl Pool {
         Some(Pick { upstream, tier })
     }
 
+    /// The node at `addr` (as written in the config, or any spelling of the
+    /// same socket address).
+    pub fn find(&self, addr: &str) -> Option<Arc<Upstream>> {
+        let parsed: Option<std::net::SocketAddr> = addr.parse().ok();
+        self.upstreams()
+            .iter()
+            .find(|u| u.label == addr || parsed.is_some_and(|a| a == u.spec().addr))
+            .cloned()
+    }
+
     /// Applies a reloaded configuration: nodes are matched by address (their
     /// counters and health stay), new ones added, missing ones marked removed
     /// (open connections to them stay open).
@@ -106,6 +117,10 @@ impl Pool {
                 Some(u) => {
                     if u.set_spec(spec) {
                         tracing::info!(upstream = %u.label, "reload: upstream changed");
+                    }
+                    let overrides = u.overrides();
+                    if u.clear_overrides() {
+                        tracing::info!(upstream = %u.label, ?overrides, "reload: runtime overrides from the admin API cleared");
                     }
                     list.push(u.clone());
                 }

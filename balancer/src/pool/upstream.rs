@@ -5,7 +5,7 @@
 //! Data flow: the probe thread writes reports and probe failures, the proxy
 //! executors write connect outcomes and open/close counts, the choice and the
 //! admin endpoint read a [`Snapshot`]. The mutex guards only the health
-//! record; counters are atomics.
+//! record; counters and the admin API's runtime [`Overrides`] are atomics.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -30,6 +30,40 @@ pub struct Upstream {
     /// Set when a reload dropped the node: its probe stops, it gets no more
     /// connections, its open ones stay.
     pub removed: AtomicBool,
+    /// Set through the admin API (`POST /upstreams/ADDR/...`); a reload
+    /// clears them.
+    overrides: Overrides,
+}
+
+/// Runtime overrides from the admin API, read by every snapshot.
+#[derive(Debug, Default)]
+struct Overrides {
+    drain: AtomicBool,
+    down: AtomicBool,
+    /// 0: none (a weight is at least 1).
+    weight: AtomicU32,
+}
+
+/// The runtime overrides of a node at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverrideState {
+    /// No new connections, except in panic mode (as a node's own drain).
+    pub drain: bool,
+    /// No new connections at all (as `down` in the config).
+    pub down: bool,
+    /// Used in place of the configured weight.
+    pub weight: Option<u32>,
+}
+
+/// One change through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Override {
+    /// `drain` (true) and `undrain` (false).
+    Drain(bool),
+    /// `down` (true) and `up` (false).
+    Down(bool),
+    /// `weight?value=N`.
+    Weight(u32),
 }
 
 /// What the balancer knows about a node's health.
@@ -58,6 +92,10 @@ pub struct Health {
 pub enum Unavailable {
     /// `down` in the config.
     Configured,
+    /// `down` through the admin API.
+    AdminDown,
+    /// `drain` through the admin API.
+    AdminDrain,
     /// Its last report says it is draining.
     Draining,
     /// `probe_fails` probes failed in a row; the last error.
@@ -74,6 +112,13 @@ impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unavailable::Configured => write!(f, "down in the configuration"),
+            Unavailable::AdminDown => {
+                write!(f, "down through the admin API (POST .../up ends it)")
+            }
+            Unavailable::AdminDrain => write!(
+                f,
+                "drained through the admin API (POST .../undrain ends it)"
+            ),
             Unavailable::Draining => write!(f, "draining (its last report says so)"),
             Unavailable::Probes(e) => write!(f, "load probes failing: {e}"),
             Unavailable::Connects { error, for_secs } => {
@@ -90,6 +135,8 @@ impl Unavailable {
     pub fn name(&self) -> &'static str {
         match self {
             Unavailable::Configured => "configured_down",
+            Unavailable::AdminDown => "admin_down",
+            Unavailable::AdminDrain => "admin_drain",
             Unavailable::Draining => "draining",
             Unavailable::Probes(_) => "probe_failed",
             Unavailable::Connects { .. } => "connect_failed",
@@ -109,8 +156,10 @@ pub struct Snapshot {
     pub unavailable: Option<Unavailable>,
     /// The report, if younger than `report_max_age`.
     pub fresh: bool,
-    /// Weight scaled by the slow-start ramp (0.1..=1 of `weight`).
+    /// Weight (the admin API's override, else `spec.weight`) scaled by the
+    /// slow-start ramp (0.1..=1 of it).
     pub effective_weight: f64,
+    pub overrides: OverrideState,
 }
 
 impl Upstream {
@@ -133,7 +182,36 @@ impl Upstream {
             open: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            overrides: Overrides::default(),
         }
+    }
+
+    /// Applies a change from the admin API.
+    pub fn set_override(&self, change: Override) {
+        let o = &self.overrides;
+        match change {
+            Override::Drain(on) => o.drain.store(on, Ordering::Relaxed),
+            Override::Down(on) => o.down.store(on, Ordering::Relaxed),
+            Override::Weight(w) => o.weight.store(w.max(1), Ordering::Relaxed),
+        }
+    }
+
+    pub fn overrides(&self) -> OverrideState {
+        let o = &self.overrides;
+        OverrideState {
+            drain: o.drain.load(Ordering::Relaxed),
+            down: o.down.load(Ordering::Relaxed),
+            weight: Some(o.weight.load(Ordering::Relaxed)).filter(|w| *w > 0),
+        }
+    }
+
+    /// Drops every override (a reload); returns whether there were any.
+    pub fn clear_overrides(&self) -> bool {
+        let o = &self.overrides;
+        let drain = o.drain.swap(false, Ordering::Relaxed);
+        let down = o.down.swap(false, Ordering::Relaxed);
+        let weight = o.weight.swap(0, Ordering::Relaxed);
+        drain || down || weight > 0
     }
 
     pub fn spec(&self) -> UpstreamSpec {
@@ -156,6 +234,7 @@ impl Upstream {
         let spec = self.spec();
         let health = self.health().clone();
         let open = self.open.load(Ordering::Relaxed);
+        let overrides = self.overrides();
         let fresh = health
             .report
             .as_ref()
@@ -164,6 +243,10 @@ impl Upstream {
             Some(Unavailable::Removed)
         } else if spec.down {
             Some(Unavailable::Configured)
+        } else if overrides.down {
+            Some(Unavailable::AdminDown)
+        } else if overrides.drain {
+            Some(Unavailable::AdminDrain)
         } else if health.probe_down {
             Some(Unavailable::Probes(
                 health.probe_error.clone().unwrap_or_default(),
@@ -187,7 +270,8 @@ impl Upstream {
             (0.1 + 0.9 * up_for / spec.slow_start.as_secs_f64()).min(1.0)
         };
         Snapshot {
-            effective_weight: spec.weight as f64 * ramp,
+            effective_weight: overrides.weight.unwrap_or(spec.weight) as f64 * ramp,
+            overrides,
             spec,
             health,
             open,

@@ -39,8 +39,8 @@ pub async fn connect(pool: &Pool, client: SocketAddr, local: SocketAddr) -> Opti
                 let _ = stream.set_nodelay(true);
                 upstream.connect_ok();
                 let mut header = Vec::new();
-                if spec.proxy_protocol {
-                    chat_schema::proxy_v2::encode(client, local, &mut header);
+                if let Some(version) = spec.proxy_protocol.version() {
+                    chat_schema::proxy::encode(version, client, local, &mut header);
                 }
                 return Some(Connected {
                     stream,

@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::access_log::{Entry, Writer as AccessLog};
 use crate::pool::Pool;
 
 /// Where a client connection is in its life.
@@ -42,6 +43,9 @@ pub struct Wiring {
     pub listen: SocketAddr,
     pub redirect_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// Share the ports with other processes (`--reuse-port`).
+    pub reuse_port: bool,
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// Running executors.
@@ -60,7 +64,9 @@ impl Executors {
             ("listen", Some(wiring.listen)),
             ("redirect-listen", wiring.redirect_listen),
         ] {
-            if let Some(addr) = addr {
+            if let Some(addr) = addr
+                && !wiring.reuse_port
+            {
                 chat_ops::listen::check_free(addr)
                     .map_err(|e| anyhow::anyhow!("binding --{flag} {addr}: {e}"))?;
             }
@@ -94,8 +100,15 @@ impl Executors {
                         listener.local_addr().expect("bound"),
                         redirect.as_ref().map(|r| r.local_addr().expect("bound")),
                     );
+                    let log = match w.access_log.as_ref().map(|t| t.open()).transpose() {
+                        Ok(out) => out.map(crate::access_log::Writer::new),
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(anyhow::anyhow!("--access-log {e}")));
+                            return;
+                        }
+                    };
                     let _ = bound_tx.send(Ok(addrs));
-                    run(listener, redirect, w, stop_rx).await
+                    run(listener, redirect, w, stop_rx, log).await
                 })
                 .map_err(|e| anyhow::anyhow!("starting executor {i}: {e}"))?;
             let (listen, redirect) = bound_rx
@@ -146,6 +159,7 @@ async fn run(
     redirect: Option<TcpListener>,
     wiring: Wiring,
     stop: flume::Receiver<()>,
+    log: Option<Rc<AccessLog>>,
 ) {
     let open = Rc::new(Cell::new(0usize));
     let redirect_task = redirect.map(|r| {
@@ -165,9 +179,10 @@ async fn run(
                 metrics::counter!("chat_balancer_accepted_total").increment(1);
                 let pool = wiring.pool.clone();
                 let guard = Open::new(&open);
+                let log = log.clone();
                 glommio::spawn_local(async move {
                     let _guard = guard;
-                    serve(stream, &pool).await;
+                    serve(stream, &pool, log.as_ref()).await;
                 })
                 .detach();
             }
@@ -191,6 +206,9 @@ async fn run(
             "shutdown grace over: closing the connections still open"
         );
     }
+    if let Some(log) = &log {
+        log.flush();
+    }
 }
 
 /// Counts a connection on its executor while it lives.
@@ -210,29 +228,56 @@ impl Drop for Open {
 }
 
 /// Serves one client connection: connect a node, relay, account.
-async fn serve(client: TcpStream, pool: &Pool) {
+async fn serve(client: TcpStream, pool: &Pool, log: Option<&Rc<AccessLog>>) {
     let _ = client.set_nodelay(true);
     let (Ok(peer), Ok(local)) = (client.peer_addr(), client.local_addr()) else {
         return;
     };
+    let accepted = (Instant::now(), SystemTime::now());
+    let mut entry = log.map(|_| Entry {
+        client: peer,
+        accepted: accepted.1,
+        upstream: None,
+        connect_time: None,
+        to_client: 0,
+        from_client: 0,
+        duration: Duration::ZERO,
+        end: "no_upstream",
+    });
     let mut phase = Phase::Connecting;
     tracing::trace!(%peer, ?phase, "client accepted");
     let Some(connected) = connect::connect(pool, peer, local).await else {
         metrics::counter!("chat_balancer_no_upstream_total").increment(1);
         tracing::warn!(%peer, "no node accepted the connection; closing it");
+        if let (Some(log), Some(mut entry)) = (log, entry) {
+            entry.duration = accepted.0.elapsed();
+            log.log(&entry);
+        }
         return;
     };
     phase = Phase::Relaying;
     let upstream = connected.upstream;
+    if let Some(entry) = entry.as_mut() {
+        entry.upstream = Some(upstream.label.clone());
+        entry.connect_time = Some(accepted.0.elapsed());
+    }
     upstream.open.fetch_add(1, Ordering::Relaxed);
     let gauge =
         metrics::gauge!("chat_balancer_open_connections", "upstream" => upstream.label.clone());
     gauge.increment(1.0);
     tracing::trace!(%peer, upstream = %upstream.label, ?phase, "relaying");
     let idle = pool.tuning().idle_timeout;
-    let end = relay::relay(client, connected.stream, &connected.header, idle).await;
+    let relayed = relay::relay(client, connected.stream, &connected.header, idle).await;
     upstream.open.fetch_sub(1, Ordering::Relaxed);
     gauge.decrement(1.0);
+    let end = relayed.end;
     metrics::counter!("chat_balancer_closed_total", "end" => end.name()).increment(1);
     tracing::trace!(%peer, upstream = %upstream.label, end = end.name(), "connection closed");
+    if let (Some(log), Some(mut entry)) = (log, entry) {
+        entry.to_client = relayed.to_client;
+        entry.from_client = relayed.from_client;
+        entry.duration = accepted.0.elapsed();
+        entry.end = end.name();
+        log.log(&entry);
+    }
 }

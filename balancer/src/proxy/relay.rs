@@ -52,17 +52,45 @@ impl End {
     }
 }
 
+/// What a relayed connection did.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    pub end: End,
+    /// Bytes read from the client (and written to the node).
+    pub from_client: u64,
+    /// Bytes read from the node (and written to the client).
+    pub to_client: u64,
+}
+
 /// Relays until the connection ends; `first` is sent to the node before
 /// anything from the client (the PROXY header, if any).
-pub async fn relay(client: TcpStream, node: TcpStream, first: &[u8], idle: Duration) -> End {
+pub async fn relay(client: TcpStream, node: TcpStream, first: &[u8], idle: Duration) -> Relayed {
+    let from_client = Cell::new(0);
+    let to_client = Cell::new(0);
+    let end = relay_counting(client, node, first, idle, &from_client, &to_client).await;
+    Relayed {
+        end,
+        from_client: from_client.get(),
+        to_client: to_client.get(),
+    }
+}
+
+async fn relay_counting(
+    client: TcpStream,
+    node: TcpStream,
+    first: &[u8],
+    idle: Duration,
+    from_client: &Cell<u64>,
+    to_client: &Cell<u64>,
+) -> End {
     let (client_r, mut client_w) = futures_lite::io::split(client);
     let (node_r, mut node_w) = futures_lite::io::split(node);
     if !first.is_empty() && node_w.write_all(first).await.is_err() {
         return End::Error;
     }
     let last = Cell::new(Instant::now());
-    let up = copy(client_r, &mut node_w, &last);
-    let down = copy(node_r, &mut client_w, &last);
+    let up = copy(client_r, &mut node_w, &last, from_client);
+    let down = copy(node_r, &mut client_w, &last, to_client);
     // An error in one direction ends both (try_zip returns at the first
     // error): the other copy may be waiting for a peer that is gone.
     let both = async {
@@ -83,11 +111,13 @@ pub async fn relay(client: TcpStream, node: TcpStream, first: &[u8], idle: Durat
     .await
 }
 
-/// Copies `from` to `to` until EOF (then half-closes `to`).
+/// Copies `from` to `to` until EOF (then half-closes `to`), counting the
+/// bytes in `moved`.
 async fn copy(
     mut from: impl AsyncRead + Unpin,
     to: &mut (impl AsyncWrite + Unpin),
     last: &Cell<Instant>,
+    moved: &Cell<u64>,
 ) -> Result<(), ()> {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -102,6 +132,7 @@ async fn copy(
                 if to.write_all(&buf[..n]).await.is_err() {
                     return Err(());
                 }
+                moved.set(moved.get() + n as u64);
             }
             Err(_) => {
                 let _ = to.close().await;

@@ -333,7 +333,7 @@ fn answers_ping(addr: SocketAddr, proxy_header: bool) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut request = Vec::new();
     if proxy_header {
-        request.extend_from_slice(&chat_schema::proxy_v2::LOCAL);
+        chat_schema::proxy::encode_local(chat_schema::proxy::Version::V2, &mut request);
     }
     request.extend_from_slice(b"{\"msgid\":18}\0");
     if s.write_all(&request).is_err() {

@@ -1,7 +1,8 @@
 //! The two wire protocols a client may speak on the node's port, and the
-//! choice between them: a connection whose first byte is `{` speaks the seed's
-//! JSON protocol (`json`), any other speaks length-prefixed FlatBuffers
-//! (`flatbuf`).
+//! choice between them: a connection that starts (after optional
+//! whitespace) with a JSON object speaks the seed's JSON protocol (`json`),
+//! any other speaks length-prefixed FlatBuffers (`flatbuf`); see
+//! [`Wire::detect`].
 //!
 //! Data flow: the session appends bytes read from the socket to a buffer and
 //! calls [`Decoder::decode`] until it returns `None`, draining the bytes it
@@ -21,12 +22,25 @@ pub enum Wire {
 }
 
 impl Wire {
-    /// Decides the protocol from the first byte a client sends.
-    pub fn detect(first_byte: u8) -> Wire {
-        if first_byte == b'{' {
-            Wire::Json
-        } else {
-            Wire::FlatBuffers
+    /// Decides the protocol from the first bytes a client sends, or `None`
+    /// while they do not tell yet.
+    ///
+    /// JSON: the first byte that is not JSON whitespace is `{`, and the
+    /// byte after it can follow `{` in JSON (whitespace, `"` or `}`). A
+    /// FlatBuffers frame starts with its length, little-endian: a frame of
+    /// 123 bytes starts with `{` too, but then a NUL (a length under 64 KiB
+    /// has 0 in its upper bytes), which no JSON has there. Leading
+    /// whitespace is skipped only to decide; the decoder gets every byte.
+    pub fn detect(start: &[u8]) -> Option<Wire> {
+        let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let at = start.iter().position(|b| !is_space(b))?;
+        if start[at] != b'{' {
+            return Some(Wire::FlatBuffers);
+        }
+        match start.get(at + 1) {
+            None => None,
+            Some(next) if is_space(next) || matches!(next, b'"' | b'}') => Some(Wire::Json),
+            Some(_) => Some(Wire::FlatBuffers),
         }
     }
 
@@ -156,4 +170,28 @@ pub(crate) fn decode_in_chunks(mut decoder: Decoder, stream: &[u8], chunk: usize
         }
     }
     units
+}
+
+#[cfg(test)]
+mod detect_tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_told_from_the_first_bytes() {
+        assert_eq!(Wire::detect(br#"{"msgid":1}"#), Some(Wire::Json));
+        assert_eq!(Wire::detect(b" \r\n\t{ \"msgid\":1}"), Some(Wire::Json));
+        assert_eq!(Wire::detect(b"{}"), Some(Wire::Json));
+        // A FlatBuffers frame of 123 bytes, and of 123 + 256.
+        assert_eq!(Wire::detect(&[123, 0, 0, 0, 8]), Some(Wire::FlatBuffers));
+        assert_eq!(Wire::detect(&[123, 1, 0, 0, 8]), Some(Wire::FlatBuffers));
+        // Lengths whose first byte is whitespace: 32, then 32 + 123 * 256.
+        assert_eq!(Wire::detect(&[32, 0, 0, 0]), Some(Wire::FlatBuffers));
+        assert_eq!(Wire::detect(&[32, 123, 0, 0]), Some(Wire::FlatBuffers));
+        assert_eq!(Wire::detect(&[16, 0, 0, 0]), Some(Wire::FlatBuffers));
+        // Not enough to tell yet.
+        assert_eq!(Wire::detect(b""), None);
+        assert_eq!(Wire::detect(b"  \n"), None);
+        assert_eq!(Wire::detect(b"{"), None);
+        assert_eq!(Wire::detect(b" {"), None);
+    }
 }

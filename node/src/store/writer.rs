@@ -27,8 +27,8 @@
 //! Every `lease_every` the thread renews the node's lease, sends the bus's
 //! heartbeats, and releases the users of nodes whose lease has expired,
 //! telling their friends they went offline. When the channel is quiet it also
-//! refreshes the pending gauge and deletes acknowledged messages in small
-//! slices between batches.
+//! deletes acknowledged messages in small slices between batches. The
+//! pending gauge is counted by [`run_gauges`], on a thread of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -234,8 +234,7 @@ pub struct WriterConfig {
     pub node_id: String,
     pub shards: usize,
     pub max_batch: usize,
-    /// How often the pending gauge is refreshed and acknowledged messages
-    /// compacted.
+    /// How often acknowledged messages are compacted.
     pub maintenance_every: Duration,
     /// The node's lease: how long it lasts, how often it is renewed.
     pub lease_ttl: Duration,
@@ -528,7 +527,6 @@ impl<S: Store> Writer<S> {
         // wait behind a long transaction.
         if !self.compacting && self.last_maintenance.elapsed() >= self.config.maintenance_every {
             self.last_maintenance = Instant::now();
-            refresh_pending_gauge(&mut self.store);
             self.compacting = true;
         }
         if self.compacting && (idle || self.last_slice.elapsed() >= SLICE_GAP) {
@@ -540,7 +538,6 @@ impl<S: Store> Writer<S> {
     /// Compacts what is left and ends the lease (the node is stopping).
     fn finish(mut self) {
         while compact_slice(&mut self.store) {}
-        refresh_pending_gauge(&mut self.store);
         // Every session has logged out: the lease ends with the node.
         if let Err(e) = self
             .store
@@ -718,17 +715,34 @@ fn compact_slice<S: Store>(store: &mut S) -> bool {
     }
 }
 
-fn refresh_pending_gauge<S: Store>(store: &mut S) {
-    match store
-        .pending_total()
-        .and_then(|n| store.commit().map(|()| n))
-    {
-        Ok(Some(pending)) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "counting pending messages failed");
-            metrics::counter!("chat_node_store_errors_total").increment(1);
-            store.rollback();
+/// Counts the stored, unacknowledged deliveries for the
+/// `chat_node_pending_messages` gauge every `every`, on a thread of its own
+/// with its own store handle, until `stop` is dropped; once more at the end.
+///
+/// The count can take seconds on a large store (members times messages of
+/// every group): here it only holds a read snapshot, never the writer (it
+/// used to run on the store thread, and stalled every write for its
+/// duration, issue 17). Backends that can not count (`None`) end the thread.
+pub fn run_gauges<S: Store>(mut store: S, every: Duration, stop: flume::Receiver<()>) {
+    loop {
+        let stopping = !matches!(
+            stop.recv_timeout(every),
+            Err(flume::RecvTimeoutError::Timeout)
+        );
+        match store
+            .pending_total()
+            .and_then(|n| store.commit().map(|()| n))
+        {
+            Ok(Some(pending)) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting pending messages failed");
+                metrics::counter!("chat_node_store_errors_total").increment(1);
+                store.rollback();
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }
