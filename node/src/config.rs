@@ -128,9 +128,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_SCYLLA_MESSAGE_TTL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub scylla_message_ttl: Option<Duration>,
-    /// Most client connections the node serves; more are closed at once [default: 10000].
+    /// Most client connections the node serves; over it a new connection gets an `Overloaded` error and is closed [default: 10000].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Most connections one client address may hold (the PROXY header's source behind a trusted balancer); over it, `Overloaded` and closed; 0 = no cap [default: 0].
+    #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
     /// The client address reported to balancers (redirect mode sends clients there) [default: the bound --listen address].
     #[arg(long, env = "CHAT_NODE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
@@ -194,6 +197,7 @@ pub struct Config {
     pub nats_subscription_capacity: usize,
     pub store: StoreChoice,
     pub max_connections: u32,
+    pub max_connections_per_ip: u32,
     pub advertise_addr: Option<String>,
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
@@ -264,6 +268,7 @@ impl Args {
             lease_ttl: pick!(lease_ttl, Duration::from_secs(10)),
             nats_subscription_capacity: pick!(nats_subscription_capacity, 65_536),
             max_connections: pick!(max_connections, 10_000),
+            max_connections_per_ip: pick!(max_connections_per_ip, 0),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             proxy_protocol_from: pick!(proxy_protocol_from, Vec::new()),
             store: match pick!(store, StoreArg::Sqlite) {
@@ -354,6 +359,7 @@ impl Config {
             nats_subscription_capacity: 65_536,
             store: StoreChoice::Sqlite,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             advertise_addr: None,
             proxy_protocol_from: Vec::new(),
         }

@@ -16,6 +16,7 @@
 //! - `service` holds the one set of handlers;
 //! - `store` is the durable state behind the `Store` trait.
 
+pub mod admission;
 pub mod bus;
 pub mod command;
 pub mod config;

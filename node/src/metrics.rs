@@ -104,7 +104,6 @@ pub fn install() -> PrometheusHandle {
 fn zero() {
     for name in [
         "chat_node_accept_errors_total",
-        "chat_node_connections_refused_total",
         "chat_node_logins_total",
         "chat_node_messages_stored_total",
         "chat_node_messages_compacted_total",
@@ -112,6 +111,9 @@ fn zero() {
         "chat_node_store_errors_total",
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for reason in ["max_connections", "per_ip"] {
+        metrics::counter!("chat_node_connections_refused_total", "reason" => reason).increment(0);
     }
     for kind in ["direct", "group"] {
         metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(0);
@@ -206,7 +208,7 @@ fn describe() {
     );
     describe_counter!(
         "chat_node_connections_refused_total",
-        "Connections closed at once because the node was at --max-connections."
+        "Connections refused (answered Overloaded, then closed), by reason: the node at --max-connections, or the client address at --max-connections-per-ip."
     );
     describe_counter!(
         "chat_node_expired_leases_total",

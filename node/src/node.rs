@@ -220,6 +220,7 @@ impl Node {
             routers: Arc::new(router_rx),
             epochs: Arc::new(AtomicU64::new(first_epoch)),
             load: load.clone(),
+            per_address: crate::admission::PerAddress::new(config.max_connections_per_ip),
         };
 
         let mut addr = config.listen;

@@ -306,15 +306,22 @@ async fn read_proxy_header(
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let _counted = Counted::new(&shard.load.shards[shard.id].connections);
-    let _ = stream.set_nodelay(true);
-    let idle = shard.config.idle_timeout;
-    let _ = stream.set_read_timeout(Some(idle));
-    let _ = stream.set_write_timeout(Some(idle));
-    let peer = stream.peer_addr().ok();
+/// A connection whose first bytes were read: its protocol and the real
+/// client address are known.
+struct Opened {
+    stream: TcpStream,
+    client: Option<SocketAddr>,
+    wire: Wire,
+    /// Bytes read so far (after any PROXY header), not yet decoded.
+    first: Vec<u8>,
+}
 
+/// Reads a trusted balancer's PROXY header, if one is due, then the first
+/// bytes until they tell the protocol (one read, nearly always). `None` if
+/// the connection closed or failed first (a bad PROXY header is logged and
+/// counted).
+async fn open(shard: &Shard, mut stream: TcpStream) -> Option<Opened> {
+    let peer = stream.peer_addr().ok();
     let mut first = [0u8; 4096];
     let mut filled = 0;
     let mut client = peer;
@@ -330,11 +337,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "bad PROXY protocol header; closing");
                 metrics::counter!("chat_node_proxy_header_errors_total").increment(1);
-                return;
+                return None;
             }
         }
     }
-    // Read until the first bytes tell the protocol (one read, nearly always).
     let wire = loop {
         if let Some(wire) = Wire::detect(&first[..filled]) {
             break wire;
@@ -344,14 +350,108 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             break Wire::Json;
         }
         filled += match stream.read(&mut first[filled..]).await {
-            Ok(0) => return,
+            Ok(0) => return None,
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed before its protocol was known");
-                return;
+                return None;
             }
             Ok(n) => n,
         };
     };
+    Some(Opened {
+        stream,
+        client,
+        wire,
+        first: first[..filled].to_vec(),
+    })
+}
+
+/// Closes the sending side and reads (and drops) what the client still
+/// sends for up to [`LINGER`] or until it closes: a socket closed with
+/// unread bytes sends a reset, and a reset can make the client's kernel drop
+/// the error reply it has not read yet (nginx's `lingering_close` for the
+/// same reason). Used after the node closes a connection with an error.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    futures_lite::future::or(
+        async {
+            let mut sink = [0u8; 512];
+            while let Ok(1..) = stream.read(&mut sink).await {}
+        },
+        glommio::timer::sleep(LINGER),
+    )
+    .await;
+}
+
+/// How long a refused connection may take to send its first bytes (to tell
+/// its protocol) before it is closed with no answer.
+const REFUSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers a connection the node will not serve with `Overloaded` and
+/// `message` in the client's protocol, then closes it (the accept loop, at
+/// `--max-connections`).
+pub async fn refuse(shard: Rc<Shard>, stream: TcpStream, message: String) {
+    shard.refusing.set(shard.refusing.get() + 1);
+    let _ = stream.set_read_timeout(Some(REFUSE_WAIT));
+    let _ = stream.set_write_timeout(Some(REFUSE_WAIT));
+    if let Some(opened) = open(&shard, stream).await {
+        answer_and_close(opened, &message).await;
+    }
+    shard.refusing.set(shard.refusing.get() - 1);
+}
+
+/// Writes `Overloaded` with `message` as the reply to request 0, lingers,
+/// closes.
+async fn answer_and_close(mut opened: Opened, message: &str) {
+    let mut out = Vec::new();
+    Encoder::new(opened.wire).reply(
+        0,
+        RequestKind::Unknown,
+        &Reply::Error(Failure::new(ErrorCode::Overloaded, message)),
+        &mut out,
+    );
+    if opened.stream.write_all(&out).await.is_ok() {
+        linger(&mut opened.stream).await;
+    }
+    let _ = opened.stream.close().await;
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _counted = Counted::new(&shard.load.shards[shard.id].connections);
+    let _ = stream.set_nodelay(true);
+    let idle = shard.config.idle_timeout;
+    let _ = stream.set_read_timeout(Some(idle));
+    let _ = stream.set_write_timeout(Some(idle));
+    let Some(opened) = open(&shard, stream).await else {
+        return;
+    };
+    let _slot = match opened.client.map(|c| shard.per_address.admit(c.ip())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(slot)) => slot,
+        Some(Err(limit)) => {
+            metrics::counter!("chat_node_connections_refused_total", "reason" => "per_ip")
+                .increment(1);
+            let ip = opened.client.map(|c| c.ip());
+            tracing::debug!(
+                ?ip,
+                limit,
+                "connection over --max-connections-per-ip refused"
+            );
+            let message = format!(
+                "too many connections from your address ({limit}); close some and try again"
+            );
+            let _ = opened.stream.set_read_timeout(Some(REFUSE_WAIT));
+            answer_and_close(opened, &message).await;
+            return;
+        }
+    };
+    let Opened {
+        stream,
+        client,
+        wire,
+        first,
+    } = opened;
     tracing::debug!(client = ?client, "connection");
     let conn = shard.next_conn_id();
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
@@ -360,7 +460,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name())
         .increment(1);
 
-    let mut connection = Connection::new(&shard, &session, stream, first[..filled].to_vec());
+    let mut connection = Connection::new(&shard, &session, stream, first);
     let reason = connection.run().await;
     session.outbound.close(reason);
     let reason = session.outbound.closed().unwrap_or(reason);
@@ -688,23 +788,8 @@ impl Connection {
         }
     }
 
-    /// Closes the sending side and reads (and drops) what the client still
-    /// sends for up to [`LINGER`] or until it closes: a socket closed with
-    /// unread bytes sends a reset, and a reset can make the client's kernel
-    /// drop the error reply it has not read yet (nginx's `lingering_close`
-    /// for the same reason). Used after the node closes a connection with an
-    /// error.
     async fn linger(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-        let stream = &mut self.stream;
-        futures_lite::future::or(
-            async {
-                let mut sink = [0u8; 512];
-                while let Ok(1..) = stream.read(&mut sink).await {}
-            },
-            glommio::timer::sleep(LINGER),
-        )
-        .await;
+        linger(&mut self.stream).await;
     }
 
     /// Writes everything queued (the connection is closing).

@@ -17,6 +17,7 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
+use crate::admission::PerAddress;
 use crate::config::Config;
 use crate::load::{self, NodeLoad};
 use crate::router::{self, Delivery, Forward, Route};
@@ -41,6 +42,10 @@ pub struct Shard {
     pub routes: RefCell<HashMap<UserId, Route>>,
     /// The node's load report, this shard's part written here.
     pub load: Arc<NodeLoad>,
+    /// Open connections per client address.
+    pub per_address: Arc<PerAddress>,
+    /// Connections this shard is refusing now (see [`MAX_REFUSING`]).
+    pub refusing: Cell<usize>,
     /// Where every connection of this shard reads into: bytes are copied
     /// out to the connection only while they wait to be handled, so an idle
     /// connection holds no read buffer.
@@ -151,7 +156,13 @@ pub struct Wiring {
     pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
     pub epochs: Arc<AtomicU64>,
     pub load: Arc<NodeLoad>,
+    /// Open connections per client address (`--max-connections-per-ip`).
+    pub per_address: Arc<PerAddress>,
 }
+
+/// Connections being refused (answered `Overloaded`, then closed) at once
+/// per shard; over it a refused connection is closed with no answer.
+const MAX_REFUSING: usize = 256;
 
 /// Runs one shard: accepts on `listener` until `shutdown` fires, then closes its
 /// sessions (they release their users) and returns.
@@ -172,6 +183,8 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         sessions: RefCell::new(HashMap::new()),
         routes: RefCell::new(HashMap::new()),
         load: wiring.load.clone(),
+        per_address: wiring.per_address.clone(),
+        refusing: Cell::new(0),
         scratch: RefCell::new(vec![0; crate::session::READ_CHUNK]),
         acks: RefCell::new(HashMap::new()),
         acks_due: Cell::new(false),
@@ -210,9 +223,18 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
             None => break,
             Some(Ok(stream)) => {
                 if shard.load.connections() >= shard.load.capacity {
-                    // Over --max-connections: closed at once, counted.
-                    metrics::counter!("chat_node_connections_refused_total").increment(1);
-                    drop(stream);
+                    // Over --max-connections: an `Overloaded` error in the
+                    // client's protocol, then closed; counted.
+                    metrics::counter!("chat_node_connections_refused_total", "reason" => "max_connections").increment(1);
+                    if shard.refusing.get() < MAX_REFUSING {
+                        let capacity = shard.load.capacity;
+                        glommio::spawn_local(session::refuse(
+                            shard.clone(),
+                            stream,
+                            format!("max number of connections reached ({capacity}); try another node or later"),
+                        ))
+                        .detach();
+                    }
                     continue;
                 }
                 glommio::spawn_local(session::serve(shard.clone(), stream)).detach();

@@ -84,7 +84,7 @@ async fn futures_join(n: usize, addr: std::net::SocketAddr) -> Vec<Client> {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_are_closed_at_once() {
+async fn connections_over_the_cap_get_overloaded_and_are_closed() {
     let node = node_with(&["--max-connections", "2"]);
     let a = Client::connect(node.addr).await.unwrap();
     a.ping().await.unwrap();
@@ -96,16 +96,76 @@ async fn connections_over_the_cap_are_closed_at_once() {
     let mut third = TcpStream::connect(node.addr).unwrap();
     third.set_read_timeout(Some(WAIT)).unwrap();
     let _ = third.write_all(b"{\"msgid\":18}\0");
-    let mut buf = [0u8; 64];
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
     assert!(
-        matches!(third.read(&mut buf), Ok(0) | Err(_)),
-        "the connection over the cap is closed without an answer"
+        answer.starts_with(r#"{"msgid":17,"errno":1,"errcode":18,"#)
+            && answer.contains("max number of connections reached (2)"),
+        "the connection over the cap gets Overloaded, then is closed: {answer:?}"
     );
     let text = scrape(node.metrics_addr).unwrap();
-    assert!(metric_value(&text, "chat_node_connections_refused_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric_value(
+            &text,
+            "chat_node_connections_refused_total{reason=\"max_connections\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
     // The two within the cap go on.
     a.ping().await.unwrap();
     b.ping().await.unwrap();
+}
+
+/// `--max-connections-per-ip 2`: a third connection from one address gets
+/// `Overloaded` and is closed, while other addresses are served; closing
+/// one makes room again.
+#[tokio::test]
+async fn one_address_holds_at_most_its_cap() {
+    let node = node_with(&["--max-connections-per-ip", "2"]);
+    let mut first = json_from("127.0.0.2", node.addr).await;
+    let mut second = json_from("127.0.0.2", node.addr).await;
+    assert_eq!(first.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    assert_eq!(second.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    let mut third = json_from("127.0.0.2", node.addr).await;
+    third.send(r#"{"msgid":18}"#);
+    let refused = third.try_recv(WAIT).expect("an answer before the close");
+    assert_eq!(
+        (refused["msgid"].as_u64(), refused["errcode"].as_u64()),
+        (Some(17), Some(18)),
+        "{refused}"
+    );
+    assert!(
+        refused["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections from your address (2)"),
+        "{refused}"
+    );
+    assert!(third.closed_within(WAIT));
+    let mut elsewhere = json_from("127.0.0.3", node.addr).await;
+    assert_eq!(elsewhere.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    let text = scrape(node.metrics_addr).unwrap();
+    assert_eq!(
+        metric_value(
+            &text,
+            "chat_node_connections_refused_total{reason=\"per_ip\"}"
+        ),
+        Some(1.0)
+    );
+    drop(first);
+    let room = Instant::now();
+    loop {
+        let mut again = json_from("127.0.0.2", node.addr).await;
+        again.send(r#"{"msgid":18}"#);
+        if again.try_recv(WAIT).is_some_and(|v| v["msgid"] == 19) {
+            break;
+        }
+        assert!(room.elapsed() < WAIT, "no room after a connection closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.ask(r#"{"msgid":18}"#)["msgid"], 19);
 }
 
 /// A JSON connection to `to` from the loopback address `from`.
