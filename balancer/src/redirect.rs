@@ -155,6 +155,7 @@ fn error_reply(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
             &fb::ErrorReplyArgs {
                 code,
                 message: Some(message),
+                retry_after_ms: 0,
             },
         );
         (fb::Body::ErrorReply, r.as_union_value())

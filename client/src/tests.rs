@@ -96,7 +96,14 @@ impl FakeNode {
     async fn error_reply(&mut self, request_id: u64, code: fb::ErrorCode, message: &str) {
         self.send(request_id, |b| {
             let message = Some(b.create_string(message));
-            let r = fb::ErrorReply::create(b, &fb::ErrorReplyArgs { code, message });
+            let r = fb::ErrorReply::create(
+                b,
+                &fb::ErrorReplyArgs {
+                    code,
+                    message,
+                    retry_after_ms: 0,
+                },
+            );
             (fb::Body::ErrorReply, r.as_union_value())
         })
         .await;

@@ -1,6 +1,9 @@
-//! Who may hold a connection: the node's cap (`--max-connections`, checked
-//! by the shards' accept loops against [`crate::load::NodeLoad`]) and the
-//! cap per client address (`--max-connections-per-ip`), kept here.
+//! Who may hold a connection, and how fast a user may send: the node's cap
+//! (`--max-connections`, checked by the shards' accept loops against
+//! [`crate::load::NodeLoad`]), the cap per client address
+//! (`--max-connections-per-ip`) and the send rate (`--send-rate`,
+//! `--send-burst`: a [`TokenBucket`] per session, so per user while they
+//! are logged in).
 //!
 //! The per-address count is shared by the shards (a mutex around a map,
 //! touched once when a connection opens and once when it closes, never per
@@ -13,6 +16,42 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// `rate` tokens a second, at most `burst` saved; a send takes one.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket; `None` when `rate` is 0 (no limit).
+    pub fn new(rate: u32, burst: u32) -> Option<TokenBucket> {
+        (rate > 0).then(|| TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: Instant::now(),
+        })
+    }
+
+    /// Takes a token at `now`: `Ok`, or `Err` with the milliseconds until
+    /// one is there.
+    pub fn take(&mut self, now: Instant) -> Result<(), u32> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        Err((wait * 1000.0).ceil().max(1.0) as u32)
+    }
+}
 
 /// Open connections per client address, against a cap.
 #[derive(Debug)]
@@ -82,6 +121,26 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_allows_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(10, 5).unwrap();
+        for _ in 0..5 {
+            assert!(b.take(start).is_ok());
+        }
+        let wait = b.take(start).unwrap_err();
+        assert!((95..=100).contains(&wait), "{wait}");
+        let later = start + std::time::Duration::from_millis(100);
+        assert!(b.take(later).is_ok(), "one token after 100 ms at 10/s");
+        assert!(b.take(later).is_err());
+        let much_later = start + std::time::Duration::from_secs(60);
+        for _ in 0..5 {
+            assert!(b.take(much_later).is_ok());
+        }
+        assert!(b.take(much_later).is_err(), "never more than the burst");
+        assert!(TokenBucket::new(0, 5).is_none());
+    }
 
     #[test]
     fn an_address_holds_at_most_its_cap_and_entries_go_with_their_last_connection() {

@@ -125,6 +125,8 @@ pub use chat_schema::ErrorCode;
 pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
+    /// When to try again (`RateLimited`), in milliseconds.
+    pub retry_after_ms: Option<u32>,
 }
 
 impl Failure {
@@ -132,7 +134,14 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// The same failure with a hint of when to try again.
+    pub fn retry_after(mut self, ms: u32) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 }
 

@@ -131,6 +131,15 @@ pub struct Args {
     /// Most client connections the node serves; over it a new connection gets an `Overloaded` error and is closed [default: 10000].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Messages (direct and group) one user may send per second, on average; over it a send is refused with `RateLimited` and a retry hint; 0 = no limit [default: 1000].
+    #[arg(long, env = "CHAT_NODE_SEND_RATE")]
+    pub send_rate: Option<u32>,
+    /// Messages one user may send at once above --send-rate (the token bucket's size) [default: 2000].
+    #[arg(long, env = "CHAT_NODE_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    /// Direct messages stored for one user and not yet delivered; at the cap a new direct message to them is refused with `MailboxFull` (group messages are not); 0 = no cap [default: 10000].
+    #[arg(long, env = "CHAT_NODE_MAX_PENDING_PER_USER")]
+    pub max_pending_per_user: Option<u64>,
     /// Most connections one client address may hold (the PROXY header's source behind a trusted balancer); over it, `Overloaded` and closed; 0 = no cap [default: 0].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
@@ -198,6 +207,9 @@ pub struct Config {
     pub store: StoreChoice,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    pub send_rate: u32,
+    pub send_burst: u32,
+    pub max_pending_per_user: u64,
     pub advertise_addr: Option<String>,
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
@@ -269,6 +281,9 @@ impl Args {
             nats_subscription_capacity: pick!(nats_subscription_capacity, 65_536),
             max_connections: pick!(max_connections, 10_000),
             max_connections_per_ip: pick!(max_connections_per_ip, 0),
+            send_rate: pick!(send_rate, 1000),
+            send_burst: pick!(send_burst, 2000),
+            max_pending_per_user: pick!(max_pending_per_user, 10_000),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             proxy_protocol_from: pick!(proxy_protocol_from, Vec::new()),
             store: match pick!(store, StoreArg::Sqlite) {
@@ -360,6 +375,9 @@ impl Config {
             store: StoreChoice::Sqlite,
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            send_rate: 1000,
+            send_burst: 2000,
+            max_pending_per_user: 10_000,
             advertise_addr: None,
             proxy_protocol_from: Vec::new(),
         }

@@ -112,6 +112,9 @@ fn zero() {
     ] {
         metrics::counter!(name).increment(0);
     }
+    for reason in ["rate_limited", "mailbox_full"] {
+        metrics::counter!("chat_node_refused_total", "reason" => reason).increment(0);
+    }
     for reason in ["max_connections", "per_ip"] {
         metrics::counter!("chat_node_connections_refused_total", "reason" => reason).increment(0);
     }
@@ -205,6 +208,10 @@ fn describe() {
         "chat_node_store_commit_seconds",
         Unit::Seconds,
         "Time to run and commit one batch."
+    );
+    describe_counter!(
+        "chat_node_refused_total",
+        "Messages refused before being stored, by reason: the sender over --send-rate (rate_limited) or a direct message's recipient at --max-pending-per-user (mailbox_full)."
     );
     describe_counter!(
         "chat_node_connections_refused_total",

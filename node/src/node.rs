@@ -175,6 +175,7 @@ impl Node {
             lease_ttl: config.lease_ttl,
             lease_every: config.lease_every(),
             bus: publisher,
+            max_pending_per_user: config.max_pending_per_user,
         };
         let on_shard = config.store_on_shard && matches!(config.store, StoreChoice::Sqlite);
         let mut inline_writer = None;

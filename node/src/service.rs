@@ -82,6 +82,12 @@ fn failure(e: StoreError) -> Failure {
         StoreError::AlreadyMember { .. } => ErrorCode::AlreadyMember,
         StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
         StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
+        StoreError::MailboxFull { user, .. } => {
+            crate::metrics::counter("chat_node_refused_total", &[("reason", "mailbox_full")])
+                .increment(1);
+            tracing::debug!(user, "direct message refused: mailbox full");
+            ErrorCode::MailboxFull
+        }
         StoreError::Backend(msg) => {
             tracing::error!(error = %msg, "store failure");
             return Failure::new(ErrorCode::Internal, "internal storage error, try again");
@@ -354,6 +360,19 @@ async fn send(
     text: String,
 ) -> Outcome {
     let who = acting(session, actor)?;
+    if let Err(wait_ms) = session.take_send_token() {
+        crate::metrics::counter("chat_node_refused_total", &[("reason", "rate_limited")])
+            .increment(1);
+        let config = &shard.config;
+        return Err(Failure::new(
+            ErrorCode::RateLimited,
+            format!(
+                "sending too fast: at most {} messages a second (bursts of {}); retry in {wait_ms} ms",
+                config.send_rate, config.send_burst
+            ),
+        )
+        .retry_after(wait_ms));
+    }
     check_len(
         "message text",
         &text,

@@ -37,6 +37,7 @@ use chat_schema::proxy;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::admission::TokenBucket;
 use crate::command::{ErrorCode, Failure, Push, Reply, Request, RequestKind};
 use crate::outbound::{CloseReason, Outbound};
 use crate::protocol::{Decoded, Decoder, Encoder, Wire};
@@ -96,10 +97,17 @@ pub struct Session {
     user_change: Cell<u64>,
     /// Whether a catch-up task is reading the store for this session.
     pub catch_up_running: Cell<bool>,
+    /// The sends this connection may still make (`--send-rate`).
+    send_budget: RefCell<Option<TokenBucket>>,
 }
 
 impl Session {
-    fn new(conn: ConnId, wire: Wire, max_outbound: usize) -> Session {
+    fn new(
+        conn: ConnId,
+        wire: Wire,
+        max_outbound: usize,
+        send_budget: Option<TokenBucket>,
+    ) -> Session {
         Session {
             conn,
             wire,
@@ -109,6 +117,7 @@ impl Session {
             json_acked: Cell::new(0),
             user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
+            send_budget: RefCell::new(send_budget),
         }
     }
 
@@ -119,6 +128,14 @@ impl Session {
         self.user_change.set(self.user_change.get() + 1);
         self.json_acked.set(0);
         self.outbound.forget_messages();
+    }
+
+    /// Takes a token for one send: `Err` with the milliseconds to wait.
+    pub fn take_send_token(&self) -> Result<(), u32> {
+        match &mut *self.send_budget.borrow_mut() {
+            Some(bucket) => bucket.take(Instant::now()),
+            None => Ok(()),
+        }
     }
 
     /// The logged-in identity, if any.
@@ -454,7 +471,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     } = opened;
     tracing::debug!(client = ?client, "connection");
     let conn = shard.next_conn_id();
-    let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound));
+    let budget = TokenBucket::new(shard.config.send_rate, shard.config.send_burst);
+    let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound, budget));
     shard.sessions.borrow_mut().insert(conn, session.clone());
     metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).increment(1.0);
     metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name())

@@ -459,6 +459,117 @@ fn trickled_requests_and_connections_that_never_log_in_are_closed() {
     assert_eq!(last["errcode"], 4, "{last}");
 }
 
+/// Over `--send-rate` a send is refused with `RateLimited` (errcode 19) and
+/// a retry hint; after the hint it goes through. Nothing refused is stored.
+#[test]
+fn a_user_sending_too_fast_is_told_when_to_retry() {
+    let node = node_with(&["--send-rate", "5", "--send-burst", "5"]);
+    let alice = json_register(node.addr, "alice");
+    let (mut a, _) = json_login(node.addr, alice);
+    let send = |a: &mut Json, i: u32| {
+        a.ask(&format!(
+            r#"{{"msgid":6,"id":{alice},"toid":{alice},"msg":"m{i}"}}"#
+        ))
+    };
+    let mut refused = None;
+    for i in 0..20 {
+        let r = send(&mut a, i);
+        if r["errno"] == 0 {
+            assert_eq!(a.recv()["msg"], format!("m{i}"));
+        } else {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (at, r) = refused.expect("refused within 20 sends at 5/s");
+    assert!(
+        at >= 5,
+        "the burst of 5 goes through first, refused at {at}"
+    );
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(12), Some(19)),
+        "{r}"
+    );
+    let wait = r["retryafter"].as_u64().expect("a retry hint");
+    assert!((1..=200).contains(&wait), "{r}");
+    assert!(
+        r["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5 messages a second"),
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(wait + 20));
+    let r = send(&mut a, 99);
+    assert_eq!(r["errno"], 0, "after the hint: {r}");
+    assert_eq!(a.recv()["msg"], "m99");
+    let text = chat_node::local::scrape(node.metrics_addr).unwrap();
+    assert!(
+        chat_node::local::metric_value(&text, "chat_node_refused_total{reason=\"rate_limited\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+/// At `--max-pending-per-user`, a direct message to that user is refused
+/// with `MailboxFull` (errcode 20) and not stored; group messages still go
+/// through; once the user has read their messages, others may write again.
+#[test]
+fn a_full_mailbox_refuses_direct_messages_until_read() {
+    let node = node_with(&["--max-pending-per-user", "3"]);
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let dm = |a: &mut Json, i: u32| {
+        a.ask(&format!(
+            r#"{{"msgid":6,"id":{alice},"toid":{bob},"msg":"d{i}"}}"#
+        ))
+    };
+    for i in 0..3 {
+        assert_eq!(dm(&mut a, i)["errno"], 0);
+    }
+    let r = dm(&mut a, 3);
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(12), Some(20)),
+        "{r}"
+    );
+    assert!(r["errmsg"].as_str().unwrap().contains("undelivered"), "{r}");
+    // A group with bob: its messages are not refused.
+    let g = a.ask(r#"{"msgid":8,"groupname":"g","groupdesc":""}"#)["groupid"]
+        .as_u64()
+        .unwrap();
+    let (mut b, login) = json_login(node.addr, bob);
+    let offline = strings(&login, "offlinemsg");
+    assert_eq!(offline.len(), 3, "only the 3 stored: {login}");
+    assert_eq!(
+        b.ask(&format!(r#"{{"msgid":9,"id":{bob},"groupid":{g}}}"#))["errno"],
+        0
+    );
+    let r = b.ask(&format!(r#"{{"msgid":3,"id":{bob}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    // Bob read his three and left; his mailbox has room again.
+    let started = std::time::Instant::now();
+    loop {
+        let r = dm(&mut a, 9);
+        if r["errno"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still full: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..5 {
+        let r = a.ask(&format!(
+            r#"{{"msgid":10,"id":{alice},"groupid":{g},"msg":"g{i}"}}"#
+        ));
+        assert_eq!(r["errno"], 0, "group messages are not capped: {r}");
+    }
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.

@@ -578,6 +578,10 @@ mod cases {
 
         let pending = s.pending(alice, 0, 100).unwrap();
         assert_eq!(pending[0], m1);
+        // The count the mailbox cap uses: direct messages waiting, at most `limit`.
+        assert_eq!(s.pending_direct(alice, 100).unwrap(), 4);
+        assert_eq!(s.pending_direct(alice, 2).unwrap(), 2);
+        assert_eq!(s.pending_direct(bob, 100).unwrap(), 1);
         assert_eq!(
             texts(&mut *s, alice),
             vec![
@@ -617,6 +621,11 @@ mod cases {
         assert_eq!(
             texts(&mut *s, alice),
             vec!["are you there?", "note to self"]
+        );
+        assert_eq!(
+            s.pending_direct(alice, 100).unwrap(),
+            2,
+            "acked ones leave the count"
         );
         // `after` below the cursor does not bring acked messages back.
         assert_eq!(s.pending(alice, m1.id, 100).unwrap().len(), 2);

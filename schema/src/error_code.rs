@@ -28,13 +28,17 @@ pub enum ErrorCode {
     InvalidName,
     Internal,
     Overloaded,
+    /// The user sends faster than `--send-rate` allows; retry later.
+    RateLimited,
+    /// The recipient has `--max-pending-per-user` undelivered messages.
+    MailboxFull,
     /// A code outside the list above (0 = `None`, or a newer schema's code).
     Other(u16),
 }
 
 impl ErrorCode {
     /// Every known code, in protocol order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidCredentials,
         ErrorCode::AlreadyOnline,
         ErrorCode::NameTaken,
@@ -53,6 +57,8 @@ impl ErrorCode {
         ErrorCode::InvalidName,
         ErrorCode::Internal,
         ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::MailboxFull,
     ];
 
     /// The code's number on the wire.
@@ -76,6 +82,8 @@ impl ErrorCode {
             ErrorCode::InvalidName => fb::ErrorCode::InvalidName.0,
             ErrorCode::Internal => fb::ErrorCode::Internal.0,
             ErrorCode::Overloaded => fb::ErrorCode::Overloaded.0,
+            ErrorCode::RateLimited => fb::ErrorCode::RateLimited.0,
+            ErrorCode::MailboxFull => fb::ErrorCode::MailboxFull.0,
             ErrorCode::Other(n) => n,
         }
     }
@@ -116,6 +124,8 @@ impl ErrorCode {
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::Internal => "internal",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::MailboxFull => "mailbox_full",
             ErrorCode::Other(_) => "other",
         }
     }

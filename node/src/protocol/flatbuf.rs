@@ -292,6 +292,7 @@ impl FrameEncoder {
                     &fb::ErrorReplyArgs {
                         code: failure.code.into(),
                         message: Some(message),
+                        retry_after_ms: failure.retry_after_ms.unwrap_or(0),
                     },
                 );
                 (fb::Body::ErrorReply, r.as_union_value())
@@ -1120,6 +1121,8 @@ mod tests {
             (ErrorCode::InvalidName, fb::ErrorCode::InvalidName),
             (ErrorCode::Internal, fb::ErrorCode::Internal),
             (ErrorCode::Overloaded, fb::ErrorCode::Overloaded),
+            (ErrorCode::RateLimited, fb::ErrorCode::RateLimited),
+            (ErrorCode::MailboxFull, fb::ErrorCode::MailboxFull),
         ];
         assert_eq!(all.len() + 1, fb::ErrorCode::ENUM_VALUES.len());
         let mut e = FrameEncoder::new();

@@ -453,6 +453,8 @@ struct ErrorJson<'a> {
     errno: u8,
     errcode: u16,
     errmsg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retryafter: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -626,6 +628,7 @@ impl JsonEncoder {
                         errno,
                         errcode: failure.code.as_u16(),
                         errmsg,
+                        retryafter: failure.retry_after_ms,
                     },
                     out,
                 );

@@ -23,6 +23,7 @@
 //! transaction, so the writer thread commits a whole batch of requests at once
 //! (group commit). Nothing is acknowledged to a client before `commit` returns.
 
+pub mod mailbox;
 pub mod scylla;
 pub mod sqlite;
 pub mod writer;
@@ -120,6 +121,10 @@ pub enum StoreError {
     AlreadyFriends(UserId, UserId),
     #[error("user {0} is already online")]
     AlreadyOnline(UserId),
+    #[error(
+        "user {user} has {cap} undelivered messages, the most one user may have waiting; try again once they have read some"
+    )]
+    MailboxFull { user: UserId, cap: u64 },
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -191,6 +196,14 @@ pub trait Store: Send + 'static {
     /// Stores a message under the next message id. A direct message needs an
     /// existing recipient; a group message a sender who is a member.
     fn append(&mut self, message: &NewMessage) -> Result<StoredMessage>;
+
+    /// How many direct messages to `user` are stored and not acknowledged,
+    /// counting at most `limit`. The default reads them (`pending`); a
+    /// backend with an index to count on overrides it.
+    fn pending_direct(&mut self, user: UserId, limit: u64) -> Result<u64> {
+        let page = self.pending(user, 0, usize::try_from(limit).unwrap_or(usize::MAX))?;
+        Ok(page.iter().filter(|m| m.group_id == 0).count() as u64)
+    }
 
     /// Messages `user` has not acknowledged, with ids above `after` too,
     /// oldest first, at most `limit`.

@@ -31,6 +31,8 @@
 //! pending gauge is counted by [`run_gauges`], on a thread of its own.
 
 use std::collections::{HashMap, VecDeque};
+
+use super::mailbox::Mailboxes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,6 +243,8 @@ pub struct WriterConfig {
     pub lease_every: Duration,
     /// The bus to other nodes; `None` when the node runs alone.
     pub bus: Option<Publisher>,
+    /// `--max-pending-per-user` (0 = no cap).
+    pub max_pending_per_user: u64,
 }
 
 /// The ops waiting for the writer and for the reader.
@@ -446,10 +450,12 @@ struct Writer<S> {
     last_slice: Instant,
     /// Runs on an executor: sends to routers never block.
     inline: bool,
+    mailboxes: Mailboxes,
 }
 
 impl<S: Store> Writer<S> {
     fn new(store: S, routers: Vec<flume::Sender<Vec<RouterEvent>>>, config: WriterConfig) -> Self {
+        let mailboxes = Mailboxes::new(config.max_pending_per_user);
         Writer {
             store,
             routers,
@@ -461,6 +467,7 @@ impl<S: Store> Writer<S> {
             compacting: false,
             last_slice: Instant::now(),
             inline: false,
+            mailboxes,
         }
     }
 
@@ -489,6 +496,7 @@ impl<S: Store> Writer<S> {
             out: &mut self.out,
             node: &self.config.node_id,
             cluster: self.config.bus.is_some(),
+            mailboxes: Some(&mut self.mailboxes),
         };
         for op in batch.drain(..) {
             crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
@@ -572,6 +580,7 @@ fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) 
         out,
         node,
         cluster: config.bus.is_some(),
+        mailboxes: None,
     };
     let done = step
         .store
@@ -754,6 +763,8 @@ struct Step<'a, S> {
     node: &'a str,
     /// Whether other nodes share the store (a bus is configured).
     cluster: bool,
+    /// The per-recipient cap (`None` where no message is stored).
+    mailboxes: Option<&'a mut Mailboxes>,
 }
 
 impl<S: Store> Step<'_, S> {
@@ -900,7 +911,12 @@ impl<S: Store> Step<'_, S> {
                 user,
                 up_to,
                 answer,
-            } => answer_if_asked(answer, self.store.ack(user, up_to)),
+            } => {
+                if let Some(m) = self.mailboxes.as_deref_mut() {
+                    m.acked(user);
+                }
+                answer_if_asked(answer, self.store.ack(user, up_to))
+            }
             Op::Stop => Box::new(|_| {}),
         }
     }
@@ -965,7 +981,13 @@ impl<S: Store> Step<'_, S> {
     }
 
     fn append(&mut self, message: &NewMessage) -> Result<Arc<StoredMessage>, StoreError> {
+        if let (Target::User(to), Some(m)) = (message.target, self.mailboxes.as_deref_mut()) {
+            m.admit(self.store, to)?;
+        }
         let stored = Arc::new(self.store.append(message)?);
+        if let (Target::User(to), Some(m)) = (message.target, self.mailboxes.as_deref_mut()) {
+            m.stored(to);
+        }
         crate::metrics::counter("chat_node_messages_stored_total", &[]).increment(1);
         match message.target {
             Target::User(to) => self.notify(

@@ -13,10 +13,10 @@ pub mod fb {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 18;
+pub const ENUM_MAX_ERROR_CODE: u16 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 21] = [
   ErrorCode::None,
   ErrorCode::InvalidCredentials,
   ErrorCode::AlreadyOnline,
@@ -36,6 +36,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
   ErrorCode::InvalidName,
   ErrorCode::Internal,
   ErrorCode::Overloaded,
+  ErrorCode::RateLimited,
+  ErrorCode::MailboxFull,
 ];
 
 /// Why a request failed. The numbers are part of the protocol: 1 and 2 are the
@@ -64,9 +66,11 @@ impl ErrorCode {
   pub const InvalidName: Self = Self(16);
   pub const Internal: Self = Self(17);
   pub const Overloaded: Self = Self(18);
+  pub const RateLimited: Self = Self(19);
+  pub const MailboxFull: Self = Self(20);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 18;
+  pub const ENUM_MAX: u16 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::InvalidCredentials,
@@ -87,6 +91,8 @@ impl ErrorCode {
     Self::InvalidName,
     Self::Internal,
     Self::Overloaded,
+    Self::RateLimited,
+    Self::MailboxFull,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -110,6 +116,8 @@ impl ErrorCode {
       Self::InvalidName => Some("InvalidName"),
       Self::Internal => Some("Internal"),
       Self::Overloaded => Some("Overloaded"),
+      Self::RateLimited => Some("RateLimited"),
+      Self::MailboxFull => Some("MailboxFull"),
       _ => None,
     }
   }
@@ -2179,6 +2187,8 @@ impl ::core::fmt::Debug for PingRequest<'_> {
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `retry_after_ms`: with `RateLimited`, when the request would be accepted
+/// again (0 = no hint).
 pub struct ErrorReply<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2194,6 +2204,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ErrorReply<'a> {
 impl<'a> ErrorReply<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2205,6 +2216,7 @@ impl<'a> ErrorReply<'a> {
     args: &'args ErrorReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ErrorReply<'bldr>> {
     let mut builder = ErrorReplyBuilder::new(_fbb);
+    builder.add_retry_after_ms(args.retry_after_ms);
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.finish()
@@ -2225,6 +2237,13 @@ impl<'a> ErrorReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ErrorReply::VT_MESSAGE, None)}
   }
+  #[inline]
+  pub fn retry_after_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ErrorReply::VT_RETRY_AFTER_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ErrorReply<'_> {
@@ -2235,6 +2254,7 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
     v.visit_table(pos)?
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -2242,6 +2262,7 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
 pub struct ErrorReplyArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub retry_after_ms: u32,
 }
 impl<'a> Default for ErrorReplyArgs<'a> {
   #[inline]
@@ -2249,6 +2270,7 @@ impl<'a> Default for ErrorReplyArgs<'a> {
     ErrorReplyArgs {
       code: ErrorCode::None,
       message: None,
+      retry_after_ms: 0,
     }
   }
 }
@@ -2265,6 +2287,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorReplyBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ErrorReply::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
+    self.fbb_.push_slot::<u32>(ErrorReply::VT_RETRY_AFTER_MS, retry_after_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorReplyBuilder<'a, 'b, A> {
@@ -2286,6 +2312,7 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
     let mut ds = f.debug_struct("ErrorReply");
       ds.field("code", &self.code());
       ds.field("message", &self.message());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }

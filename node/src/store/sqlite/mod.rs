@@ -871,6 +871,23 @@ impl Store for SqliteStore {
     /// Reads the direct backlog, then each group's backlog, each bounded by
     /// `limit` and by the newest message already kept, so a call costs
     /// O((groups + 1) × limit) whatever the size of the backlog.
+    fn pending_direct(&mut self, user: UserId, limit: u64) -> Result<u64> {
+        let c = self.tx()?;
+        let counted: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM users u
+                 CROSS JOIN messages m ON m.recipient_id = u.id AND m.group_id = 0 AND m.id > u.cursor
+                 WHERE u.id = ?1 LIMIT ?2)",
+            )
+            .db()?
+            .query_row(
+                params![key(user), i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .db()?;
+        Ok(id_of(counted))
+    }
+
     fn pending(
         &mut self,
         user: UserId,
