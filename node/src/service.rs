@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::command::{Command, ErrorCode, Failure, Push, Reply};
+use crate::outbound::CloseReason;
 use crate::password;
 use crate::session::{Identity, Phase, Session};
 use crate::shard::Shard;
@@ -277,6 +278,7 @@ async fn login(
         catching_up: missed || info.pending.len() >= page || shard.config.nats.is_some(),
         missed: false,
     };
+    session.login_backlog.set(info.pending.len() >= page);
     metrics::counter!("chat_node_logins_total").increment(1);
     Ok(Reply::LoggedIn(Box::new(info)))
 }
@@ -424,6 +426,19 @@ async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
     Ok(Reply::Acked)
 }
 
+/// Whether the session's queue may take more stored messages: a login's
+/// backlog waits for the client to read (it is paced by the reading); other
+/// messages (a cluster's wake-ups, pushes missed while logging in) are not:
+/// with the queue over its bound the client is a slow consumer and is
+/// disconnected, as with live pushes on one node. False when closing.
+async fn room_for_more(shard: &Shard, session: &Session) -> bool {
+    if session.outbound.queued() >= shard.config.max_outbound && !session.login_backlog.get() {
+        session.outbound.close(CloseReason::SlowConsumer);
+        return false;
+    }
+    session.outbound.drained().await
+}
+
 /// Sends the stored messages a session has not seen yet, page by page, while
 /// it is catching up (after a login with a long backlog, or when live pushes
 /// were missed during one). Returns once live pushes can take over.
@@ -453,7 +468,7 @@ async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
                 _ => return,
             }
         };
-        if !session.outbound.drained().await {
+        if !room_for_more(shard, session).await {
             return;
         }
         let limit = shard.config.pending_page;
@@ -476,7 +491,7 @@ async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
         let full = page.len() >= limit;
         for message in page {
             if session.outbound.queued() >= shard.config.max_outbound
-                && !session.outbound.drained().await
+                && !room_for_more(shard, session).await
             {
                 return;
             }
@@ -492,6 +507,7 @@ async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
         {
             if !full && !*missed {
                 *catching_up = false;
+                session.login_backlog.set(false);
                 return;
             }
         } else {

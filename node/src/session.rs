@@ -97,6 +97,9 @@ pub struct Session {
     user_change: Cell<u64>,
     /// Whether a catch-up task is reading the store for this session.
     pub catch_up_running: Cell<bool>,
+    /// The catch-up is sending a login's backlog (paced by the client's
+    /// reading), not messages that arrived since (bounded like live pushes).
+    pub login_backlog: Cell<bool>,
     /// The sends this connection may still make (`--send-rate`).
     send_budget: RefCell<Option<TokenBucket>>,
 }
@@ -117,6 +120,7 @@ impl Session {
             json_acked: Cell::new(0),
             user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
+            login_backlog: Cell::new(false),
             send_budget: RefCell::new(send_budget),
         }
     }

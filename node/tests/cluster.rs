@@ -775,6 +775,63 @@ async fn nats_restart_loses_nothing_and_live_delivery_resumes() {
     flow.finish(Duration::from_secs(30)).await;
 }
 
+/// A client that stops reading is disconnected as a slow consumer in a
+/// cluster too (there its messages come by wake-ups and store reads, not
+/// live pushes), and gets what it missed at its next login.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_consumer_is_disconnected_in_a_cluster_too() {
+    let c = cluster(
+        2,
+        &[
+            &["--send-rate", "0"],
+            &["--max-outbound", "65536", "--send-rate", "0"],
+        ],
+    );
+    let [n0, n1] = [0, 1].map(|i| c.node(i).addr);
+    let (alice, _) = fb_user(n0, "alice").await;
+    let bob_client = Client::connect(n1).await.unwrap();
+    let b = bob_client.register("bob", "pw").await.unwrap();
+    drop(bob_client);
+    // Bob logs in on node 1 over a raw socket and then never reads.
+    let mut raw = tokio::net::TcpStream::connect(n1).await.unwrap();
+    let login = chat_client::encode_request(
+        1,
+        &Request::Login {
+            user_id: b,
+            password: "pw",
+        },
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &login)
+        .await
+        .unwrap();
+    tokio::time::sleep(QUIET).await;
+    let text = "y".repeat(4000);
+    const SENT: usize = 4000;
+    for _ in 0..SENT {
+        alice.send_direct(b, &text).await.unwrap();
+    }
+    // 16 MB for a client that reads nothing: node 1 cuts it off, so bob can
+    // log in again and gets everything from the store.
+    let cut = wait_for_metric(
+        c.node(1).metrics_addr,
+        "chat_node_slow_consumer_disconnects_total",
+        WAIT,
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(
+        cut.is_ok(),
+        "node 1 disconnected the slow consumer: {cut:?}"
+    );
+    let again = login_once_released(n1, b, "pw", WAIT).await;
+    let mut received = again.1.pending.len();
+    while received < SENT {
+        again.0.next_message_timeout(WAIT).await.unwrap();
+        received += 1;
+    }
+    drop(raw);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_slow_consumer_gap_is_recovered() {
     const SENDERS: usize = 16;

@@ -383,7 +383,7 @@ async fn bad_frames_get_errors_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn slow_consumers_are_disconnected() {
-    let node = node_with(&["--max-outbound", "65536"]);
+    let node = node_with(&["--max-outbound", "65536", "--send-rate", "0"]);
     let (alice, _) = user(node.addr, "alice").await;
     // Bob logs in over a raw socket and then never reads.
     let bob_client = Client::connect(node.addr).await.unwrap();
