@@ -140,6 +140,15 @@ pub struct Args {
     /// Direct messages stored for one user and not yet delivered; at the cap a new direct message to them is refused with `MailboxFull` (group messages are not); 0 = no cap [default: 10000].
     #[arg(long, env = "CHAT_NODE_MAX_PENDING_PER_USER")]
     pub max_pending_per_user: Option<u64>,
+    /// Friends one user may have; adding one more (on either side) is refused with `LimitReached`; 0 = no limit [default: 1000].
+    #[arg(long, env = "CHAT_NODE_MAX_FRIENDS")]
+    pub max_friends: Option<u64>,
+    /// Groups one user may belong to, created or joined; 0 = no limit [default: 500].
+    #[arg(long, env = "CHAT_NODE_MAX_GROUPS_PER_USER")]
+    pub max_groups_per_user: Option<u64>,
+    /// Members one group may have; 0 = no limit [default: 1000].
+    #[arg(long, env = "CHAT_NODE_MAX_GROUP_MEMBERS")]
+    pub max_group_members: Option<u64>,
     /// Most connections one client address may hold (the PROXY header's source behind a trusted balancer); over it, `Overloaded` and closed; 0 = no cap [default: 0].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
@@ -210,6 +219,9 @@ pub struct Config {
     pub send_rate: u32,
     pub send_burst: u32,
     pub max_pending_per_user: u64,
+    pub max_friends: u64,
+    pub max_groups_per_user: u64,
+    pub max_group_members: u64,
     pub advertise_addr: Option<String>,
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
@@ -284,6 +296,9 @@ impl Args {
             send_rate: pick!(send_rate, 1000),
             send_burst: pick!(send_burst, 2000),
             max_pending_per_user: pick!(max_pending_per_user, 10_000),
+            max_friends: pick!(max_friends, 1000),
+            max_groups_per_user: pick!(max_groups_per_user, 500),
+            max_group_members: pick!(max_group_members, 1000),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             proxy_protocol_from: pick!(proxy_protocol_from, Vec::new()),
             store: match pick!(store, StoreArg::Sqlite) {
@@ -378,6 +393,9 @@ impl Config {
             send_rate: 1000,
             send_burst: 2000,
             max_pending_per_user: 10_000,
+            max_friends: 1000,
+            max_groups_per_user: 500,
+            max_group_members: 1000,
             advertise_addr: None,
             proxy_protocol_from: Vec::new(),
         }

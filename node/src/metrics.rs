@@ -112,7 +112,7 @@ fn zero() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in ["rate_limited", "mailbox_full"] {
+    for reason in ["rate_limited", "mailbox_full", "limit_reached"] {
         metrics::counter!("chat_node_refused_total", "reason" => reason).increment(0);
     }
     for reason in ["max_connections", "per_ip"] {
@@ -211,7 +211,7 @@ fn describe() {
     );
     describe_counter!(
         "chat_node_refused_total",
-        "Messages refused before being stored, by reason: the sender over --send-rate (rate_limited) or a direct message's recipient at --max-pending-per-user (mailbox_full)."
+        "Requests refused before anything was stored, by reason: the sender over --send-rate (rate_limited), a direct message's recipient at --max-pending-per-user (mailbox_full), a friend, group or member limit (limit_reached)."
     );
     describe_counter!(
         "chat_node_connections_refused_total",

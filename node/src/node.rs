@@ -176,6 +176,11 @@ impl Node {
             lease_every: config.lease_every(),
             bus: publisher,
             max_pending_per_user: config.max_pending_per_user,
+            limits: writer::Limits {
+                friends: config.max_friends,
+                groups_per_user: config.max_groups_per_user,
+                group_members: config.max_group_members,
+            },
         };
         let on_shard = config.store_on_shard && matches!(config.store, StoreChoice::Sqlite);
         let mut inline_writer = None;

@@ -83,6 +83,7 @@ fn failure(e: StoreError) -> Failure {
         StoreError::AlreadyMember { .. } => ErrorCode::AlreadyMember,
         StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
         StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
+        StoreError::LimitReached { .. } => ErrorCode::LimitReached,
         StoreError::MailboxFull { user, .. } => {
             crate::metrics::counter("chat_node_refused_total", &[("reason", "mailbox_full")])
                 .increment(1);

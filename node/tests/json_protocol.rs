@@ -570,6 +570,77 @@ fn a_full_mailbox_refuses_direct_messages_until_read() {
     }
 }
 
+/// Friends, groups per user and members per group are capped: the request
+/// that would pass a cap is refused with `LimitReached` (errcode 21) and
+/// changes nothing.
+#[test]
+fn friends_groups_and_members_are_capped() {
+    let node = node_with(&[
+        "--max-friends",
+        "2",
+        "--max-groups-per-user",
+        "2",
+        "--max-group-members",
+        "2",
+    ]);
+    let ids: Vec<u64> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|n| json_register(node.addr, n))
+        .collect();
+    let (alice, bob, carol, dave) = (ids[0], ids[1], ids[2], ids[3]);
+    let (mut a, _) = json_login(node.addr, alice);
+    let limited = |r: &serde_json::Value, msgid: u64, what: &str| {
+        assert_eq!(
+            (r["msgid"].as_u64(), r["errcode"].as_u64()),
+            (Some(msgid), Some(21)),
+            "{r}"
+        );
+        assert!(r["errmsg"].as_str().unwrap().contains(what), "{r}");
+    };
+    for f in [bob, carol] {
+        let r = a.ask(&format!(r#"{{"msgid":7,"id":{alice},"friendid":{f}}}"#));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let r = a.ask(&format!(r#"{{"msgid":7,"id":{alice},"friendid":{dave}}}"#));
+    limited(&r, 13, "friends");
+    let (mut d, _) = json_login(node.addr, dave);
+    let r = d.ask(&format!(r#"{{"msgid":7,"id":{dave},"friendid":{alice}}}"#));
+    limited(&r, 13, &format!("user {alice}"));
+
+    let mut groups = Vec::new();
+    for i in 0..2 {
+        let r = a.ask(&format!(
+            r#"{{"msgid":8,"groupname":"g{i}","groupdesc":""}}"#
+        ));
+        assert_eq!(r["errno"], 0, "{r}");
+        groups.push(r["groupid"].as_u64().unwrap());
+    }
+    let r = a.ask(r#"{"msgid":8,"groupname":"g2","groupdesc":""}"#);
+    limited(&r, 14, "groups");
+    let (mut b, _) = json_login(node.addr, bob);
+    let r = b.ask(&format!(
+        r#"{{"msgid":9,"id":{bob},"groupid":{}}}"#,
+        groups[0]
+    ));
+    assert_eq!(r["errno"], 0, "{r}");
+    let (mut c, _) = json_login(node.addr, carol);
+    let r = c.ask(&format!(
+        r#"{{"msgid":9,"id":{carol},"groupid":{}}}"#,
+        groups[0]
+    ));
+    limited(&r, 15, "members");
+    // Nothing partial: dave has no friend, carol no group.
+    let r = d.ask(&format!(r#"{{"msgid":3,"id":{dave}}}"#));
+    assert_eq!(r["errno"], 0);
+    let r = d.ask(&format!(r#"{{"msgid":1,"id":{dave},"pwd":"123456"}}"#));
+    assert!(r.get("friends").is_none(), "{r}");
+    let r = c.ask(&format!(r#"{{"msgid":3,"id":{carol}}}"#));
+    assert_eq!(r["errno"], 0);
+    let r = c.ask(&format!(r#"{{"msgid":1,"id":{carol},"pwd":"123456"}}"#));
+    assert_eq!(strings(&r, "friends").len(), 1, "only alice: {r}");
+    assert!(r.get("groups").is_none(), "{r}");
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.

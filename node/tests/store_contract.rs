@@ -433,6 +433,9 @@ mod cases {
         let offline = s.add_friend(carol, alice).unwrap();
         assert_eq!((offline.id, offline.online), (alice, false));
         s.commit().unwrap();
+        // The counts the friend limit uses.
+        assert_eq!(s.friend_count(alice).unwrap(), 2);
+        assert_eq!(s.friend_count(bob).unwrap(), 1);
 
         let alice_friends = s.friends(alice).unwrap();
         assert_eq!(
@@ -498,6 +501,10 @@ mod cases {
             ]
         );
         s.commit().unwrap();
+        // The counts the group limits use.
+        assert_eq!(s.member_count(rust).unwrap(), 3);
+        assert_eq!(s.group_count(alice).unwrap(), 1);
+        assert_eq!(s.group_count(carol).unwrap(), 1);
 
         assert_eq!(
             s.join_group(rust, bob),

@@ -32,13 +32,15 @@ pub enum ErrorCode {
     RateLimited,
     /// The recipient has `--max-pending-per-user` undelivered messages.
     MailboxFull,
+    /// A per-user or per-group limit (friends, groups, members) is reached.
+    LimitReached,
     /// A code outside the list above (0 = `None`, or a newer schema's code).
     Other(u16),
 }
 
 impl ErrorCode {
     /// Every known code, in protocol order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidCredentials,
         ErrorCode::AlreadyOnline,
         ErrorCode::NameTaken,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::RateLimited,
         ErrorCode::MailboxFull,
+        ErrorCode::LimitReached,
     ];
 
     /// The code's number on the wire.
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => fb::ErrorCode::Overloaded.0,
             ErrorCode::RateLimited => fb::ErrorCode::RateLimited.0,
             ErrorCode::MailboxFull => fb::ErrorCode::MailboxFull.0,
+            ErrorCode::LimitReached => fb::ErrorCode::LimitReached.0,
             ErrorCode::Other(n) => n,
         }
     }
@@ -126,6 +130,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MailboxFull => "mailbox_full",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::Other(_) => "other",
         }
     }

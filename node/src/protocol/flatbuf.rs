@@ -1123,6 +1123,7 @@ mod tests {
             (ErrorCode::Overloaded, fb::ErrorCode::Overloaded),
             (ErrorCode::RateLimited, fb::ErrorCode::RateLimited),
             (ErrorCode::MailboxFull, fb::ErrorCode::MailboxFull),
+            (ErrorCode::LimitReached, fb::ErrorCode::LimitReached),
         ];
         assert_eq!(all.len() + 1, fb::ErrorCode::ENUM_VALUES.len());
         let mut e = FrameEncoder::new();

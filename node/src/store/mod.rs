@@ -125,6 +125,8 @@ pub enum StoreError {
         "user {user} has {cap} undelivered messages, the most one user may have waiting; try again once they have read some"
     )]
     MailboxFull { user: UserId, cap: u64 },
+    #[error("{what}: the limit is {limit}")]
+    LimitReached { what: String, limit: u64 },
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -196,6 +198,22 @@ pub trait Store: Send + 'static {
     /// Stores a message under the next message id. A direct message needs an
     /// existing recipient; a group message a sender who is a member.
     fn append(&mut self, message: &NewMessage) -> Result<StoredMessage>;
+
+    /// How many friends `user` has. The default lists them.
+    fn friend_count(&mut self, user: UserId) -> Result<u64> {
+        Ok(self.friends(user)?.len() as u64)
+    }
+
+    /// How many groups `user` belongs to (created ones included). The
+    /// default lists them.
+    fn group_count(&mut self, user: UserId) -> Result<u64> {
+        Ok(self.groups(user)?.len() as u64)
+    }
+
+    /// How many members `group` has. The default lists them.
+    fn member_count(&mut self, group: GroupId) -> Result<u64> {
+        Ok(self.group_members(group)?.len() as u64)
+    }
 
     /// How many direct messages to `user` are stored and not acknowledged,
     /// counting at most `limit`. The default reads them (`pending`); a

@@ -245,6 +245,32 @@ pub struct WriterConfig {
     pub bus: Option<Publisher>,
     /// `--max-pending-per-user` (0 = no cap).
     pub max_pending_per_user: u64,
+    /// Friends, groups and members each user and group may have.
+    pub limits: Limits,
+}
+
+/// What one user or group may hold (`--max-friends`,
+/// `--max-groups-per-user`, `--max-group-members`); 0 = no limit. Checked
+/// by the writer inside the transaction that would pass them, with an index
+/// count each, so they hold across the nodes sharing a store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub friends: u64,
+    pub groups_per_user: u64,
+    pub group_members: u64,
+}
+
+/// `LimitReached` when `count` is at `limit` (0 = none).
+fn within(count: u64, limit: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
+    if limit > 0 && count >= limit {
+        crate::metrics::counter("chat_node_refused_total", &[("reason", "limit_reached")])
+            .increment(1);
+        return Err(StoreError::LimitReached {
+            what: what(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// The ops waiting for the writer and for the reader.
@@ -497,6 +523,7 @@ impl<S: Store> Writer<S> {
             node: &self.config.node_id,
             cluster: self.config.bus.is_some(),
             mailboxes: Some(&mut self.mailboxes),
+            limits: self.config.limits,
         };
         for op in batch.drain(..) {
             crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
@@ -581,6 +608,7 @@ fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) 
         node,
         cluster: config.bus.is_some(),
         mailboxes: None,
+        limits: config.limits,
     };
     let done = step
         .store
@@ -765,6 +793,7 @@ struct Step<'a, S> {
     cluster: bool,
     /// The per-recipient cap (`None` where no message is stored).
     mailboxes: Option<&'a mut Mailboxes>,
+    limits: Limits,
 }
 
 impl<S: Store> Step<'_, S> {
@@ -897,15 +926,12 @@ impl<S: Store> Step<'_, S> {
                 name,
                 description,
                 answer,
-            } => answer_later(
-                answer,
-                self.store.create_group(creator, &name, &description),
-            ),
+            } => answer_later(answer, self.create_group(creator, &name, &description)),
             Op::JoinGroup {
                 group,
                 user,
                 answer,
-            } => answer_later(answer, self.store.join_group(group, user)),
+            } => answer_later(answer, self.join_group(group, user)),
             Op::Append { message, answer } => answer_later(answer, self.append(&message)),
             Op::Ack {
                 user,
@@ -962,7 +988,49 @@ impl<S: Store> Step<'_, S> {
         Ok(())
     }
 
+    fn create_group(
+        &mut self,
+        creator: UserId,
+        name: &str,
+        description: &str,
+    ) -> Result<GroupId, StoreError> {
+        let limit = self.limits.groups_per_user;
+        if limit > 0 {
+            within(self.store.group_count(creator)?, limit, || {
+                format!("user {creator} is in as many groups as one user may be")
+            })?;
+        }
+        self.store.create_group(creator, name, description)
+    }
+
+    fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo, StoreError> {
+        let limits = self.limits;
+        if limits.groups_per_user > 0 {
+            within(
+                self.store.group_count(user)?,
+                limits.groups_per_user,
+                || format!("user {user} is in as many groups as one user may be"),
+            )?;
+        }
+        if limits.group_members > 0 {
+            within(
+                self.store.member_count(group)?,
+                limits.group_members,
+                || format!("group {group} has as many members as a group may have"),
+            )?;
+        }
+        self.store.join_group(group, user)
+    }
+
     fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact, StoreError> {
+        let limit = self.limits.friends;
+        if limit > 0 {
+            for who in [user, friend] {
+                within(self.store.friend_count(who)?, limit, || {
+                    format!("user {who} has as many friends as one user may have")
+                })?;
+            }
+        }
         let contact = self.store.add_friend(user, friend)?;
         if contact.online
             && let Some(me) = self.store.user(user)?

@@ -13,10 +13,10 @@ pub mod fb {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 20;
+pub const ENUM_MAX_ERROR_CODE: u16 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 21] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::None,
   ErrorCode::InvalidCredentials,
   ErrorCode::AlreadyOnline,
@@ -38,6 +38,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 21] = [
   ErrorCode::Overloaded,
   ErrorCode::RateLimited,
   ErrorCode::MailboxFull,
+  ErrorCode::LimitReached,
 ];
 
 /// Why a request failed. The numbers are part of the protocol: 1 and 2 are the
@@ -68,9 +69,10 @@ impl ErrorCode {
   pub const Overloaded: Self = Self(18);
   pub const RateLimited: Self = Self(19);
   pub const MailboxFull: Self = Self(20);
+  pub const LimitReached: Self = Self(21);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 20;
+  pub const ENUM_MAX: u16 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::InvalidCredentials,
@@ -93,6 +95,7 @@ impl ErrorCode {
     Self::Overloaded,
     Self::RateLimited,
     Self::MailboxFull,
+    Self::LimitReached,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -118,6 +121,7 @@ impl ErrorCode {
       Self::Overloaded => Some("Overloaded"),
       Self::RateLimited => Some("RateLimited"),
       Self::MailboxFull => Some("MailboxFull"),
+      Self::LimitReached => Some("LimitReached"),
       _ => None,
     }
   }

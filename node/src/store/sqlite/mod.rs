@@ -871,6 +871,36 @@ impl Store for SqliteStore {
     /// Reads the direct backlog, then each group's backlog, each bounded by
     /// `limit` and by the newest message already kept, so a call costs
     /// O((groups + 1) × limit) whatever the size of the backlog.
+    fn friend_count(&mut self, user: UserId) -> Result<u64> {
+        let c = self.tx()?;
+        let n: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM friends WHERE user_id = ?1")
+            .db()?
+            .query_row([key(user)], |r| r.get(0))
+            .db()?;
+        Ok(id_of(n))
+    }
+
+    fn group_count(&mut self, user: UserId) -> Result<u64> {
+        let c = self.tx()?;
+        let n: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE user_id = ?1")
+            .db()?
+            .query_row([key(user)], |r| r.get(0))
+            .db()?;
+        Ok(id_of(n))
+    }
+
+    fn member_count(&mut self, group: GroupId) -> Result<u64> {
+        let c = self.tx()?;
+        let n: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE group_id = ?1")
+            .db()?
+            .query_row([key(group)], |r| r.get(0))
+            .db()?;
+        Ok(id_of(n))
+    }
+
     fn pending_direct(&mut self, user: UserId, limit: u64) -> Result<u64> {
         let c = self.tx()?;
         let counted: i64 = c
