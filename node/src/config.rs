@@ -149,6 +149,10 @@ pub struct Args {
     /// Members one group may have; 0 = no limit [default: 1000].
     #[arg(long, env = "CHAT_NODE_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<u64>,
+    /// A login of a user whose session (on this node) has sent nothing for this long closes that session and goes through; a session heard from more recently keeps the user (the login gets AlreadyOnline). 0 = never [default: 30s].
+    #[arg(long, env = "CHAT_NODE_TAKEOVER_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub takeover_after: Option<Duration>,
     /// Most connections one client address may hold (the PROXY header's source behind a trusted balancer); over it, `Overloaded` and closed; 0 = no cap [default: 0].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
@@ -201,6 +205,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub frame_timeout: Duration,
     pub login_timeout: Duration,
+    pub takeover_after: Duration,
     pub max_outbound: usize,
     pub sync: SyncPolicy,
     pub max_batch: usize,
@@ -272,6 +277,7 @@ impl Args {
             idle_timeout: pick!(idle_timeout, Duration::from_secs(300)),
             frame_timeout: pick!(frame_timeout, Duration::from_secs(10)),
             login_timeout: pick!(login_timeout, Duration::from_secs(60)),
+            takeover_after: pick!(takeover_after, Duration::from_secs(30)),
             max_outbound: pick!(max_outbound, 1 << 20),
             sync: match pick!(sync, SyncArg::Normal) {
                 SyncArg::Normal => SyncPolicy::Normal,
@@ -376,6 +382,7 @@ impl Config {
             idle_timeout: Duration::from_secs(300),
             frame_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(60),
+            takeover_after: Duration::from_secs(30),
             max_outbound: 1 << 20,
             sync: SyncPolicy::Normal,
             max_batch: 1024,

@@ -27,6 +27,8 @@ pub enum CloseReason {
     FrameTimeout,
     /// No login within `--login-timeout` of connecting.
     LoginTimeout,
+    /// Silent for `--takeover-after` while another login of its user waited.
+    Replaced,
     SlowConsumer,
     ProtocolError,
     IoError,
@@ -34,11 +36,12 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::ClientClosed,
         CloseReason::IdleTimeout,
         CloseReason::FrameTimeout,
         CloseReason::LoginTimeout,
+        CloseReason::Replaced,
         CloseReason::SlowConsumer,
         CloseReason::ProtocolError,
         CloseReason::IoError,
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::LoginTimeout => "login_timeout",
+            CloseReason::Replaced => "replaced",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::IoError => "io_error",

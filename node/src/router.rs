@@ -28,6 +28,8 @@ pub enum Delivery {
     Push(Push),
     /// New messages are stored for the session's user: read them.
     Wake,
+    /// Another login of the session's user waits: close if silent.
+    Takeover,
 }
 
 /// A delivery handed from the home shard of its user to the shard holding
@@ -77,6 +79,7 @@ pub async fn run(
                     (user, Delivery::Push(Push::Message(message)))
                 }
                 RouterEvent::Wake { user } => (user, Delivery::Wake),
+                RouterEvent::Takeover { user } => (user, Delivery::Takeover),
                 RouterEvent::Resync => {
                     shard.resync();
                     continue;

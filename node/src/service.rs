@@ -20,6 +20,10 @@ use crate::store::{NewMessage, StoreError, Target, UserId};
 const MAX_NAME: usize = 64;
 const MAX_PASSWORD: usize = 1024;
 const MAX_GROUP_DESCRIPTION: usize = 1024;
+/// A login waiting for a silent session to close: how often it tries again,
+/// and how many times (about a second in all).
+const TAKEOVER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const TAKEOVER_TRIES: usize = 20;
 
 type Outcome = Result<Reply, Failure>;
 
@@ -222,9 +226,8 @@ async fn login(
     *session.phase.borrow_mut() = Phase::LoggingIn { missed: false };
     let epoch = shard.next_epoch();
     let page = shard.config.pending_page;
-    let result = shard
-        .store
-        .call(|answer| Op::Login {
+    let claim = || {
+        shard.store.call(|answer| Op::Login {
             user,
             shard: shard.id,
             conn: session.conn,
@@ -232,7 +235,21 @@ async fn login(
             page,
             answer,
         })
-        .await;
+    };
+    let mut result = claim().await;
+    if matches!(result, Err(StoreError::AlreadyOnline(_))) && !shard.config.takeover_after.is_zero()
+    {
+        // The user's session may be a silent one (a phone that lost its
+        // signal): it closes if so, and its logout frees the user.
+        shard.store.tell(Op::Takeover { user }).await;
+        for _ in 0..TAKEOVER_TRIES {
+            glommio::timer::sleep(TAKEOVER_POLL).await;
+            result = claim().await;
+            if !matches!(result, Err(StoreError::AlreadyOnline(_))) {
+                break;
+            }
+        }
+    }
     let missed = matches!(*session.phase.borrow(), Phase::LoggingIn { missed: true });
     let info = match result {
         Ok(info) => info,

@@ -100,6 +100,9 @@ pub struct Session {
     /// The catch-up is sending a login's backlog (paced by the client's
     /// reading), not messages that arrived since (bounded like live pushes).
     pub login_backlog: Cell<bool>,
+    /// When bytes last came from the client (the takeover of a silent
+    /// session reads it).
+    last_heard: Cell<Instant>,
     /// The sends this connection may still make (`--send-rate`).
     send_budget: RefCell<Option<TokenBucket>>,
 }
@@ -121,6 +124,7 @@ impl Session {
             user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
             login_backlog: Cell::new(false),
+            last_heard: Cell::new(Instant::now()),
             send_budget: RefCell::new(send_budget),
         }
     }
@@ -132,6 +136,35 @@ impl Session {
         self.user_change.set(self.user_change.get() + 1);
         self.json_acked.set(0);
         self.outbound.forget_messages();
+    }
+
+    /// Another login of this session's user waits: if nothing came from
+    /// the client for `window` (a phone that lost its signal), the session
+    /// is told why and closed, its logout frees the user; a live session
+    /// stays (the other login gets `AlreadyOnline`). A zero `window` never
+    /// closes.
+    pub fn close_if_silent(&self, window: Duration) {
+        let silent = self.last_heard.get().elapsed();
+        if window.is_zero() || silent < window || self.identity().is_none() {
+            return;
+        }
+        tracing::debug!(
+            conn = self.conn,
+            ?silent,
+            "silent session replaced by a new login"
+        );
+        self.reply(
+            0,
+            RequestKind::Unknown,
+            &Reply::Error(Failure::new(
+                ErrorCode::NotLoggedIn,
+                format!(
+                    "logged in again elsewhere while this session was silent for {}; closing",
+                    humantime::format_duration(Duration::from_secs(silent.as_secs()))
+                ),
+            )),
+        );
+        self.outbound.close(CloseReason::Replaced);
     }
 
     /// Takes a token for one send: `Err` with the milliseconds to wait.
@@ -752,7 +785,9 @@ impl Connection {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(CloseReason::ClientClosed)),
             Poll::Ready(Ok(n)) => {
                 self.inbuf.extend_from_slice(&scratch[..n]);
-                self.partial_since.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                self.partial_since.get_or_insert(now);
+                self.session.last_heard.set(now);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {

@@ -124,6 +124,7 @@ impl Shard {
             match delivery {
                 Delivery::Push(push) => session.deliver(&push),
                 Delivery::Wake => self.wake(&session),
+                Delivery::Takeover => session.close_if_silent(self.config.takeover_after),
             }
         }
     }

@@ -641,6 +641,43 @@ fn friends_groups_and_members_are_capped() {
     assert!(r.get("groups").is_none(), "{r}");
 }
 
+/// A session silent for `--takeover-after` (a phone that lost its signal)
+/// gives way to a new login of its user, and is told why; a session heard
+/// from recently keeps its user (errno 2 for the other login).
+#[test]
+fn a_silent_session_gives_way_to_a_new_login_and_a_live_one_does_not() {
+    let node = node_with(&["--takeover-after", "1s"]);
+    let alice = json_register(node.addr, "alice");
+    let (mut silent, _) = json_login(node.addr, alice);
+    std::thread::sleep(Duration::from_millis(1300));
+    let (mut live, login) = json_login(node.addr, alice);
+    assert_eq!(login["errno"], 0, "took over: {login}");
+    let told = silent.recv();
+    assert_eq!(
+        (told["msgid"].as_u64(), told["errcode"].as_u64()),
+        (Some(17), Some(4)),
+        "{told}"
+    );
+    assert!(
+        told["errmsg"].as_str().unwrap().contains("logged in again"),
+        "{told}"
+    );
+    assert!(silent.closed_within(Duration::from_secs(5)));
+    // The new session is live (it pings): another login is refused.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(live.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    }
+    let mut other = Json::connect(node.addr);
+    let r = other.ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"123456"}}"#));
+    assert_eq!(
+        (r["errno"].as_u64(), r["errcode"].as_u64()),
+        (Some(2), Some(2)),
+        "{r}"
+    );
+    assert_eq!(live.ask(r#"{"msgid":18}"#)["msgid"], 19, "still served");
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.

@@ -78,6 +78,9 @@ pub enum RouterEvent {
         name: Arc<str>,
         online: bool,
     },
+    /// Another login of `user` waits: their session closes if it has been
+    /// silent for the takeover window.
+    Takeover { user: UserId },
 }
 
 impl RouterEvent {
@@ -88,6 +91,7 @@ impl RouterEvent {
             | RouterEvent::Unroute { user, .. }
             | RouterEvent::Deliver { user, .. }
             | RouterEvent::Wake { user }
+            | RouterEvent::Takeover { user }
             | RouterEvent::Presence { user, .. } => *user,
             RouterEvent::Resync => 0,
         }
@@ -161,6 +165,9 @@ pub enum Op {
         up_to: MessageId,
         answer: Option<Answer<()>>,
     },
+    /// Another login of `user` found their session held: asks the session
+    /// on this node to close if it has been silent (no answer).
+    Takeover { user: UserId },
     /// Commits what came before and ends the thread (sent once every shard
     /// has stopped).
     Stop,
@@ -179,6 +186,7 @@ impl Op {
             Op::Append { .. } => "append",
             Op::Pending { .. } => "pending",
             Op::Ack { .. } => "ack",
+            Op::Takeover { .. } => "takeover",
             Op::Stop => "stop",
         }
     }
@@ -942,6 +950,16 @@ impl<S: Store> Step<'_, S> {
                     m.acked(user);
                 }
                 answer_if_asked(answer, self.store.ack(user, up_to))
+            }
+            Op::Takeover { user } => {
+                // Only a session on this node: another node's would need the
+                // bus (not done; its user waits for the lease or idle timeout).
+                let here = !self.cluster
+                    || self.store.session_node(user).ok().flatten().as_deref() == Some(self.node);
+                if here {
+                    self.emit(RouterEvent::Takeover { user });
+                }
+                Box::new(|_| {})
             }
             Op::Stop => Box::new(|_| {}),
         }
