@@ -670,14 +670,14 @@ def balancer():
             ),
             stat(
                 "Panic picks in range",
-                "Picks made with every node unavailable (panic mode) during the dashboard's time range; any means all nodes looked down.",
+                "Picks made with every node unavailable (panic mode, --panic only) during the dashboard's time range; any means all nodes looked down. Without --panic such clients are closed at once (Clients with no node).",
                 "short",
                 [T(agg("sum", (), "increase(%s[$__range])" % sel("chat_balancer_panic_total")), "panic picks")],
                 thresholds=thresholds("green", (1, "red")),
             ),
             stat(
                 "Clients with no node in range",
-                "Client connections closed because no node accepted, during the time range; any is a client turned away.",
+                "Client connections closed because no node accepted (every one tried failed, or none available: fail fast), during the time range; any is a client turned away.",
                 "short",
                 [T(agg("sum", (), "increase(%s[$__range])" % sel("chat_balancer_no_upstream_total")), "no upstream")],
                 thresholds=thresholds("green", (1, "red")),
@@ -701,7 +701,7 @@ def balancer():
             ),
             ts(
                 "Accepted and closed /s",
-                "Proxy-mode connections accepted per second, closed per second (accepted minus the growth of open connections), turned away for lack of a node, and failed accepts.",
+                "Proxy-mode connections accepted per second, closed per second (accepted minus the growth of open connections), turned away for lack of a node (of which failed fast: closed at once, no node available), and failed accepts.",
                 "ops",
                 [
                     T(sum_rate("chat_balancer_accepted_total"), "accepted"),
@@ -714,6 +714,7 @@ def balancer():
                         "closed (accepted - growth of open)",
                     ),
                     T(sum_rate("chat_balancer_no_upstream_total"), "no node accepted"),
+                    T(sum_rate("chat_balancer_fail_fast_total"), "failed fast (no node available)"),
                     T(sum_rate("chat_balancer_accept_errors_total"), "accept errors"),
                 ],
                 w=8,
@@ -790,7 +791,7 @@ def balancer():
             ),
             ts(
                 "Panic and fallback picks/s",
-                "Picks made with every node unavailable (panic), and picks made without fresh reports (fallback); steady fallback means probes are slow or failing.",
+                "Picks made with every node unavailable (panic, --panic only), and picks made without fresh reports (fallback); steady fallback means probes are slow or failing.",
                 "ops",
                 [
                     T(sum_rate("chat_balancer_panic_total"), "panic"),

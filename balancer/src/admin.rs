@@ -45,6 +45,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "chat_balancer_accepted_total",
         "chat_balancer_accept_errors_total",
         "chat_balancer_no_upstream_total",
+        "chat_balancer_fail_fast_total",
         "chat_balancer_panic_total",
         "chat_balancer_fallback_picks_total",
     ] {
@@ -86,6 +87,10 @@ fn describe() {
         "chat_balancer_no_upstream_total",
         "Client connections closed because no node accepted."
     );
+    describe_counter!(
+        "chat_balancer_fail_fast_total",
+        "Client connections closed at once, no node tried, because none was available (with --panic only when every node is set down); also in chat_balancer_no_upstream_total."
+    );
     describe_gauge!(
         "chat_balancer_upstream_down",
         "1 while a node gets no new connections, by reason."
@@ -116,7 +121,7 @@ fn describe() {
     );
     describe_counter!(
         "chat_balancer_panic_total",
-        "Picks made with every node unavailable (panic mode)."
+        "Picks made with every node unavailable (panic mode, --panic)."
     );
     describe_counter!(
         "chat_balancer_fallback_picks_total",

@@ -30,6 +30,7 @@ Examples:
   chat-balancer --redirect-listen off --admin-listen 0.0.0.0:9300
   chat-balancer -t --config balancer.toml     # check it, print what would run, exit 0/1
   chat-balancer --reuse-port --config balancer.toml   # several processes on one port
+  chat-balancer --panic --upstream 127.0.0.1:6000   # all nodes down: try them anyway
   chat-balancer --access-log /var/log/chat-balancer/access.log --upstream 127.0.0.1:6000
 
 Upstream parameters (as nginx `server`): weight=N (1), max_fails=N (1; 0 = never
@@ -114,6 +115,9 @@ pub struct Args {
     /// Let other chat-balancer processes listen on the same ports (nginx's `listen ... reuseport`): the kernel spreads new connections over them, and a new binary can start before the old one stops. Without it, a port another process listens on is refused [default: false].
     #[arg(long, env = "CHAT_BALANCER_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
     pub reuse_port: Option<bool>,
+    /// When no node is available (every one down by its probes or failed connects, draining, drained or at max_conns), try them anyway (panic mode, as Envoy's; counted in chat_balancer_panic_total) instead of closing the client at once (as HAProxy; counted in chat_balancer_fail_fast_total). Nodes set down (config or admin API) are never tried. SIGHUP applies a change [default: false].
+    #[arg(long, env = "CHAT_BALANCER_PANIC", num_args = 0..=1, default_missing_value = "true")]
+    pub panic: Option<bool>,
     /// One line per relayed connection (client, node, connect time, bytes each way, duration, how it ended) to a file (appended), `stderr`, or `off` [default: off].
     #[arg(long, env = "CHAT_BALANCER_ACCESS_LOG")]
     pub access_log: Option<String>,
@@ -281,6 +285,9 @@ pub struct Tuning {
     pub probe_interval: Duration,
     pub probe_fails: u32,
     pub report_max_age: Duration,
+    /// With every node unavailable, try them anyway (`--panic`) instead of
+    /// closing the client at once.
+    pub panic: bool,
 }
 
 /// The resolved settings the balancer runs with.
@@ -398,6 +405,7 @@ impl Args {
                 probe_interval: pick!(probe_interval, Duration::from_secs(1)),
                 probe_fails: pick!(probe_fails, 3),
                 report_max_age: pick!(report_max_age, Duration::from_secs(3)),
+                panic: pick!(panic, false),
             },
         };
         config.check()?;
@@ -414,7 +422,7 @@ impl Config {
             "listen {}{}\nredirect_listen {}\nadmin_listen {}\nthreads {}\n\
              shutdown_grace {}\nconnect_timeout {}\nnext_upstream_tries {}\n\
              idle_timeout {}\nprobe_interval {}\nprobe_fails {}\nreport_max_age {}\n\
-             access_log {}\nadmin_allow {}\n",
+             panic {}\naccess_log {}\nadmin_allow {}\n",
             self.listen,
             if self.reuse_port { " reuse_port" } else { "" },
             addr(self.redirect_listen),
@@ -427,6 +435,7 @@ impl Config {
             humantime::format_duration(t.probe_interval),
             t.probe_fails,
             humantime::format_duration(t.report_max_age),
+            if t.panic { "on" } else { "off" },
             self.access_log
                 .as_ref()
                 .map_or_else(|| "off".to_owned(), |t| t.to_string()),
@@ -587,6 +596,32 @@ mod tests {
             "10.0.0.0/33",
         ]);
         assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn panic_is_off_unless_set_by_a_bare_flag_a_value_or_the_file() {
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["chat-balancer", "--upstream", "127.0.0.1:1"];
+            all.extend_from_slice(args);
+            Args::parse_from(all).resolve().unwrap()
+        };
+        let off = resolve(&[]);
+        assert!(!off.tuning.panic);
+        assert!(
+            off.describe().contains("\npanic off\n"),
+            "{}",
+            off.describe()
+        );
+        let on = resolve(&["--panic"]);
+        assert!(on.tuning.panic);
+        assert!(on.describe().contains("\npanic on\n"));
+        assert!(!resolve(&["--panic", "false"]).tuning.panic);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "panic = true\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert!(resolve(&["--config", path]).tuning.panic);
+        assert!(!resolve(&["--config", path, "--panic=false"]).tuning.panic);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 mod access_log;
 mod admin;
 mod config;
+mod log_limit;
 mod pool;
 mod probe;
 mod proxy;

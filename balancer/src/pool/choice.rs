@@ -1,9 +1,11 @@
 //! The choice of a node for a new connection: power of two random choices.
 //!
 //! Candidates are the available primaries; if there are none, the available
-//! backups; if there are none either, every node not set `down` (in the
-//! config or through the admin API) nor removed (panic mode: better to try
-//! a node that may have recovered than to refuse).
+//! backups; if there are none either, with `--panic`, every node not set
+//! `down` (in the config or through the admin API) nor removed (panic mode:
+//! try a node that may have recovered rather than refuse), and without it
+//! none (the client is closed at once: a node that is down by its probes
+//! may accept the connection in its kernel backlog and never answer).
 //! Two distinct candidates are drawn at random and the one with the lower
 //! cost wins (ties at random):
 //!
@@ -29,15 +31,18 @@ const OUTBOUND_UNIT: f64 = 64.0 * 1024.0 * 1024.0;
 pub enum Tier {
     Primary,
     Backup,
-    /// No node available: every node not set down nor removed.
+    /// No node available, `--panic`: every node not set down nor removed.
     Panic,
 }
 
 /// Which of `nodes` (skipping indexes in `exclude`) gets the next connection,
-/// the tier it came from, and whether the decision used load reports.
+/// the tier it came from, and whether the decision used load reports;
+/// `None` when no node is available and `panic` is off, or when not even
+/// panic mode has a candidate.
 pub fn choose(
     nodes: &[Snapshot],
     exclude: &[usize],
+    panic: bool,
     rng: &mut impl Rng,
 ) -> Option<(usize, Tier, bool)> {
     let usable = |i: &usize| !exclude.contains(i);
@@ -55,6 +60,8 @@ pub fn choose(
             let backup = available(true);
             if !backup.is_empty() {
                 (backup, Tier::Backup)
+            } else if !panic {
+                return None;
             } else {
                 let all: Vec<usize> = (0..nodes.len())
                     .filter(usable)
@@ -157,7 +164,7 @@ mod tests {
         let mut rng = rand::rng();
         let mut counts = [0u32; 3];
         for _ in 0..300 {
-            let (i, tier, by_report) = choose(&snaps(&nodes), &[], &mut rng).unwrap();
+            let (i, tier, by_report) = choose(&snaps(&nodes), &[], true, &mut rng).unwrap();
             assert_eq!((tier, by_report), (Tier::Primary, true));
             nodes[i]
                 .picks
@@ -176,16 +183,33 @@ mod tests {
         nodes[1].set_spec(UpstreamSpec::parse("127.0.0.1:2 backup").unwrap());
         let mut rng = rand::rng();
         for _ in 0..20 {
-            assert_eq!(choose(&snaps(&nodes), &[], &mut rng).unwrap().0, 0);
+            assert_eq!(choose(&snaps(&nodes), &[], true, &mut rng).unwrap().0, 0);
         }
-        let (i, tier, _) = choose(&snaps(&nodes), &[0], &mut rng).unwrap();
+        let (i, tier, _) = choose(&snaps(&nodes), &[0], true, &mut rng).unwrap();
         assert_eq!((i, tier), (1, Tier::Backup));
         for n in &nodes {
             n.probe_failed("refused".into(), 1);
         }
-        let (_, tier, _) = choose(&snaps(&nodes), &[], &mut rng).unwrap();
+        let (_, tier, _) = choose(&snaps(&nodes), &[], true, &mut rng).unwrap();
         assert_eq!(tier, Tier::Panic);
-        assert!(choose(&snaps(&nodes), &[0, 1], &mut rng).is_none());
+        assert!(choose(&snaps(&nodes), &[0, 1], true, &mut rng).is_none());
+    }
+
+    #[test]
+    fn without_panic_no_available_node_means_no_candidate() {
+        let nodes = [node(1, 0), node(2, 0), node(3, 0)];
+        nodes[2].set_spec(UpstreamSpec::parse("127.0.0.1:3 backup").unwrap());
+        let mut rng = rand::rng();
+        nodes[0].probe_failed("no answer".into(), 1);
+        let (i, tier, _) = choose(&snaps(&nodes), &[], false, &mut rng).unwrap();
+        assert_eq!((i, tier), (1, Tier::Primary), "the one primary still up");
+        nodes[1].connect_failed("refused".into());
+        let (i, tier, _) = choose(&snaps(&nodes), &[], false, &mut rng).unwrap();
+        assert_eq!((i, tier), (2, Tier::Backup), "then the backup");
+        nodes[2].set_override(crate::pool::Override::Drain(true));
+        assert!(choose(&snaps(&nodes), &[], false, &mut rng).is_none());
+        let (_, tier, _) = choose(&snaps(&nodes), &[], true, &mut rng).unwrap();
+        assert_eq!(tier, Tier::Panic, "the same pool with --panic");
     }
 
     #[test]
@@ -198,7 +222,7 @@ mod tests {
         nodes[1].connect_failed("refused".into());
         let mut rng = rand::rng();
         for _ in 0..20 {
-            assert_eq!(choose(&snaps(&nodes), &[], &mut rng).unwrap().0, 2);
+            assert_eq!(choose(&snaps(&nodes), &[], true, &mut rng).unwrap().0, 2);
         }
     }
 
@@ -209,13 +233,13 @@ mod tests {
         let mut rng = rand::rng();
         nodes[0].set_override(Override::Drain(true));
         for _ in 0..20 {
-            assert_eq!(choose(&snaps(&nodes), &[], &mut rng).unwrap().0, 1);
+            assert_eq!(choose(&snaps(&nodes), &[], true, &mut rng).unwrap().0, 1);
         }
         // A drained node is still a last resort; a node set down is not.
-        let (i, tier, _) = choose(&snaps(&nodes), &[1], &mut rng).unwrap();
+        let (i, tier, _) = choose(&snaps(&nodes), &[1], true, &mut rng).unwrap();
         assert_eq!((i, tier), (0, Tier::Panic));
         nodes[0].set_override(Override::Down(true));
-        assert!(choose(&snaps(&nodes), &[1], &mut rng).is_none());
+        assert!(choose(&snaps(&nodes), &[1], true, &mut rng).is_none());
         assert!(nodes[0].clear_overrides());
         assert_eq!(nodes[0].overrides(), Default::default());
         nodes[1].set_override(Override::Weight(9));
@@ -236,7 +260,7 @@ mod tests {
                 .iter()
                 .map(|u| u.snapshot(now, Duration::from_secs(3)))
                 .collect();
-            let (i, _, by_report) = choose(&s, &[], &mut rng).unwrap();
+            let (i, _, by_report) = choose(&s, &[], true, &mut rng).unwrap();
             assert!(!by_report);
             nodes[i]
                 .open

@@ -14,7 +14,7 @@
 pub mod choice;
 pub mod upstream;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -28,9 +28,6 @@ use crate::config::{Tuning, UpstreamSpec};
 pub struct Pool {
     upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
     tuning: RwLock<Tuning>,
-    started: Instant,
-    /// The second (since `started`, plus one) of the last panic-mode warning.
-    panic_warned: AtomicU64,
 }
 
 /// A chosen node.
@@ -48,8 +45,6 @@ impl Pool {
         Pool {
             upstreams: RwLock::new(Arc::new(list)),
             tuning: RwLock::new(tuning),
-            started: Instant::now(),
-            panic_warned: AtomicU64::new(0),
         }
     }
 
@@ -68,16 +63,19 @@ impl Pool {
     }
 
     /// Chooses a node for a new connection, skipping `tried` (nodes that
-    /// already failed this connection); `None` when nothing is left.
+    /// already failed this connection); `None` when nothing is left: no
+    /// node available (and no `--panic`), or every candidate tried.
     pub fn pick(&self, tried: &[Arc<Upstream>]) -> Option<Pick> {
         let list = self.upstreams();
-        let max_age = self.tuning().report_max_age;
+        let tuning = self.tuning();
+        let max_age = tuning.report_max_age;
         let now = Instant::now();
         let snaps: Vec<Snapshot> = list.iter().map(|u| u.snapshot(now, max_age)).collect();
         let exclude: Vec<usize> = (0..list.len())
             .filter(|&i| tried.iter().any(|t| Arc::ptr_eq(t, &list[i])))
             .collect();
-        let (i, tier, by_report) = choice::choose(&snaps, &exclude, &mut rand::rng())?;
+        let (i, tier, by_report) =
+            choice::choose(&snaps, &exclude, tuning.panic, &mut rand::rng())?;
         let upstream = list[i].clone();
         upstream.picks.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("chat_balancer_picks_total", "upstream" => upstream.label.clone())
@@ -87,10 +85,9 @@ impl Pool {
         }
         if tier == Tier::Panic {
             metrics::counter!("chat_balancer_panic_total").increment(1);
-            // Once a second at most: in panic mode every connection gets here.
-            let second = now.duration_since(self.started).as_secs() + 1;
-            if self.panic_warned.swap(second, Ordering::Relaxed) != second {
-                tracing::warn!(upstream = %upstream.label, "no node available: panic mode, trying one anyway (logged once a second; chat_balancer_panic_total counts each)");
+            // In panic mode every connection gets here.
+            if let Some(held) = crate::log_limit::allow("panic", "") {
+                tracing::warn!(upstream = %upstream.label, "no node available: --panic, trying one anyway{}", crate::log_limit::More(held));
             }
         }
         Some(Pick { upstream, tier })

@@ -345,13 +345,18 @@ impl Upstream {
         }
         h.connect_failures += 1;
         if h.connect_failures >= spec.max_fails {
+            // Tried again while down (panic mode): extend quietly, the
+            // proxy's rate-limited "connect failed" line covers it.
+            let was_down = h.failed_until.is_some_and(|u| u > now);
             h.failed_until = Some(now + spec.fail_timeout);
             // Once the timeout passes one more failure marks it down again,
             // as nginx does with the single request it lets through.
             h.connect_failures = spec.max_fails - 1;
             h.window_start = now + spec.fail_timeout;
             h.up_since = now + spec.fail_timeout;
-            tracing::warn!(upstream = %self.label, %error, fail_timeout = ?spec.fail_timeout, "upstream marked down: connects failing");
+            if !was_down {
+                tracing::warn!(upstream = %self.label, %error, fail_timeout = ?spec.fail_timeout, "upstream marked down: connects failing");
+            }
         }
     }
 }

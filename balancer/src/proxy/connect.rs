@@ -1,13 +1,17 @@
 //! Finding a node that accepts: pick, connect within `connect_timeout`, and
 //! on failure record it (nginx `max_fails`) and pick again among the nodes
 //! not yet tried, up to `next_upstream_tries` (nginx `proxy_next_upstream`).
+//! Without `--panic` only available nodes are picked, so with none
+//! available no node is tried at all ([`NoNode::NoneAvailable`]).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use glommio::net::TcpStream;
 
+use crate::log_limit::{self, More};
 use crate::pool::{Pool, Upstream};
 
 /// A connected node and the PROXY header to send it first (empty if none).
@@ -17,16 +21,44 @@ pub struct Connected {
     pub header: Vec<u8>,
 }
 
-/// Tries candidates until one accepts; `None` when every try failed or no
-/// node is left to try.
-pub async fn connect(pool: &Pool, client: SocketAddr, local: SocketAddr) -> Option<Connected> {
+/// Why a client connection got no node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoNode {
+    /// No node was available, so none was tried (fail fast).
+    NoneAvailable,
+    /// Every node tried failed, or `next_upstream_tries` ran out: how many
+    /// were tried, the last one, its error kind.
+    AllFailed {
+        tried: usize,
+        last: String,
+        error: Cow<'static, str>,
+    },
+}
+
+/// Tries candidates until one accepts.
+pub async fn connect(
+    pool: &Pool,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Result<Connected, NoNode> {
     let tuning = pool.tuning();
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
+    let mut last_error = Cow::Borrowed("");
+    let failed = |tried: &[Arc<Upstream>], error: Cow<'static, str>| match tried.last() {
+        None => NoNode::NoneAvailable,
+        Some(last) => NoNode::AllFailed {
+            tried: tried.len(),
+            last: last.label.clone(),
+            error,
+        },
+    };
     loop {
         if tuning.next_upstream_tries > 0 && tried.len() >= tuning.next_upstream_tries {
-            return None;
+            return Err(failed(&tried, last_error));
         }
-        let pick = pool.pick(&tried)?;
+        let Some(pick) = pool.pick(&tried) else {
+            return Err(failed(&tried, last_error));
+        };
         let upstream = pick.upstream;
         tracing::trace!(upstream = %upstream.label, tier = ?pick.tier, "picked");
         let spec = upstream.spec();
@@ -42,18 +74,38 @@ pub async fn connect(pool: &Pool, client: SocketAddr, local: SocketAddr) -> Opti
                 if let Some(version) = spec.proxy_protocol.version() {
                     chat_schema::proxy::encode(version, client, local, &mut header);
                 }
-                return Some(Connected {
+                return Ok(Connected {
                     stream,
                     upstream,
                     header,
                 });
             }
             Err(e) => {
-                let error = e.to_string();
-                tracing::debug!(upstream = %upstream.label, %error, "connect failed; trying the next node");
-                upstream.connect_failed(error);
+                let error = std::io::Error::from(e);
+                last_error = kind(&error);
+                // Once per upstream every few seconds: with a dead node,
+                // every client may get here.
+                if let Some(held) = log_limit::allow("connect", &upstream.label) {
+                    tracing::warn!(upstream = %upstream.label, error = %last_error, "connect failed{}", More(held));
+                }
+                upstream.connect_failed(error.to_string());
                 tried.push(upstream);
             }
         }
     }
+}
+
+/// A short name for a failed connect's error, for log lines (the whole
+/// error is kept for `/status`).
+fn kind(error: &std::io::Error) -> Cow<'static, str> {
+    use std::io::ErrorKind;
+    Cow::Borrowed(match error.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::TimedOut => "timeout",
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => "reset",
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
+        ErrorKind::AddrNotAvailable => "no local port",
+        _ if error.raw_os_error() == Some(libc::EMFILE) => "out of fds",
+        _ => return Cow::Owned(error.to_string()),
+    })
 }

@@ -227,6 +227,26 @@ impl Drop for Open {
     }
 }
 
+/// Counts and logs (at most every few seconds per cause) a client
+/// connection that no node took; the caller closes it.
+fn no_node(peer: SocketAddr, why: &connect::NoNode) {
+    use crate::log_limit::{More, allow};
+    metrics::counter!("chat_balancer_no_upstream_total").increment(1);
+    match why {
+        connect::NoNode::NoneAvailable => {
+            metrics::counter!("chat_balancer_fail_fast_total").increment(1);
+            if let Some(held) = allow("no_node", "") {
+                tracing::warn!(%peer, "no node available: closing the connection at once (--panic would try them anyway){}", More(held));
+            }
+        }
+        connect::NoNode::AllFailed { tried, last, error } => {
+            if let Some(held) = allow("no_node", last) {
+                tracing::warn!(%peer, tried, last = %last, %error, "no node accepted the connection; closing it{}", More(held));
+            }
+        }
+    }
+}
+
 /// Serves one client connection: connect a node, relay, account.
 async fn serve(client: TcpStream, pool: &Pool, log: Option<&Rc<AccessLog>>) {
     let _ = client.set_nodelay(true);
@@ -246,14 +266,16 @@ async fn serve(client: TcpStream, pool: &Pool, log: Option<&Rc<AccessLog>>) {
     });
     let mut phase = Phase::Connecting;
     tracing::trace!(%peer, ?phase, "client accepted");
-    let Some(connected) = connect::connect(pool, peer, local).await else {
-        metrics::counter!("chat_balancer_no_upstream_total").increment(1);
-        tracing::warn!(%peer, "no node accepted the connection; closing it");
-        if let (Some(log), Some(mut entry)) = (log, entry) {
-            entry.duration = accepted.0.elapsed();
-            log.log(&entry);
+    let connected = match connect::connect(pool, peer, local).await {
+        Ok(connected) => connected,
+        Err(why) => {
+            no_node(peer, &why);
+            if let (Some(log), Some(mut entry)) = (log, entry) {
+                entry.duration = accepted.0.elapsed();
+                log.log(&entry);
+            }
+            return;
         }
-        return;
     };
     phase = Phase::Relaying;
     let upstream = connected.upstream;
