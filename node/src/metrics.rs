@@ -109,6 +109,7 @@ fn zero() {
         "chat_node_messages_compacted_total",
         "chat_node_slow_consumer_disconnects_total",
         "chat_node_store_errors_total",
+        "chat_node_lease_lapses_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -208,6 +209,10 @@ fn describe() {
         "chat_node_store_commit_seconds",
         Unit::Seconds,
         "Time to run and commit one batch."
+    );
+    describe_counter!(
+        "chat_node_lease_lapses_total",
+        "Times this node found its lease had run out before it renewed it (a stall past --lease-ttl); it closed its sessions then."
     );
     describe_counter!(
         "chat_node_refused_total",

@@ -29,6 +29,8 @@ pub enum CloseReason {
     LoginTimeout,
     /// Silent for `--takeover-after` while another login of its user waited.
     Replaced,
+    /// The node's lease ran out (in a cluster): its users may be elsewhere.
+    LeaseLost,
     SlowConsumer,
     ProtocolError,
     IoError,
@@ -36,12 +38,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::ClientClosed,
         CloseReason::IdleTimeout,
         CloseReason::FrameTimeout,
         CloseReason::LoginTimeout,
         CloseReason::Replaced,
+        CloseReason::LeaseLost,
         CloseReason::SlowConsumer,
         CloseReason::ProtocolError,
         CloseReason::IoError,
@@ -55,6 +58,7 @@ impl CloseReason {
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::LoginTimeout => "login_timeout",
             CloseReason::Replaced => "replaced",
+            CloseReason::LeaseLost => "lease_lost",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::IoError => "io_error",

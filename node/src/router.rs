@@ -18,6 +18,7 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::command::Push;
+use crate::outbound::CloseReason;
 use crate::shard::Shard;
 use crate::store::UserId;
 use crate::store::writer::{ConnId, RouterEvent};
@@ -82,6 +83,10 @@ pub async fn run(
                 RouterEvent::Takeover { user } => (user, Delivery::Takeover),
                 RouterEvent::Resync => {
                     shard.resync();
+                    continue;
+                }
+                RouterEvent::LeaseLost => {
+                    shard.close_all(CloseReason::LeaseLost);
                     continue;
                 }
                 RouterEvent::Presence {

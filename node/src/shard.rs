@@ -138,6 +138,14 @@ impl Shard {
         }
     }
 
+    /// Closes every session of this shard with `reason`.
+    pub fn close_all(&self, reason: crate::outbound::CloseReason) {
+        let open: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
+        for session in &open {
+            session.outbound.close(reason);
+        }
+    }
+
     /// Wakes every session of this shard (NATS may have lost wake-ups).
     pub fn resync(self: &Rc<Self>) {
         let open: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();

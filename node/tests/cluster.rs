@@ -324,6 +324,57 @@ async fn friends_see_a_crashed_nodes_users_go_offline_within_the_lease() {
     expect_presence(&alice, bob_id, "bob", true, WAIT).await;
 }
 
+/// A node stopped past its lease has its users released, and they log in
+/// elsewhere; when it runs again it closes its old sessions before serving,
+/// so a user never has two live sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_a_stall_past_its_lease_closes_its_sessions() {
+    let c = cluster(2, &[]);
+    let (old, alice) = fb_user(c.node(1).addr, "alice").await;
+    let pid = c.node(1).pid().expect("running") as i32;
+    // SAFETY: kill(2) on a child's pid has no memory effects.
+    let stopped = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (new, _, _) = login_once_released(c.node(0).addr, alice, "pw", LEASE_TTL + MARGIN).await;
+    assert!(
+        stopped.elapsed() >= LEASE_TTL / 2,
+        "released only by the lease"
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let closed = wait_for_metric(
+        c.node(1).metrics_addr,
+        "chat_node_connections_closed_total{reason=\"lease_lost\"}",
+        WAIT,
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(closed.is_ok(), "closed for the lost lease: {closed:?}");
+    // The old session is closed by its node (its client sees the end).
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match old.next_event().await {
+                Some(_) => continue,
+                None => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "node 1 closed the session of its lapsed lease"
+    );
+    let lapses = wait_for_metric(
+        c.node(1).metrics_addr,
+        "chat_node_lease_lapses_total",
+        WAIT,
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(lapses.is_ok(), "{lapses:?}");
+    // The new session on node 0 is the one that lives.
+    new.ping().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_registers_once_across_nodes() {
     const ATTEMPTS: usize = 100;

@@ -81,6 +81,9 @@ pub enum RouterEvent {
     /// Another login of `user` waits: their session closes if it has been
     /// silent for the takeover window.
     Takeover { user: UserId },
+    /// This node's lease ran out before it was renewed: every session of
+    /// the node closes. Sent to every shard.
+    LeaseLost,
 }
 
 impl RouterEvent {
@@ -93,7 +96,7 @@ impl RouterEvent {
             | RouterEvent::Wake { user }
             | RouterEvent::Takeover { user }
             | RouterEvent::Presence { user, .. } => *user,
-            RouterEvent::Resync => 0,
+            RouterEvent::Resync | RouterEvent::LeaseLost => 0,
         }
     }
 
@@ -480,6 +483,8 @@ struct Writer<S> {
     out: Outbox,
     last_maintenance: Instant,
     last_lease: Instant,
+    /// When the last successful renewal of the lease started.
+    last_renewed: Instant,
     compacting: bool,
     last_slice: Instant,
     /// Runs on an executor: sends to routers never block.
@@ -498,6 +503,7 @@ impl<S: Store> Writer<S> {
             config,
             last_maintenance: Instant::now(),
             last_lease: Instant::now(),
+            last_renewed: Instant::now(),
             compacting: false,
             last_slice: Instant::now(),
             inline: false,
@@ -558,7 +564,30 @@ impl<S: Store> Writer<S> {
         }
         if self.last_lease.elapsed() >= self.config.lease_every {
             self.last_lease = Instant::now();
-            lease_tick(&mut self.store, &mut self.out, &self.config);
+            // In a cluster, a lease that ran out before this renewal (the
+            // process was stopped, the machine stalled) may have let other
+            // nodes release this node's users, who may have logged in
+            // elsewhere: this node's sessions are closed before it serves
+            // again, so a user never has two live sessions.
+            // Other nodes compare the lease with their own clocks: anything
+            // within one renewal period of the lease counts as run out.
+            let lapse_after = self
+                .config
+                .lease_ttl
+                .saturating_sub(self.config.lease_every);
+            if self.config.bus.is_some() && self.last_renewed.elapsed() >= lapse_after {
+                tracing::warn!(
+                    since = ?self.last_renewed.elapsed(),
+                    ttl = ?self.config.lease_ttl,
+                    "this node's lease ran out; closing its sessions"
+                );
+                metrics::counter!("chat_node_lease_lapses_total").increment(1);
+                self.out.broadcast(RouterEvent::LeaseLost);
+            }
+            let attempt = Instant::now();
+            if lease_tick(&mut self.store, &mut self.out, &self.config) {
+                self.last_renewed = attempt;
+            }
             self.out
                 .send(&self.routers, self.config.bus.as_mut(), self.inline);
             if let Some(bus) = self.config.bus.as_mut() {
@@ -608,7 +637,7 @@ fn commit<S: Store>(store: &mut S, out: &mut Outbox, what: &str) -> Option<Store
 
 /// Renews this node's lease and releases the users of nodes whose lease has
 /// expired, telling their friends.
-fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) {
+fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) -> bool {
     let node = config.node_id.as_str();
     let mut step = Step {
         store,
@@ -627,9 +656,9 @@ fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) 
         metrics::counter!("chat_node_store_errors_total").increment(1);
         store.rollback();
         out.clear();
-        return;
+        return false;
     }
-    commit(store, out, "lease");
+    commit(store, out, "lease").is_none()
 }
 
 /// Router events and bus events of one batch, sent once it is committed.
@@ -661,6 +690,13 @@ impl Outbox {
         self.routes.iter_mut().for_each(Vec::clear);
         self.local.iter_mut().for_each(Vec::clear);
         self.remote.clear();
+    }
+
+    /// Queues `event` for every shard's router.
+    fn broadcast(&mut self, event: RouterEvent) {
+        for list in &mut self.local {
+            list.push(event.clone());
+        }
     }
 
     /// Queues `event` for the router of its user's home shard.
