@@ -350,15 +350,8 @@ async fn a_node_back_from_a_stall_past_its_lease_closes_its_sessions() {
     .await;
     assert!(closed.is_ok(), "closed for the lost lease: {closed:?}");
     // The old session is closed by its node (its client sees the end).
-    let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match old.next_event().await {
-                Some(_) => continue,
-                None => break,
-            }
-        }
-    })
-    .await;
+    let ended =
+        tokio::time::timeout(WAIT, async { while old.next_event().await.is_some() {} }).await;
     assert!(
         ended.is_ok(),
         "node 1 closed the session of its lapsed lease"
