@@ -91,6 +91,9 @@ pub struct Session {
     pub phase: RefCell<Phase>,
     /// Highest message id a JSON client has been sent and the store told of.
     json_acked: Cell<MessageId>,
+    /// Highest message id written to a JSON client that has not yet shown
+    /// it read on (see [`Session::proved_reading`]).
+    json_written: Cell<MessageId>,
     /// Counts the changes of the session's user (logins and logouts): bytes
     /// taken to be written under one count are acknowledged only for the
     /// user of that same count, so no cursor moves with another user's ids.
@@ -121,6 +124,7 @@ impl Session {
             outbound: Outbound::new(max_outbound),
             phase: RefCell::new(Phase::Anonymous),
             json_acked: Cell::new(0),
+            json_written: Cell::new(0),
             user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
             login_backlog: Cell::new(false),
@@ -135,6 +139,7 @@ impl Session {
     pub fn user_changed(&self) {
         self.user_change.set(self.user_change.get() + 1);
         self.json_acked.set(0);
+        self.json_written.set(0);
         self.outbound.forget_messages();
     }
 
@@ -165,6 +170,27 @@ impl Session {
             )),
         );
         self.outbound.close(CloseReason::Replaced);
+    }
+
+    /// A JSON client showed it reads on (it sent a request, or closed its
+    /// side cleanly): what was written to it before counts as delivered, and
+    /// the store is told (batched, see [`Shard::note_written`]). The seed's
+    /// client can not acknowledge; counting the bytes the kernel took as
+    /// delivered lost what a client that then stopped reading or died had
+    /// not read (issue 17). A client that only listens has its messages
+    /// delivered again at its next login until it sends something.
+    pub fn proved_reading(&self, shard: &Rc<Shard>) {
+        self.proved_reading_up_to(shard, self.json_written.get());
+    }
+
+    /// [`Session::proved_reading`] for what was written up to `written`.
+    fn proved_reading_up_to(&self, shard: &Rc<Shard>, written: MessageId) {
+        if written > self.json_acked.get()
+            && let Some(who) = self.identity()
+        {
+            self.json_acked.set(written);
+            shard.note_written(who.user, written);
+        }
     }
 
     /// Takes a token for one send: `Err` with the milliseconds to wait.
@@ -517,6 +543,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
     let mut connection = Connection::new(&shard, &session, stream, first);
     let reason = connection.run().await;
+    // What was written before the client closed its side (not what the
+    // closing flush still writes).
+    let written_before_close = session.json_written.get();
     session.outbound.close(reason);
     let reason = session.outbound.closed().unwrap_or(reason);
     // A request being handled finishes first (a login the store completed
@@ -547,6 +576,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     metrics::counter!("chat_node_connections_closed_total", "reason" => reason.name()).increment(1);
     tracing::debug!(conn, client = ?client, reason = reason.name(), "connection closed");
 
+    if reason == CloseReason::ClientClosed && session.wire == Wire::Json {
+        // The client closed its side cleanly after reading (one that dies
+        // with unread bytes resets the connection instead).
+        session.proved_reading_up_to(&shard, written_before_close);
+    }
     let phase = std::mem::replace(&mut *session.phase.borrow_mut(), Phase::Anonymous);
     if let Phase::Online { who, .. } = phase {
         shard.flush_written(who.user).await;
@@ -753,6 +787,9 @@ impl Connection {
             return false;
         };
         let session = &self.session;
+        if session.wire == Wire::Json {
+            session.proved_reading(&self.shard);
+        }
         match unit {
             Decoded::Request(request) => {
                 self.handler = Some(Box::pin(handle(
@@ -829,14 +866,13 @@ impl Connection {
         let last = std::mem::take(&mut self.out_last);
         let session = &self.session;
         if session.wire == Wire::Json
-            && last > session.json_acked.get()
+            && last > session.json_written.get()
             && self.out_user_change == session.user_change.get()
         {
-            // The seed's client can not ack: what is written counts as delivered.
-            if let Some(who) = session.identity() {
-                session.json_acked.set(last);
-                self.shard.note_written(who.user, last);
-            }
+            // Delivered once the client shows it reads on.
+            session
+                .json_written
+                .set(session.json_written.get().max(last));
         }
         self.out.clear();
         self.written = 0;

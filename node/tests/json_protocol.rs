@@ -678,6 +678,80 @@ fn a_silent_session_gives_way_to_a_new_login_and_a_live_one_does_not() {
     assert_eq!(live.ask(r#"{"msgid":18}"#)["msgid"], 19, "still served");
 }
 
+/// A JSON recipient that stops reading is disconnected as a slow consumer;
+/// what the node had written to it counts as delivered only once the client
+/// showed it read on, so nothing is lost: at its next login it gets every
+/// message (the seed's client can not acknowledge, so before, what the
+/// kernel had taken counted as delivered and was lost).
+#[test]
+fn a_json_client_that_stopped_reading_loses_nothing() {
+    let node = node_with(&["--max-outbound", "65536", "--send-rate", "0"]);
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut b, _) = json_login(node.addr, bob);
+    // One message read, shown by a ping: it counts as delivered.
+    let r = a.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{bob},"msg":"first"}}"#
+    ));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(b.recv()["msg"], "first");
+    assert_eq!(b.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    // Then bob stops reading.
+    // 16 MB: more than the kernel's socket buffers hold.
+    const SENT: usize = 4000;
+    let text = "z".repeat(4000);
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..SENT {
+        let r = a.ask(&format!(
+            r#"{{"msgid":6,"id":{alice},"toid":{bob},"msg":"{text}"}}"#
+        ));
+        assert_eq!(r["errno"], 0, "{r}");
+        ids.insert(r["messageid"].as_u64().unwrap());
+    }
+    let started = std::time::Instant::now();
+    let text_metrics = loop {
+        let m = chat_node::local::scrape(node.metrics_addr).unwrap();
+        if chat_node::local::metric_value(&m, "chat_node_slow_consumer_disconnects_total")
+            .unwrap_or(0.0)
+            >= 1.0
+        {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not disconnected: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(text_metrics);
+    drop(b);
+    let (mut again, login) = common::json_login_again(node.addr, bob);
+    let mut got: std::collections::BTreeSet<u64> = strings(&login, "offlinemsg")
+        .iter()
+        .map(|m| m["messageid"].as_u64().unwrap())
+        .collect();
+    while got.len() < ids.len() {
+        match again.try_recv(Duration::from_secs(5)) {
+            Some(m) if m["msgid"] == 6 => {
+                got.insert(m["messageid"].as_u64().unwrap());
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let missing: Vec<_> = ids.difference(&got).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} of {SENT}, e.g. {missing:?}",
+        ids.len() - got.len().min(ids.len())
+    );
+    assert!(
+        !got.iter().any(|id| !ids.contains(id)),
+        "only these, not the first one read"
+    );
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.
