@@ -72,6 +72,10 @@ struct Inner {
     buf: Vec<u8>,
     /// Highest message id among the pushes in `buf`.
     last_message: MessageId,
+    /// Bytes the connection's task took from `buf` and has not written yet:
+    /// they count against the bound and in the load report as much as
+    /// `buf` (a large reply taken in one go would hide otherwise).
+    in_flight: usize,
     close: Option<CloseReason>,
     /// The connection's task: woken when bytes are queued or closing starts.
     writer: Option<Waker>,
@@ -126,7 +130,7 @@ impl Outbound {
             }
             write(&mut inner.buf);
             inner.last_message = inner.last_message.max(message);
-            inner.buf.len() > self.limit
+            inner.buf.len() + inner.in_flight > self.limit
         };
         if overflow {
             self.close(CloseReason::SlowConsumer);
@@ -159,7 +163,25 @@ impl Outbound {
 
     /// Bytes queued and not yet taken by the writer.
     pub fn queued(&self) -> usize {
-        self.inner.borrow().buf.len()
+        let inner = self.inner.borrow();
+        inner.buf.len() + inner.in_flight
+    }
+
+    /// The connection's task has `bytes` taken and not yet written.
+    pub fn set_in_flight(&self, bytes: usize) {
+        let wake = {
+            let mut inner = self.inner.borrow_mut();
+            let was = inner.buf.len() + inner.in_flight;
+            inner.in_flight = bytes;
+            let now = inner.buf.len() + inner.in_flight;
+            // Waiters for room are woken when the total drops below the bound.
+            if was >= self.limit && now < self.limit {
+                std::mem::take(&mut inner.waiters)
+            } else {
+                Vec::new()
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
     }
 
     /// Registers the connection's task, to be woken when bytes are queued or
@@ -203,7 +225,7 @@ impl Outbound {
             if inner.close.is_some() {
                 return Poll::Ready(false);
             }
-            if inner.buf.len() < self.limit {
+            if inner.buf.len() + inner.in_flight < self.limit {
                 return Poll::Ready(true);
             }
             inner.waiters.push(cx.waker().clone());

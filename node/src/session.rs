@@ -690,7 +690,7 @@ impl Connection {
             }
             // Replies are bounded by not reading requests while too much
             // waits to be written.
-            let waiting = self.session.outbound.queued() + self.out.len() - self.written;
+            let waiting = self.session.outbound.queued();
             if waiting >= self.shard.config.max_outbound {
                 return Poll::Pending;
             }
@@ -843,6 +843,7 @@ impl Connection {
                 self.wrote_all();
                 match self.session.outbound.try_take(&mut self.out) {
                     Some(last) => {
+                        self.session.outbound.set_in_flight(self.out.len());
                         self.out_last = last;
                         self.out_user_change = self.session.user_change.get();
                     }
@@ -854,7 +855,12 @@ impl Connection {
                     self.session.outbound.close(CloseReason::IoError);
                     return Poll::Ready(Err(CloseReason::IoError));
                 }
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.session
+                        .outbound
+                        .set_in_flight(self.out.len() - self.written);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

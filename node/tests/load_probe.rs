@@ -168,6 +168,37 @@ async fn one_address_holds_at_most_its_cap() {
     assert_eq!(second.ask(r#"{"msgid":18}"#)["msgid"], 19);
 }
 
+/// A login reply too big for the socket at once (a long offline backlog)
+/// counts in the outbound bytes of the load report while it is written,
+/// not only what waits behind it.
+#[tokio::test]
+async fn bytes_being_written_count_in_the_load_report() {
+    let node = node_with(&["--pending-page", "3000", "--send-rate", "0"]);
+    let alice = Client::connect(node.addr).await.unwrap();
+    let a = alice.register("alice", "pw").await.unwrap();
+    alice.login(a, "pw").await.unwrap();
+    let bob_client = Client::connect(node.addr).await.unwrap();
+    let b = bob_client.register("bob", "pw").await.unwrap();
+    drop(bob_client);
+    let text = "q".repeat(4000);
+    for _ in 0..3000 {
+        alice.send_direct(b, &text).await.unwrap();
+    }
+    // Bob logs in over JSON and reads nothing: a reply of about 12 MB.
+    let mut bob = Json::connect(node.addr);
+    bob.send(&format!(r#"{{"msgid":1,"id":{b},"pwd":"pw"}}"#));
+    let report = probe_until(&alice, "the reply's bytes counted", |r| {
+        r.outbound_bytes > 1 << 20
+    })
+    .await;
+    assert!(report.outbound_bytes < 16 << 20, "{report:?}");
+    drop(bob);
+    probe_until(&alice, "nothing queued once bob left", |r| {
+        r.outbound_bytes == 0
+    })
+    .await;
+}
+
 /// A JSON connection to `to` from the loopback address `from`.
 async fn json_from(from: &str, to: std::net::SocketAddr) -> Json {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
