@@ -833,22 +833,8 @@ async fn a_slow_consumer_is_disconnected_in_a_cluster_too() {
     );
     let [n0, n1] = [0, 1].map(|i| c.node(i).addr);
     let (alice, _) = fb_user(n0, "alice").await;
-    let bob_client = Client::connect(n1).await.unwrap();
-    let b = bob_client.register("bob", "pw").await.unwrap();
-    drop(bob_client);
-    // Bob logs in on node 1 over a raw socket and then never reads.
-    let mut raw = tokio::net::TcpStream::connect(n1).await.unwrap();
-    let login = chat_client::encode_request(
-        1,
-        &Request::Login {
-            user_id: b,
-            password: "pw",
-        },
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut raw, &login)
-        .await
-        .unwrap();
-    tokio::time::sleep(QUIET).await;
+    // Bob logs in on node 1 and then never reads.
+    let (raw, b) = common::fb_login_never_reading(n1, "bob").await;
     let text = "y".repeat(4000);
     const SENT: usize = 4000;
     for _ in 0..SENT {

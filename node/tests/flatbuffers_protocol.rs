@@ -386,21 +386,7 @@ async fn slow_consumers_are_disconnected() {
     let node = node_with(&["--max-outbound", "65536", "--send-rate", "0"]);
     let (alice, _) = user(node.addr, "alice").await;
     // Bob logs in over a raw socket and then never reads.
-    let bob_client = Client::connect(node.addr).await.unwrap();
-    let b = bob_client.register("bob", "pw").await.unwrap();
-    drop(bob_client);
-    let mut raw = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    let login = chat_client::encode_request(
-        1,
-        &Request::Login {
-            user_id: b,
-            password: "pw",
-        },
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut raw, &login)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (raw, b) = common::fb_login_never_reading(node.addr, "bob").await;
     let text = "y".repeat(4000);
     const SENT: usize = 4000;
     for _ in 0..SENT {

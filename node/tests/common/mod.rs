@@ -185,3 +185,25 @@ pub fn strings(reply: &Value, field: &str) -> Vec<Value> {
         })
         .unwrap_or_default()
 }
+
+/// Registers `name` (password "pw") on a connection of its own, then logs it
+/// in over FlatBuffers on a raw socket that the caller never reads: a
+/// client that stopped reading. Returns the socket and the user id.
+pub async fn fb_login_never_reading(addr: SocketAddr, name: &str) -> (tokio::net::TcpStream, u64) {
+    let client = chat_client::Client::connect(addr).await.unwrap();
+    let id = client.register(name, "pw").await.unwrap();
+    drop(client);
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let login = chat_client::encode_request(
+        1,
+        &chat_client::Request::Login {
+            user_id: id,
+            password: "pw",
+        },
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &login)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (raw, id)
+}

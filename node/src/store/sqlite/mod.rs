@@ -404,6 +404,17 @@ fn merge_limited(acc: &mut Vec<StoredMessage>, more: Vec<StoredMessage>, limit: 
 }
 
 impl SqliteStore {
+    /// Runs `sql`, a `SELECT COUNT(*)` with one parameter, in the batch.
+    fn count(&mut self, sql: &str, param: i64) -> Result<u64> {
+        let c = self.tx()?;
+        let n: i64 = c
+            .prepare_cached(sql)
+            .db()?
+            .query_row([param], |r| r.get(0))
+            .db()?;
+        Ok(id_of(n))
+    }
+
     /// Opens (creating it if missing) the database at `path`, switches it to
     /// WAL mode and creates the schema if it is not there.
     ///
@@ -866,39 +877,22 @@ impl Store for SqliteStore {
         })
     }
 
-    /// `UnknownUser` if `user` does not exist.
-    ///
-    /// Reads the direct backlog, then each group's backlog, each bounded by
-    /// `limit` and by the newest message already kept, so a call costs
-    /// O((groups + 1) × limit) whatever the size of the backlog.
     fn friend_count(&mut self, user: UserId) -> Result<u64> {
-        let c = self.tx()?;
-        let n: i64 = c
-            .prepare_cached("SELECT COUNT(*) FROM friends WHERE user_id = ?1")
-            .db()?
-            .query_row([key(user)], |r| r.get(0))
-            .db()?;
-        Ok(id_of(n))
+        self.count("SELECT COUNT(*) FROM friends WHERE user_id = ?1", key(user))
     }
 
     fn group_count(&mut self, user: UserId) -> Result<u64> {
-        let c = self.tx()?;
-        let n: i64 = c
-            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE user_id = ?1")
-            .db()?
-            .query_row([key(user)], |r| r.get(0))
-            .db()?;
-        Ok(id_of(n))
+        self.count(
+            "SELECT COUNT(*) FROM group_members WHERE user_id = ?1",
+            key(user),
+        )
     }
 
     fn member_count(&mut self, group: GroupId) -> Result<u64> {
-        let c = self.tx()?;
-        let n: i64 = c
-            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE group_id = ?1")
-            .db()?
-            .query_row([key(group)], |r| r.get(0))
-            .db()?;
-        Ok(id_of(n))
+        self.count(
+            "SELECT COUNT(*) FROM group_members WHERE group_id = ?1",
+            key(group),
+        )
     }
 
     fn pending_direct(&mut self, user: UserId, limit: u64) -> Result<u64> {
@@ -918,6 +912,11 @@ impl Store for SqliteStore {
         Ok(id_of(counted))
     }
 
+    /// `UnknownUser` if `user` does not exist.
+    ///
+    /// Reads the direct backlog, then each group's backlog, each bounded by
+    /// `limit` and by the newest message already kept, so a call costs
+    /// O((groups + 1) × limit) whatever the size of the backlog.
     fn pending(
         &mut self,
         user: UserId,
