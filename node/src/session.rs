@@ -402,7 +402,10 @@ struct Opened {
 /// counted).
 async fn open(shard: &Shard, mut stream: TcpStream) -> Option<Opened> {
     let peer = stream.peer_addr().ok();
-    let mut first = [0u8; 4096];
+    // On the heap, not in the future: a connection's task would otherwise
+    // keep these 4 KiB for its whole life (a future is as large as its
+    // largest state).
+    let mut first = vec![0u8; 4096];
     let mut filled = 0;
     let mut client = peer;
     if let Some(peer) = peer
@@ -442,7 +445,11 @@ async fn open(shard: &Shard, mut stream: TcpStream) -> Option<Opened> {
         stream,
         client,
         wire,
-        first: first[..filled].to_vec(),
+        first: {
+            first.truncate(filled);
+            first.shrink_to_fit();
+            first
+        },
     })
 }
 
