@@ -88,12 +88,7 @@ fn failure(e: StoreError) -> Failure {
         StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
         StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
         StoreError::LimitReached { .. } => ErrorCode::LimitReached,
-        StoreError::MailboxFull { user, .. } => {
-            crate::metrics::counter("chat_node_refused_total", &[("reason", "mailbox_full")])
-                .increment(1);
-            tracing::debug!(user, "direct message refused: mailbox full");
-            ErrorCode::MailboxFull
-        }
+        StoreError::MailboxFull { .. } => ErrorCode::MailboxFull,
         StoreError::Backend(msg) => {
             tracing::error!(error = %msg, "store failure");
             return Failure::new(ErrorCode::Internal, "internal storage error, try again");
@@ -283,6 +278,8 @@ async fn login(
         ));
     }
     session.user_changed();
+    // More stored messages than one page: the rest follows as a catch-up.
+    let backlog = info.pending.len() >= page;
     *session.phase.borrow_mut() = Phase::Online {
         who: Identity {
             user,
@@ -293,10 +290,10 @@ async fn login(
         online_since_ms: now_ms(),
         // In a cluster a wake-up from another node may reach this node before
         // the login's route did: one more read after the reply covers it.
-        catching_up: missed || info.pending.len() >= page || shard.config.nats.is_some(),
+        catching_up: missed || backlog || shard.config.nats.is_some(),
         missed: false,
     };
-    session.login_backlog.set(info.pending.len() >= page);
+    session.login_backlog.set(backlog);
     metrics::counter!("chat_node_logins_total").increment(1);
     Ok(Reply::LoggedIn(Box::new(info)))
 }

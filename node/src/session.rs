@@ -143,6 +143,13 @@ impl Session {
         self.outbound.forget_messages();
     }
 
+    /// Queues `failure` as the reply to request 0 and closes the connection
+    /// with `reason` (the reply is flushed first).
+    pub fn close_with_error(&self, failure: Failure, reason: CloseReason) {
+        self.reply(0, RequestKind::Unknown, &Reply::Error(failure));
+        self.outbound.close(reason);
+    }
+
     /// Another login of this session's user waits: if nothing came from
     /// the client for `window` (a phone that lost its signal), the session
     /// is told why and closed, its logout frees the user; a live session
@@ -158,18 +165,16 @@ impl Session {
             ?silent,
             "silent session replaced by a new login"
         );
-        self.reply(
-            0,
-            RequestKind::Unknown,
-            &Reply::Error(Failure::new(
+        self.close_with_error(
+            Failure::new(
                 ErrorCode::NotLoggedIn,
                 format!(
                     "logged in again elsewhere while this session was silent for {}; closing",
                     humantime::format_duration(Duration::from_secs(silent.as_secs()))
                 ),
-            )),
+            ),
+            CloseReason::Replaced,
         );
-        self.outbound.close(CloseReason::Replaced);
     }
 
     /// A JSON client showed it reads on (it sent a request, or closed its
@@ -573,7 +578,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         reason,
         CloseReason::ProtocolError | CloseReason::FrameTimeout | CloseReason::LoginTimeout
     ) {
-        connection.linger().await;
+        linger(&mut connection.stream).await;
     }
     let _ = connection.stream.close().await;
     drop(connection);
@@ -769,12 +774,8 @@ impl Connection {
             ),
         };
         metrics::counter!("chat_node_bad_input_total", "protocol" => self.session.wire.name(), "code" => code.label()).increment(1);
-        self.session.reply(
-            0,
-            RequestKind::Unknown,
-            &Reply::Error(Failure::new(code, message)),
-        );
-        self.session.outbound.close(reason);
+        self.session
+            .close_with_error(Failure::new(code, message), reason);
         Some(reason)
     }
 
@@ -815,8 +816,7 @@ impl Connection {
             }
             Decoded::Fatal(failure) => {
                 metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
-                session.reply(0, RequestKind::Unknown, &Reply::Error(failure));
-                session.outbound.close(CloseReason::ProtocolError);
+                session.close_with_error(failure, CloseReason::ProtocolError);
             }
         }
         true
@@ -883,19 +883,13 @@ impl Connection {
             && self.out_user_change == session.user_change.get()
         {
             // Delivered once the client shows it reads on.
-            session
-                .json_written
-                .set(session.json_written.get().max(last));
+            session.json_written.set(last);
         }
         self.out.clear();
         self.written = 0;
         if self.out.capacity() > KEEP_BUFFER {
             self.out = Vec::new();
         }
-    }
-
-    async fn linger(&mut self) {
-        linger(&mut self.stream).await;
     }
 
     /// Writes everything queued (the connection is closing).

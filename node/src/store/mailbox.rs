@@ -59,15 +59,15 @@ impl Mailboxes {
             return Ok(());
         }
         let now = Instant::now();
-        let known = self
-            .counts
-            .get(&to)
-            .filter(|c| now.duration_since(c.counted) < RECOUNT_AFTER)
-            .copied();
-        let count = match known {
-            Some(c) if c.full_until.is_some_and(|until| now < until) => c,
-            Some(c) if c.full_until.is_none() => c,
-            _ => {
+        // A count is trusted while it is recent and, if the mailbox was
+        // found full, until that finding expires.
+        let trusted = self.counts.get(&to).copied().filter(|c| {
+            now.duration_since(c.counted) < RECOUNT_AFTER
+                && c.full_until.is_none_or(|until| now < until)
+        });
+        let count = match trusted {
+            Some(c) => c,
+            None => {
                 if self.counts.len() >= MAX_TRACKED {
                     self.counts.clear();
                 }
@@ -86,6 +86,9 @@ impl Mailboxes {
             {
                 c.full_until = Some(now + FULL_FOR);
             }
+            crate::metrics::counter("chat_node_refused_total", &[("reason", "mailbox_full")])
+                .increment(1);
+            tracing::debug!(user = to, "direct message refused: mailbox full");
             return Err(StoreError::MailboxFull {
                 user: to,
                 cap: self.cap,
