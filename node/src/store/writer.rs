@@ -9,7 +9,10 @@
 //! every channel on that path is FIFO, a user's session receives routes and
 //! messages in the order the store committed them. Routes go out before the
 //! answers, so a login's route is queued before its reply; deliveries after
-//! them, so a sender gets the reply to a message before any push it causes.
+//! them. An answer only wakes the handler, which queues the reply when its
+//! connection's task next runs, so a push can still reach a connection
+//! before the reply that caused it (a message to oneself, or to a user on
+//! the same shard): clients must not rely on that order.
 //!
 //! In a cluster (with a [`Publisher`]) other nodes append too, so commit
 //! order on this node is not message order for a user. There a new message
