@@ -25,7 +25,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::error::{ClientError, Result};
 use crate::model::{
     Event, Friend, Group, GroupId, Incoming, LoadReport, Login, Message, MessageId, Reply, Sent,
-    UserId, decode,
+    User, UserId, decode,
 };
 use crate::request::{Request, needs_leading_ping, with_encoded};
 
@@ -545,6 +545,69 @@ impl Client {
         match self.request(&req).await? {
             Reply::JoinGroup(group) => Ok(group),
             other => Err(other.unexpected("JoinGroupReply")),
+        }
+    }
+
+    /// Ends the friendship with `friend_id`, both ways (they get
+    /// [`Event::FriendRemoved`] if online). Fails with `NotFriends` when they
+    /// are not a friend.
+    pub async fn remove_friend(&self, friend_id: UserId) -> Result<()> {
+        let req = Request::RemoveFriend {
+            user_id: 0,
+            friend_id,
+        };
+        match self.request(&req).await? {
+            Reply::RemoveFriend => Ok(()),
+            other => Err(other.unexpected("RemoveFriendReply")),
+        }
+    }
+
+    /// Leaves a group. A creator who leaves hands the role to the
+    /// longest-standing member; a group left empty is deleted.
+    pub async fn leave_group(&self, group_id: GroupId) -> Result<()> {
+        let req = Request::LeaveGroup {
+            user_id: 0,
+            group_id,
+        };
+        match self.request(&req).await? {
+            Reply::LeaveGroup => Ok(()),
+            other => Err(other.unexpected("LeaveGroupReply")),
+        }
+    }
+
+    /// Removes `member_id` from a group the session's user created (they
+    /// get [`Event::RemovedFromGroup`] if online). Fails with `NotCreator`
+    /// for anyone else.
+    pub async fn remove_member(&self, group_id: GroupId, member_id: UserId) -> Result<()> {
+        let req = Request::RemoveMember {
+            user_id: 0,
+            group_id,
+            member_id,
+        };
+        match self.request(&req).await? {
+            Reply::RemoveMember => Ok(()),
+            other => Err(other.unexpected("RemoveMemberReply")),
+        }
+    }
+
+    /// A group's name, description and members (with role and online
+    /// state); only for its members.
+    pub async fn group_info(&self, group_id: GroupId) -> Result<Group> {
+        let req = Request::GroupInfo {
+            user_id: 0,
+            group_id,
+        };
+        match self.request(&req).await? {
+            Reply::GroupInfo(group) => Ok(group),
+            other => Err(other.unexpected("GroupInfoReply")),
+        }
+    }
+
+    /// The user named exactly `name`, with their online state.
+    pub async fn find_user(&self, name: &str) -> Result<User> {
+        match self.request(&Request::FindUser { name }).await? {
+            Reply::FindUser(user) => Ok(user),
+            other => Err(other.unexpected("FindUserReply")),
         }
     }
 

@@ -2,6 +2,8 @@
 //! decoded [`Reply`] to a request and the [`Event`]s pushed to a session, with
 //! their decoding from verified FlatBuffers envelopes.
 
+use std::time::Duration;
+
 use chat_schema::fb;
 
 use crate::error::{ClientError, ErrorCode};
@@ -13,7 +15,7 @@ pub type GroupId = u64;
 /// A stored message's id (orders messages; what `DeliveryAck` acknowledges).
 pub type MessageId = u64;
 
-/// A user as others see them (a friend, a new friend).
+/// A user as others see them (a friend, a new friend, a user found by name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: UserId,
@@ -105,9 +107,12 @@ pub struct Sent {
 /// messages that followed the `LoginReply`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
+    /// `ErrorReply`. `retry_after` is its `retry_after_ms`, `None` when 0
+    /// (set with [`ErrorCode::RateLimited`]).
     Error {
         code: ErrorCode,
         message: String,
+        retry_after: Option<Duration>,
     },
     Register {
         user_id: UserId,
@@ -125,6 +130,17 @@ pub enum Reply {
     Ping {
         time_ms: u64,
     },
+    /// `RemoveFriendReply`: the friendship is over, both ways.
+    RemoveFriend,
+    /// `LeaveGroupReply`.
+    LeaveGroup,
+    /// `RemoveMemberReply`.
+    RemoveMember,
+    /// `GroupInfoReply`: the group with its members, their roles and online
+    /// state.
+    GroupInfo(Group),
+    /// `FindUserReply`: the user with the name asked for.
+    FindUser(User),
     Load(LoadReport),
     WhichNode {
         address: String,
@@ -150,6 +166,11 @@ impl Reply {
             Reply::GroupMessage(_) => "GroupMessageReply",
             Reply::DeliveryAck => "DeliveryAckReply",
             Reply::Ping { .. } => "PingReply",
+            Reply::RemoveFriend => "RemoveFriendReply",
+            Reply::LeaveGroup => "LeaveGroupReply",
+            Reply::RemoveMember => "RemoveMemberReply",
+            Reply::GroupInfo(_) => "GroupInfoReply",
+            Reply::FindUser(_) => "FindUserReply",
             Reply::Load(_) => "LoadReply",
             Reply::WhichNode { .. } => "WhichNodeReply",
             Reply::Other(b) => b.variant_name().unwrap_or("unknown body"),
@@ -160,7 +181,15 @@ impl Reply {
     /// reply.
     pub fn into_result(self) -> Result<Reply, ClientError> {
         match self {
-            Reply::Error { code, message } => Err(ClientError::Server { code, message }),
+            Reply::Error {
+                code,
+                message,
+                retry_after,
+            } => Err(ClientError::Server {
+                code,
+                message,
+                retry_after,
+            }),
             other => Ok(other),
         }
     }
@@ -169,7 +198,15 @@ impl Reply {
     /// `ErrorReply` becomes [`ClientError::Server`]).
     pub fn unexpected(self, wanted: &str) -> ClientError {
         match self {
-            Reply::Error { code, message } => ClientError::Server { code, message },
+            Reply::Error {
+                code,
+                message,
+                retry_after,
+            } => ClientError::Server {
+                code,
+                message,
+                retry_after,
+            },
             other => ClientError::Protocol(format!("expected {wanted}, got {}", other.kind())),
         }
     }
@@ -187,6 +224,12 @@ pub enum Event {
         name: String,
         online: bool,
     },
+    /// The group's creator removed this user from group `group_id`
+    /// (`RemovedFromGroupPush`).
+    RemovedFromGroup { group_id: GroupId },
+    /// User `friend_id` ended their friendship with this user
+    /// (`FriendRemovedPush`); they are no longer among the friends.
+    FriendRemoved { friend_id: UserId },
     /// A reply whose request id matches no request in flight: the answer to
     /// [`crate::Client::send_request`] or [`crate::Client::send_raw`], or a
     /// reply the node sent with request id 0.
@@ -279,11 +322,30 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
                 online: p.online(),
             }));
         }
+        fb::Body::RemovedFromGroupPush => {
+            let p = body(
+                env.body_as_removed_from_group_push(),
+                "RemovedFromGroupPush body",
+            )?;
+            return Ok(Incoming::Push(Event::RemovedFromGroup {
+                group_id: p.group_id(),
+            }));
+        }
+        fb::Body::FriendRemovedPush => {
+            let p = body(env.body_as_friend_removed_push(), "FriendRemovedPush body")?;
+            return Ok(Incoming::Push(Event::FriendRemoved {
+                friend_id: p.friend_id(),
+            }));
+        }
         fb::Body::ErrorReply => {
             let r = body(env.body_as_error_reply(), "ErrorReply body")?;
             Reply::Error {
                 code: r.code().into(),
                 message: text(r.message()),
+                retry_after: match r.retry_after_ms() {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms.into())),
+                },
             }
         }
         fb::Body::RegisterReply => Reply::Register {
@@ -340,6 +402,19 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
             })
         }
         fb::Body::DeliveryAckReply => Reply::DeliveryAck,
+        fb::Body::RemoveFriendReply => Reply::RemoveFriend,
+        fb::Body::LeaveGroupReply => Reply::LeaveGroup,
+        fb::Body::RemoveMemberReply => Reply::RemoveMember,
+        fb::Body::GroupInfoReply => {
+            let r = body(env.body_as_group_info_reply(), "GroupInfoReply body")?;
+            Reply::GroupInfo(group(
+                r.group().ok_or_else(|| missing("GroupInfoReply.group"))?,
+            ))
+        }
+        fb::Body::FindUserReply => {
+            let r = body(env.body_as_find_user_reply(), "FindUserReply body")?;
+            Reply::FindUser(user(r.user().ok_or_else(|| missing("FindUserReply.user"))?))
+        }
         fb::Body::PingReply => Reply::Ping {
             time_ms: body(env.body_as_ping_reply(), "PingReply body")?.time_ms(),
         },

@@ -53,6 +53,32 @@ pub enum Request<'a> {
         message_id: MessageId,
     },
     Ping,
+    /// Ends the friendship with `friend_id`, both ways.
+    RemoveFriend {
+        user_id: UserId,
+        friend_id: UserId,
+    },
+    /// Leaves a group (a creator hands the role on; a group left empty is
+    /// deleted).
+    LeaveGroup {
+        user_id: UserId,
+        group_id: GroupId,
+    },
+    /// The group's creator removes `member_id` from it.
+    RemoveMember {
+        user_id: UserId,
+        group_id: GroupId,
+        member_id: UserId,
+    },
+    /// A group's name, description and members (members only).
+    GroupInfo {
+        user_id: UserId,
+        group_id: GroupId,
+    },
+    /// The user named exactly `name`.
+    FindUser {
+        name: &'a str,
+    },
     /// A node's load report (no login needed).
     Load,
     /// Which node a balancer in redirect mode chooses.
@@ -73,6 +99,11 @@ impl Request<'_> {
             Request::GroupMessage { .. } => fb::Body::GroupMessageRequest,
             Request::DeliveryAck { .. } => fb::Body::DeliveryAckRequest,
             Request::Ping => fb::Body::PingRequest,
+            Request::RemoveFriend { .. } => fb::Body::RemoveFriendRequest,
+            Request::LeaveGroup { .. } => fb::Body::LeaveGroupRequest,
+            Request::RemoveMember { .. } => fb::Body::RemoveMemberRequest,
+            Request::GroupInfo { .. } => fb::Body::GroupInfoRequest,
+            Request::FindUser { .. } => fb::Body::FindUserRequest,
             Request::Load => fb::Body::LoadRequest,
             Request::WhichNode => fb::Body::WhichNodeRequest,
         }
@@ -157,6 +188,36 @@ impl Request<'_> {
                     .as_union_value()
             }
             Request::Ping => fb::PingRequest::create(b, &fb::PingRequestArgs {}).as_union_value(),
+            Request::RemoveFriend { user_id, friend_id } => fb::RemoveFriendRequest::create(
+                b,
+                &fb::RemoveFriendRequestArgs { user_id, friend_id },
+            )
+            .as_union_value(),
+            Request::LeaveGroup { user_id, group_id } => {
+                fb::LeaveGroupRequest::create(b, &fb::LeaveGroupRequestArgs { user_id, group_id })
+                    .as_union_value()
+            }
+            Request::RemoveMember {
+                user_id,
+                group_id,
+                member_id,
+            } => fb::RemoveMemberRequest::create(
+                b,
+                &fb::RemoveMemberRequestArgs {
+                    user_id,
+                    group_id,
+                    member_id,
+                },
+            )
+            .as_union_value(),
+            Request::GroupInfo { user_id, group_id } => {
+                fb::GroupInfoRequest::create(b, &fb::GroupInfoRequestArgs { user_id, group_id })
+                    .as_union_value()
+            }
+            Request::FindUser { name } => {
+                let name = Some(b.create_string(name));
+                fb::FindUserRequest::create(b, &fb::FindUserRequestArgs { name }).as_union_value()
+            }
             Request::Load => fb::LoadRequest::create(b, &fb::LoadRequestArgs {}).as_union_value(),
             Request::WhichNode => {
                 fb::WhichNodeRequest::create(b, &fb::WhichNodeRequestArgs {}).as_union_value()
@@ -260,6 +321,25 @@ mod tests {
             },
             Request::DeliveryAck { message_id: 42 },
             Request::Ping,
+            Request::RemoveFriend {
+                user_id: 0,
+                friend_id: 9,
+            },
+            Request::LeaveGroup {
+                user_id: 7,
+                group_id: 3,
+            },
+            Request::RemoveMember {
+                user_id: 0,
+                group_id: 3,
+                member_id: 9,
+            },
+            Request::GroupInfo {
+                user_id: 7,
+                group_id: 3,
+            },
+            Request::FindUser { name: "bób 🦀" },
+            Request::FindUser { name: "" },
         ]
     }
 
@@ -334,6 +414,38 @@ mod tests {
                 env.body_as_ping_request().unwrap();
                 Request::Ping
             }
+            fb::Body::RemoveFriendRequest => {
+                let r = env.body_as_remove_friend_request().unwrap();
+                Request::RemoveFriend {
+                    user_id: r.user_id(),
+                    friend_id: r.friend_id(),
+                }
+            }
+            fb::Body::LeaveGroupRequest => {
+                let r = env.body_as_leave_group_request().unwrap();
+                Request::LeaveGroup {
+                    user_id: r.user_id(),
+                    group_id: r.group_id(),
+                }
+            }
+            fb::Body::RemoveMemberRequest => {
+                let r = env.body_as_remove_member_request().unwrap();
+                Request::RemoveMember {
+                    user_id: r.user_id(),
+                    group_id: r.group_id(),
+                    member_id: r.member_id(),
+                }
+            }
+            fb::Body::GroupInfoRequest => {
+                let r = env.body_as_group_info_request().unwrap();
+                Request::GroupInfo {
+                    user_id: r.user_id(),
+                    group_id: r.group_id(),
+                }
+            }
+            fb::Body::FindUserRequest => Request::FindUser {
+                name: s(env.body_as_find_user_request().unwrap().name()),
+            },
             other => panic!("not a request: {other:?}"),
         };
         (env.request_id(), req)

@@ -23,6 +23,41 @@ pub mod msgid {
     pub const CREATE_GROUP: i64 = 8;
     pub const ADD_GROUP: i64 = 9;
     pub const GROUP_CHAT: i64 = 10;
+
+    // Ours, not the seed's: friend and group management.
+
+    /// Remove a friend: `id` (optional), `friendid`.
+    pub const REMOVE_FRIEND: i64 = 30;
+    pub const REMOVE_FRIEND_ACK: i64 = 31;
+    /// Leave a group: `id` (optional), `groupid`.
+    pub const LEAVE_GROUP: i64 = 32;
+    pub const LEAVE_GROUP_ACK: i64 = 33;
+    /// Remove a member from a group one created: `id` (optional),
+    /// `groupid`, `userid`.
+    pub const REMOVE_MEMBER: i64 = 34;
+    pub const REMOVE_MEMBER_ACK: i64 = 35;
+    /// A group's details: `id` (optional), `groupid`.
+    pub const GROUP_INFO: i64 = 36;
+    pub const GROUP_INFO_ACK: i64 = 37;
+    /// Look a user up by name: `name`.
+    pub const FIND_USER: i64 = 38;
+    pub const FIND_USER_ACK: i64 = 39;
+    /// Message history.
+    pub const HISTORY: i64 = 40;
+    pub const HISTORY_ACK: i64 = 41;
+    /// Mark messages read.
+    pub const MARK_READ: i64 = 42;
+    pub const MARK_READ_ACK: i64 = 43;
+    /// Who has read a message.
+    pub const READERS: i64 = 44;
+    pub const READERS_ACK: i64 = 45;
+    /// Push: a read receipt.
+    pub const READ_RECEIPT: i64 = 46;
+    /// Push: the group's creator removed this user,
+    /// `{"msgid":47,"groupid":G}`.
+    pub const REMOVED_FROM_GROUP: i64 = 47;
+    /// Push: a friend ended the friendship, `{"msgid":48,"friendid":U}`.
+    pub const FRIEND_REMOVED: i64 = 48;
 }
 
 /// Largest JSON object accepted from the server.
@@ -241,6 +276,47 @@ pub fn errno(v: &Value) -> i64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn msgids_are_distinct() {
+        use msgid::*;
+        let all = [
+            LOGIN,
+            LOGIN_ACK,
+            LOGINOUT,
+            REG,
+            REG_ACK,
+            ONE_CHAT,
+            ADD_FRIEND,
+            CREATE_GROUP,
+            ADD_GROUP,
+            GROUP_CHAT,
+            REMOVE_FRIEND,
+            REMOVE_FRIEND_ACK,
+            LEAVE_GROUP,
+            LEAVE_GROUP_ACK,
+            REMOVE_MEMBER,
+            REMOVE_MEMBER_ACK,
+            GROUP_INFO,
+            GROUP_INFO_ACK,
+            FIND_USER,
+            FIND_USER_ACK,
+            HISTORY,
+            HISTORY_ACK,
+            MARK_READ,
+            MARK_READ_ACK,
+            READERS,
+            READERS_ACK,
+            READ_RECEIPT,
+            REMOVED_FROM_GROUP,
+            FRIEND_REMOVED,
+        ];
+        let mut sorted = all.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len());
+        assert_eq!(sorted[10..], (30..=48).collect::<Vec<i64>>());
+    }
 
     #[test]
     fn splits_on_nul_newline_and_back_to_back() {

@@ -94,6 +94,16 @@ impl FakeNode {
     }
 
     async fn error_reply(&mut self, request_id: u64, code: fb::ErrorCode, message: &str) {
+        self.error_reply_after(request_id, code, message, 0).await;
+    }
+
+    async fn error_reply_after(
+        &mut self,
+        request_id: u64,
+        code: fb::ErrorCode,
+        message: &str,
+        retry_after_ms: u32,
+    ) {
         self.send(request_id, |b| {
             let message = Some(b.create_string(message));
             let r = fb::ErrorReply::create(
@@ -101,7 +111,7 @@ impl FakeNode {
                 &fb::ErrorReplyArgs {
                     code,
                     message,
-                    retry_after_ms: 0,
+                    retry_after_ms,
                 },
             );
             (fb::Body::ErrorReply, r.as_union_value())
@@ -314,7 +324,41 @@ async fn error_reply_is_a_typed_error() {
     let err = send.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownUser));
     assert!(
-        matches!(err, ClientError::Server { code: ErrorCode::UnknownUser, ref message } if message == "no user 9")
+        matches!(err, ClientError::Server { code: ErrorCode::UnknownUser, ref message, retry_after: None } if message == "no user 9")
+    );
+    assert_eq!(err.retry_after(), None);
+}
+
+#[tokio::test]
+async fn rate_limited_errors_say_when_to_retry() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let send = tokio::spawn({
+        let c = client.clone();
+        async move { c.send_group(3, "spam").await }
+    });
+    let s = node.next().await.unwrap();
+    node.error_reply_after(s.request_id, fb::ErrorCode::RateLimited, "slow down", 180)
+        .await;
+    let err = send.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RateLimited));
+    assert_eq!(err.retry_after(), Some(Duration::from_millis(180)));
+    assert_eq!(ClientError::Timeout.retry_after(), None);
+
+    // The raw reply keeps the hint too.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.request(&Request::Ping).await }
+    });
+    let s = node.next().await.unwrap();
+    node.error_reply_after(s.request_id, fb::ErrorCode::RateLimited, "again", 1)
+        .await;
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            message: "again".into(),
+            retry_after: Some(Duration::from_millis(1)),
+        }
     );
 }
 
@@ -357,7 +401,8 @@ async fn raw_requests_keep_chosen_fields_and_ids() {
         reply,
         Reply::Error {
             code: ErrorCode::Forbidden,
-            message: "not you".into()
+            message: "not you".into(),
+            retry_after: None,
         }
     );
     assert!(matches!(
@@ -647,4 +692,243 @@ async fn hand_built_frames_get_their_reply() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn friend_and_group_management_requests_and_replies() {
+    let (client, mut node) = pair(ClientConfig::default());
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.remove_friend(9).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_remove_friend_request().unwrap();
+    assert_eq!((r.user_id(), r.friend_id()), (0, 9));
+    node.send(s.request_id, |b| {
+        let r = fb::RemoveFriendReply::create(b, &fb::RemoveFriendReplyArgs {});
+        (fb::Body::RemoveFriendReply, r.as_union_value())
+    })
+    .await;
+    call.await.unwrap().unwrap();
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.leave_group(3).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_leave_group_request().unwrap();
+    assert_eq!((r.user_id(), r.group_id()), (0, 3));
+    node.send(s.request_id, |b| {
+        let r = fb::LeaveGroupReply::create(b, &fb::LeaveGroupReplyArgs {});
+        (fb::Body::LeaveGroupReply, r.as_union_value())
+    })
+    .await;
+    call.await.unwrap().unwrap();
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.remove_member(3, 4).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_remove_member_request().unwrap();
+    assert_eq!((r.user_id(), r.group_id(), r.member_id()), (0, 3, 4));
+    node.error_reply(s.request_id, fb::ErrorCode::NotCreator, "not yours")
+        .await;
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotCreator));
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.remove_member(3, 4).await }
+    });
+    let s = node.next().await.unwrap();
+    node.send(s.request_id, |b| {
+        let r = fb::RemoveMemberReply::create(b, &fb::RemoveMemberReplyArgs {});
+        (fb::Body::RemoveMemberReply, r.as_union_value())
+    })
+    .await;
+    call.await.unwrap().unwrap();
+
+    // A reply of another kind is not taken for the one expected.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.leave_group(3).await }
+    });
+    let s = node.next().await.unwrap();
+    node.send(s.request_id, |b| {
+        let r = fb::RemoveMemberReply::create(b, &fb::RemoveMemberReplyArgs {});
+        (fb::Body::RemoveMemberReply, r.as_union_value())
+    })
+    .await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(ClientError::Protocol(m)) if m.contains("LeaveGroupReply") && m.contains("RemoveMemberReply")
+    ));
+}
+
+#[tokio::test]
+async fn group_info_and_find_user_return_their_tables() {
+    let (client, mut node) = pair(ClientConfig::default());
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.group_info(10).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_group_info_request().unwrap();
+    assert_eq!((r.user_id(), r.group_id()), (0, 10));
+    node.send(s.request_id, |b| {
+        let mut members = Vec::new();
+        for (id, name, online, role) in [
+            (1, "alice", true, fb::Role::Creator),
+            (2, "bob", false, fb::Role::Normal),
+        ] {
+            let name = Some(b.create_string(name));
+            members.push(fb::GroupMember::create(
+                b,
+                &fb::GroupMemberArgs {
+                    id,
+                    name,
+                    online,
+                    role,
+                },
+            ));
+        }
+        let members = Some(b.create_vector(&members));
+        let name = Some(b.create_string("rust"));
+        let description = Some(b.create_string("crabs"));
+        let group = Some(fb::Group::create(
+            b,
+            &fb::GroupArgs {
+                id: 10,
+                name,
+                description,
+                members,
+            },
+        ));
+        let r = fb::GroupInfoReply::create(b, &fb::GroupInfoReplyArgs { group });
+        (fb::Body::GroupInfoReply, r.as_union_value())
+    })
+    .await;
+    let group = call.await.unwrap().unwrap();
+    assert_eq!(
+        group,
+        Group {
+            id: 10,
+            name: "rust".into(),
+            description: "crabs".into(),
+            members: vec![
+                GroupMember {
+                    id: 1,
+                    name: "alice".into(),
+                    online: true,
+                    role: Role::Creator,
+                },
+                GroupMember {
+                    id: 2,
+                    name: "bob".into(),
+                    online: false,
+                    role: Role::Normal,
+                },
+            ],
+        }
+    );
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.find_user("bob").await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(
+        s.env().body_as_find_user_request().unwrap().name(),
+        Some("bob")
+    );
+    node.send(s.request_id, |b| {
+        let name = Some(b.create_string("bob"));
+        let user = Some(fb::User::create(
+            b,
+            &fb::UserArgs {
+                id: 2,
+                name,
+                online: true,
+            },
+        ));
+        let r = fb::FindUserReply::create(b, &fb::FindUserReplyArgs { user });
+        (fb::Body::FindUserReply, r.as_union_value())
+    })
+    .await;
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        User {
+            id: 2,
+            name: "bob".into(),
+            online: true,
+        }
+    );
+
+    // Replies without their table break the protocol.
+    let p = client
+        .start_request(&Request::FindUser { name: "x" })
+        .unwrap();
+    let s = node.next().await.unwrap();
+    node.send(s.request_id, |b| {
+        let r = fb::FindUserReply::create(b, &fb::FindUserReplyArgs { user: None });
+        (fb::Body::FindUserReply, r.as_union_value())
+    })
+    .await;
+    assert!(
+        matches!(p.wait().await, Err(ClientError::Protocol(m)) if m.contains("FindUserReply.user"))
+    );
+}
+
+#[tokio::test]
+async fn removal_pushes_become_events() {
+    let (client, mut node) = pair(ClientConfig::default());
+    node.send(0, |b| {
+        let p = fb::RemovedFromGroupPush::create(b, &fb::RemovedFromGroupPushArgs { group_id: 5 });
+        (fb::Body::RemovedFromGroupPush, p.as_union_value())
+    })
+    .await;
+    node.send(0, |b| {
+        let p = fb::FriendRemovedPush::create(b, &fb::FriendRemovedPushArgs { friend_id: 7 });
+        (fb::Body::FriendRemovedPush, p.as_union_value())
+    })
+    .await;
+    node.message_push(8, 0, "after").await;
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::RemovedFromGroup { group_id: 5 }
+    );
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::FriendRemoved { friend_id: 7 }
+    );
+    assert_eq!(
+        client.next_message_timeout(SECOND).await.unwrap().text,
+        "after"
+    );
+}
+
+#[tokio::test]
+async fn removal_pushes_during_a_login_do_not_count_as_pending() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let login = tokio::spawn({
+        let c = client.clone();
+        async move { c.login(1, "pw").await }
+    });
+    let s = node.next().await.unwrap();
+    node.login_reply(s.request_id, 1).await;
+    node.send(0, |b| {
+        let p = fb::FriendRemovedPush::create(b, &fb::FriendRemovedPushArgs { friend_id: 2 });
+        (fb::Body::FriendRemovedPush, p.as_union_value())
+    })
+    .await;
+    node.message_push(5, 0, "stored").await;
+    let login = login.await.unwrap().unwrap();
+    assert_eq!(login.pending.len(), 1);
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::FriendRemoved { friend_id: 2 }
+    );
 }

@@ -49,8 +49,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::store::UserId;
+use crate::command::Push;
 use crate::store::writer::RouterEvent;
+use crate::store::{GroupId, UserId};
 
 /// How long a starting node waits for NATS before it starts without it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
@@ -81,6 +82,10 @@ pub enum Event {
         name: String,
         online: bool,
     },
+    /// The creator of `group` removed `user` from it.
+    RemovedFromGroup { user: UserId, group: GroupId },
+    /// `friend` ended their friendship with `user`.
+    FriendRemoved { user: UserId, friend: UserId },
 }
 
 /// What goes over the wire: the events of one commit for one node, or a
@@ -432,6 +437,14 @@ impl Inbox {
                     name: Arc::from(name),
                     online,
                 },
+                Event::RemovedFromGroup { user, group } => RouterEvent::Notify {
+                    user,
+                    push: Push::RemovedFromGroup { group },
+                },
+                Event::FriendRemoved { user, friend } => RouterEvent::Notify {
+                    user,
+                    push: Push::FriendRemoved { friend },
+                },
             };
             per_shard[event.home_shard(self.routers.len())].push(event);
         }
@@ -560,6 +573,11 @@ mod tests {
                     who: 6,
                     name: "bob".into(),
                     online: true,
+                },
+                Event::RemovedFromGroup { user: 7, group: 8 },
+                Event::FriendRemoved {
+                    user: 9,
+                    friend: 10,
                 },
             ],
             sent_us: 1_700_000_000_000_000,

@@ -53,6 +53,31 @@ pub enum Command {
         group: GroupId,
         text: String,
     },
+    /// Ends the friendship with `friend`, both ways.
+    RemoveFriend {
+        actor: Option<UserId>,
+        friend: UserId,
+    },
+    /// Leaves `group` (a creator hands the role on; an empty group is deleted).
+    LeaveGroup {
+        actor: Option<UserId>,
+        group: GroupId,
+    },
+    /// The creator of `group` removes `member` from it.
+    RemoveMember {
+        actor: Option<UserId>,
+        group: GroupId,
+        member: UserId,
+    },
+    /// A group's name, description and members; members only.
+    GroupInfo {
+        actor: Option<UserId>,
+        group: GroupId,
+    },
+    /// The user named exactly `name`.
+    FindUser {
+        name: String,
+    },
     /// Acknowledges every message pushed to this session up to `up_to`.
     DeliveryAck {
         up_to: MessageId,
@@ -74,6 +99,11 @@ impl Command {
             Command::JoinGroup { .. } => "join_group",
             Command::DirectMessage { .. } => "direct_message",
             Command::GroupMessage { .. } => "group_message",
+            Command::RemoveFriend { .. } => "remove_friend",
+            Command::LeaveGroup { .. } => "leave_group",
+            Command::RemoveMember { .. } => "remove_member",
+            Command::GroupInfo { .. } => "group_info",
+            Command::FindUser { .. } => "find_user",
             Command::DeliveryAck { .. } => "delivery_ack",
             Command::Ping => "ping",
             Command::Load => "load",
@@ -93,6 +123,11 @@ pub enum RequestKind {
     JoinGroup,
     DirectMessage,
     GroupMessage,
+    RemoveFriend,
+    LeaveGroup,
+    RemoveMember,
+    GroupInfo,
+    FindUser,
     DeliveryAck,
     Ping,
     Load,
@@ -111,6 +146,11 @@ impl From<&Command> for RequestKind {
             Command::JoinGroup { .. } => RequestKind::JoinGroup,
             Command::DirectMessage { .. } => RequestKind::DirectMessage,
             Command::GroupMessage { .. } => RequestKind::GroupMessage,
+            Command::RemoveFriend { .. } => RequestKind::RemoveFriend,
+            Command::LeaveGroup { .. } => RequestKind::LeaveGroup,
+            Command::RemoveMember { .. } => RequestKind::RemoveMember,
+            Command::GroupInfo { .. } => RequestKind::GroupInfo,
+            Command::FindUser { .. } => RequestKind::FindUser,
             Command::DeliveryAck { .. } => RequestKind::DeliveryAck,
             Command::Ping => RequestKind::Ping,
             Command::Load => RequestKind::Load,
@@ -160,15 +200,31 @@ pub struct LoginInfo {
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    Registered { user: UserId },
+    Registered {
+        user: UserId,
+    },
     LoggedIn(Box<LoginInfo>),
     LoggedOut,
     FriendAdded(Contact),
-    GroupCreated { group: GroupId },
+    GroupCreated {
+        group: GroupId,
+    },
     GroupJoined(GroupInfo),
-    MessageSent { id: MessageId, time_ms: u64 },
+    MessageSent {
+        id: MessageId,
+        time_ms: u64,
+    },
+    FriendRemoved,
+    GroupLeft,
+    MemberRemoved,
+    /// A group's details (`GroupInfo`), members with role and online state.
+    Group(GroupInfo),
+    /// The user a `FindUser` named, with their online state.
+    UserFound(Contact),
     Acked,
-    Pong { time_ms: u64 },
+    Pong {
+        time_ms: u64,
+    },
     Load(LoadReport),
     Error(Failure),
 }
@@ -185,4 +241,22 @@ pub enum Push {
         name: String,
         online: bool,
     },
+    /// The creator of `group` removed this session's user from it.
+    RemovedFromGroup {
+        group: GroupId,
+    },
+    /// `friend` ended their friendship with this session's user.
+    FriendRemoved {
+        friend: UserId,
+    },
+}
+
+impl Push {
+    /// The stored message's id, 0 for pushes that are not stored messages.
+    pub fn message_id(&self) -> MessageId {
+        match self {
+            Push::Message(m) => m.id,
+            _ => 0,
+        }
+    }
 }

@@ -81,6 +81,7 @@ pub async fn run(
                 }
                 RouterEvent::Wake { user } => (user, Delivery::Wake),
                 RouterEvent::Takeover { user } => (user, Delivery::Takeover),
+                RouterEvent::Notify { user, push } => (user, Delivery::Push(push)),
                 RouterEvent::Resync => {
                     shard.resync();
                     continue;

@@ -15,7 +15,7 @@ use crate::password;
 use crate::session::{Identity, Phase, Session};
 use crate::shard::Shard;
 use crate::store::writer::Op;
-use crate::store::{NewMessage, StoreError, Target, UserId};
+use crate::store::{GroupId, NewMessage, StoreError, Target, UserId};
 
 const MAX_NAME: usize = 64;
 const MAX_PASSWORD: usize = 1024;
@@ -64,6 +64,51 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
         Command::GroupMessage { actor, group, text } => {
             send(shard, session, actor, Target::Group(group), text).await
         }
+        Command::RemoveFriend { actor, friend } => {
+            let who = acting(session, actor)?;
+            shard
+                .store
+                .call(|answer| Op::RemoveFriend {
+                    user: who.user,
+                    friend,
+                    answer,
+                })
+                .await
+                .map_err(failure)?;
+            Ok(Reply::FriendRemoved)
+        }
+        Command::LeaveGroup { actor, group } => {
+            let who = acting(session, actor)?;
+            shard
+                .store
+                .call(|answer| Op::LeaveGroup {
+                    group,
+                    user: who.user,
+                    answer,
+                })
+                .await
+                .map_err(failure)?;
+            Ok(Reply::GroupLeft)
+        }
+        Command::RemoveMember {
+            actor,
+            group,
+            member,
+        } => remove_member(shard, session, actor, group, member).await,
+        Command::GroupInfo { actor, group } => {
+            let who = acting(session, actor)?;
+            shard
+                .store
+                .call(|answer| Op::GroupInfo {
+                    group,
+                    user: who.user,
+                    answer,
+                })
+                .await
+                .map(Reply::Group)
+                .map_err(failure)
+        }
+        Command::FindUser { name } => find_user(shard, session, name).await,
         Command::DeliveryAck { up_to } => ack(shard, session, up_to).await,
         Command::Ping => Ok(Reply::Pong { time_ms: now_ms() }),
         Command::Load => Ok(Reply::Load(shard.load.report())),
@@ -86,6 +131,8 @@ fn failure(e: StoreError) -> Failure {
         StoreError::NotAMember { .. } => ErrorCode::NotAMember,
         StoreError::AlreadyMember { .. } => ErrorCode::AlreadyMember,
         StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
+        StoreError::NotFriends(..) => ErrorCode::NotFriends,
+        StoreError::NotCreator { .. } => ErrorCode::NotCreator,
         StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
         StoreError::LimitReached { .. } => ErrorCode::LimitReached,
         StoreError::MailboxFull { .. } => ErrorCode::MailboxFull,
@@ -367,6 +414,51 @@ async fn create_group(
         .await
         .map_err(failure)?;
     Ok(Reply::GroupCreated { group })
+}
+
+async fn remove_member(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    actor: Option<UserId>,
+    group: GroupId,
+    member: UserId,
+) -> Outcome {
+    let who = acting(session, actor)?;
+    if member == who.user {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "you can not remove yourself from a group; leave it instead",
+        ));
+    }
+    shard
+        .store
+        .call(|answer| Op::RemoveMember {
+            group,
+            by: who.user,
+            member,
+            answer,
+        })
+        .await
+        .map_err(failure)?;
+    Ok(Reply::MemberRemoved)
+}
+
+/// The user with exactly `name` (after the same normalization as at
+/// registration); `UnknownUser` if nobody has it.
+async fn find_user(shard: &Rc<Shard>, session: &Rc<Session>, name: String) -> Outcome {
+    acting(session, None)?;
+    let name = normalize_name("name", &name)?;
+    let found = shard
+        .store
+        .call(|answer| Op::FindUser {
+            name: name.clone(),
+            answer,
+        })
+        .await
+        .map_err(failure)?;
+    found
+        .map(Reply::UserFound)
+        .ok_or_else(|| Failure::new(ErrorCode::UnknownUser, format!("no user is named {name:?}")))
 }
 
 async fn send(

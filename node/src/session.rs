@@ -279,7 +279,7 @@ impl Session {
     pub fn deliver(&self, push: &Push) {
         let id = match push {
             Push::Message(m) => m.id,
-            Push::Presence { .. } => 0,
+            _ => 0,
         };
         let since = {
             let mut phase = self.phase.borrow_mut();

@@ -293,6 +293,68 @@ async fn three_nodes_chat_across_nodes() {
     assert!(extra.is_none(), "jay got {extra:?}");
 }
 
+/// Removing a friend or a group member on one node reaches the user on
+/// another node (pushes 48 and 47 over NATS); group info and finding a
+/// user see the other node's users online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_reach_users_on_other_nodes() {
+    let c = cluster(2, &[]);
+    let [n0, n1] = [0, 1].map(|i| c.node(i).addr);
+    let a = json_register(n0, "alice");
+    let b = json_register(n1, "bob");
+    let (conn, _) = json_login(n0, a);
+    let mut alice = JsonUser {
+        conn,
+        pushes: VecDeque::new(),
+    };
+    let (conn, _) = json_login(n1, b);
+    let mut bob = JsonUser {
+        conn,
+        pushes: VecDeque::new(),
+    };
+    let r = alice.ask(&format!(r#"{{"msgid":7,"friendid":{b}}}"#), 13);
+    assert_eq!(r["errno"], 0, "{r}");
+    let found = alice.ask(r#"{"msgid":38,"name":"bob"}"#, 39);
+    assert_eq!(
+        (found["userid"].as_u64(), found["state"].as_str()),
+        (Some(b), Some("online")),
+        "{found}"
+    );
+    let g = alice.ask(r#"{"msgid":8,"groupname":"g"}"#, 14)["groupid"]
+        .as_u64()
+        .unwrap();
+    let r = bob.ask(&format!(r#"{{"msgid":9,"groupid":{g}}}"#), 15);
+    assert_eq!(r["errno"], 0, "{r}");
+    let info = bob.ask(&format!(r#"{{"msgid":36,"groupid":{g}}}"#), 37);
+    let states: Vec<(u64, String)> = strings(&info, "users")
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_u64().unwrap(),
+                u["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states, vec![(a, "online".into()), (b, "online".into())]);
+
+    let r = alice.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{b}}}"#), 35);
+    assert_eq!(r["errno"], 0, "{r}");
+    let push = bob.push();
+    assert_eq!(
+        (push["msgid"].as_u64(), push["groupid"].as_u64()),
+        (Some(47), Some(g)),
+        "{push}"
+    );
+    let r = alice.ask(&format!(r#"{{"msgid":30,"friendid":{b}}}"#), 31);
+    assert_eq!(r["errno"], 0, "{r}");
+    let push = bob.push();
+    assert_eq!(
+        (push["msgid"].as_u64(), push["friendid"].as_u64()),
+        (Some(48), Some(a)),
+        "{push}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_see_a_crashed_nodes_users_go_offline_within_the_lease() {
     let mut c = cluster(2, &[]);

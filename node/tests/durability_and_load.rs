@@ -185,7 +185,10 @@ async fn two_hundred_clients_each_message_exactly_once_in_order() {
                                     client.ack(m.id).await.unwrap();
                                 }
                             }
-                            Event::Presence { .. } | Event::Unsolicited { .. } => {}
+                            Event::Presence { .. }
+                            | Event::RemovedFromGroup { .. }
+                            | Event::FriendRemoved { .. }
+                            | Event::Unsolicited { .. } => {}
                         }
                     }
                     received

@@ -506,3 +506,92 @@ async fn metrics_endpoint_reports_the_node() {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
 }
+
+/// Removing friends and members, leaving groups, group info and finding
+/// users, in FlatBuffers: the same rules as the JSON test, and the two
+/// pushes as events.
+#[tokio::test]
+async fn friends_and_groups_are_managed() {
+    let node = node_with(&[]);
+    let (alice, a) = user(node.addr, "alice").await;
+    let (bob, b) = user(node.addr, "bob").await;
+    let (carol, c) = user(node.addr, "carol").await;
+    alice.add_friend(b).await.unwrap();
+    // Added while online: bob hears that alice is online.
+    assert!(matches!(
+        bob.next_event_timeout(WAIT).await,
+        Ok(Event::Presence { user_id, .. }) if user_id == a
+    ));
+    let found = bob.find_user("alice").await.unwrap();
+    assert_eq!(
+        (found.id, found.name.as_str(), found.online),
+        (a, "alice", true)
+    );
+    assert_eq!(code(bob.find_user("nobody").await), ErrorCode::UnknownUser);
+    assert_eq!(code(bob.find_user("").await), ErrorCode::InvalidName);
+
+    alice.remove_friend(b).await.unwrap();
+    assert!(matches!(
+        bob.next_event_timeout(WAIT).await,
+        Ok(Event::FriendRemoved { friend_id }) if friend_id == a
+    ));
+    assert_eq!(code(bob.remove_friend(a).await), ErrorCode::NotFriends);
+    // No presence push once they are not friends.
+    alice.logout().await.unwrap();
+    assert!(
+        bob.next_event_timeout(QUIET).await.is_err(),
+        "no presence after removal"
+    );
+    alice.login(a, "pw").await.unwrap();
+
+    let g = alice.create_group("g", "about").await.unwrap();
+    bob.join_group(g).await.unwrap();
+    carol.join_group(g).await.unwrap();
+    let info = carol.group_info(g).await.unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.description.as_str()),
+        ("g", "about")
+    );
+    let members: Vec<(u64, Role, bool)> = info
+        .members
+        .iter()
+        .map(|m| (m.id, m.role, m.online))
+        .collect();
+    assert_eq!(
+        members,
+        vec![
+            (a, Role::Creator, true),
+            (b, Role::Normal, true),
+            (c, Role::Normal, true)
+        ]
+    );
+    assert_eq!(code(bob.remove_member(g, c).await), ErrorCode::NotCreator);
+    assert_eq!(code(alice.remove_member(g, a).await), ErrorCode::BadRequest);
+    alice.remove_member(g, c).await.unwrap();
+    assert!(matches!(
+        carol.next_event_timeout(WAIT).await,
+        Ok(Event::RemovedFromGroup { group_id }) if group_id == g
+    ));
+    assert_eq!(code(carol.send_group(g, "hi").await), ErrorCode::NotAMember);
+    assert_eq!(code(carol.group_info(g).await), ErrorCode::NotAMember);
+    alice.leave_group(g).await.unwrap();
+    assert_eq!(code(alice.leave_group(g).await), ErrorCode::NotAMember);
+    let info = bob.group_info(g).await.unwrap();
+    assert_eq!(
+        info.members
+            .iter()
+            .map(|m| (m.id, m.role))
+            .collect::<Vec<_>>(),
+        vec![(b, Role::Creator)]
+    );
+    bob.leave_group(g).await.unwrap();
+    assert_eq!(code(carol.join_group(g).await), ErrorCode::UnknownGroup);
+    // The raw request with another user's id is refused.
+    let r = alice
+        .request(&Request::LeaveGroup {
+            user_id: b,
+            group_id: g,
+        })
+        .await;
+    assert_eq!(code(r.and_then(|r| r.into_result())), ErrorCode::Forbidden);
+}

@@ -839,3 +839,210 @@ fn an_endless_object_is_refused_and_closed() {
     assert!(c.closed_within(Duration::from_secs(5)));
     json_register(node.addr, "still-serving");
 }
+
+/// The error a reply carries: (msgid, errno, errcode).
+fn refusal(r: &serde_json::Value) -> (Option<u64>, Option<u64>, Option<u64>) {
+    (
+        r["msgid"].as_u64(),
+        r["errno"].as_u64(),
+        r["errcode"].as_u64(),
+    )
+}
+
+/// Msgids 30/31 and push 48: a friendship ends both ways, the other user
+/// is told, and presence pushes between them stop; removing a non-friend
+/// is refused with `NotFriends` (22).
+#[test]
+fn friends_are_removed_and_told() {
+    let node = node();
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut b, _) = json_login(node.addr, bob);
+    assert_eq!(
+        a.ask(&format!(r#"{{"msgid":7,"id":{alice},"friendid":{bob}}}"#))["errno"],
+        0
+    );
+    let r = a.ask(&format!(r#"{{"msgid":30,"id":{alice},"friendid":{bob}}}"#));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(31), Some(0)),
+        "{r}"
+    );
+    let push = b.recv();
+    assert_eq!(push["msgid"], 48, "{push}");
+    assert_eq!(push["friendid"], alice, "{push}");
+    let r = b.ask(&format!(r#"{{"msgid":30,"friendid":{alice}}}"#));
+    assert_eq!(refusal(&r), (Some(31), Some(1), Some(22)), "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("not friends"), "{r}");
+    // Bob's login no longer lists alice.
+    drop(b);
+    let (_, login) = json_login_again(node.addr, bob);
+    assert!(login.get("friends").is_none(), "{login}");
+    // Missing field.
+    let r = a.ask(r#"{"msgid":30}"#);
+    assert_eq!(refusal(&r), (Some(31), Some(1), Some(13)), "{r}");
+}
+
+/// Msgids 32-37 and push 47: group info for members only, leaving (the
+/// creator hands the role on), removing a member (creator only, not
+/// oneself; the member is told and can no longer post).
+#[test]
+fn groups_are_left_managed_and_described() {
+    let node = node();
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let carol = json_register(node.addr, "carol");
+    let dave = json_register(node.addr, "dave");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut b, _) = json_login(node.addr, bob);
+    let (mut c, _) = json_login(node.addr, carol);
+    let (mut d, _) = json_login(node.addr, dave);
+    let g = a.ask(r#"{"msgid":8,"groupname":"g","groupdesc":"about g"}"#)["groupid"]
+        .as_u64()
+        .unwrap();
+    for (conn, id) in [(&mut b, bob), (&mut c, carol)] {
+        let r = conn.ask(&format!(r#"{{"msgid":9,"id":{id},"groupid":{g}}}"#));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+
+    let info = c.ask(&format!(r#"{{"msgid":36,"groupid":{g}}}"#));
+    assert_eq!(
+        (info["msgid"].as_u64(), info["errno"].as_u64()),
+        (Some(37), Some(0)),
+        "{info}"
+    );
+    assert_eq!(info["groupid"], g);
+    assert_eq!(info["groupname"], "g");
+    assert_eq!(info["groupdesc"], "about g");
+    let users = strings(&info, "users");
+    let shown: Vec<(u64, &str, &str)> = users
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_u64().unwrap(),
+                u["role"].as_str().unwrap(),
+                u["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (alice, "creator", "online"),
+            (bob, "normal", "online"),
+            (carol, "normal", "online")
+        ]
+    );
+    // Not a member: nothing about the group shows.
+    let r = d.ask(&format!(r#"{{"msgid":36,"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(37), Some(1), Some(8)), "{r}");
+    assert!(r.get("users").is_none());
+    let r = d.ask(r#"{"msgid":36,"groupid":999999}"#);
+    assert_eq!(refusal(&r), (Some(37), Some(1), Some(7)), "{r}");
+
+    // Removing: not by a non-creator, not oneself, not a non-member.
+    let r = b.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{carol}}}"#));
+    assert_eq!(refusal(&r), (Some(35), Some(1), Some(23)), "{r}");
+    let r = a.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{alice}}}"#));
+    assert_eq!(refusal(&r), (Some(35), Some(1), Some(13)), "{r}");
+    let r = a.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{dave}}}"#));
+    assert_eq!(refusal(&r), (Some(35), Some(1), Some(8)), "{r}");
+    let r = a.ask(&format!(r#"{{"msgid":34,"groupid":{g}}}"#));
+    assert_eq!(
+        refusal(&r),
+        (Some(35), Some(1), Some(13)),
+        "missing userid: {r}"
+    );
+    let r = a.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{carol}}}"#));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(35), Some(0)),
+        "{r}"
+    );
+    let push = c.recv();
+    assert_eq!(
+        (push["msgid"].as_u64(), push["groupid"].as_u64()),
+        (Some(47), Some(g)),
+        "{push}"
+    );
+    // The removed member can no longer post or see the group.
+    let r = c.ask(&format!(
+        r#"{{"msgid":10,"id":{carol},"groupid":{g},"msg":"hi"}}"#
+    ));
+    assert_eq!(refusal(&r), (Some(16), Some(1), Some(8)), "{r}");
+    let r = c.ask(&format!(r#"{{"msgid":36,"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(37), Some(1), Some(8)), "{r}");
+
+    // The creator leaves: bob takes over; leaving twice is refused.
+    let r = a.ask(&format!(r#"{{"msgid":32,"id":{alice},"groupid":{g}}}"#));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(33), Some(0)),
+        "{r}"
+    );
+    let r = a.ask(&format!(r#"{{"msgid":32,"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(33), Some(1), Some(8)), "{r}");
+    let info = b.ask(&format!(r#"{{"msgid":36,"groupid":{g}}}"#));
+    let users = strings(&info, "users");
+    assert_eq!(users.len(), 1, "{info}");
+    assert_eq!(
+        (users[0]["id"].as_u64(), users[0]["role"].as_str()),
+        (Some(bob), Some("creator"))
+    );
+    // The last one out deletes it.
+    let r = b.ask(&format!(r#"{{"msgid":32,"groupid":{g}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = d.ask(&format!(r#"{{"msgid":9,"id":{dave},"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(15), Some(1), Some(7)), "deleted: {r}");
+    // Acting as someone else is refused.
+    let r = d.ask(&format!(r#"{{"msgid":32,"id":{alice},"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(33), Some(1), Some(5)), "{r}");
+}
+
+/// Msgids 38/39: exact name → id, name, online state; the name is
+/// normalized as at registration; empty, over-long or unknown names are
+/// refused.
+#[test]
+fn users_are_found_by_name() {
+    let node = node();
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let r = a.ask(r#"{"msgid":38,"name":"bob"}"#);
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(39), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        (
+            r["userid"].as_u64(),
+            r["name"].as_str(),
+            r["state"].as_str()
+        ),
+        (Some(bob), Some("bob"), Some("offline"))
+    );
+    let r = a.ask(r#"{"msgid":38,"name":" alice "}"#);
+    assert_eq!(
+        (r["userid"].as_u64(), r["state"].as_str()),
+        (Some(alice), Some("online")),
+        "{r}"
+    );
+    let r = a.ask(r#"{"msgid":38,"name":"bo"}"#);
+    assert_eq!(
+        refusal(&r),
+        (Some(39), Some(1), Some(6)),
+        "no prefix search: {r}"
+    );
+    let r = a.ask(r#"{"msgid":38,"name":""}"#);
+    assert_eq!(refusal(&r), (Some(39), Some(1), Some(16)), "{r}");
+    let long = "x".repeat(65);
+    let r = a.ask(&format!(r#"{{"msgid":38,"name":"{long}"}}"#));
+    assert_eq!(refusal(&r), (Some(39), Some(1), Some(16)), "{r}");
+    let r = a.ask(r#"{"msgid":38,"name":7}"#);
+    assert_eq!(refusal(&r), (Some(39), Some(1), Some(13)), "{r}");
+    // Not before login.
+    let r = Json::connect(node.addr).ask(r#"{"msgid":38,"name":"bob"}"#);
+    assert_eq!(refusal(&r), (Some(39), Some(1), Some(4)), "{r}");
+}

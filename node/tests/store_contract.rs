@@ -150,6 +150,11 @@ macro_rules! store_contract {
                 leases_decide_who_is_online,
                 friendship_is_mutual_and_shows_presence,
                 groups_list_creator_first_then_join_order,
+                friends_are_removed_both_ways,
+                users_are_found_by_exact_name,
+                leaving_hands_the_group_on_and_the_last_one_out_deletes_it,
+                only_the_creator_removes_members,
+                a_member_who_left_gets_no_more_group_messages,
                 direct_messages_wait_in_order_until_acked,
                 group_message_is_stored_once_for_its_members,
                 pending_total_counts_unacked_deliveries,
@@ -470,6 +475,185 @@ mod cases {
         assert!(s.release_session(bob, "node-1", 1).unwrap());
         assert!(!s.friends(alice).unwrap()[0].online);
         s.commit().unwrap();
+    }
+
+    pub fn friends_are_removed_both_ways(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        s.add_friend(alice, bob).unwrap();
+        s.add_friend(alice, carol).unwrap();
+        s.commit().unwrap();
+        s.remove_friend(bob, alice).unwrap();
+        s.commit().unwrap();
+        let ids = |s: &mut dyn Store, u| {
+            s.friends(u)
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&mut *s, alice), vec![carol]);
+        assert!(ids(&mut *s, bob).is_empty());
+        assert_eq!(s.friend_count(alice).unwrap(), 1);
+        assert_eq!(
+            s.remove_friend(alice, bob),
+            Err(StoreError::NotFriends(alice, bob))
+        );
+        assert_eq!(
+            s.remove_friend(alice, NOBODY),
+            Err(StoreError::NotFriends(alice, NOBODY))
+        );
+        // Friends again after removal.
+        s.add_friend(bob, alice).unwrap();
+        s.commit().unwrap();
+        assert_eq!(ids(&mut *s, bob), vec![alice]);
+    }
+
+    pub fn users_are_found_by_exact_name(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        user(&mut *s, "alice2");
+        live(&mut *s, &["node-1"]);
+        s.claim_session(alice, "node-1", 1).unwrap();
+        s.commit().unwrap();
+        assert_eq!(
+            s.find_user("alice").unwrap(),
+            Some(Contact {
+                id: alice,
+                name: "alice".into(),
+                online: true
+            })
+        );
+        assert_eq!(s.find_user("alic").unwrap(), None, "no prefix match");
+        assert_eq!(s.find_user("ALICE").unwrap(), None, "exact");
+        assert_eq!(s.find_user("").unwrap(), None);
+    }
+
+    pub fn leaving_hands_the_group_on_and_the_last_one_out_deletes_it(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        let g = s.create_group(alice, "g", "d").unwrap();
+        s.join_group(g, bob).unwrap();
+        s.join_group(g, carol).unwrap();
+        s.commit().unwrap();
+
+        // The creator leaves: bob, the longest-standing member, takes over.
+        s.leave_group(g, alice).unwrap();
+        s.commit().unwrap();
+        let info = s.group(g).unwrap().expect("the group stays");
+        assert_eq!(
+            member_names(&info),
+            vec![("bob", Role::Creator), ("carol", Role::Normal)]
+        );
+        assert_eq!(
+            s.leave_group(g, alice),
+            Err(StoreError::NotAMember {
+                user: alice,
+                group: g
+            }),
+            "leaving twice"
+        );
+        assert!(s.groups(alice).unwrap().is_empty());
+        assert_eq!(s.group_count(alice).unwrap(), 0);
+        // The new creator may remove members.
+        s.remove_member(g, bob, carol).unwrap();
+        s.commit().unwrap();
+        // The last one out: the group is gone and its id is not reused; its
+        // messages go with it.
+        send(&mut *s, bob, "bob", Target::Group(g), "last words");
+        s.leave_group(g, bob).unwrap();
+        s.commit().unwrap();
+        assert_compacted(db, &mut *s, 1);
+        assert_eq!(s.group(g).unwrap(), None);
+        assert_eq!(s.leave_group(g, bob), Err(StoreError::UnknownGroup(g)));
+        assert_eq!(
+            s.join_group(g, carol),
+            Err(StoreError::UnknownGroup(g)),
+            "a deleted group can not be joined"
+        );
+        let next = s.create_group(carol, "h", "").unwrap();
+        assert!(next > g, "group ids are never reused");
+        s.commit().unwrap();
+    }
+
+    pub fn only_the_creator_removes_members(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        let g = s.create_group(alice, "g", "").unwrap();
+        s.join_group(g, bob).unwrap();
+        s.join_group(g, carol).unwrap();
+        s.commit().unwrap();
+        assert_eq!(
+            s.remove_member(g, bob, carol),
+            Err(StoreError::NotCreator {
+                user: bob,
+                group: g
+            })
+        );
+        assert_eq!(
+            s.remove_member(g, alice, NOBODY),
+            Err(StoreError::NotAMember {
+                user: NOBODY,
+                group: g
+            })
+        );
+        assert_eq!(
+            s.remove_member(g + 1000, alice, bob),
+            Err(StoreError::UnknownGroup(g + 1000))
+        );
+        s.remove_member(g, alice, bob).unwrap();
+        s.commit().unwrap();
+        let info = s.group(g).unwrap().unwrap();
+        assert_eq!(
+            member_names(&info),
+            vec![("alice", Role::Creator), ("carol", Role::Normal)]
+        );
+        assert_eq!(
+            s.remove_member(g, alice, bob),
+            Err(StoreError::NotAMember {
+                user: bob,
+                group: g
+            }),
+            "removed twice"
+        );
+        // A removed member may join again (as a new member).
+        s.join_group(g, bob).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.member_count(g).unwrap(), 3);
+    }
+
+    pub fn a_member_who_left_gets_no_more_group_messages(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        let g = s.create_group(alice, "g", "").unwrap();
+        s.join_group(g, bob).unwrap();
+        s.join_group(g, carol).unwrap();
+        s.commit().unwrap();
+        send(&mut *s, alice, "alice", Target::Group(g), "before");
+        s.leave_group(g, bob).unwrap();
+        s.remove_member(g, alice, carol).unwrap();
+        s.commit().unwrap();
+        send(&mut *s, alice, "alice", Target::Group(g), "after");
+        for (who, why) in [(bob, "bob left"), (carol, "carol was removed")] {
+            assert!(!texts(&mut *s, who).contains(&"after".to_owned()), "{why}");
+        }
+        assert_eq!(s.group_members(g).unwrap(), vec![alice]);
+        let refused = s.append(&text(bob, "bob", Target::Group(g), "hi"));
+        assert_eq!(
+            refused,
+            Err(StoreError::NotAMember {
+                user: bob,
+                group: g
+            })
+        );
     }
 
     pub fn groups_list_creator_first_then_join_order(db: &dyn TestDb) {

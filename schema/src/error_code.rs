@@ -34,13 +34,17 @@ pub enum ErrorCode {
     MailboxFull,
     /// A per-user or per-group limit (friends, groups, members) is reached.
     LimitReached,
+    /// Removing a friend who is not one.
+    NotFriends,
+    /// Something only the group's creator may do (removing a member).
+    NotCreator,
     /// A code outside the list above (0 = `None`, or a newer schema's code).
     Other(u16),
 }
 
 impl ErrorCode {
     /// Every known code, in protocol order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidCredentials,
         ErrorCode::AlreadyOnline,
         ErrorCode::NameTaken,
@@ -62,6 +66,8 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::MailboxFull,
         ErrorCode::LimitReached,
+        ErrorCode::NotFriends,
+        ErrorCode::NotCreator,
     ];
 
     /// The code's number on the wire.
@@ -88,6 +94,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => fb::ErrorCode::RateLimited.0,
             ErrorCode::MailboxFull => fb::ErrorCode::MailboxFull.0,
             ErrorCode::LimitReached => fb::ErrorCode::LimitReached.0,
+            ErrorCode::NotFriends => fb::ErrorCode::NotFriends.0,
+            ErrorCode::NotCreator => fb::ErrorCode::NotCreator.0,
             ErrorCode::Other(n) => n,
         }
     }
@@ -131,6 +139,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MailboxFull => "mailbox_full",
             ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::NotFriends => "not_friends",
+            ErrorCode::NotCreator => "not_creator",
             ErrorCode::Other(_) => "other",
         }
     }

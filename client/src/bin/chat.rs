@@ -3,11 +3,13 @@
 //!
 //! Menu `1. login`, `2. register`, `3. quit`; after login it shows the user's
 //! friends, groups and offline messages, then reads commands (`help`,
-//! `chat:friendid:message`, `addfriend:friendid`,
+//! `chat:friendid:message`, `addfriend:friendid`, `removefriend:friendid`,
 //! `creategroup:groupname:groupdesc`, `addgroup:groupid`,
-//! `groupchat:groupid:message`, `loginout`) while printing incoming messages
-//! and presence changes, acknowledging every message it prints. Reads lines
-//! from stdin, so scripts can drive it through a pipe; ends on EOF.
+//! `leavegroup:groupid`, `removemember:groupid:userid`, `groupinfo:groupid`,
+//! `find:username`, `groupchat:groupid:message`, `loginout`) while printing
+//! incoming messages, presence changes and removals (from a group, from a
+//! friend list), acknowledging every message it prints. Reads lines from
+//! stdin, so scripts can drive it through a pipe; ends on EOF.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use chat_client::duration::parse_duration;
 use chat_client::{
-    Client, ClientConfig, ClientError, Dedup, ErrorCode, Event, Login, Message, Request,
+    Client, ClientConfig, ClientError, Dedup, ErrorCode, Event, Group, Login, Message, Request,
 };
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
@@ -32,8 +34,9 @@ Examples:
                                     log in as user 6 and print what arrives
 
 After login: help, chat:friendid:message, addfriend:friendid,
-creategroup:groupname:groupdesc, addgroup:groupid, groupchat:groupid:message,
-loginout.";
+removefriend:friendid, creategroup:groupname:groupdesc, addgroup:groupid,
+leavegroup:groupid, removemember:groupid:userid, groupinfo:groupid,
+find:username, groupchat:groupid:message, loginout.";
 
 /// Interactive chat client for the chat node (the seed's `ChatClient`, over
 /// the FlatBuffers protocol). Reads commands from stdin, one per line.
@@ -74,8 +77,13 @@ enum Command {
     Help,
     Chat { to: u64, text: String },
     AddFriend(u64),
+    RemoveFriend(u64),
     CreateGroup { name: String, description: String },
     AddGroup(u64),
+    LeaveGroup(u64),
+    RemoveMember { group: u64, member: u64 },
+    GroupInfo(u64),
+    Find(String),
     GroupChat { group: u64, text: String },
     LoginOut,
 }
@@ -84,12 +92,25 @@ const HELP: &[(&str, &str, &str)] = &[
     ("help", "show all supported commands", "help"),
     ("chat", "one-to-one chat", "chat:friendid:message"),
     ("addfriend", "add a friend", "addfriend:friendid"),
+    ("removefriend", "remove a friend", "removefriend:friendid"),
     (
         "creategroup",
         "create a group",
         "creategroup:groupname:groupdesc",
     ),
     ("addgroup", "join a group", "addgroup:groupid"),
+    ("leavegroup", "leave a group", "leavegroup:groupid"),
+    (
+        "removemember",
+        "remove a member from a group you created",
+        "removemember:groupid:userid",
+    ),
+    (
+        "groupinfo",
+        "show a group and its members",
+        "groupinfo:groupid",
+    ),
+    ("find", "look a user up by name", "find:username"),
     ("groupchat", "group chat", "groupchat:groupid:message"),
     ("loginout", "log out", "loginout"),
 ];
@@ -123,6 +144,7 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
             .ok_or_else(|| usage(name))
     };
+    let id = |rest: Option<&str>| parse_id(rest.ok_or_else(|| usage(name))?, name);
     let cmd = match name {
         "help" => Command::Help,
         "loginout" => Command::LoginOut,
@@ -144,8 +166,22 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
             let (name, description) = two(rest)?;
             Command::CreateGroup { name, description }
         }
-        "addfriend" => Command::AddFriend(parse_id(rest.ok_or_else(|| usage(name))?, name)?),
-        "addgroup" => Command::AddGroup(parse_id(rest.ok_or_else(|| usage(name))?, name)?),
+        "removemember" => {
+            let (group, member) = two(rest)?;
+            Command::RemoveMember {
+                group: parse_id(&group, name)?,
+                member: parse_id(&member, name)?,
+            }
+        }
+        "find" => match rest.map(str::trim) {
+            Some(user) if !user.is_empty() => Command::Find(user.to_owned()),
+            _ => return Err(usage(name)),
+        },
+        "addfriend" => Command::AddFriend(id(rest)?),
+        "removefriend" => Command::RemoveFriend(id(rest)?),
+        "addgroup" => Command::AddGroup(id(rest)?),
+        "leavegroup" => Command::LeaveGroup(id(rest)?),
+        "groupinfo" => Command::GroupInfo(id(rest)?),
         _ => return Err("invalid input command!".to_owned()),
     };
     Ok(Some(cmd))
@@ -183,16 +219,42 @@ fn show_login(login: &Login) {
     }
     println!("----------------------group list----------------------");
     for g in &login.groups {
-        println!("{} {} {}", g.id, g.name, g.description);
-        for m in &g.members {
-            let role = match m.role {
-                chat_client::Role::Creator => "creator",
-                _ => "normal",
-            };
-            println!("{} {} {} {role}", m.id, m.name, online(m.online));
-        }
+        show_group(g);
     }
     println!("======================================================");
+}
+
+/// A group's line, then one line per member: id, name, online state, role.
+fn show_group(g: &Group) {
+    println!("{} {} {}", g.id, g.name, g.description);
+    for m in &g.members {
+        let role = match m.role {
+            chat_client::Role::Creator => "creator",
+            _ => "normal",
+        };
+        println!("{} {} {} {role}", m.id, m.name, online(m.online));
+    }
+}
+
+/// The line printed for an event other than a message, if any.
+fn notice(ev: &Event) -> Option<String> {
+    match ev {
+        Event::Message(_) => None,
+        Event::Presence {
+            user_id,
+            name,
+            online: on,
+        } => Some(format!("[{user_id}]{name} is {}", online(*on))),
+        Event::RemovedFromGroup { group_id } => Some(format!("removed from group {group_id}")),
+        Event::FriendRemoved { friend_id } => {
+            Some(format!("user {friend_id} removed you from their friends"))
+        }
+        Event::Unsolicited {
+            reply: chat_client::Reply::Error { code, message, .. },
+            ..
+        } => Some(format!("server: {message} [{code}]")),
+        Event::Unsolicited { .. } => None,
+    }
 }
 
 fn show_help() {
@@ -205,7 +267,17 @@ fn show_help() {
 
 fn show_error(what: &str, e: &ClientError) {
     match e {
-        ClientError::Server { code, message } => println!("{what} failed: {message} [{code}]"),
+        ClientError::Server {
+            code,
+            message,
+            retry_after,
+        } => match retry_after {
+            Some(after) => println!(
+                "{what} failed: {message} [{code}], try again in {} ms",
+                after.as_millis()
+            ),
+            None => println!("{what} failed: {message} [{code}]"),
+        },
         other => println!("{what} failed: {other}"),
     }
 }
@@ -312,7 +384,7 @@ impl Session {
         };
         let login = match self.client.login(id, &password).await {
             Ok(login) => login,
-            Err(ClientError::Server { message, code }) => {
+            Err(ClientError::Server { message, code, .. }) => {
                 println!("{message} [{code}]");
                 return End::LoggedOut;
             }
@@ -342,16 +414,11 @@ impl Session {
     fn print_event(&mut self, ev: Event) {
         match ev {
             Event::Message(m) => self.print_message(&m),
-            Event::Presence {
-                user_id,
-                name,
-                online: on,
-            } => println!("[{user_id}]{name} is {}", online(on)),
-            Event::Unsolicited {
-                reply: chat_client::Reply::Error { code, message },
-                ..
-            } => println!("server: {message} [{code}]"),
-            Event::Unsolicited { .. } => {}
+            other => {
+                if let Some(line) = notice(&other) {
+                    println!("{line}");
+                }
+            }
         }
     }
 
@@ -430,6 +497,41 @@ impl Session {
                     None
                 }
                 Err(e) => Some(("addgroup", e)),
+            },
+            Command::RemoveFriend(id) => match c.remove_friend(id).await {
+                Ok(()) => {
+                    println!("removed friend {id}");
+                    None
+                }
+                Err(e) => Some(("removefriend", e)),
+            },
+            Command::LeaveGroup(id) => match c.leave_group(id).await {
+                Ok(()) => {
+                    println!("left group {id}");
+                    None
+                }
+                Err(e) => Some(("leavegroup", e)),
+            },
+            Command::RemoveMember { group, member } => match c.remove_member(group, member).await {
+                Ok(()) => {
+                    println!("removed user {member} from group {group}");
+                    None
+                }
+                Err(e) => Some(("removemember", e)),
+            },
+            Command::GroupInfo(id) => match c.group_info(id).await {
+                Ok(g) => {
+                    show_group(&g);
+                    None
+                }
+                Err(e) => Some(("groupinfo", e)),
+            },
+            Command::Find(name) => match c.find_user(&name).await {
+                Ok(u) => {
+                    println!("{} {} {}", u.id, u.name, online(u.online));
+                    None
+                }
+                Err(e) => Some(("find", e)),
             },
             Command::LoginOut => match c.logout().await {
                 Ok(()) => return Some(End::LoggedOut),
@@ -551,6 +653,100 @@ mod tests {
             }
         );
         assert_eq!(parse_command("   ").unwrap(), None);
+    }
+
+    #[test]
+    fn friend_and_group_management_commands_parse() {
+        let ok = |s: &str| parse_command(s).unwrap().unwrap();
+        assert_eq!(ok("removefriend:12"), Command::RemoveFriend(12));
+        assert_eq!(ok("removefriend: 12 "), Command::RemoveFriend(12));
+        assert_eq!(ok("leavegroup:5"), Command::LeaveGroup(5));
+        assert_eq!(
+            ok("removemember:5:7"),
+            Command::RemoveMember {
+                group: 5,
+                member: 7
+            }
+        );
+        assert_eq!(
+            ok("removemember: 5 : 7\r"),
+            Command::RemoveMember {
+                group: 5,
+                member: 7
+            }
+        );
+        assert_eq!(ok("groupinfo:5"), Command::GroupInfo(5));
+        assert_eq!(ok("find:alice"), Command::Find("alice".into()));
+        assert_eq!(ok("find: bob smith "), Command::Find("bob smith".into()));
+        assert_eq!(ok("find:a:b"), Command::Find("a:b".into()));
+
+        let err = |s: &str| parse_command(s).unwrap_err();
+        assert_eq!(
+            err("removefriend"),
+            "invalid input, format removefriend:friendid"
+        );
+        assert_eq!(
+            err("leavegroup:x"),
+            "invalid input, format leavegroup:groupid"
+        );
+        assert_eq!(
+            err("removemember:5"),
+            "invalid input, format removemember:groupid:userid"
+        );
+        assert_eq!(
+            err("removemember:5:x"),
+            "invalid input, format removemember:groupid:userid"
+        );
+        assert_eq!(err("groupinfo"), "invalid input, format groupinfo:groupid");
+        assert_eq!(err("find"), "invalid input, format find:username");
+        assert_eq!(err("find:  "), "invalid input, format find:username");
+    }
+
+    #[test]
+    fn every_command_is_in_the_help() {
+        for name in [
+            "help",
+            "chat",
+            "addfriend",
+            "removefriend",
+            "creategroup",
+            "addgroup",
+            "leavegroup",
+            "removemember",
+            "groupinfo",
+            "find",
+            "groupchat",
+            "loginout",
+        ] {
+            assert!(
+                HELP.iter().any(|(n, _, _)| *n == name),
+                "{name} missing from HELP"
+            );
+        }
+        for (_, _, format) in HELP {
+            assert!(EXAMPLES.contains(format), "{format} missing from --help");
+        }
+    }
+
+    #[test]
+    fn removals_are_announced() {
+        assert_eq!(
+            notice(&Event::RemovedFromGroup { group_id: 5 }).as_deref(),
+            Some("removed from group 5")
+        );
+        assert_eq!(
+            notice(&Event::FriendRemoved { friend_id: 7 }).as_deref(),
+            Some("user 7 removed you from their friends")
+        );
+        assert_eq!(
+            notice(&Event::Presence {
+                user_id: 2,
+                name: "bob".into(),
+                online: false
+            })
+            .as_deref(),
+            Some("[2]bob is offline")
+        );
     }
 
     #[test]

@@ -200,6 +200,52 @@ fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
                 text: required(k, "text", r.text())?.to_owned(),
             })
         }
+        fb::Body::RemoveFriendRequest => {
+            let r = envelope
+                .body_as_remove_friend_request()
+                .ok_or_else(|| missing_body(RequestKind::RemoveFriend))?;
+            Ok(Command::RemoveFriend {
+                actor: actor(r.user_id()),
+                friend: r.friend_id(),
+            })
+        }
+        fb::Body::LeaveGroupRequest => {
+            let r = envelope
+                .body_as_leave_group_request()
+                .ok_or_else(|| missing_body(RequestKind::LeaveGroup))?;
+            Ok(Command::LeaveGroup {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+            })
+        }
+        fb::Body::RemoveMemberRequest => {
+            let r = envelope
+                .body_as_remove_member_request()
+                .ok_or_else(|| missing_body(RequestKind::RemoveMember))?;
+            Ok(Command::RemoveMember {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+                member: r.member_id(),
+            })
+        }
+        fb::Body::GroupInfoRequest => {
+            let r = envelope
+                .body_as_group_info_request()
+                .ok_or_else(|| missing_body(RequestKind::GroupInfo))?;
+            Ok(Command::GroupInfo {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+            })
+        }
+        fb::Body::FindUserRequest => {
+            let k = RequestKind::FindUser;
+            let r = envelope
+                .body_as_find_user_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::FindUser {
+                name: required(k, "name", r.name())?.to_owned(),
+            })
+        }
         fb::Body::DeliveryAckRequest => {
             let r = envelope
                 .body_as_delivery_ack_request()
@@ -373,6 +419,28 @@ impl FrameEncoder {
                 );
                 (fb::Body::DirectMessageReply, r.as_union_value())
             }
+            Reply::FriendRemoved => {
+                let r = fb::RemoveFriendReply::create(b, &fb::RemoveFriendReplyArgs {});
+                (fb::Body::RemoveFriendReply, r.as_union_value())
+            }
+            Reply::GroupLeft => {
+                let r = fb::LeaveGroupReply::create(b, &fb::LeaveGroupReplyArgs {});
+                (fb::Body::LeaveGroupReply, r.as_union_value())
+            }
+            Reply::MemberRemoved => {
+                let r = fb::RemoveMemberReply::create(b, &fb::RemoveMemberReplyArgs {});
+                (fb::Body::RemoveMemberReply, r.as_union_value())
+            }
+            Reply::Group(info) => {
+                let g = group(b, info, scratch);
+                let r = fb::GroupInfoReply::create(b, &fb::GroupInfoReplyArgs { group: Some(g) });
+                (fb::Body::GroupInfoReply, r.as_union_value())
+            }
+            Reply::UserFound(contact) => {
+                let u = user(b, contact);
+                let r = fb::FindUserReply::create(b, &fb::FindUserReplyArgs { user: Some(u) });
+                (fb::Body::FindUserReply, r.as_union_value())
+            }
             Reply::Acked => {
                 let r = fb::DeliveryAckReply::create(b, &fb::DeliveryAckReplyArgs {});
                 (fb::Body::DeliveryAckReply, r.as_union_value())
@@ -423,6 +491,20 @@ impl FrameEncoder {
                     },
                 );
                 (fb::Body::PresencePush, p.as_union_value())
+            }),
+            Push::RemovedFromGroup { group } => self.frame(0, out, |b, _| {
+                let p = fb::RemovedFromGroupPush::create(
+                    b,
+                    &fb::RemovedFromGroupPushArgs { group_id: *group },
+                );
+                (fb::Body::RemovedFromGroupPush, p.as_union_value())
+            }),
+            Push::FriendRemoved { friend } => self.frame(0, out, |b, _| {
+                let p = fb::FriendRemovedPush::create(
+                    b,
+                    &fb::FriendRemovedPushArgs { friend_id: *friend },
+                );
+                (fb::Body::FriendRemovedPush, p.as_union_value())
             }),
         }
         true
@@ -549,6 +631,59 @@ impl FrameEncoder {
                         },
                     );
                     (fb::Body::GroupMessageRequest, r.as_union_value())
+                }
+                Command::RemoveFriend { actor, friend } => {
+                    let r = fb::RemoveFriendRequest::create(
+                        b,
+                        &fb::RemoveFriendRequestArgs {
+                            user_id: a(actor),
+                            friend_id: *friend,
+                        },
+                    );
+                    (fb::Body::RemoveFriendRequest, r.as_union_value())
+                }
+                Command::LeaveGroup { actor, group } => {
+                    let r = fb::LeaveGroupRequest::create(
+                        b,
+                        &fb::LeaveGroupRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                        },
+                    );
+                    (fb::Body::LeaveGroupRequest, r.as_union_value())
+                }
+                Command::RemoveMember {
+                    actor,
+                    group,
+                    member,
+                } => {
+                    let r = fb::RemoveMemberRequest::create(
+                        b,
+                        &fb::RemoveMemberRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                            member_id: *member,
+                        },
+                    );
+                    (fb::Body::RemoveMemberRequest, r.as_union_value())
+                }
+                Command::GroupInfo { actor, group } => {
+                    let r = fb::GroupInfoRequest::create(
+                        b,
+                        &fb::GroupInfoRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                        },
+                    );
+                    (fb::Body::GroupInfoRequest, r.as_union_value())
+                }
+                Command::FindUser { name } => {
+                    let name = b.create_string(name);
+                    let r = fb::FindUserRequest::create(
+                        b,
+                        &fb::FindUserRequestArgs { name: Some(name) },
+                    );
+                    (fb::Body::FindUserRequest, r.as_union_value())
                 }
                 Command::DeliveryAck { up_to } => {
                     let r = fb::DeliveryAckRequest::create(
@@ -760,6 +895,54 @@ mod tests {
             ),
             req(u64::MAX, Command::DeliveryAck { up_to: 41 }),
             req(11, Command::Ping),
+            req(
+                12,
+                Command::RemoveFriend {
+                    actor: None,
+                    friend: 2,
+                },
+            ),
+            req(
+                13,
+                Command::RemoveFriend {
+                    actor: Some(1),
+                    friend: 2,
+                },
+            ),
+            req(
+                14,
+                Command::LeaveGroup {
+                    actor: Some(1),
+                    group: 9,
+                },
+            ),
+            req(
+                15,
+                Command::RemoveMember {
+                    actor: None,
+                    group: 9,
+                    member: 3,
+                },
+            ),
+            req(
+                16,
+                Command::GroupInfo {
+                    actor: Some(1),
+                    group: 9,
+                },
+            ),
+            req(
+                17,
+                Command::FindUser {
+                    name: "bob 🦀".into(),
+                },
+            ),
+            req(
+                18,
+                Command::FindUser {
+                    name: String::new(),
+                },
+            ),
         ]
     }
 
@@ -930,6 +1113,18 @@ mod tests {
             decode_one(&out),
             invalid(7, RequestKind::Unknown, "PingReply is not a request")
         );
+        let push = raw_frame(6, |b| {
+            let p = fb::FriendRemovedPush::create(b, &fb::FriendRemovedPushArgs { friend_id: 2 });
+            Some((fb::Body::FriendRemovedPush, p.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&push),
+            invalid(
+                6,
+                RequestKind::Unknown,
+                "FriendRemovedPush is not a request"
+            )
+        );
         let empty = raw_frame(8, |_| None);
         assert_eq!(
             decode_one(&empty),
@@ -1041,6 +1236,71 @@ mod tests {
             decode_one(&create),
             invalid(5, RequestKind::CreateGroup, "missing field `name`")
         );
+
+        let find = raw_frame(6, |b| {
+            let r = fb::FindUserRequest::create(b, &fb::FindUserRequestArgs { name: None });
+            Some((fb::Body::FindUserRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&find),
+            invalid(6, RequestKind::FindUser, "missing field `name`")
+        );
+    }
+
+    #[test]
+    fn new_requests_take_their_fields_and_default_the_actor() {
+        // Fields left out read as 0: `user_id` 0 is the session's user, the
+        // other ids go to the handlers as they are (which refuse id 0).
+        let remove = raw_frame(7, |b| {
+            let r = fb::RemoveMemberRequest::create(
+                b,
+                &fb::RemoveMemberRequestArgs {
+                    user_id: 0,
+                    group_id: 4,
+                    member_id: 0,
+                },
+            );
+            Some((fb::Body::RemoveMemberRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&remove),
+            Decoded::Request(req(
+                7,
+                Command::RemoveMember {
+                    actor: None,
+                    group: 4,
+                    member: 0,
+                }
+            ))
+        );
+        let leave = raw_frame(8, |b| {
+            let r = fb::LeaveGroupRequest::create(b, &fb::LeaveGroupRequestArgs::default());
+            Some((fb::Body::LeaveGroupRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&leave),
+            Decoded::Request(req(
+                8,
+                Command::LeaveGroup {
+                    actor: None,
+                    group: 0,
+                }
+            ))
+        );
+        assert_eq!(
+            decode_one(&wire(&req(
+                0,
+                Command::GroupInfo {
+                    actor: None,
+                    group: 1
+                }
+            ))),
+            invalid(
+                0,
+                RequestKind::GroupInfo,
+                "request_id must be non-zero (0 is reserved for pushes)"
+            )
+        );
     }
 
     #[test]
@@ -1124,6 +1384,8 @@ mod tests {
             (ErrorCode::RateLimited, fb::ErrorCode::RateLimited),
             (ErrorCode::MailboxFull, fb::ErrorCode::MailboxFull),
             (ErrorCode::LimitReached, fb::ErrorCode::LimitReached),
+            (ErrorCode::NotFriends, fb::ErrorCode::NotFriends),
+            (ErrorCode::NotCreator, fb::ErrorCode::NotCreator),
         ];
         assert_eq!(all.len() + 1, fb::ErrorCode::ENUM_VALUES.len());
         let mut e = FrameEncoder::new();
@@ -1305,6 +1567,40 @@ mod tests {
                 Reply::Pong { time_ms: 77 },
                 fb::Body::PingReply,
             ),
+            (
+                RequestKind::RemoveFriend,
+                Reply::FriendRemoved,
+                fb::Body::RemoveFriendReply,
+            ),
+            (
+                RequestKind::LeaveGroup,
+                Reply::GroupLeft,
+                fb::Body::LeaveGroupReply,
+            ),
+            (
+                RequestKind::RemoveMember,
+                Reply::MemberRemoved,
+                fb::Body::RemoveMemberReply,
+            ),
+            (
+                RequestKind::GroupInfo,
+                Reply::Group(GroupInfo {
+                    id: 9,
+                    name: "g".into(),
+                    description: String::new(),
+                    members: vec![],
+                }),
+                fb::Body::GroupInfoReply,
+            ),
+            (
+                RequestKind::FindUser,
+                Reply::UserFound(Contact {
+                    id: 2,
+                    name: "bob".into(),
+                    online: false,
+                }),
+                fb::Body::FindUserReply,
+            ),
         ];
         let mut e = FrameEncoder::new();
         for (i, (kind, reply, body)) in cases.into_iter().enumerate() {
@@ -1333,6 +1629,65 @@ mod tests {
         e.reply(1, RequestKind::GroupMessage, &sent, &mut out);
         let r = envelopes(&out)[0].body_as_group_message_reply().unwrap();
         assert_eq!((r.message_id(), r.time_ms()), (13, 99));
+    }
+
+    #[test]
+    fn group_info_and_find_user_replies_carry_their_tables() {
+        let info = GroupInfo {
+            id: 9,
+            name: "rustaceans".into(),
+            description: "crabs".into(),
+            members: vec![
+                Member {
+                    id: 1,
+                    name: "alice".into(),
+                    online: true,
+                    role: Role::Creator,
+                },
+                Member {
+                    id: 3,
+                    name: "carol".into(),
+                    online: false,
+                    role: Role::Normal,
+                },
+            ],
+        };
+        let mut e = FrameEncoder::new();
+        let mut out = Vec::new();
+        e.reply(21, RequestKind::GroupInfo, &Reply::Group(info), &mut out);
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].request_id(), 21);
+        let g = envs[0].body_as_group_info_reply().unwrap().group().unwrap();
+        assert_eq!(
+            (g.id(), g.name(), g.description()),
+            (9, Some("rustaceans"), Some("crabs"))
+        );
+        let members: Vec<_> = g
+            .members()
+            .unwrap()
+            .iter()
+            .map(|m| (m.id(), m.name().unwrap(), m.online(), m.role()))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                (1, "alice", true, fb::Role::Creator),
+                (3, "carol", false, fb::Role::Normal)
+            ]
+        );
+
+        out.clear();
+        let found = Reply::UserFound(Contact {
+            id: 7,
+            name: "dave".into(),
+            online: true,
+        });
+        e.reply(22, RequestKind::FindUser, &found, &mut out);
+        let envs = envelopes(&out);
+        assert_eq!(envs[0].request_id(), 22);
+        let u = envs[0].body_as_find_user_reply().unwrap().user().unwrap();
+        assert_eq!((u.id(), u.name(), u.online()), (7, Some("dave"), true));
     }
 
     fn cases_friend() -> Reply {
@@ -1365,6 +1720,16 @@ mod tests {
         );
         let m = envs[1].body_as_message_push().unwrap().message().unwrap();
         assert_eq!((envs[1].request_id(), m.id(), m.recipient_id()), (0, 5, 1));
+
+        out.clear();
+        assert!(e.push(&Push::RemovedFromGroup { group: 9 }, &mut out));
+        assert!(e.push(&Push::FriendRemoved { friend: 4 }, &mut out));
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 2);
+        let p = envs[0].body_as_removed_from_group_push().unwrap();
+        assert_eq!((envs[0].request_id(), p.group_id()), (0, 9));
+        let p = envs[1].body_as_friend_removed_push().unwrap();
+        assert_eq!((envs[1].request_id(), p.friend_id()), (0, 4));
     }
 
     #[test]

@@ -43,6 +43,18 @@ pub mod msgid {
     pub const PING_ACK: u64 = 19;
     pub const LOAD: u64 = 20;
     pub const LOAD_ACK: u64 = 21;
+    pub const REMOVE_FRIEND: u64 = 30;
+    pub const REMOVE_FRIEND_ACK: u64 = 31;
+    pub const LEAVE_GROUP: u64 = 32;
+    pub const LEAVE_GROUP_ACK: u64 = 33;
+    pub const REMOVE_MEMBER: u64 = 34;
+    pub const REMOVE_MEMBER_ACK: u64 = 35;
+    pub const GROUP_INFO: u64 = 36;
+    pub const GROUP_INFO_ACK: u64 = 37;
+    pub const FIND_USER: u64 = 38;
+    pub const FIND_USER_ACK: u64 = 39;
+    pub const REMOVED_FROM_GROUP: u64 = 47;
+    pub const FRIEND_REMOVED: u64 = 48;
 }
 
 /// Where the scanner is between calls.
@@ -424,6 +436,54 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
                 text: f.text(&["msg"])?,
             }
         }
+        msgid::REMOVE_FRIEND => {
+            let mut f = Fields {
+                kind: RequestKind::RemoveFriend,
+                map,
+            };
+            Command::RemoveFriend {
+                actor: f.actor()?,
+                friend: f.id(&["friendid"])?,
+            }
+        }
+        msgid::LEAVE_GROUP => {
+            let mut f = Fields {
+                kind: RequestKind::LeaveGroup,
+                map,
+            };
+            Command::LeaveGroup {
+                actor: f.actor()?,
+                group: f.id(&["groupid"])?,
+            }
+        }
+        msgid::REMOVE_MEMBER => {
+            let mut f = Fields {
+                kind: RequestKind::RemoveMember,
+                map,
+            };
+            Command::RemoveMember {
+                actor: f.actor()?,
+                group: f.id(&["groupid"])?,
+                member: f.id(&["userid"])?,
+            }
+        }
+        msgid::GROUP_INFO => {
+            let mut f = Fields {
+                kind: RequestKind::GroupInfo,
+                map,
+            };
+            Command::GroupInfo {
+                actor: f.actor()?,
+                group: f.id(&["groupid"])?,
+            }
+        }
+        msgid::FIND_USER => Command::FindUser {
+            name: Fields {
+                kind: RequestKind::FindUser,
+                map,
+            }
+            .text(&["name"])?,
+        },
         msgid::PING => Command::Ping,
         msgid::LOAD => Command::Load,
         _ => return Err(refuse(unknown, format!("unknown msgid {id}"))),
@@ -525,6 +585,37 @@ struct GroupAck {
 }
 
 #[derive(Serialize)]
+struct GroupInfoAck<'a> {
+    msgid: u64,
+    errno: u8,
+    groupid: u64,
+    groupname: &'a str,
+    groupdesc: &'a str,
+    users: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct FindUserAck<'a> {
+    msgid: u64,
+    errno: u8,
+    userid: UserId,
+    name: &'a str,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct RemovedFromGroupPush {
+    msgid: u64,
+    groupid: u64,
+}
+
+#[derive(Serialize)]
+struct FriendRemovedPush {
+    msgid: u64,
+    friendid: UserId,
+}
+
+#[derive(Serialize)]
 struct LoadAck<'a> {
     msgid: u64,
     errno: u8,
@@ -582,6 +673,11 @@ pub fn reply_msgid(kind: RequestKind) -> u64 {
         RequestKind::GroupMessage => msgid::GROUP_CHAT_ACK,
         RequestKind::Ping => msgid::PING_ACK,
         RequestKind::Load => msgid::LOAD_ACK,
+        RequestKind::RemoveFriend => msgid::REMOVE_FRIEND_ACK,
+        RequestKind::LeaveGroup => msgid::LEAVE_GROUP_ACK,
+        RequestKind::RemoveMember => msgid::REMOVE_MEMBER_ACK,
+        RequestKind::GroupInfo => msgid::GROUP_INFO_ACK,
+        RequestKind::FindUser => msgid::FIND_USER_ACK,
         RequestKind::DeliveryAck | RequestKind::Unknown => msgid::GENERIC_ACK,
     }
 }
@@ -687,6 +783,33 @@ impl JsonEncoder {
                 },
                 out,
             ),
+            Reply::FriendRemoved | Reply::GroupLeft | Reply::MemberRemoved => {
+                write(&Status { msgid, errno: 0 }, out)
+            }
+            Reply::Group(info) => {
+                let g = group_json(info);
+                write(
+                    &GroupInfoAck {
+                        msgid: msgid::GROUP_INFO_ACK,
+                        errno: 0,
+                        groupid: g.id,
+                        groupname: g.groupname,
+                        groupdesc: g.groupdesc,
+                        users: g.users,
+                    },
+                    out,
+                )
+            }
+            Reply::UserFound(Contact { id, name, online }) => write(
+                &FindUserAck {
+                    msgid: msgid::FIND_USER_ACK,
+                    errno: 0,
+                    userid: *id,
+                    name,
+                    state: state(*online),
+                },
+                out,
+            ),
             Reply::Acked => write(
                 &Status {
                     msgid: msgid::GENERIC_ACK,
@@ -719,16 +842,28 @@ impl JsonEncoder {
         }
     }
 
-    /// Appends a message push. A presence push has no form in the seed's
-    /// protocol: nothing is written and the result is false.
+    /// Appends a push. A presence push has no form in the seed's protocol:
+    /// nothing is written and the result is false.
     pub fn push(&mut self, push: &Push, out: &mut Vec<u8>) -> bool {
         match push {
-            Push::Message(m) => {
-                write_message(m, out);
-                true
-            }
-            Push::Presence { .. } => false,
+            Push::Message(m) => write_message(m, out),
+            Push::Presence { .. } => return false,
+            Push::RemovedFromGroup { group } => write(
+                &RemovedFromGroupPush {
+                    msgid: msgid::REMOVED_FROM_GROUP,
+                    groupid: *group,
+                },
+                out,
+            ),
+            Push::FriendRemoved { friend } => write(
+                &FriendRemovedPush {
+                    msgid: msgid::FRIEND_REMOVED,
+                    friendid: *friend,
+                },
+                out,
+            ),
         }
+        true
     }
 }
 

@@ -119,6 +119,10 @@ pub enum StoreError {
     AlreadyMember { user: UserId, group: GroupId },
     #[error("users {0} and {1} are already friends")]
     AlreadyFriends(UserId, UserId),
+    #[error("users {0} and {1} are not friends")]
+    NotFriends(UserId, UserId),
+    #[error("only the creator of group {group} may do that, user {user} is not")]
+    NotCreator { user: UserId, group: GroupId },
     #[error("user {0} is already online")]
     AlreadyOnline(UserId),
     #[error(
@@ -179,6 +183,14 @@ pub trait Store: Send + 'static {
     /// `UnknownUser` if either does not exist, `AlreadyFriends` if they are.
     fn add_friend(&mut self, user: UserId, friend: UserId) -> Result<Contact>;
 
+    /// Ends the friendship of `user` and `friend`, both ways. `NotFriends`
+    /// if they are not friends (whether or not the users exist).
+    fn remove_friend(&mut self, user: UserId, friend: UserId) -> Result<()>;
+
+    /// The user whose stored name is exactly `name`, with their online
+    /// state, if any. A point read on the name's unique index.
+    fn find_user(&mut self, name: &str) -> Result<Option<Contact>>;
+
     /// The friends of `user`, by id, with their online state.
     fn friends(&mut self, user: UserId) -> Result<Vec<Contact>>;
 
@@ -188,6 +200,22 @@ pub trait Store: Send + 'static {
     /// Adds `user` to `group` as `Role::Normal` and returns the group. The new
     /// member receives only messages sent after joining.
     fn join_group(&mut self, group: GroupId, user: UserId) -> Result<GroupInfo>;
+
+    /// `user` leaves `group`. When the creator leaves, the longest-standing
+    /// remaining member becomes the creator; a group left with no members is
+    /// deleted (its id is never reused). `UnknownGroup` if there is no such
+    /// group, `NotAMember` if `user` is not in it.
+    fn leave_group(&mut self, group: GroupId, user: UserId) -> Result<()>;
+
+    /// `by` removes `member` from `group`. `UnknownGroup` if there is no
+    /// such group, `NotCreator` if `by` is not its creator, `NotAMember` if
+    /// `member` is not in it. The creator can not be removed this way (the
+    /// caller refuses `member == by`).
+    fn remove_member(&mut self, group: GroupId, by: UserId, member: UserId) -> Result<()>;
+
+    /// `group` with its members (creator first, then by joining order) and
+    /// their online state; `None` if there is no such group.
+    fn group(&mut self, group: GroupId) -> Result<Option<GroupInfo>>;
 
     /// The groups `user` belongs to, by id, with their members.
     fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>>;

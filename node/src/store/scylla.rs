@@ -32,7 +32,11 @@
 //! Names never change, so a friend's or member's name is stored with the row
 //! that lists them, and a user's name, once read, is kept in memory (which
 //! also answers "does this user exist" without a read: users are never
-//! deleted). Memberships, never removed either, are remembered the same way.
+//! deleted). `find_user` reads `user_names`, the index registration keeps.
+//! Memberships end (leaving, removal, possibly on another node), so they are
+//! not remembered across batches: a group's member list is read once per
+//! batch, by the first `append` or `group_members` of that group, and reused
+//! by the batch's later calls until the batch writes to the group.
 //!
 //! # Ids
 //!
@@ -58,8 +62,9 @@
 //! (everything since the last [`Store::commit`]) is emulated:
 //!
 //! 1. **Reads first.** As in SQLite, every domain error (`NameTaken`,
-//!    `UnknownUser`, `AlreadyMember`, ...) is detected by reads before the
-//!    call writes anything, so a refused call leaves nothing behind.
+//!    `UnknownUser`, `AlreadyMember`, `NotFriends`, `NotCreator`, ...) is
+//!    detected by reads before the call writes anything, so a refused call
+//!    leaves nothing behind.
 //! 2. **Uniqueness by lightweight transactions, at once.** A name, a session
 //!    claim, an id block: each is a compare-and-set whose answer the call
 //!    needs, so it runs during the call.
@@ -80,8 +85,10 @@
 //! 5. **Rollback compensates.** [`Store::rollback`] (and dropping the handle
 //!    with a batch open) drops the cursor moves, waits for the writes in
 //!    flight, then undoes what the batch wrote: deletes the rows it
-//!    inserted, gives its names back and releases its claims (conditional
-//!    deletes, so a name or claim someone else holds by then is left alone).
+//!    inserted, writes back the rows it deleted or updated as it had read
+//!    them (friendships, memberships, a group's head and creator), gives its
+//!    names back and releases its claims (conditional deletes, so a name or
+//!    claim someone else holds by then is left alone).
 //!    Not undone: lease renewals and ends, node registrations, released
 //!    claims, reserved ids. After a failed `commit`, the writes that landed
 //!    are undone the same way by the caller's `rollback`.
@@ -91,12 +98,52 @@
 //! its recipient before its sender's batch fails and deletes it); a crash in
 //! the middle of a batch leaves what landed (a message stored though its
 //! sender was told of a failure, a friendship in one direction only) and
-//! undoes nothing; an undo that fails is logged and left. A name read from a
-//! registration that another handle then rolls back stays in this handle's
-//! memory, so messages to that id are accepted and expire unread. The one
+//! undoes nothing; an undo that fails is logged and left. Writes to one row
+//! from two handles apply in the order of their client timestamps, that is
+//! of the handles' clocks: a friendship or membership ended on one node and
+//! made again on another within the clocks' difference stays ended. A name
+//! read from a registration that another handle then rolls back stays in
+//! this handle's memory, so messages to that id are accepted and expire
+//! unread. The one
 //! leftover that would hurt for good, a name reserved by a registration that
 //! never completed, is taken back by the next registration of that name once
 //! the reservation is [`ORPHAN_AFTER`] old and no user has its id.
+//!
+//! # Leaving and deleting groups
+//!
+//! A membership is two rows, `group_members` (who receives live messages
+//! and may send: the member list) and `user_groups` (the groups `pending`
+//! and `groups` read); the creator is marked in both (`role`) and in the
+//! group's head (`chat_groups.creator`). `leave_group` and `remove_member`
+//! read the head, the member list and the user's `user_groups` row at once,
+//! then delete both membership rows; when the creator leaves, the earliest
+//! remaining member (by `joined_after`) gets the creator role in both rows
+//! and in the head. These writes leave together, so a crash (or a failed
+//! undo) may leave any subset of them. Reads are built so that each subset
+//! is harmless:
+//!
+//! - the creator is the earliest member whose `group_members` row says so,
+//!   or, if none does, the earliest member; the `user_groups` role and the
+//!   head's `creator` are not read. A creator's leave cut short leaves either
+//!   the leaver as creator (their row was not deleted) or the heir;
+//! - a user is a member, for `leave_group` and `remove_member`, by either
+//!   row, and both are deleted: a leave cut short (still listed, or still
+//!   receiving the group's backlog) is completed by leaving again;
+//! - a role update that lands after its row was deleted (a member leaving
+//!   on another node while being made creator) creates a row with only the
+//!   key and `role`: a `group_members` row without `user_name` and a
+//!   `user_groups` row without `joined_after` are ignored everywhere.
+//!
+//! The last member leaving deletes the group: their rows first, and only
+//! once those deletes have landed (the one call that waits for its writes),
+//! the head. A crash in between leaves a head with no member, and a group
+//! exists only while it has a head with a name and at least one member, so
+//! that leftover reads as deleted (`group` is `None`, `join_group`,
+//! `leave_group` and `remove_member` say `UnknownGroup`). Ids come from id
+//! blocks, so a deleted group's id is never given again; its messages expire
+//! by the table TTL. No isolation here either: a join racing the last leave
+//! on another node can leave a member in a group with no head, whom
+//! `group` and `groups` do not show and who can leave it.
 //!
 //! # Sessions and leases
 //!
@@ -160,12 +207,16 @@
 //! |---|---|
 //! | `create_user` | 1 LWT (plus a read and an LWT per block of 100 ids) |
 //! | `append`, direct | 0 once sender and recipient are known, else 1 each |
-//! | `append`, group | 0 once the sender's membership is known, else 1 |
+//! | `append`, group | 0 once the group's member list was read in the batch, else 1 |
+//! | `group_members` | 0 once the group's member list was read in the batch, else 1 |
 //! | `ack`, `cursor` | 0 after the first in a batch, else 1 |
 //! | `pending` | 3 in sequence: the cursor, the memberships, then the inbox and every group at once (a group costs a read per day of backlog) |
 //! | `claim_session` | 1 read, 1 LWT, and the holder's lease once per batch |
 //! | `session_node` | 1 read, and the holder's lease once per batch |
-//! | `friends`, `groups`, `join_group` | the lists, then every member's claim at once |
+//! | `friends`, `groups`, `group`, `join_group` | the lists, then every member's claim at once |
+//! | `remove_friend` | 1: both directions at once |
+//! | `find_user` | 1 read of `user_names`, the user's row unless this handle knows their name, then their claim and its lease |
+//! | `leave_group`, `remove_member` | 1: the head, the member list and the membership at once; the last member leaving waits for their deletes (1 more) |
 //! | `release_node` | 1 read, then one LWT per claim, all at once |
 //! | `expired_nodes` | 1 read, then every registered node's lease and claims at once |
 //! | `commit` | the slowest write still in flight |
@@ -294,20 +345,23 @@ statements! {
     id_block_get = "SELECT next_id FROM id_blocks WHERE kind = ?";
     id_block_init = "INSERT INTO id_blocks (kind, next_id) VALUES (?, ?) IF NOT EXISTS";
     id_block_cas = "UPDATE id_blocks SET next_id = ? WHERE kind = ? IF next_id = ?";
-    friend_get = "SELECT friend_id FROM friends WHERE user_id = ? AND friend_id = ?";
+    friend_get = "SELECT friend_id, friend_name FROM friends WHERE user_id = ? AND friend_id = ?";
     friend_list = "SELECT friend_id, friend_name FROM friends WHERE user_id = ?";
     friend_insert = "INSERT INTO friends (user_id, friend_id, friend_name) VALUES (?, ?, ?)";
     friend_delete = "DELETE FROM friends WHERE user_id = ? AND friend_id = ?";
-    group_get = "SELECT name, description FROM chat_groups WHERE id = ?";
+    group_get = "SELECT name, description, creator FROM chat_groups WHERE id = ?";
     group_insert = "INSERT INTO chat_groups (id, name, description, creator) VALUES (?, ?, ?, ?)";
     group_delete = "DELETE FROM chat_groups WHERE id = ?";
+    group_creator_set = "UPDATE chat_groups SET creator = ? WHERE id = ?";
     member_list = "SELECT joined_after, user_id, user_name, role FROM group_members WHERE group_id = ?";
     member_insert = "INSERT INTO group_members (group_id, joined_after, user_id, user_name, role) VALUES (?, ?, ?, ?, ?)";
     member_delete = "DELETE FROM group_members WHERE group_id = ? AND joined_after = ? AND user_id = ?";
-    membership_get = "SELECT joined_after FROM user_groups WHERE user_id = ? AND group_id = ?";
+    member_role_set = "UPDATE group_members SET role = ? WHERE group_id = ? AND joined_after = ? AND user_id = ?";
+    membership_get = "SELECT joined_after, role FROM user_groups WHERE user_id = ? AND group_id = ?";
     membership_list = "SELECT group_id, joined_after FROM user_groups WHERE user_id = ?";
     membership_insert = "INSERT INTO user_groups (user_id, group_id, joined_after, role) VALUES (?, ?, ?, ?)";
     membership_delete = "DELETE FROM user_groups WHERE user_id = ? AND group_id = ?";
+    membership_role_set = "UPDATE user_groups SET role = ? WHERE user_id = ? AND group_id = ?";
     inbox_insert = "INSERT INTO inbox (user_id, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?)";
     inbox_delete = "DELETE FROM inbox WHERE user_id = ? AND id = ?";
     inbox_read = "SELECT id, sender_id, sender_name, time_ms, body FROM inbox WHERE user_id = ? AND id > ? LIMIT ?";
@@ -418,8 +472,38 @@ type MessageRow = (
 );
 /// `joined_after, user_id, user_name, role` of `group_members`.
 type MemberRow = (i64, i64, Option<String>, Option<i32>);
+/// `joined_after, role` of `user_groups`.
+type MembershipRow = (Option<i64>, Option<i32>);
+/// `name, description, creator` of `chat_groups`.
+type HeadRow = (Option<String>, Option<String>, Option<i64>);
 /// Name, description and members (in order) of a group.
 type GroupRow = (String, String, Vec<MemberRow>);
+
+/// What leaving a group and removing a member decide on, read at once.
+struct GroupState {
+    /// The `chat_groups` row, if it has a name (see "Leaving and deleting
+    /// groups").
+    head: Option<HeadRow>,
+    /// The `group_members` rows, as stored, in joining order.
+    rows: Vec<MemberRow>,
+    /// The `user_groups` row of the user the call is about.
+    membership: Option<MembershipRow>,
+}
+
+impl GroupState {
+    /// Whether the group exists: a head and at least one member.
+    fn exists(&self) -> bool {
+        self.head.is_some() && self.rows.iter().any(|row| row.2.is_some())
+    }
+
+    /// Whether `user` (the user whose `membership` was read) belongs to the
+    /// group by either of its membership rows.
+    fn has(&self, user: i64) -> bool {
+        self.membership
+            .is_some_and(|(joined_after, _)| joined_after.is_some())
+            || self.rows.iter().any(|row| row.1 == user && row.2.is_some())
+    }
+}
 
 /// The [`Store`] on a ScyllaDB keyspace (see the module documentation).
 pub struct ScyllaStore {
@@ -463,10 +547,11 @@ struct Inner {
     /// Lease ends (`None`: no lease) read or written in this batch.
     leases: HashMap<String, Option<i64>>,
     created_users: Vec<UserId>,
-    joined: Vec<(GroupId, UserId)>,
+    /// Member ids of groups (creator first) read in this batch, until this
+    /// handle writes to the group.
+    member_lists: HashMap<GroupId, Vec<UserId>>,
     // Facts that never change once true.
     names: HashMap<UserId, String>,
-    members: HashSet<(GroupId, UserId)>,
 }
 
 fn now_ms() -> u64 {
@@ -734,9 +819,8 @@ impl Inner {
             cursors: HashMap::new(),
             leases: HashMap::new(),
             created_users: Vec::new(),
-            joined: Vec::new(),
+            member_lists: HashMap::new(),
             names: HashMap::new(),
-            members: HashSet::new(),
         })
     }
 
@@ -986,7 +1070,7 @@ impl Inner {
         self.cursors.clear();
         self.leases.clear();
         self.created_users.clear();
-        self.joined.clear();
+        self.member_lists.clear();
     }
 
     async fn commit(&mut self) -> Result<()> {
@@ -1009,9 +1093,6 @@ impl Inner {
         }
         for id in std::mem::take(&mut self.created_users) {
             self.names.remove(&id);
-        }
-        for membership in std::mem::take(&mut self.joined) {
-            self.members.remove(&membership);
         }
         let undo = std::mem::take(&mut self.undo);
         let mut undoing = Vec::with_capacity(undo.len());
@@ -1159,6 +1240,35 @@ impl Inner {
                 name,
                 password_hash,
             }))
+    }
+
+    /// The user registered under exactly `name`: the `user_names` row, then
+    /// the user it names (a reservation whose registration never completed,
+    /// or is still under way elsewhere, names nobody).
+    async fn find_user(&mut self, name: &str) -> Result<Option<Contact>> {
+        // No user has it (a name is a partition key, which may not be
+        // empty), and ScyllaDB would refuse the read.
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let row = self
+            .read_one::<(Option<i64>, Option<i64>)>(&self.st.name_get, (name,))
+            .await?;
+        let Some((Some(holder), _)) = row else {
+            return Ok(None);
+        };
+        let id = id_of(holder);
+        match self.user_name(id).await? {
+            Some(stored) if stored == name => {
+                let online = self.online(&[id]).await?.pop().unwrap_or(false);
+                Ok(Some(Contact {
+                    id,
+                    name: stored,
+                    online,
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     // ---- leases and sessions ----
@@ -1442,7 +1552,7 @@ impl Inner {
         let st = Arc::clone(&self.st);
         self.settle(FRIENDS).await?;
         if self
-            .read_one::<(i64,)>(&st.friend_get, (u, f))
+            .read_one::<(i64, Option<String>)>(&st.friend_get, (u, f))
             .await?
             .is_some()
         {
@@ -1468,6 +1578,40 @@ impl Inner {
         })
     }
 
+    /// Reads both directions at once and deletes those that exist, so that
+    /// a friendship a crash left in one direction can be ended too.
+    async fn remove_friend(&mut self, user: UserId, friend: UserId) -> Result<()> {
+        let not_friends = StoreError::NotFriends(user, friend);
+        let (Some(u), Some(f)) = (key(user), key(friend)) else {
+            return Err(not_friends);
+        };
+        if u == f {
+            return Err(not_friends);
+        }
+        let st = Arc::clone(&self.st);
+        self.settle(FRIENDS).await?;
+        let (mine, theirs) = future::try_join(
+            self.read_one::<(i64, Option<String>)>(&st.friend_get, (u, f)),
+            self.read_one::<(i64, Option<String>)>(&st.friend_get, (f, u)),
+        )
+        .await?;
+        if mine.is_none() && theirs.is_none() {
+            return Err(not_friends);
+        }
+        for (owner, other, row) in [(u, f, mine), (f, u, theirs)] {
+            if let Some((_, name)) = row {
+                let undo: Values = Box::new((owner, other, name.unwrap_or_default()));
+                self.write(
+                    FRIENDS,
+                    &st.friend_delete,
+                    Box::new((owner, other)),
+                    Some((&st.friend_insert, undo)),
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
         if self.user_name(user).await?.is_none() {
             return Err(StoreError::UnknownUser(user));
@@ -1490,65 +1634,96 @@ impl Inner {
 
     // ---- groups ----
 
-    /// Whether `user` belongs to `group`.
+    /// Whether `user` has a `user_groups` row for `group` (a row without
+    /// `joined_after` is the leftover of a role update, not a membership).
     async fn is_member(&mut self, group: GroupId, user: UserId) -> Result<bool> {
-        if self.members.contains(&(group, user)) {
-            return Ok(true);
-        }
         let (Some(g), Some(u)) = (key(group), key(user)) else {
             return Ok(false);
         };
         self.settle(GROUPS).await?;
-        let member = self
-            .read_one::<(Option<i64>,)>(&self.st.membership_get, (u, g))
+        Ok(self
+            .read_one::<MembershipRow>(&self.st.membership_get, (u, g))
             .await?
-            .is_some();
-        if member {
-            if self.members.len() >= CACHE_LIMIT {
-                self.members.clear();
-            }
-            self.members.insert((group, user));
-        }
-        Ok(member)
+            .is_some_and(|(joined_after, _)| joined_after.is_some()))
     }
 
+    /// Whether `group` exists: a head with a name and at least one member
+    /// (a head left with no member is a deleted group, see "Leaving and
+    /// deleting groups").
     async fn group_exists(&mut self, group: GroupId) -> Result<bool> {
         let Some(g) = key(group) else {
             return Ok(false);
         };
         self.settle(GROUPS).await?;
-        Ok(self
-            .read_one::<(Option<String>, Option<String>)>(&self.st.group_get, (g,))
-            .await?
-            .is_some())
+        let st = &self.st;
+        let (head, member) = future::try_join(
+            self.read_one::<HeadRow>(&st.group_get, (g,)),
+            self.read_rows::<MemberRow>(&st.member_list, (g,), Some(16), 1, |row| row.2.is_some()),
+        )
+        .await?;
+        Ok(head.is_some_and(|(name, _, _)| name.is_some()) && !member.is_empty())
     }
 
-    /// Members of a group, creator first then by joining order, each once.
+    /// Members of a group from its `group_members` rows (joining order): each
+    /// once (their earliest row), rows without a name dropped (a role update
+    /// that landed after its member left), the creator first as
+    /// `ROLE_CREATOR` and everyone else as `ROLE_MEMBER`. The creator is the
+    /// earliest member whose row says so or, if none does (a handover that a
+    /// crash cut short), the earliest member.
     fn member_order(mut rows: Vec<MemberRow>) -> Vec<MemberRow> {
         let mut seen = HashSet::new();
-        rows.retain(|(_, user, _, _)| seen.insert(*user));
-        rows.sort_by_key(|(_, _, _, role)| *role != Some(ROLE_CREATOR));
+        rows.retain(|(_, user, name, _)| name.is_some() && seen.insert(*user));
+        let creator = rows
+            .iter()
+            .position(|(_, _, _, role)| *role == Some(ROLE_CREATOR))
+            .unwrap_or(0);
+        if let Some(first) = rows.get_mut(..=creator) {
+            first.rotate_right(1);
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.3 = Some(if i == 0 { ROLE_CREATOR } else { ROLE_MEMBER });
+        }
         rows
+    }
+
+    /// Ids of the members of `group`, creator first then by joining order;
+    /// read once per batch and reused until this handle writes to the
+    /// group. Empty for no such group.
+    async fn member_ids(&mut self, group: GroupId) -> Result<&[UserId]> {
+        if !self.member_lists.contains_key(&group) {
+            let mut ids = Vec::new();
+            if let Some(g) = key(group) {
+                self.settle(GROUPS).await?;
+                let rows = self
+                    .read_all::<MemberRow>(&self.st.member_list, (g,))
+                    .await?;
+                ids = Self::member_order(rows)
+                    .into_iter()
+                    .map(|(_, user, _, _)| id_of(user))
+                    .collect();
+            }
+            self.member_lists.insert(group, ids);
+        }
+        Ok(self.member_lists.get(&group).map_or(&[], Vec::as_slice))
     }
 
     /// Name, description and members of each group (`None`: no such group).
     async fn group_rows(&self, groups: &[i64]) -> Result<Vec<Option<GroupRow>>> {
         stream::iter(groups)
             .map(|&g| async move {
-                let head = self
-                    .read_one::<(Option<String>, Option<String>)>(&self.st.group_get, (g,))
-                    .await?;
-                let Some((name, description)) = head else {
+                let head = self.read_one::<HeadRow>(&self.st.group_get, (g,)).await?;
+                let Some((Some(name), description, _)) = head else {
                     return Ok(None);
                 };
-                let members = self
-                    .read_all::<MemberRow>(&self.st.member_list, (g,))
-                    .await?;
-                Ok(Some((
-                    name.unwrap_or_default(),
-                    description.unwrap_or_default(),
-                    Self::member_order(members),
-                )))
+                let members = Self::member_order(
+                    self.read_all::<MemberRow>(&self.st.member_list, (g,))
+                        .await?,
+                );
+                if members.is_empty() {
+                    // A deleted group whose head a crash left behind.
+                    return Ok(None);
+                }
+                Ok(Some((name, description.unwrap_or_default(), members)))
             })
             .buffered(PARALLEL)
             .try_collect()
@@ -1607,9 +1782,7 @@ impl Inner {
             Box::new((u, g, joined_after, role)),
             Some((&st.membership_delete, Box::new((u, g)))),
         );
-        let membership = (id_of(g), id_of(u));
-        self.members.insert(membership);
-        self.joined.push(membership);
+        self.member_lists.remove(&id_of(g));
         Ok(())
     }
 
@@ -1666,6 +1839,7 @@ impl Inner {
             .read_all::<(i64, Option<i64>)>(&self.st.membership_list, (u,))
             .await?
             .into_iter()
+            .filter(|(_, joined_after)| joined_after.is_some())
             .map(|(g, _)| g)
             .collect();
         Ok(self
@@ -1677,19 +1851,188 @@ impl Inner {
     }
 
     async fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
-        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
-        self.settle(GROUPS).await?;
-        let rows = self
-            .read_all::<MemberRow>(&self.st.member_list, (g,))
-            .await?;
-        // A group always has its creator, so no members means no group.
-        if rows.is_empty() && !self.group_exists(group).await? {
+        let ids = self.member_ids(group).await?;
+        // A group has members as long as it exists: none means no group
+        // (never created, or deleted by its last member leaving).
+        if ids.is_empty() {
             return Err(StoreError::UnknownGroup(group));
         }
-        Ok(Self::member_order(rows)
-            .into_iter()
-            .map(|(_, user, _, _)| id_of(user))
-            .collect())
+        Ok(ids.to_vec())
+    }
+
+    async fn group(&mut self, group: GroupId) -> Result<Option<GroupInfo>> {
+        let Some(g) = key(group) else {
+            return Ok(None);
+        };
+        Ok(self.group_infos(&[g]).await?.pop().flatten())
+    }
+
+    /// The head and member rows of group `g` and the `user_groups` row of
+    /// `user`, read at once.
+    async fn group_state(&mut self, g: i64, user: Option<i64>) -> Result<GroupState> {
+        self.settle(GROUPS).await?;
+        let st = &self.st;
+        let membership = async {
+            match user {
+                Some(u) => {
+                    self.read_one::<MembershipRow>(&st.membership_get, (u, g))
+                        .await
+                }
+                None => Ok(None),
+            }
+        };
+        let (head, rows, membership) = future::try_join3(
+            self.read_one::<HeadRow>(&st.group_get, (g,)),
+            self.read_all::<MemberRow>(&st.member_list, (g,)),
+            membership,
+        )
+        .await?;
+        Ok(GroupState {
+            head: head.filter(|(name, _, _)| name.is_some()),
+            rows,
+            membership,
+        })
+    }
+
+    /// Deletes every row that makes `u` a member of `g` (their
+    /// `group_members` rows among `rows`, and `membership`, their
+    /// `user_groups` row); undone by writing them back as read.
+    fn drop_member(
+        &mut self,
+        g: i64,
+        u: i64,
+        rows: &[MemberRow],
+        membership: Option<MembershipRow>,
+    ) {
+        let st = Arc::clone(&self.st);
+        for (joined_after, _, name, role) in rows.iter().filter(|row| row.1 == u) {
+            let undo = name.clone().map(|name| {
+                let values: Values =
+                    Box::new((g, *joined_after, u, name, role.unwrap_or(ROLE_MEMBER)));
+                (&st.member_insert, values)
+            });
+            self.write(
+                GROUPS,
+                &st.member_delete,
+                Box::new((g, *joined_after, u)),
+                undo,
+            );
+        }
+        if let Some((joined_after, role)) = membership {
+            let undo = joined_after.map(|joined_after| {
+                let values: Values = Box::new((u, g, joined_after, role.unwrap_or(ROLE_MEMBER)));
+                (&st.membership_insert, values)
+            });
+            self.write(GROUPS, &st.membership_delete, Box::new((u, g)), undo);
+        }
+        self.member_lists.remove(&id_of(g));
+    }
+
+    /// Makes `heir` (their earliest `group_members` row) the creator of `g`:
+    /// the role in both membership tables, and the head's `creator`.
+    fn hand_over(&mut self, g: i64, heir: (i64, i64), state: &GroupState) {
+        let st = Arc::clone(&self.st);
+        let (joined_after, h) = heir;
+        let was = state
+            .rows
+            .iter()
+            .find(|row| row.0 == joined_after && row.1 == h)
+            .and_then(|row| row.3)
+            .unwrap_or(ROLE_MEMBER);
+        self.write(
+            GROUPS,
+            &st.member_role_set,
+            Box::new((ROLE_CREATOR, g, joined_after, h)),
+            Some((&st.member_role_set, Box::new((was, g, joined_after, h)))),
+        );
+        self.write(
+            GROUPS,
+            &st.membership_role_set,
+            Box::new((ROLE_CREATOR, h, g)),
+            Some((&st.membership_role_set, Box::new((ROLE_MEMBER, h, g)))),
+        );
+        // Never written on a missing head: that would make one up.
+        if let Some((_, _, creator)) = state.head {
+            self.write(
+                GROUPS,
+                &st.group_creator_set,
+                Box::new((h, g)),
+                Some((&st.group_creator_set, Box::new((creator, g)))),
+            );
+        }
+        self.member_lists.remove(&id_of(g));
+    }
+
+    /// Deletes the head of `g`, which nobody belongs to any more, once the
+    /// deletes of the last member's rows have landed: a crash in between
+    /// leaves a head with no member, which reads as a deleted group.
+    async fn delete_group(&mut self, g: i64, head: Option<HeadRow>) -> Result<()> {
+        let Some((name, description, creator)) = head else {
+            return Ok(());
+        };
+        self.settle(GROUPS).await?;
+        let st = Arc::clone(&self.st);
+        let undo: Values = Box::new((
+            g,
+            name.unwrap_or_default(),
+            description.unwrap_or_default(),
+            creator,
+        ));
+        self.write(
+            GROUPS,
+            &st.group_delete,
+            Box::new((g,)),
+            Some((&st.group_insert, undo)),
+        );
+        self.member_lists.remove(&id_of(g));
+        Ok(())
+    }
+
+    async fn leave_group(&mut self, group: GroupId, user: UserId) -> Result<()> {
+        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
+        let state = self.group_state(g, key(user)).await?;
+        let Some(u) = key(user).filter(|&u| state.has(u)) else {
+            return Err(if state.exists() {
+                StoreError::NotAMember { user, group }
+            } else {
+                StoreError::UnknownGroup(group)
+            });
+        };
+        let order = Self::member_order(state.rows.clone());
+        let was_creator = order.first().is_some_and(|row| row.1 == u);
+        let heir = order
+            .iter()
+            .find(|row| row.1 != u)
+            .map(|(joined_after, h, _, _)| (*joined_after, *h));
+        self.drop_member(g, u, &state.rows, state.membership);
+        match heir {
+            Some(heir) if was_creator => self.hand_over(g, heir, &state),
+            Some(_) => {}
+            None => self.delete_group(g, state.head).await?,
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, group: GroupId, by: UserId, member: UserId) -> Result<()> {
+        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
+        let state = self.group_state(g, key(member)).await?;
+        if !state.exists() {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        let creator = Self::member_order(state.rows.clone())
+            .first()
+            .map(|row| row.1);
+        if creator.is_none() || creator != key(by) {
+            return Err(StoreError::NotCreator { user: by, group });
+        }
+        let Some(m) = key(member).filter(|&m| Some(m) != creator && state.has(m)) else {
+            return Err(StoreError::NotAMember {
+                user: member,
+                group,
+            });
+        };
+        self.drop_member(g, m, &state.rows, state.membership);
+        Ok(())
     }
 
     // ---- messages ----
@@ -1707,7 +2050,7 @@ impl Inner {
                 (recipient, 0)
             }
             Target::Group(group) => {
-                if !self.is_member(group, m.sender_id).await? {
+                if !self.member_ids(group).await?.contains(&m.sender_id) {
                     return Err(if self.group_exists(group).await? {
                         StoreError::NotAMember {
                             user: m.sender_id,
@@ -1813,10 +2156,11 @@ impl Inner {
             .collect();
         let groups: Vec<(i64, Option<i64>)> = self.read_all(&self.st.membership_list, (u,)).await?;
         let this = &*self;
+        // A row without `joined_after` is no membership (see "Leaving and
+        // deleting groups").
         let backlogs: Vec<Vec<StoredMessage>> = stream::iter(groups)
-            .map(|(g, joined_after)| {
-                this.group_backlog(g, from.max(joined_after.unwrap_or(0)), u, limit)
-            })
+            .filter_map(|(g, joined_after)| future::ready(joined_after.map(|j| (g, j))))
+            .map(|(g, joined_after)| this.group_backlog(g, from.max(joined_after), u, limit))
             .buffered(PARALLEL)
             .try_collect()
             .await?;
@@ -1944,6 +2288,19 @@ impl Store for ScyllaStore {
         self.runtime.block_on(self.inner.add_friend(user, friend))
     }
 
+    /// `NotFriends` only if neither direction exists; a friendship a crash
+    /// left in one direction is ended too.
+    fn remove_friend(&mut self, user: UserId, friend: UserId) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.remove_friend(user, friend))
+    }
+
+    /// A point read on `user_names`; a name reserved by a registration that
+    /// has not completed (or never will) finds nobody.
+    fn find_user(&mut self, name: &str) -> Result<Option<Contact>> {
+        self.runtime.block_on(self.inner.find_user(name))
+    }
+
     /// `UnknownUser` if `user` does not exist.
     fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
         self.runtime.block_on(self.inner.friends(user))
@@ -1960,12 +2317,34 @@ impl Store for ScyllaStore {
         self.runtime.block_on(self.inner.join_group(group, user))
     }
 
+    /// Checks in this order: `UnknownGroup`, `NotAMember`. A user is a
+    /// member by either of their membership rows, and leaving deletes both,
+    /// so a leave that a crash cut short can be done again. The last member
+    /// leaving deletes the group's head once their rows are gone (see
+    /// "Leaving and deleting groups").
+    fn leave_group(&mut self, group: GroupId, user: UserId) -> Result<()> {
+        self.runtime.block_on(self.inner.leave_group(group, user))
+    }
+
+    /// Checks in this order: `UnknownGroup`, `NotCreator`, `NotAMember`
+    /// (also for `member == by`).
+    fn remove_member(&mut self, group: GroupId, by: UserId, member: UserId) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.remove_member(group, by, member))
+    }
+
+    fn group(&mut self, group: GroupId) -> Result<Option<GroupInfo>> {
+        self.runtime.block_on(self.inner.group(group))
+    }
+
     /// `UnknownUser` if `user` does not exist.
     fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>> {
         self.runtime.block_on(self.inner.groups(user))
     }
 
     /// In join order, creator first; `UnknownGroup` if there is no such group.
+    /// The list read by an `append` to the group earlier in the batch is
+    /// reused.
     fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
         self.runtime.block_on(self.inner.group_members(group))
     }
@@ -2094,6 +2473,55 @@ mod tests {
         for bad in ["", "1chat", "chat-x", "chat;DROP", &"k".repeat(49)] {
             assert!(check_keyspace(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn member_order_puts_one_creator_first_and_drops_leftovers() {
+        let row = |joined_after: i64, user: i64, name: Option<&str>, role: i32| {
+            (joined_after, user, name.map(str::to_owned), Some(role))
+        };
+        let ids = |rows: Vec<MemberRow>| -> Vec<(i64, Option<i32>)> {
+            rows.into_iter().map(|r| (r.1, r.3)).collect()
+        };
+        // The creator joined after a member with a lagging clock: creator
+        // first, then joining order; a row without a name (a role update
+        // that landed after its member left) and a second row of one member
+        // are dropped.
+        let rows = vec![
+            row(5, 7, Some("g"), ROLE_MEMBER),
+            row(6, 9, None, ROLE_CREATOR),
+            row(10, 3, Some("c"), ROLE_CREATOR),
+            row(12, 7, Some("g"), ROLE_MEMBER),
+            row(20, 4, Some("m"), ROLE_MEMBER),
+        ];
+        assert_eq!(
+            ids(Inner::member_order(rows)),
+            [
+                (3, Some(ROLE_CREATOR)),
+                (7, Some(ROLE_MEMBER)),
+                (4, Some(ROLE_MEMBER))
+            ]
+        );
+        // No row says creator (a handover cut short): the earliest member.
+        let rows = vec![
+            row(5, 7, Some("g"), ROLE_MEMBER),
+            row(20, 4, Some("m"), ROLE_MEMBER),
+        ];
+        assert_eq!(
+            ids(Inner::member_order(rows)),
+            [(7, Some(ROLE_CREATOR)), (4, Some(ROLE_MEMBER))]
+        );
+        // Two rows say creator (the heir's role landed, the leaver's delete
+        // did not): only the earliest is.
+        let rows = vec![
+            row(5, 7, Some("g"), ROLE_CREATOR),
+            row(10, 3, Some("c"), ROLE_CREATOR),
+        ];
+        assert_eq!(
+            ids(Inner::member_order(rows)),
+            [(7, Some(ROLE_CREATOR)), (3, Some(ROLE_MEMBER))]
+        );
+        assert!(Inner::member_order(vec![row(1, 2, None, ROLE_MEMBER)]).is_empty());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use super::{
     UserId, UserRecord,
 };
 use crate::bus::{self, Publisher};
-use crate::command::LoginInfo;
+use crate::command::{LoginInfo, Push};
 
 /// Identifies one connection within a node.
 pub type ConnId = u64;
@@ -81,6 +81,9 @@ pub enum RouterEvent {
         name: Arc<str>,
         online: bool,
     },
+    /// A push for `user` that is not a stored message (removed from a
+    /// group, a friendship ended).
+    Notify { user: UserId, push: Push },
     /// Another login of `user` waits: their session closes if it has been
     /// silent for the takeover window.
     Takeover { user: UserId },
@@ -98,6 +101,7 @@ impl RouterEvent {
             | RouterEvent::Deliver { user, .. }
             | RouterEvent::Wake { user }
             | RouterEvent::Takeover { user }
+            | RouterEvent::Notify { user, .. }
             | RouterEvent::Presence { user, .. } => *user,
             RouterEvent::Resync | RouterEvent::LeaseLost => 0,
         }
@@ -156,6 +160,33 @@ pub enum Op {
         user: UserId,
         answer: Answer<GroupInfo>,
     },
+    RemoveFriend {
+        user: UserId,
+        friend: UserId,
+        answer: Answer<()>,
+    },
+    LeaveGroup {
+        group: GroupId,
+        user: UserId,
+        answer: Answer<()>,
+    },
+    RemoveMember {
+        group: GroupId,
+        by: UserId,
+        member: UserId,
+        answer: Answer<()>,
+    },
+    /// `group` as `user`, a member, sees it (read).
+    GroupInfo {
+        group: GroupId,
+        user: UserId,
+        answer: Answer<GroupInfo>,
+    },
+    /// The user named exactly `name` (read).
+    FindUser {
+        name: String,
+        answer: Answer<Option<Contact>>,
+    },
     Append {
         message: NewMessage,
         answer: Answer<Arc<StoredMessage>>,
@@ -189,6 +220,11 @@ impl Op {
             Op::AddFriend { .. } => "add_friend",
             Op::CreateGroup { .. } => "create_group",
             Op::JoinGroup { .. } => "join_group",
+            Op::RemoveFriend { .. } => "remove_friend",
+            Op::LeaveGroup { .. } => "leave_group",
+            Op::RemoveMember { .. } => "remove_member",
+            Op::GroupInfo { .. } => "group_info",
+            Op::FindUser { .. } => "find_user",
             Op::Append { .. } => "append",
             Op::Pending { .. } => "pending",
             Op::Ack { .. } => "ack",
@@ -199,7 +235,10 @@ impl Op {
 
     /// Whether the reader thread serves this op.
     fn is_read(&self) -> bool {
-        matches!(self, Op::User { .. } | Op::Pending { .. })
+        matches!(
+            self,
+            Op::User { .. } | Op::Pending { .. } | Op::GroupInfo { .. } | Op::FindUser { .. }
+        )
     }
 }
 
@@ -342,12 +381,32 @@ fn read<S: Store>(store: &mut S, op: Op) -> Reply {
             limit,
             answer,
         } => answer_later(answer, store.pending(user, after, limit)),
+        Op::GroupInfo {
+            group,
+            user,
+            answer,
+        } => answer_later(answer, group_as_member(store, group, user)),
+        Op::FindUser { name, answer } => answer_later(answer, store.find_user(&name)),
         other => {
             // Dropping the answer fails the caller.
             tracing::error!(op = other.kind(), "not a read op");
             Box::new(|_| {})
         }
     }
+}
+
+/// `group` if `user` is one of its members: `UnknownGroup` if there is no
+/// such group, `NotAMember` if they are not in it (nobody else sees who is).
+fn group_as_member<S: Store>(
+    store: &mut S,
+    group: GroupId,
+    user: UserId,
+) -> Result<GroupInfo, StoreError> {
+    let info = store.group(group)?.ok_or(StoreError::UnknownGroup(group))?;
+    if !info.members.iter().any(|m| m.id == user) {
+        return Err(StoreError::NotAMember { user, group });
+    }
+    Ok(info)
 }
 
 /// Waits up to `wait` (forever with `None`) for a first op, then takes the
@@ -880,6 +939,14 @@ impl<S: Store> Step<'_, S> {
                 name: name.to_string(),
                 online,
             },
+            RouterEvent::Notify {
+                user,
+                push: Push::RemovedFromGroup { group },
+            } => bus::Event::RemovedFromGroup { user, group },
+            RouterEvent::Notify {
+                user,
+                push: Push::FriendRemoved { friend },
+            } => bus::Event::FriendRemoved { user, friend },
             _ => return Ok(()),
         };
         self.out.remote.entry(node).or_default().push(remote);
@@ -948,7 +1015,10 @@ impl<S: Store> Step<'_, S> {
                 password_hash,
                 answer,
             } => answer_later(answer, self.store.create_user(&name, &password_hash)),
-            op @ (Op::User { .. } | Op::Pending { .. }) => read(self.store, op),
+            op @ (Op::User { .. }
+            | Op::Pending { .. }
+            | Op::GroupInfo { .. }
+            | Op::FindUser { .. }) => read(self.store, op),
             Op::Login {
                 user,
                 shard,
@@ -979,6 +1049,22 @@ impl<S: Store> Step<'_, S> {
                 user,
                 answer,
             } => answer_later(answer, self.join_group(group, user)),
+            Op::RemoveFriend {
+                user,
+                friend,
+                answer,
+            } => answer_later(answer, self.remove_friend(user, friend)),
+            Op::LeaveGroup {
+                group,
+                user,
+                answer,
+            } => answer_later(answer, self.store.leave_group(group, user)),
+            Op::RemoveMember {
+                group,
+                by,
+                member,
+                answer,
+            } => answer_later(answer, self.remove_member(group, by, member)),
             Op::Append { message, answer } => answer_later(answer, self.append(&message)),
             Op::Ack {
                 user,
@@ -1103,6 +1189,35 @@ impl<S: Store> Step<'_, S> {
             )?;
         }
         Ok(contact)
+    }
+
+    /// Ends the friendship; the other user, if online, is told.
+    fn remove_friend(&mut self, user: UserId, friend: UserId) -> Result<(), StoreError> {
+        self.store.remove_friend(user, friend)?;
+        self.notify(
+            friend,
+            RouterEvent::Notify {
+                user: friend,
+                push: Push::FriendRemoved { friend: user },
+            },
+        )
+    }
+
+    /// Removes `member`; they are told, if online.
+    fn remove_member(
+        &mut self,
+        group: GroupId,
+        by: UserId,
+        member: UserId,
+    ) -> Result<(), StoreError> {
+        self.store.remove_member(group, by, member)?;
+        self.notify(
+            member,
+            RouterEvent::Notify {
+                user: member,
+                push: Push::RemovedFromGroup { group },
+            },
+        )
     }
 
     fn append(&mut self, message: &NewMessage) -> Result<Arc<StoredMessage>, StoreError> {

@@ -13,10 +13,10 @@ pub mod fb {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 21;
+pub const ENUM_MAX_ERROR_CODE: u16 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 24] = [
   ErrorCode::None,
   ErrorCode::InvalidCredentials,
   ErrorCode::AlreadyOnline,
@@ -39,6 +39,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::RateLimited,
   ErrorCode::MailboxFull,
   ErrorCode::LimitReached,
+  ErrorCode::NotFriends,
+  ErrorCode::NotCreator,
 ];
 
 /// Why a request failed. The numbers are part of the protocol: 1 and 2 are the
@@ -70,9 +72,11 @@ impl ErrorCode {
   pub const RateLimited: Self = Self(19);
   pub const MailboxFull: Self = Self(20);
   pub const LimitReached: Self = Self(21);
+  pub const NotFriends: Self = Self(22);
+  pub const NotCreator: Self = Self(23);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 21;
+  pub const ENUM_MAX: u16 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::InvalidCredentials,
@@ -96,6 +100,8 @@ impl ErrorCode {
     Self::RateLimited,
     Self::MailboxFull,
     Self::LimitReached,
+    Self::NotFriends,
+    Self::NotCreator,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -122,6 +128,8 @@ impl ErrorCode {
       Self::RateLimited => Some("RateLimited"),
       Self::MailboxFull => Some("MailboxFull"),
       Self::LimitReached => Some("LimitReached"),
+      Self::NotFriends => Some("NotFriends"),
+      Self::NotCreator => Some("NotCreator"),
       _ => None,
     }
   }
@@ -263,10 +271,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 27;
+pub const ENUM_MAX_BODY: u8 = 39;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 28] = [
+pub const ENUM_VALUES_BODY: [Body; 40] = [
   Body::NONE,
   Body::RegisterRequest,
   Body::LoginRequest,
@@ -295,6 +303,18 @@ pub const ENUM_VALUES_BODY: [Body; 28] = [
   Body::LoadReply,
   Body::WhichNodeRequest,
   Body::WhichNodeReply,
+  Body::RemoveFriendRequest,
+  Body::LeaveGroupRequest,
+  Body::RemoveMemberRequest,
+  Body::GroupInfoRequest,
+  Body::FindUserRequest,
+  Body::RemoveFriendReply,
+  Body::LeaveGroupReply,
+  Body::RemoveMemberReply,
+  Body::GroupInfoReply,
+  Body::FindUserReply,
+  Body::RemovedFromGroupPush,
+  Body::FriendRemovedPush,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -330,9 +350,21 @@ impl Body {
   pub const LoadReply: Self = Self(25);
   pub const WhichNodeRequest: Self = Self(26);
   pub const WhichNodeReply: Self = Self(27);
+  pub const RemoveFriendRequest: Self = Self(28);
+  pub const LeaveGroupRequest: Self = Self(29);
+  pub const RemoveMemberRequest: Self = Self(30);
+  pub const GroupInfoRequest: Self = Self(31);
+  pub const FindUserRequest: Self = Self(32);
+  pub const RemoveFriendReply: Self = Self(33);
+  pub const LeaveGroupReply: Self = Self(34);
+  pub const RemoveMemberReply: Self = Self(35);
+  pub const GroupInfoReply: Self = Self(36);
+  pub const FindUserReply: Self = Self(37);
+  pub const RemovedFromGroupPush: Self = Self(38);
+  pub const FriendRemovedPush: Self = Self(39);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 27;
+  pub const ENUM_MAX: u8 = 39;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RegisterRequest,
@@ -362,6 +394,18 @@ impl Body {
     Self::LoadReply,
     Self::WhichNodeRequest,
     Self::WhichNodeReply,
+    Self::RemoveFriendRequest,
+    Self::LeaveGroupRequest,
+    Self::RemoveMemberRequest,
+    Self::GroupInfoRequest,
+    Self::FindUserRequest,
+    Self::RemoveFriendReply,
+    Self::LeaveGroupReply,
+    Self::RemoveMemberReply,
+    Self::GroupInfoReply,
+    Self::FindUserReply,
+    Self::RemovedFromGroupPush,
+    Self::FriendRemovedPush,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -394,6 +438,18 @@ impl Body {
       Self::LoadReply => Some("LoadReply"),
       Self::WhichNodeRequest => Some("WhichNodeRequest"),
       Self::WhichNodeReply => Some("WhichNodeReply"),
+      Self::RemoveFriendRequest => Some("RemoveFriendRequest"),
+      Self::LeaveGroupRequest => Some("LeaveGroupRequest"),
+      Self::RemoveMemberRequest => Some("RemoveMemberRequest"),
+      Self::GroupInfoRequest => Some("GroupInfoRequest"),
+      Self::FindUserRequest => Some("FindUserRequest"),
+      Self::RemoveFriendReply => Some("RemoveFriendReply"),
+      Self::LeaveGroupReply => Some("LeaveGroupReply"),
+      Self::RemoveMemberReply => Some("RemoveMemberReply"),
+      Self::GroupInfoReply => Some("GroupInfoReply"),
+      Self::FindUserReply => Some("FindUserReply"),
+      Self::RemovedFromGroupPush => Some("RemovedFromGroupPush"),
+      Self::FriendRemovedPush => Some("FriendRemovedPush"),
       _ => None,
     }
   }
@@ -2188,6 +2244,577 @@ impl ::core::fmt::Debug for PingRequest<'_> {
       ds.finish()
   }
 }
+pub enum RemoveFriendRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Ends a friendship, both ways.
+pub struct RemoveFriendRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemoveFriendRequest<'a> {
+  type Inner = RemoveFriendRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemoveFriendRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FRIEND_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemoveFriendRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RemoveFriendRequestArgs
+  ) -> ::flatbuffers::WIPOffset<RemoveFriendRequest<'bldr>> {
+    let mut builder = RemoveFriendRequestBuilder::new(_fbb);
+    builder.add_friend_id(args.friend_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveFriendRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn friend_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveFriendRequest::VT_FRIEND_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RemoveFriendRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("friend_id", Self::VT_FRIEND_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemoveFriendRequestArgs {
+    pub user_id: u64,
+    pub friend_id: u64,
+}
+impl<'a> Default for RemoveFriendRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RemoveFriendRequestArgs {
+      user_id: 0,
+      friend_id: 0,
+    }
+  }
+}
+
+pub struct RemoveFriendRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemoveFriendRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveFriendRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_friend_id(&mut self, friend_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveFriendRequest::VT_FRIEND_ID, friend_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemoveFriendRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemoveFriendRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemoveFriendRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemoveFriendRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemoveFriendRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("friend_id", &self.friend_id());
+      ds.finish()
+  }
+}
+pub enum LeaveGroupRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Leaves a group. A creator who leaves hands the role to the
+/// longest-standing member; a group left empty is deleted.
+pub struct LeaveGroupRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaveGroupRequest<'a> {
+  type Inner = LeaveGroupRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaveGroupRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaveGroupRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaveGroupRequestArgs
+  ) -> ::flatbuffers::WIPOffset<LeaveGroupRequest<'bldr>> {
+    let mut builder = LeaveGroupRequestBuilder::new(_fbb);
+    builder.add_group_id(args.group_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaveGroupRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LeaveGroupRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LeaveGroupRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaveGroupRequestArgs {
+    pub user_id: u64,
+    pub group_id: u64,
+}
+impl<'a> Default for LeaveGroupRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaveGroupRequestArgs {
+      user_id: 0,
+      group_id: 0,
+    }
+  }
+}
+
+pub struct LeaveGroupRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveGroupRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(LeaveGroupRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(LeaveGroupRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaveGroupRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaveGroupRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaveGroupRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaveGroupRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaveGroupRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+pub enum RemoveMemberRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The creator removes `member_id` from the group.
+pub struct RemoveMemberRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemoveMemberRequest<'a> {
+  type Inner = RemoveMemberRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemoveMemberRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemoveMemberRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RemoveMemberRequestArgs
+  ) -> ::flatbuffers::WIPOffset<RemoveMemberRequest<'bldr>> {
+    let mut builder = RemoveMemberRequestBuilder::new(_fbb);
+    builder.add_member_id(args.member_id);
+    builder.add_group_id(args.group_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveMemberRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveMemberRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn member_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveMemberRequest::VT_MEMBER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RemoveMemberRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("member_id", Self::VT_MEMBER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemoveMemberRequestArgs {
+    pub user_id: u64,
+    pub group_id: u64,
+    pub member_id: u64,
+}
+impl<'a> Default for RemoveMemberRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RemoveMemberRequestArgs {
+      user_id: 0,
+      group_id: 0,
+      member_id: 0,
+    }
+  }
+}
+
+pub struct RemoveMemberRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemoveMemberRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveMemberRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveMemberRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveMemberRequest::VT_MEMBER_ID, member_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemoveMemberRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemoveMemberRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemoveMemberRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemoveMemberRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemoveMemberRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("member_id", &self.member_id());
+      ds.finish()
+  }
+}
+pub enum GroupInfoRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A group's name, description and members (members only).
+pub struct GroupInfoRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupInfoRequest<'a> {
+  type Inner = GroupInfoRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupInfoRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupInfoRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupInfoRequestArgs
+  ) -> ::flatbuffers::WIPOffset<GroupInfoRequest<'bldr>> {
+    let mut builder = GroupInfoRequestBuilder::new(_fbb);
+    builder.add_group_id(args.group_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupInfoRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupInfoRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupInfoRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupInfoRequestArgs {
+    pub user_id: u64,
+    pub group_id: u64,
+}
+impl<'a> Default for GroupInfoRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    GroupInfoRequestArgs {
+      user_id: 0,
+      group_id: 0,
+    }
+  }
+}
+
+pub struct GroupInfoRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupInfoRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupInfoRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupInfoRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupInfoRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupInfoRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupInfoRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupInfoRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+pub enum FindUserRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The user with exactly this name.
+pub struct FindUserRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for FindUserRequest<'a> {
+  type Inner = FindUserRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> FindUserRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    FindUserRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FindUserRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<FindUserRequest<'bldr>> {
+    let mut builder = FindUserRequestBuilder::new(_fbb);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(FindUserRequest::VT_NAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for FindUserRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FindUserRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for FindUserRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FindUserRequestArgs {
+      name: None,
+    }
+  }
+}
+
+pub struct FindUserRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FindUserRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FindUserRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FindUserRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FindUserRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<FindUserRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for FindUserRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("FindUserRequest");
+      ds.field("name", &self.name());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3348,6 +3975,432 @@ impl ::core::fmt::Debug for PingReply<'_> {
       ds.finish()
   }
 }
+pub enum RemoveFriendReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RemoveFriendReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemoveFriendReply<'a> {
+  type Inner = RemoveFriendReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemoveFriendReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemoveFriendReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RemoveFriendReplyArgs
+  ) -> ::flatbuffers::WIPOffset<RemoveFriendReply<'bldr>> {
+    let mut builder = RemoveFriendReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RemoveFriendReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemoveFriendReplyArgs {
+}
+impl<'a> Default for RemoveFriendReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    RemoveFriendReplyArgs {
+    }
+  }
+}
+
+pub struct RemoveFriendReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemoveFriendReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemoveFriendReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemoveFriendReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemoveFriendReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemoveFriendReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemoveFriendReply");
+      ds.finish()
+  }
+}
+pub enum LeaveGroupReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LeaveGroupReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LeaveGroupReply<'a> {
+  type Inner = LeaveGroupReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LeaveGroupReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LeaveGroupReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args LeaveGroupReplyArgs
+  ) -> ::flatbuffers::WIPOffset<LeaveGroupReply<'bldr>> {
+    let mut builder = LeaveGroupReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for LeaveGroupReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaveGroupReplyArgs {
+}
+impl<'a> Default for LeaveGroupReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    LeaveGroupReplyArgs {
+    }
+  }
+}
+
+pub struct LeaveGroupReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveGroupReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaveGroupReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaveGroupReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaveGroupReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LeaveGroupReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LeaveGroupReply");
+      ds.finish()
+  }
+}
+pub enum RemoveMemberReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RemoveMemberReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemoveMemberReply<'a> {
+  type Inner = RemoveMemberReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemoveMemberReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemoveMemberReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RemoveMemberReplyArgs
+  ) -> ::flatbuffers::WIPOffset<RemoveMemberReply<'bldr>> {
+    let mut builder = RemoveMemberReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RemoveMemberReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemoveMemberReplyArgs {
+}
+impl<'a> Default for RemoveMemberReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    RemoveMemberReplyArgs {
+    }
+  }
+}
+
+pub struct RemoveMemberReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemoveMemberReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemoveMemberReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemoveMemberReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemoveMemberReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemoveMemberReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemoveMemberReply");
+      ds.finish()
+  }
+}
+pub enum GroupInfoReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupInfoReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupInfoReply<'a> {
+  type Inner = GroupInfoReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupInfoReply<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupInfoReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupInfoReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupInfoReply<'bldr>> {
+    let mut builder = GroupInfoReplyBuilder::new(_fbb);
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> Option<Group<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Group>>(GroupInfoReply::VT_GROUP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupInfoReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Group>>("group", Self::VT_GROUP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupInfoReplyArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<Group<'a>>>,
+}
+impl<'a> Default for GroupInfoReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupInfoReplyArgs {
+      group: None,
+    }
+  }
+}
+
+pub struct GroupInfoReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<Group<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Group>>(GroupInfoReply::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupInfoReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupInfoReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupInfoReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupInfoReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupInfoReply");
+      ds.field("group", &self.group());
+      ds.finish()
+  }
+}
+pub enum FindUserReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct FindUserReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for FindUserReply<'a> {
+  type Inner = FindUserReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> FindUserReply<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    FindUserReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FindUserReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<FindUserReply<'bldr>> {
+    let mut builder = FindUserReplyBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<User<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<User>>(FindUserReply::VT_USER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for FindUserReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<User>>("user", Self::VT_USER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FindUserReplyArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<User<'a>>>,
+}
+impl<'a> Default for FindUserReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FindUserReplyArgs {
+      user: None,
+    }
+  }
+}
+
+pub struct FindUserReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FindUserReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<User<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<User>>(FindUserReply::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FindUserReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FindUserReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<FindUserReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for FindUserReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("FindUserReply");
+      ds.field("user", &self.user());
+      ds.finish()
+  }
+}
 pub enum MessagePushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3571,6 +4624,200 @@ impl ::core::fmt::Debug for PresencePush<'_> {
       ds.field("user_id", &self.user_id());
       ds.field("name", &self.name());
       ds.field("online", &self.online());
+      ds.finish()
+  }
+}
+pub enum RemovedFromGroupPushOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The group's creator removed this user from the group.
+pub struct RemovedFromGroupPush<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemovedFromGroupPush<'a> {
+  type Inner = RemovedFromGroupPush<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemovedFromGroupPush<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemovedFromGroupPush { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RemovedFromGroupPushArgs
+  ) -> ::flatbuffers::WIPOffset<RemovedFromGroupPush<'bldr>> {
+    let mut builder = RemovedFromGroupPushBuilder::new(_fbb);
+    builder.add_group_id(args.group_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemovedFromGroupPush::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RemovedFromGroupPush<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemovedFromGroupPushArgs {
+    pub group_id: u64,
+}
+impl<'a> Default for RemovedFromGroupPushArgs {
+  #[inline]
+  fn default() -> Self {
+    RemovedFromGroupPushArgs {
+      group_id: 0,
+    }
+  }
+}
+
+pub struct RemovedFromGroupPushBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemovedFromGroupPushBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(RemovedFromGroupPush::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemovedFromGroupPushBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemovedFromGroupPushBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemovedFromGroupPush<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemovedFromGroupPush<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemovedFromGroupPush");
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+pub enum FriendRemovedPushOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `friend_id` ended their friendship with this user.
+pub struct FriendRemovedPush<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for FriendRemovedPush<'a> {
+  type Inner = FriendRemovedPush<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> FriendRemovedPush<'a> {
+  pub const VT_FRIEND_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    FriendRemovedPush { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FriendRemovedPushArgs
+  ) -> ::flatbuffers::WIPOffset<FriendRemovedPush<'bldr>> {
+    let mut builder = FriendRemovedPushBuilder::new(_fbb);
+    builder.add_friend_id(args.friend_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn friend_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(FriendRemovedPush::VT_FRIEND_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for FriendRemovedPush<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("friend_id", Self::VT_FRIEND_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FriendRemovedPushArgs {
+    pub friend_id: u64,
+}
+impl<'a> Default for FriendRemovedPushArgs {
+  #[inline]
+  fn default() -> Self {
+    FriendRemovedPushArgs {
+      friend_id: 0,
+    }
+  }
+}
+
+pub struct FriendRemovedPushBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FriendRemovedPushBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_friend_id(&mut self, friend_id: u64) {
+    self.fbb_.push_slot::<u64>(FriendRemovedPush::VT_FRIEND_ID, friend_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FriendRemovedPushBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FriendRemovedPushBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<FriendRemovedPush<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for FriendRemovedPush<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("FriendRemovedPush");
+      ds.field("friend_id", &self.friend_id());
       ds.finish()
   }
 }
@@ -4518,6 +5765,186 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_remove_friend_request(&self) -> Option<RemoveFriendRequest<'a>> {
+    if self.body_type() == Body::RemoveFriendRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemoveFriendRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_leave_group_request(&self) -> Option<LeaveGroupRequest<'a>> {
+    if self.body_type() == Body::LeaveGroupRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LeaveGroupRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_remove_member_request(&self) -> Option<RemoveMemberRequest<'a>> {
+    if self.body_type() == Body::RemoveMemberRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemoveMemberRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_info_request(&self) -> Option<GroupInfoRequest<'a>> {
+    if self.body_type() == Body::GroupInfoRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupInfoRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_find_user_request(&self) -> Option<FindUserRequest<'a>> {
+    if self.body_type() == Body::FindUserRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FindUserRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_remove_friend_reply(&self) -> Option<RemoveFriendReply<'a>> {
+    if self.body_type() == Body::RemoveFriendReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemoveFriendReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_leave_group_reply(&self) -> Option<LeaveGroupReply<'a>> {
+    if self.body_type() == Body::LeaveGroupReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LeaveGroupReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_remove_member_reply(&self) -> Option<RemoveMemberReply<'a>> {
+    if self.body_type() == Body::RemoveMemberReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemoveMemberReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_info_reply(&self) -> Option<GroupInfoReply<'a>> {
+    if self.body_type() == Body::GroupInfoReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupInfoReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_find_user_reply(&self) -> Option<FindUserReply<'a>> {
+    if self.body_type() == Body::FindUserReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FindUserReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_removed_from_group_push(&self) -> Option<RemovedFromGroupPush<'a>> {
+    if self.body_type() == Body::RemovedFromGroupPush {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemovedFromGroupPush::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_friend_removed_push(&self) -> Option<FriendRemovedPush<'a>> {
+    if self.body_type() == Body::FriendRemovedPush {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FriendRemovedPush::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -4556,6 +5983,18 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::LoadReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LoadReply>>("Body::LoadReply", pos),
           Body::WhichNodeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WhichNodeRequest>>("Body::WhichNodeRequest", pos),
           Body::WhichNodeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WhichNodeReply>>("Body::WhichNodeReply", pos),
+          Body::RemoveFriendRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemoveFriendRequest>>("Body::RemoveFriendRequest", pos),
+          Body::LeaveGroupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupRequest>>("Body::LeaveGroupRequest", pos),
+          Body::RemoveMemberRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemoveMemberRequest>>("Body::RemoveMemberRequest", pos),
+          Body::GroupInfoRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupInfoRequest>>("Body::GroupInfoRequest", pos),
+          Body::FindUserRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FindUserRequest>>("Body::FindUserRequest", pos),
+          Body::RemoveFriendReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemoveFriendReply>>("Body::RemoveFriendReply", pos),
+          Body::LeaveGroupReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupReply>>("Body::LeaveGroupReply", pos),
+          Body::RemoveMemberReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemoveMemberReply>>("Body::RemoveMemberReply", pos),
+          Body::GroupInfoReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupInfoReply>>("Body::GroupInfoReply", pos),
+          Body::FindUserReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FindUserReply>>("Body::FindUserReply", pos),
+          Body::RemovedFromGroupPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemovedFromGroupPush>>("Body::RemovedFromGroupPush", pos),
+          Body::FriendRemovedPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FriendRemovedPush>>("Body::FriendRemovedPush", pos),
           _ => Ok(()),
         }
      })?
@@ -4801,6 +6240,90 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::WhichNodeReply => {
           if let Some(x) = self.body_as_which_node_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RemoveFriendRequest => {
+          if let Some(x) = self.body_as_remove_friend_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LeaveGroupRequest => {
+          if let Some(x) = self.body_as_leave_group_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RemoveMemberRequest => {
+          if let Some(x) = self.body_as_remove_member_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupInfoRequest => {
+          if let Some(x) = self.body_as_group_info_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::FindUserRequest => {
+          if let Some(x) = self.body_as_find_user_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RemoveFriendReply => {
+          if let Some(x) = self.body_as_remove_friend_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LeaveGroupReply => {
+          if let Some(x) = self.body_as_leave_group_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RemoveMemberReply => {
+          if let Some(x) = self.body_as_remove_member_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupInfoReply => {
+          if let Some(x) = self.body_as_group_info_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::FindUserReply => {
+          if let Some(x) = self.body_as_find_user_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RemovedFromGroupPush => {
+          if let Some(x) = self.body_as_removed_from_group_push() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::FriendRemovedPush => {
+          if let Some(x) = self.body_as_friend_removed_push() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

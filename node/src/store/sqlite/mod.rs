@@ -201,6 +201,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     epoch   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_node ON sessions (node);
+CREATE TABLE IF NOT EXISTS deleted_groups (
+    id INTEGER PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS nodes (
     id         TEXT    PRIMARY KEY,
     expires_ms INTEGER NOT NULL
@@ -399,6 +402,48 @@ fn group_info(c: &Connection, id: i64) -> Result<Option<GroupInfo>> {
         description,
         members,
     }))
+}
+
+/// Deletes at most `limit` messages of deleted groups, and forgets each
+/// deleted group once none are left; returns how many messages.
+fn compact_deleted_groups(c: &Connection, limit: i64) -> Result<i64> {
+    if limit <= 0 {
+        return Ok(0);
+    }
+    let Some(g) = c
+        .prepare_cached("SELECT id FROM deleted_groups LIMIT 1")
+        .db()?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .db()?
+    else {
+        return Ok(0);
+    };
+    let n = c
+        .prepare_cached(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages WHERE group_id = ?1 AND group_id != 0 LIMIT ?2)",
+        )
+        .db()?
+        .execute([g, limit])
+        .db()? as i64;
+    if n < limit {
+        c.prepare_cached("DELETE FROM deleted_groups WHERE id = ?1")
+            .db()?
+            .execute([g])
+            .db()?;
+    }
+    Ok(n)
+}
+
+/// Removes `user` from group `g`; returns whether they were in it.
+fn remove_from_group(c: &Connection, g: i64, user: i64) -> Result<bool> {
+    let n = c
+        .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")
+        .db()?
+        .execute([g, user])
+        .db()?;
+    Ok(n > 0)
 }
 
 /// Merges `more` (sorted by id) into `acc` (sorted by id), keeping at most
@@ -696,6 +741,41 @@ impl Store for SqliteStore {
         })
     }
 
+    fn remove_friend(&mut self, user: UserId, friend: UserId) -> Result<()> {
+        let c = self.tx()?;
+        let removed = c
+            .prepare_cached(
+                "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2)
+                                        OR (user_id = ?2 AND friend_id = ?1)",
+            )
+            .db()?
+            .execute([key(user), key(friend)])
+            .db()?;
+        if removed == 0 {
+            return Err(StoreError::NotFriends(user, friend));
+        }
+        Ok(())
+    }
+
+    fn find_user(&mut self, name: &str) -> Result<Option<Contact>> {
+        let c = self.tx()?;
+        c.prepare_cached(concat!(
+            "SELECT u.id, u.name, ",
+            live_session!("u.id"),
+            " FROM users u WHERE u.name = ?1"
+        ))
+        .db()?
+        .query_row([name], |r| {
+            Ok(Contact {
+                id: id_of(r.get(0)?),
+                name: r.get(1)?,
+                online: r.get(2)?,
+            })
+        })
+        .optional()
+        .db()
+    }
+
     /// `UnknownUser` if `user` does not exist.
     fn friends(&mut self, user: UserId) -> Result<Vec<Contact>> {
         let c = self.tx()?;
@@ -775,6 +855,96 @@ impl Store for SqliteStore {
         .execute([g, u])
         .db()?;
         group_info(c, g)?.ok_or(StoreError::UnknownGroup(group))
+    }
+
+    /// Checks in this order: `UnknownGroup`, `NotAMember`.
+    fn leave_group(&mut self, group: GroupId, user: UserId) -> Result<()> {
+        let c = self.tx()?;
+        let (g, u) = (key(group), key(user));
+        let role: Option<i64> = c
+            .prepare_cached("SELECT role FROM group_members WHERE group_id = ?1 AND user_id = ?2")
+            .db()?
+            .query_row([g, u], |r| r.get(0))
+            .optional()
+            .db()?;
+        let Some(role) = role else {
+            return Err(if group_exists(c, g)? {
+                StoreError::NotAMember { user, group }
+            } else {
+                StoreError::UnknownGroup(group)
+            });
+        };
+        remove_from_group(c, g, u)?;
+        if role != ROLE_CREATOR {
+            return Ok(());
+        }
+        // The longest-standing member becomes the creator; nobody left
+        // means no group.
+        let heir: Option<i64> = c
+            .prepare_cached(
+                "SELECT user_id FROM group_members WHERE group_id = ?1 ORDER BY seq LIMIT 1",
+            )
+            .db()?
+            .query_row([g], |r| r.get(0))
+            .optional()
+            .db()?;
+        match heir {
+            Some(heir) => {
+                c.prepare_cached(
+                    "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
+                )
+                .db()?
+                .execute([g, heir, ROLE_CREATOR])
+                .db()?;
+                c.prepare_cached("UPDATE chat_groups SET creator = ?2 WHERE id = ?1")
+                    .db()?
+                    .execute([g, heir])
+                    .db()?;
+            }
+            None => {
+                c.prepare_cached("DELETE FROM chat_groups WHERE id = ?1")
+                    .db()?
+                    .execute([g])
+                    .db()?;
+                // Its messages go in `compact`'s slices.
+                c.prepare_cached("INSERT OR IGNORE INTO deleted_groups (id) VALUES (?1)")
+                    .db()?
+                    .execute([g])
+                    .db()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks in this order: `UnknownGroup`, `NotCreator`, `NotAMember`.
+    fn remove_member(&mut self, group: GroupId, by: UserId, member: UserId) -> Result<()> {
+        let c = self.tx()?;
+        let g = key(group);
+        let creator: Option<i64> = c
+            .prepare_cached("SELECT creator FROM chat_groups WHERE id = ?1")
+            .db()?
+            .query_row([g], |r| r.get(0))
+            .optional()
+            .db()?;
+        match creator {
+            None => return Err(StoreError::UnknownGroup(group)),
+            Some(creator) if creator != key(by) => {
+                return Err(StoreError::NotCreator { user: by, group });
+            }
+            Some(_) => {}
+        }
+        if key(member) == key(by) || !remove_from_group(c, g, key(member))? {
+            return Err(StoreError::NotAMember {
+                user: member,
+                group,
+            });
+        }
+        Ok(())
+    }
+
+    fn group(&mut self, group: GroupId) -> Result<Option<GroupInfo>> {
+        let c = self.tx()?;
+        group_info(c, key(group))
     }
 
     /// `UnknownUser` if `user` does not exist.
@@ -1067,9 +1237,11 @@ impl Store for SqliteStore {
             .db()?
             .execute([limit])
             .db()?;
-        let left = limit - direct as i64;
+        let mut done = direct as i64;
+        done += compact_deleted_groups(c, limit - done)?;
+        let left = limit - done;
         if left <= 0 {
-            return Ok(direct as u64);
+            return Ok(done as u64);
         }
         let group = c
             .prepare_cached(
@@ -1084,7 +1256,7 @@ impl Store for SqliteStore {
             .db()?
             .execute([left])
             .db()?;
-        Ok((direct + group) as u64)
+        Ok((done + group as i64) as u64)
     }
 
     fn commit(&mut self) -> Result<()> {
