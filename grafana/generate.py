@@ -972,6 +972,47 @@ def loadtest():
             row("Latency percentiles: $metric", repeat="metric"),
             latency_panel("corrected"),
             latency_panel("uncorrected"),
+            row("History and read receipts"),
+            ts(
+                "History and mark-read latency, corrected",
+                "p50 and p99 of history pages (a browse's first page from its scheduled time, later pages from when they were asked) and of mark-reads: the history scenario, and mixed with --mix history=N or read=N.",
+                "s",
+                [
+                    T(quantile(q, lat, ("metric",), 'metric=~"history|mark_read",correction="corrected"'), "%s {{metric}}" % name)
+                    for q, name in ((0.5, "p50"), (0.99, "p99"))
+                ],
+                w=8,
+                log=True,
+            ),
+            ts(
+                "History and mark-read requests /s",
+                "HistoryRequests (one per page) and MarkReadRequests sent, answered, and failed (answered with an error or not at all; the run's report lists the kinds).",
+                "ops",
+                [
+                    T(sum_rate("chat_loadtest_history_requests_total"), "history sent"),
+                    T(sum_rate("chat_loadtest_history_pages_total"), "history pages"),
+                    T(sum_rate("chat_loadtest_history_failed_total"), "history failed"),
+                    T(sum_rate("chat_loadtest_mark_read_requests_total"), "mark-read sent"),
+                    T(sum_rate("chat_loadtest_marked_read_total"), "marked read"),
+                    T(sum_rate("chat_loadtest_mark_read_failed_total"), "mark-read failed"),
+                ],
+                w=8,
+                min=0,
+            ),
+            ts(
+                "Messages per history page",
+                "Messages in the history pages received over pages received: near the page size (50) the conversations are deep, far below it browses reach their beginning.",
+                "short",
+                [
+                    T(
+                        "%s / %s"
+                        % (sum_rate("chat_loadtest_history_messages_total"), sum_rate("chat_loadtest_history_pages_total")),
+                        "messages/page",
+                    )
+                ],
+                w=8,
+                min=0,
+            ),
             row("Correctness and the generator"),
             ts(
                 "Pending receipts",

@@ -24,8 +24,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::error::{ClientError, Result};
 use crate::model::{
-    Event, Friend, Group, GroupId, Incoming, LoadReport, Login, Message, MessageId, Reply, Sent,
-    User, UserId, decode,
+    Conversation, Event, Friend, Group, GroupId, History, Incoming, LoadReport, Login, Message,
+    MessageId, Reply, Sent, User, UserId, decode,
 };
 use crate::request::{Request, needs_leading_ping, with_encoded};
 
@@ -608,6 +608,66 @@ impl Client {
         match self.request(&Request::FindUser { name }).await? {
             Reply::FindUser(user) => Ok(user),
             other => Err(other.unexpected("FindUserReply")),
+        }
+    }
+
+    /// A page of `conversation`'s history, newest first: at most `limit`
+    /// messages (`None`: the node's default, 50; the node caps it at 200)
+    /// with ids below `before` (`None`: from the newest). For the next,
+    /// older page pass [`History::next_before`] as `before`. A direct
+    /// conversation is both directions, with how far the other user has
+    /// read it ([`History::read_up_to`]); a group's is what it had since
+    /// the user joined (members only: `NotAMember`).
+    pub async fn history(
+        &self,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: Option<u32>,
+    ) -> Result<History> {
+        let (peer_id, group_id) = conversation.ids();
+        let req = Request::History {
+            user_id: 0,
+            peer_id,
+            group_id,
+            before: before.unwrap_or(0),
+            limit: limit.unwrap_or(0),
+        };
+        match self.request(&req).await? {
+            Reply::History(page) => Ok(page),
+            other => Err(other.unexpected("HistoryReply")),
+        }
+    }
+
+    /// Marks `conversation` read up to message `up_to` (read positions
+    /// never move back: marking an older message is accepted and changes
+    /// nothing). In a direct conversation the other user, if online, gets
+    /// [`Event::ReadReceipt`].
+    pub async fn mark_read(&self, conversation: Conversation, up_to: MessageId) -> Result<()> {
+        let (peer_id, group_id) = conversation.ids();
+        let req = Request::MarkRead {
+            user_id: 0,
+            peer_id,
+            group_id,
+            up_to,
+        };
+        match self.request(&req).await? {
+            Reply::MarkRead => Ok(()),
+            other => Err(other.unexpected("MarkReadReply")),
+        }
+    }
+
+    /// How many members of `group_id` have read it up to `message_id` (or
+    /// beyond), and how many members it has: `(readers, members)`. Members
+    /// only.
+    pub async fn readers(&self, group_id: GroupId, message_id: MessageId) -> Result<(u32, u32)> {
+        let req = Request::Readers {
+            user_id: 0,
+            group_id,
+            message_id,
+        };
+        match self.request(&req).await? {
+            Reply::Readers { readers, members } => Ok((readers, members)),
+            other => Err(other.unexpected("ReadersReply")),
         }
     }
 

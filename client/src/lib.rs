@@ -17,6 +17,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! History and read state: [`Client::history`] pages back through a
+//! [`Conversation`] (a direct one with a user, or a group's), newest first;
+//! [`Client::mark_read`] moves the user's read position (the other user of a
+//! direct conversation gets [`Event::ReadReceipt`]); [`Client::readers`]
+//! counts a group's members who read up to a message; a [`Login`] lists the
+//! conversations with [`Unread`] messages.
+//!
 //! For tests that need to break the rules: [`Client::request`] sends any
 //! [`Request`] with any field values (say, a message whose `user_id` is
 //! someone else) and returns the raw [`Reply`]; [`Client::request_with_id`]
@@ -47,8 +54,8 @@ pub use connection::{Client, ClientConfig, DEFAULT_MAX_REPLY_FRAME, PendingReply
 pub use dedup::Dedup;
 pub use error::{ClientError, ErrorCode, Result};
 pub use model::{
-    Event, Friend, Group, GroupId, GroupMember, LoadReport, Login, Message, MessageId, Reply, Role,
-    Sent, User, UserId,
+    Conversation, Event, Friend, Group, GroupId, GroupMember, History, LoadReport, Login, Message,
+    MessageId, Reply, Role, Sent, Unread, User, UserId,
 };
 pub use request::{Request, encode_request, needs_leading_ping};
 

@@ -82,8 +82,95 @@ impl Message {
     }
 }
 
-/// A successful login: the session's user, friends and groups, and the
-/// messages stored while the user was away (oldest first).
+/// One of a user's conversations: with another user (both directions), or
+/// in a group. What [`crate::Client::history`] and
+/// [`crate::Client::mark_read`] take; on the wire, `peer_id` or `group_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    /// The messages between the session's user and this user.
+    Direct(UserId),
+    /// The messages of this group.
+    Group(GroupId),
+}
+
+impl Conversation {
+    /// The conversation named by a `peer_id` and a `group_id` field (exactly
+    /// one non-zero); `None` when both or neither are.
+    pub fn from_ids(peer_id: UserId, group_id: GroupId) -> Option<Conversation> {
+        match (peer_id, group_id) {
+            (0, 0) => None,
+            (peer, 0) => Some(Conversation::Direct(peer)),
+            (0, group) => Some(Conversation::Group(group)),
+            _ => None,
+        }
+    }
+
+    /// Its `(peer_id, group_id)` fields.
+    pub fn ids(self) -> (UserId, GroupId) {
+        match self {
+            Conversation::Direct(peer) => (peer, 0),
+            Conversation::Group(group) => (0, group),
+        }
+    }
+
+    /// The conversation `m` belongs to, as `me` sees it: its group, or the
+    /// other user of a direct message.
+    pub fn of(m: &Message, me: UserId) -> Conversation {
+        if m.is_group() {
+            Conversation::Group(m.group_id)
+        } else if m.sender_id == me {
+            Conversation::Direct(m.recipient_id)
+        } else {
+            Conversation::Direct(m.sender_id)
+        }
+    }
+}
+
+/// Unread messages in one conversation, as a login lists them: messages
+/// from others above the user's read position. Exactly one of `peer_id` and
+/// `group_id` is non-zero. The node stops counting at 999 (show "999+").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unread {
+    pub peer_id: UserId,
+    pub group_id: GroupId,
+    pub count: u32,
+}
+
+impl Unread {
+    /// The conversation, `None` when the node named none (or both).
+    pub fn conversation(&self) -> Option<Conversation> {
+        Conversation::from_ids(self.peer_id, self.group_id)
+    }
+}
+
+/// A page of a conversation's history (`HistoryReply`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Newest first.
+    pub messages: Vec<Message>,
+    /// Older messages exist: ask again with `before` = the id of the last
+    /// (oldest) message here.
+    pub more: bool,
+    /// In a direct conversation, how far the other user has read it (0 when
+    /// they have not marked it read); 0 in a group.
+    pub read_up_to: MessageId,
+}
+
+impl History {
+    /// The id to pass as `before` for the next (older) page, when there is
+    /// one.
+    pub fn next_before(&self) -> Option<MessageId> {
+        if self.more {
+            self.messages.last().map(|m| m.id)
+        } else {
+            None
+        }
+    }
+}
+
+/// A successful login: the session's user, friends and groups, the
+/// messages stored while the user was away (oldest first), and the
+/// conversations with unread messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     pub user_id: UserId,
@@ -91,6 +178,9 @@ pub struct Login {
     pub friends: Vec<User>,
     pub groups: Vec<Group>,
     pub pending: Vec<Message>,
+    /// Conversations with unread messages (only those); empty from a node
+    /// that does not count them.
+    pub unread: Vec<Unread>,
 }
 
 /// A node's answer to a load probe (`LoadReply`).
@@ -141,6 +231,16 @@ pub enum Reply {
     GroupInfo(Group),
     /// `FindUserReply`: the user with the name asked for.
     FindUser(User),
+    /// `HistoryReply`: a page of a conversation, newest first.
+    History(History),
+    /// `MarkReadReply`.
+    MarkRead,
+    /// `ReadersReply`: how many members of the group read up to the message
+    /// asked about, of how many members.
+    Readers {
+        readers: u32,
+        members: u32,
+    },
     Load(LoadReport),
     WhichNode {
         address: String,
@@ -171,6 +271,9 @@ impl Reply {
             Reply::RemoveMember => "RemoveMemberReply",
             Reply::GroupInfo(_) => "GroupInfoReply",
             Reply::FindUser(_) => "FindUserReply",
+            Reply::History(_) => "HistoryReply",
+            Reply::MarkRead => "MarkReadReply",
+            Reply::Readers { .. } => "ReadersReply",
             Reply::Load(_) => "LoadReply",
             Reply::WhichNode { .. } => "WhichNodeReply",
             Reply::Other(b) => b.variant_name().unwrap_or("unknown body"),
@@ -230,6 +333,14 @@ pub enum Event {
     /// User `friend_id` ended their friendship with this user
     /// (`FriendRemovedPush`); they are no longer among the friends.
     FriendRemoved { friend_id: UserId },
+    /// User `reader_id` read their direct conversation with this user
+    /// (`peer_id`, this session's user) up to message `up_to`
+    /// (`ReadReceiptPush`).
+    ReadReceipt {
+        reader_id: UserId,
+        peer_id: UserId,
+        up_to: MessageId,
+    },
     /// A reply whose request id matches no request in flight: the answer to
     /// [`crate::Client::send_request`] or [`crate::Client::send_raw`], or a
     /// reply the node sent with request id 0.
@@ -337,6 +448,14 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
                 friend_id: p.friend_id(),
             }));
         }
+        fb::Body::ReadReceiptPush => {
+            let p = body(env.body_as_read_receipt_push(), "ReadReceiptPush body")?;
+            return Ok(Incoming::Push(Event::ReadReceipt {
+                reader_id: p.reader_id(),
+                peer_id: p.peer_id(),
+                up_to: p.up_to(),
+            }));
+        }
         fb::Body::ErrorReply => {
             let r = body(env.body_as_error_reply(), "ErrorReply body")?;
             Reply::Error {
@@ -366,6 +485,18 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
                     .map(|v| v.iter().map(group).collect())
                     .unwrap_or_default(),
                 pending: Vec::with_capacity(login_pending.min(1024) as usize),
+                unread: r
+                    .unread()
+                    .map(|v| {
+                        v.iter()
+                            .map(|u| Unread {
+                                peer_id: u.peer_id(),
+                                group_id: u.group_id(),
+                                count: u.count(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         }
         fb::Body::LogoutReply => Reply::Logout,
@@ -414,6 +545,25 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
         fb::Body::FindUserReply => {
             let r = body(env.body_as_find_user_reply(), "FindUserReply body")?;
             Reply::FindUser(user(r.user().ok_or_else(|| missing("FindUserReply.user"))?))
+        }
+        fb::Body::HistoryReply => {
+            let r = body(env.body_as_history_reply(), "HistoryReply body")?;
+            Reply::History(History {
+                messages: r
+                    .messages()
+                    .map(|v| v.iter().map(message).collect())
+                    .unwrap_or_default(),
+                more: r.more(),
+                read_up_to: r.read_up_to(),
+            })
+        }
+        fb::Body::MarkReadReply => Reply::MarkRead,
+        fb::Body::ReadersReply => {
+            let r = body(env.body_as_readers_reply(), "ReadersReply body")?;
+            Reply::Readers {
+                readers: r.readers(),
+                members: r.members(),
+            }
         }
         fb::Body::PingReply => Reply::Ping {
             time_ms: body(env.body_as_ping_reply(), "PingReply body")?.time_ms(),

@@ -79,6 +79,32 @@ pub enum Request<'a> {
     FindUser {
         name: &'a str,
     },
+    /// A page of a conversation's history, newest first: with user
+    /// `peer_id` (both directions) or in group `group_id` (exactly one
+    /// non-zero, else `BadRequest`), ids below `before` (0: from the
+    /// newest), at most `limit` messages (0: the node's default, 50; at most
+    /// 200).
+    History {
+        user_id: UserId,
+        peer_id: UserId,
+        group_id: GroupId,
+        before: MessageId,
+        limit: u32,
+    },
+    /// Marks the conversation with `peer_id` or in `group_id` read up to
+    /// message `up_to`.
+    MarkRead {
+        user_id: UserId,
+        peer_id: UserId,
+        group_id: GroupId,
+        up_to: MessageId,
+    },
+    /// How many members of `group_id` have read it up to `message_id`.
+    Readers {
+        user_id: UserId,
+        group_id: GroupId,
+        message_id: MessageId,
+    },
     /// A node's load report (no login needed).
     Load,
     /// Which node a balancer in redirect mode chooses.
@@ -104,6 +130,9 @@ impl Request<'_> {
             Request::RemoveMember { .. } => fb::Body::RemoveMemberRequest,
             Request::GroupInfo { .. } => fb::Body::GroupInfoRequest,
             Request::FindUser { .. } => fb::Body::FindUserRequest,
+            Request::History { .. } => fb::Body::HistoryRequest,
+            Request::MarkRead { .. } => fb::Body::MarkReadRequest,
+            Request::Readers { .. } => fb::Body::ReadersRequest,
             Request::Load => fb::Body::LoadRequest,
             Request::WhichNode => fb::Body::WhichNodeRequest,
         }
@@ -218,6 +247,51 @@ impl Request<'_> {
                 let name = Some(b.create_string(name));
                 fb::FindUserRequest::create(b, &fb::FindUserRequestArgs { name }).as_union_value()
             }
+            Request::History {
+                user_id,
+                peer_id,
+                group_id,
+                before,
+                limit,
+            } => fb::HistoryRequest::create(
+                b,
+                &fb::HistoryRequestArgs {
+                    user_id,
+                    peer_id,
+                    group_id,
+                    before,
+                    limit,
+                },
+            )
+            .as_union_value(),
+            Request::MarkRead {
+                user_id,
+                peer_id,
+                group_id,
+                up_to,
+            } => fb::MarkReadRequest::create(
+                b,
+                &fb::MarkReadRequestArgs {
+                    user_id,
+                    peer_id,
+                    group_id,
+                    up_to,
+                },
+            )
+            .as_union_value(),
+            Request::Readers {
+                user_id,
+                group_id,
+                message_id,
+            } => fb::ReadersRequest::create(
+                b,
+                &fb::ReadersRequestArgs {
+                    user_id,
+                    group_id,
+                    message_id,
+                },
+            )
+            .as_union_value(),
             Request::Load => fb::LoadRequest::create(b, &fb::LoadRequestArgs {}).as_union_value(),
             Request::WhichNode => {
                 fb::WhichNodeRequest::create(b, &fb::WhichNodeRequestArgs {}).as_union_value()
@@ -340,6 +414,45 @@ mod tests {
             },
             Request::FindUser { name: "bób 🦀" },
             Request::FindUser { name: "" },
+            Request::History {
+                user_id: 0,
+                peer_id: 9,
+                group_id: 0,
+                before: 0,
+                limit: 0,
+            },
+            Request::History {
+                user_id: 7,
+                peer_id: 0,
+                group_id: 3,
+                before: u64::MAX,
+                limit: 200,
+            },
+            // Both ids: the node refuses it, the client sends it as asked.
+            Request::History {
+                user_id: 7,
+                peer_id: 9,
+                group_id: 3,
+                before: 1,
+                limit: u32::MAX,
+            },
+            Request::MarkRead {
+                user_id: 0,
+                peer_id: 9,
+                group_id: 0,
+                up_to: 42,
+            },
+            Request::MarkRead {
+                user_id: 7,
+                peer_id: 0,
+                group_id: 3,
+                up_to: 0,
+            },
+            Request::Readers {
+                user_id: 0,
+                group_id: 3,
+                message_id: 42,
+            },
         ]
     }
 
@@ -446,6 +559,33 @@ mod tests {
             fb::Body::FindUserRequest => Request::FindUser {
                 name: s(env.body_as_find_user_request().unwrap().name()),
             },
+            fb::Body::HistoryRequest => {
+                let r = env.body_as_history_request().unwrap();
+                Request::History {
+                    user_id: r.user_id(),
+                    peer_id: r.peer_id(),
+                    group_id: r.group_id(),
+                    before: r.before(),
+                    limit: r.limit(),
+                }
+            }
+            fb::Body::MarkReadRequest => {
+                let r = env.body_as_mark_read_request().unwrap();
+                Request::MarkRead {
+                    user_id: r.user_id(),
+                    peer_id: r.peer_id(),
+                    group_id: r.group_id(),
+                    up_to: r.up_to(),
+                }
+            }
+            fb::Body::ReadersRequest => {
+                let r = env.body_as_readers_request().unwrap();
+                Request::Readers {
+                    user_id: r.user_id(),
+                    group_id: r.group_id(),
+                    message_id: r.message_id(),
+                }
+            }
             other => panic!("not a request: {other:?}"),
         };
         (env.request_id(), req)

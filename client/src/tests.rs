@@ -158,7 +158,34 @@ impl FakeNode {
     }
 
     async fn login_reply(&mut self, request_id: u64, pending: u32) {
+        self.login_reply_unread(request_id, pending, &[]).await;
+    }
+
+    /// A login reply listing `unread` as `(peer_id, group_id, count)`; no
+    /// `unread` vector at all when it is empty, as the node sends it.
+    async fn login_reply_unread(
+        &mut self,
+        request_id: u64,
+        pending: u32,
+        unread: &[(u64, u64, u32)],
+    ) {
         self.send(request_id, |b| {
+            let unread = (!unread.is_empty()).then(|| {
+                let items: Vec<_> = unread
+                    .iter()
+                    .map(|&(peer_id, group_id, count)| {
+                        fb::Unread::create(
+                            b,
+                            &fb::UnreadArgs {
+                                peer_id,
+                                group_id,
+                                count,
+                            },
+                        )
+                    })
+                    .collect();
+                b.create_vector(&items)
+            });
             let fname = b.create_string("bob");
             let friend = fb::User::create(
                 b,
@@ -201,6 +228,7 @@ impl FakeNode {
                     friends,
                     groups,
                     pending,
+                    unread,
                 },
             );
             (fb::Body::LoginReply, r.as_union_value())
@@ -266,6 +294,7 @@ async fn login_collects_pending_then_pushes_become_events() {
     let login = login.await.unwrap().unwrap();
     assert_eq!(login.user_id, 1);
     assert_eq!(login.name, "alice");
+    assert!(login.unread.is_empty());
     assert_eq!(
         login.friends,
         vec![User {
@@ -931,4 +960,336 @@ async fn removal_pushes_during_a_login_do_not_count_as_pending() {
         client.next_event_timeout(SECOND).await.unwrap(),
         Event::FriendRemoved { friend_id: 2 }
     );
+}
+
+/// A message table as the node writes it, for history pages.
+fn fb_message<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    id: u64,
+    sender_id: u64,
+    recipient_id: u64,
+    group_id: u64,
+) -> WIPOffset<fb::Message<'a>> {
+    let sender_name = Some(b.create_string(if sender_id == 1 { "alice" } else { "bob" }));
+    let text = Some(b.create_string(&format!("m{id}")));
+    fb::Message::create(
+        b,
+        &fb::MessageArgs {
+            id,
+            sender_id,
+            sender_name,
+            recipient_id,
+            group_id,
+            time_ms: 1_700_000_000_000 + id,
+            text,
+        },
+    )
+}
+
+#[tokio::test]
+async fn login_lists_unread_conversations() {
+    let (client, mut node) = pair(ClientConfig::default());
+    let login = tokio::spawn({
+        let c = client.clone();
+        async move { c.login(1, "pw").await }
+    });
+    let s = node.next().await.unwrap();
+    node.login_reply_unread(s.request_id, 1, &[(2, 0, 3), (0, 10, 999)])
+        .await;
+    node.message_push(5, 0, "while you were out").await;
+    let login = login.await.unwrap().unwrap();
+    assert_eq!(login.pending.len(), 1);
+    assert_eq!(
+        login.unread,
+        [
+            Unread {
+                peer_id: 2,
+                group_id: 0,
+                count: 3
+            },
+            Unread {
+                peer_id: 0,
+                group_id: 10,
+                count: 999
+            },
+        ]
+    );
+    assert_eq!(
+        login.unread[0].conversation(),
+        Some(Conversation::Direct(2))
+    );
+    assert_eq!(
+        login.unread[1].conversation(),
+        Some(Conversation::Group(10))
+    );
+}
+
+#[tokio::test]
+async fn history_pages_back_through_a_conversation() {
+    let (client, mut node) = pair(ClientConfig::default());
+
+    // The newest page of a direct conversation: both directions, newest first.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.history(Conversation::Direct(2), None, None).await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.body, fb::Body::HistoryRequest);
+    let r = s.env().body_as_history_request().unwrap();
+    assert_eq!(
+        (
+            r.user_id(),
+            r.peer_id(),
+            r.group_id(),
+            r.before(),
+            r.limit()
+        ),
+        (0, 2, 0, 0, 0),
+        "None is sent as 0: from the newest, the node's default page"
+    );
+    node.send(s.request_id, |b| {
+        let messages = [fb_message(b, 12, 1, 2, 0), fb_message(b, 9, 2, 1, 0)];
+        let messages = Some(b.create_vector(&messages));
+        let r = fb::HistoryReply::create(
+            b,
+            &fb::HistoryReplyArgs {
+                messages,
+                more: true,
+                read_up_to: 12,
+            },
+        );
+        (fb::Body::HistoryReply, r.as_union_value())
+    })
+    .await;
+    let page = call.await.unwrap().unwrap();
+    let ids: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| (m.id, m.sender_id, m.text.as_str()))
+        .collect();
+    assert_eq!(ids, [(12, 1, "m12"), (9, 2, "m9")]);
+    assert_eq!((page.more, page.read_up_to), (true, 12));
+    assert_eq!(page.next_before(), Some(9));
+    assert_eq!(
+        Conversation::of(&page.messages[0], 1),
+        Conversation::Direct(2)
+    );
+    assert_eq!(
+        Conversation::of(&page.messages[1], 1),
+        Conversation::Direct(2)
+    );
+
+    // The next, older page of a group, with a limit: the last one.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.history(Conversation::Group(10), Some(9), Some(2)).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_history_request().unwrap();
+    assert_eq!(
+        (
+            r.user_id(),
+            r.peer_id(),
+            r.group_id(),
+            r.before(),
+            r.limit()
+        ),
+        (0, 0, 10, 9, 2)
+    );
+    node.send(s.request_id, |b| {
+        let messages = [fb_message(b, 4, 2, 0, 10)];
+        let messages = Some(b.create_vector(&messages));
+        let r = fb::HistoryReply::create(
+            b,
+            &fb::HistoryReplyArgs {
+                messages,
+                more: false,
+                read_up_to: 0,
+            },
+        );
+        (fb::Body::HistoryReply, r.as_union_value())
+    })
+    .await;
+    let page = call.await.unwrap().unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert!(page.messages[0].is_group());
+    assert_eq!(page.next_before(), None, "no more pages");
+    assert_eq!(
+        Conversation::of(&page.messages[0], 1),
+        Conversation::Group(10)
+    );
+
+    // An empty page (no vector at all) is an empty history.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.history(Conversation::Direct(3), None, None).await }
+    });
+    let s = node.next().await.unwrap();
+    node.send(s.request_id, |b| {
+        let r = fb::HistoryReply::create(b, &fb::HistoryReplyArgs::default());
+        (fb::Body::HistoryReply, r.as_union_value())
+    })
+    .await;
+    assert_eq!(call.await.unwrap().unwrap(), History::default());
+
+    // Errors are typed.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.history(Conversation::Group(11), None, None).await }
+    });
+    let s = node.next().await.unwrap();
+    node.error_reply(s.request_id, fb::ErrorCode::NotAMember, "not yours")
+        .await;
+    assert_eq!(
+        call.await.unwrap().unwrap_err().code(),
+        Some(ErrorCode::NotAMember)
+    );
+}
+
+#[tokio::test]
+async fn mark_read_and_readers_requests_and_replies() {
+    let (client, mut node) = pair(ClientConfig::default());
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.mark_read(Conversation::Direct(2), 42).await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.body, fb::Body::MarkReadRequest);
+    let r = s.env().body_as_mark_read_request().unwrap();
+    assert_eq!(
+        (r.user_id(), r.peer_id(), r.group_id(), r.up_to()),
+        (0, 2, 0, 42)
+    );
+    node.send(s.request_id, |b| {
+        let r = fb::MarkReadReply::create(b, &fb::MarkReadReplyArgs {});
+        (fb::Body::MarkReadReply, r.as_union_value())
+    })
+    .await;
+    call.await.unwrap().unwrap();
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.mark_read(Conversation::Group(10), 50).await }
+    });
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_mark_read_request().unwrap();
+    assert_eq!((r.peer_id(), r.group_id(), r.up_to()), (0, 10, 50));
+    node.error_reply(s.request_id, fb::ErrorCode::BadRequest, "beyond the newest")
+        .await;
+    assert_eq!(
+        call.await.unwrap().unwrap_err().code(),
+        Some(ErrorCode::BadRequest)
+    );
+
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.readers(10, 42).await }
+    });
+    let s = node.next().await.unwrap();
+    assert_eq!(s.body, fb::Body::ReadersRequest);
+    let r = s.env().body_as_readers_request().unwrap();
+    assert_eq!((r.user_id(), r.group_id(), r.message_id()), (0, 10, 42));
+    node.send(s.request_id, |b| {
+        let r = fb::ReadersReply::create(
+            b,
+            &fb::ReadersReplyArgs {
+                readers: 3,
+                members: 7,
+            },
+        );
+        (fb::Body::ReadersReply, r.as_union_value())
+    })
+    .await;
+    assert_eq!(call.await.unwrap().unwrap(), (3, 7));
+
+    // A reply of another kind is not taken for the one expected.
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.readers(10, 42).await }
+    });
+    let s = node.next().await.unwrap();
+    node.send(s.request_id, |b| {
+        let r = fb::MarkReadReply::create(b, &fb::MarkReadReplyArgs {});
+        (fb::Body::MarkReadReply, r.as_union_value())
+    })
+    .await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(ClientError::Protocol(m)) if m.contains("ReadersReply") && m.contains("MarkReadReply")
+    ));
+
+    // Raw requests keep every field, both conversation ids included.
+    let p = client
+        .start_request(&Request::History {
+            user_id: 5,
+            peer_id: 2,
+            group_id: 10,
+            before: 7,
+            limit: 1000,
+        })
+        .unwrap();
+    let s = node.next().await.unwrap();
+    let r = s.env().body_as_history_request().unwrap();
+    assert_eq!(
+        (
+            r.user_id(),
+            r.peer_id(),
+            r.group_id(),
+            r.before(),
+            r.limit()
+        ),
+        (5, 2, 10, 7, 1000)
+    );
+    node.error_reply(s.request_id, fb::ErrorCode::BadRequest, "exactly one")
+        .await;
+    assert!(matches!(
+        p.wait().await.unwrap(),
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn read_receipts_become_events() {
+    let (client, mut node) = pair(ClientConfig::default());
+    node.send(0, |b| {
+        let p = fb::ReadReceiptPush::create(
+            b,
+            &fb::ReadReceiptPushArgs {
+                reader_id: 7,
+                peer_id: 1,
+                up_to: 42,
+            },
+        );
+        (fb::Body::ReadReceiptPush, p.as_union_value())
+    })
+    .await;
+    node.message_push(43, 0, "after").await;
+    assert_eq!(
+        client.next_event_timeout(SECOND).await.unwrap(),
+        Event::ReadReceipt {
+            reader_id: 7,
+            peer_id: 1,
+            up_to: 42
+        }
+    );
+    assert_eq!(
+        client.next_message_timeout(SECOND).await.unwrap().text,
+        "after"
+    );
+}
+
+#[test]
+fn conversations_have_exactly_one_id() {
+    assert_eq!(Conversation::from_ids(2, 0), Some(Conversation::Direct(2)));
+    assert_eq!(Conversation::from_ids(0, 9), Some(Conversation::Group(9)));
+    assert_eq!(Conversation::from_ids(0, 0), None);
+    assert_eq!(Conversation::from_ids(2, 9), None);
+    for c in [Conversation::Direct(2), Conversation::Group(9)] {
+        let (peer, group) = c.ids();
+        assert_eq!(Conversation::from_ids(peer, group), Some(c));
+    }
 }

@@ -34,6 +34,10 @@ Examples:
   chat-loadtest --target 127.0.0.1:6000 --scenario connect --connect-only --users 5000 \\
       --server-metrics http://127.0.0.1:9100/metrics      # memory per idle connection
   chat-loadtest --scenario-file loadtest/scenarios/mixed.toml --target 127.0.0.1:8000
+  # history: half the actions page back through a conversation (1-3 pages)
+  chat-loadtest --local 1 --scenario history --users 200 --rate 1000
+  # mixed with read receipts: a tenth of the actions mark a conversation read
+  chat-loadtest --local 1 --scenario mixed --mix direct=60,group=20,relogin=10,read=10
   # distributed: workers first (any machine), then the coordinator
   chat-loadtest worker --nats nats://10.0.0.9:4222
   chat-loadtest --workers 4 --nats nats://10.0.0.9:4222 --target 10.0.0.5:8000 --users 100000
@@ -42,9 +46,15 @@ Scenarios: connect (users connect, register and log in at --rate per second,
 then stay online for --duration; --connect-only: only connect and ping),
 direct (one-to-one messages between random friends at --rate), group (group
 messages at --rate, each to --group-size members), mixed (mostly idle users,
-some chatting, some in groups, logins and logouts), soak (direct at a fixed
-rate for a long --duration), ramp (rate rising by --ramp-step every
---ramp-step-duration until an SLO breaks).
+some chatting, some in groups, logins and logouts; --mix read=N adds marking
+a conversation read up to the last message received, history=N paging back
+through one), history (every user online and acting: by --mix, default
+direct=40,group=10,history=50, chatting or paging back through a
+conversation's history with 1 to 3 HistoryRequests; history and mark_read
+latencies are measured), soak (direct at a fixed rate for a long
+--duration), ramp (rate rising by --ramp-step every --ramp-step-duration
+until an SLO breaks). The history scenario and the read and history kinds
+need --protocol fb.
 
 Exit status: 0 when every --slo held, 2 when one did not, 1 on an error.";
 
@@ -66,6 +76,9 @@ pub enum ScenarioKind {
     Direct,
     Group,
     Mixed,
+    // Users page back through their conversations' history while others
+    // chat (the `mixed` actions, all users active).
+    History,
     Soak,
     Ramp,
 }
@@ -77,6 +90,7 @@ impl ScenarioKind {
             ScenarioKind::Direct => "direct",
             ScenarioKind::Group => "group",
             ScenarioKind::Mixed => "mixed",
+            ScenarioKind::History => "history",
             ScenarioKind::Soak => "soak",
             ScenarioKind::Ramp => "ramp",
         }
@@ -92,8 +106,8 @@ pub enum Model {
     /// Each sender keeps one message in flight: it sends the next only once
     /// the previous one is done (one-to-one scenarios: senders paired with
     /// fixed receivers, done = delivered to the receiver and acknowledged;
-    /// group and mixed: acknowledged). A closed-loop tool; shows what
-    /// coordinated omission hides.
+    /// group, mixed and history: acknowledged or answered). A closed-loop
+    /// tool; shows what coordinated omission hides.
     Closed,
 }
 
@@ -107,13 +121,39 @@ pub enum Target {
     Redirect(String),
 }
 
-/// Weights of the actions of the `mixed` scenario.
+/// Weights of the actions of the `mixed` and `history` scenarios.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mix {
     pub direct: f64,
     pub group: f64,
     /// A user logs out and logs in again (offline messages meanwhile).
     pub relogin: f64,
+    /// A user marks one of its conversations read up to the last message
+    /// it received there (`MarkReadRequest`; a direct message instead while
+    /// it has received nothing).
+    #[serde(default)]
+    pub read: f64,
+    /// A user pages back through one of its conversations (a friend's or a
+    /// group's): 1 to 3 `HistoryRequest`s, each for the page before the
+    /// last, fewer when the history ends.
+    #[serde(default)]
+    pub history: f64,
+}
+
+impl Mix {
+    /// The default weights of `scenario`.
+    pub fn default_for(scenario: ScenarioKind) -> &'static str {
+        match scenario {
+            ScenarioKind::History => "direct=40,group=10,history=50",
+            _ => "direct=80,group=15,relogin=5",
+        }
+    }
+
+    /// Whether some actions need the history and read requests, which only
+    /// the FlatBuffers protocol has.
+    pub fn needs_history(&self) -> bool {
+        self.read > 0.0 || self.history > 0.0
+    }
 }
 
 /// The steps of the `ramp` scenario.
@@ -278,13 +318,13 @@ pub struct Args {
     /// What the users do [default: direct].
     #[arg(long, env = "CHAT_LOADTEST_SCENARIO", value_enum)]
     pub scenario: Option<ScenarioKind>,
-    /// open: sends follow the schedule; closed: each sender keeps one message in flight (one-to-one: half the users send, each to a fixed receiver, and wait for its delivery; group, mixed: for the ack) [default: open].
+    /// open: sends follow the schedule; closed: each sender keeps one message in flight (one-to-one: half the users send, each to a fixed receiver, and wait for its delivery; group, mixed, history: for the ack or answer) [default: open].
     #[arg(long, env = "CHAT_LOADTEST_MODEL", value_enum)]
     pub model: Option<Model>,
     /// Virtual users (one connection each) [default: 200; connect: 1000].
     #[arg(long, env = "CHAT_LOADTEST_USERS")]
     pub users: Option<u64>,
-    /// Messages per second over all users; connect: connections per second [default: 2000; connect: 500].
+    /// Messages per second over all users (mixed, history: actions); connect: connections per second [default: 2000; connect: 500].
     #[arg(long, env = "CHAT_LOADTEST_RATE")]
     pub rate: Option<f64>,
     /// Measured time, after the warmup; connect: how long the users stay online after the last arrived [default: 10s; soak: 10m].
@@ -305,7 +345,7 @@ pub struct Args {
     /// Friends per user [default: 4].
     #[arg(long, env = "CHAT_LOADTEST_FRIENDS")]
     pub friends: Option<u32>,
-    /// Members per group (group, mixed) [default: 10].
+    /// Members per group (group, mixed, history) [default: 10].
     #[arg(long, env = "CHAT_LOADTEST_GROUP_SIZE")]
     pub group_size: Option<u32>,
     /// Message text bytes [default: 64].
@@ -314,7 +354,7 @@ pub struct Args {
     /// mixed: share of users that chat, the rest stay idle [default: 0.2].
     #[arg(long, env = "CHAT_LOADTEST_ACTIVE")]
     pub active: Option<f64>,
-    /// mixed: action weights [default: direct=80,group=15,relogin=5].
+    /// mixed, history: action weights of direct, group, relogin, read (mark a conversation read up to the last message received) and history (page back through a conversation) [default: mixed direct=80,group=15,relogin=5; history direct=40,group=10,history=50].
     #[arg(long, env = "CHAT_LOADTEST_MIX")]
     pub mix: Option<String>,
     /// ramp: first rate [default: --rate / 4].
@@ -547,11 +587,17 @@ impl Args {
         if !(0.0..=1.0).contains(&active) || active == 0.0 {
             return Err(invalid("--active must be in (0, 1]"));
         }
-        let mix = parse_mix(
-            self.mix
-                .as_deref()
-                .unwrap_or("direct=80,group=15,relogin=5"),
-        )?;
+        let mix = parse_mix(self.mix.as_deref().unwrap_or(Mix::default_for(scenario)))?;
+        let protocol = self.protocol.unwrap_or(Protocol::Fb);
+        let uses_mix = matches!(scenario, ScenarioKind::Mixed | ScenarioKind::History);
+        if protocol == Protocol::Json
+            && (scenario == ScenarioKind::History || (uses_mix && mix.needs_history()))
+        {
+            return Err(invalid(
+                "the history scenario and the read and history --mix kinds need --protocol fb \
+                 (the load tester's JSON sessions do not send msgids 40-43 yet)",
+            ));
+        }
         let ramp_start = self.ramp_start.unwrap_or(rate / 4.0);
         let ramp = Ramp {
             start: ramp_start,
@@ -594,7 +640,7 @@ impl Args {
             .clamp(1, 250);
         Ok(RunConfig {
             scenario,
-            protocol: self.protocol.unwrap_or(Protocol::Fb),
+            protocol,
             model: self.model.unwrap_or(Model::Open),
             target,
             users,
@@ -653,12 +699,14 @@ impl Args {
     }
 }
 
-/// `direct=80,group=15,relogin=5` (missing kinds weigh 0).
+/// `direct=80,group=15,relogin=5,read=0,history=0` (missing kinds weigh 0).
 fn parse_mix(text: &str) -> Result<Mix, ConfigError> {
     let mut mix = Mix {
         direct: 0.0,
         group: 0.0,
         relogin: 0.0,
+        read: 0.0,
+        history: 0.0,
     };
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = part
@@ -674,14 +722,16 @@ fn parse_mix(text: &str) -> Result<Mix, ConfigError> {
             "direct" => mix.direct = w,
             "group" => mix.group = w,
             "relogin" => mix.relogin = w,
+            "read" => mix.read = w,
+            "history" => mix.history = w,
             other => {
                 return Err(invalid(format!(
-                    "--mix: unknown kind {other:?} (direct, group, relogin)"
+                    "--mix: unknown kind {other:?} (direct, group, relogin, read, history)"
                 )));
             }
         }
     }
-    if mix.direct + mix.group + mix.relogin <= 0.0 {
+    if mix.direct + mix.group + mix.relogin + mix.read + mix.history <= 0.0 {
         return Err(invalid("--mix: at least one weight must be positive"));
     }
     Ok(mix)
@@ -796,6 +846,80 @@ mod tests {
         assert!(parse_mix("chat=1").is_err());
         assert!(parse_mix("direct=-1").is_err());
         assert!(parse_mix("direct=0").is_err());
+        let m = parse_mix("direct=60,group=20,relogin=10,read=10").unwrap();
+        assert_eq!(
+            (m.direct, m.group, m.relogin, m.read, m.history),
+            (60.0, 20.0, 10.0, 10.0, 0.0)
+        );
+        assert!(m.needs_history());
+        let m = parse_mix("history=1").unwrap();
+        assert_eq!((m.direct, m.read, m.history), (0.0, 0.0, 1.0));
+        assert!(!parse_mix("direct=1").unwrap().needs_history());
+    }
+
+    #[test]
+    fn history_scenario_and_read_mix_resolve() {
+        let c = parse(&["--target", "x:1", "--scenario", "history"])
+            .resolve(None)
+            .unwrap();
+        assert_eq!(c.scenario, ScenarioKind::History);
+        assert_eq!(
+            (
+                c.mix.direct,
+                c.mix.group,
+                c.mix.relogin,
+                c.mix.read,
+                c.mix.history
+            ),
+            (40.0, 10.0, 0.0, 0.0, 50.0)
+        );
+        let c = parse(&[
+            "--target",
+            "x:1",
+            "--scenario",
+            "mixed",
+            "--mix",
+            "direct=60,group=20,relogin=10,read=10",
+        ])
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.mix.read, 10.0);
+        // The mixed default has no read or history actions, so JSON is fine.
+        assert!(
+            parse(&[
+                "--target",
+                "x:1",
+                "--scenario",
+                "mixed",
+                "--protocol",
+                "json"
+            ])
+            .resolve(None)
+            .is_ok()
+        );
+        for args in [
+            &["--scenario", "history", "--protocol", "json"][..],
+            &[
+                "--scenario",
+                "mixed",
+                "--protocol",
+                "json",
+                "--mix",
+                "direct=1,read=1",
+            ],
+        ] {
+            let mut all = vec!["--target", "x:1"];
+            all.extend_from_slice(args);
+            let err = parse(&all).resolve(None).unwrap_err();
+            assert!(err.to_string().contains("--protocol fb"), "{err}");
+        }
+        // A RunConfig of an older coordinator (no read, no history) reads.
+        let mut v = serde_json::to_value(&c).unwrap();
+        let mix = v["mix"].as_object_mut().unwrap();
+        mix.remove("read");
+        mix.remove("history");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert_eq!((back.mix.read, back.mix.history), (0.0, 0.0));
     }
 
     #[test]
@@ -944,6 +1068,6 @@ mod scenario_files {
             );
             seen += 1;
         }
-        assert_eq!(seen, 6, "one example per scenario");
+        assert_eq!(seen, 7, "one example per scenario");
     }
 }

@@ -84,6 +84,34 @@ fn describe() {
         "Actions the generator started late (its own bottleneck)"
     );
     describe_counter!("chat_loadtest_errors_total", "Errors of every kind");
+    describe_counter!(
+        "chat_loadtest_history_requests_total",
+        "HistoryRequests sent (one per page asked for)"
+    );
+    describe_counter!(
+        "chat_loadtest_history_pages_total",
+        "HistoryRequests answered with a page"
+    );
+    describe_counter!(
+        "chat_loadtest_history_failed_total",
+        "HistoryRequests answered with an error or not at all"
+    );
+    describe_counter!(
+        "chat_loadtest_history_messages_total",
+        "Messages in the history pages received"
+    );
+    describe_counter!(
+        "chat_loadtest_mark_read_requests_total",
+        "MarkReadRequests sent"
+    );
+    describe_counter!(
+        "chat_loadtest_marked_read_total",
+        "MarkReadRequests the server accepted"
+    );
+    describe_counter!(
+        "chat_loadtest_mark_read_failed_total",
+        "MarkReadRequests answered with an error or not at all"
+    );
     describe_gauge!(
         "chat_loadtest_server_cpu_seconds",
         metrics::Unit::Seconds,
@@ -107,7 +135,7 @@ fn describe() {
     describe_histogram!(
         "chat_loadtest_latency_seconds",
         metrics::Unit::Seconds,
-        "Latency by metric (connect, register, login, send_ack, delivery) and correction"
+        "Latency by metric (connect, register, login, send_ack, delivery, history, mark_read) and correction"
     );
 }
 
@@ -128,6 +156,13 @@ pub fn publish(s: &LiveSecond) {
     counter!("chat_loadtest_out_of_order_total").absolute(c.out_of_order);
     counter!("chat_loadtest_late_total").absolute(c.late);
     counter!("chat_loadtest_errors_total").increment(s.errors);
+    counter!("chat_loadtest_history_requests_total").absolute(c.history_requests);
+    counter!("chat_loadtest_history_pages_total").absolute(c.history_pages);
+    counter!("chat_loadtest_history_failed_total").absolute(c.history_failed);
+    counter!("chat_loadtest_history_messages_total").absolute(c.history_messages);
+    counter!("chat_loadtest_mark_read_requests_total").absolute(c.mark_read_requests);
+    counter!("chat_loadtest_marked_read_total").absolute(c.marked_read);
+    counter!("chat_loadtest_mark_read_failed_total").absolute(c.mark_read_failed);
     for (series, h) in &s.second.histograms {
         record_histogram(*series, h);
     }

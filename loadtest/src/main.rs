@@ -256,8 +256,12 @@ fn rate_text(config: &RunConfig) -> String {
             humantime::format_duration(config.ramp.step_duration)
         ),
         _ => format!(
-            "{} msg/s for {} after {} warmup ({} model)",
+            "{} {}/s for {} after {} warmup ({} model)",
             config.rate,
+            match config.scenario {
+                ScenarioKind::Mixed | ScenarioKind::History => "actions",
+                _ => "msg",
+            },
             humantime::format_duration(config.duration),
             humantime::format_duration(config.warmup),
             format!("{:?}", config.model).to_lowercase()

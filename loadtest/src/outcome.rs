@@ -46,15 +46,22 @@ pub enum Metric {
     SendAck,
     /// A chat send to its receipt by each recipient.
     Delivery,
+    /// A `HistoryRequest` to its page (a browse's first page from the
+    /// browse's scheduled time, each later page from when it was asked).
+    History,
+    /// A `MarkReadRequest` to its reply.
+    MarkRead,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 7] = [
         Metric::Connect,
         Metric::Register,
         Metric::Login,
         Metric::SendAck,
         Metric::Delivery,
+        Metric::History,
+        Metric::MarkRead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +71,8 @@ impl Metric {
             Metric::Login => "login",
             Metric::SendAck => "send_ack",
             Metric::Delivery => "delivery",
+            Metric::History => "history",
+            Metric::MarkRead => "mark_read",
         }
     }
 
@@ -242,6 +251,20 @@ counters! {
     /// Scheduled actions the generator made late (more than the lag
     /// threshold after their time) or could not make at all.
     late,
+    /// `HistoryRequest`s sent (one per page asked for), whole run.
+    history_requests,
+    /// Of those, the ones answered with a page.
+    history_pages,
+    /// Of those, the ones answered with an error or not at all.
+    history_failed,
+    /// Messages in the pages received.
+    history_messages,
+    /// `MarkReadRequest`s sent, whole run.
+    mark_read_requests,
+    /// Of those, the ones the node accepted.
+    marked_read,
+    /// Of those, the ones answered with an error or not at all.
+    mark_read_failed,
 }
 
 /// How far behind its schedule the generator itself ran.

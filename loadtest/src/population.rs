@@ -3,7 +3,8 @@
 //! open model: an arrival is not delayed by slow earlier ones), then users
 //! befriend their neighbours and form groups. Each user gets a receiving
 //! task that checks every message pushed to it against its [`Tally`] and
-//! acknowledges them.
+//! acknowledges them; when the run marks conversations read (`--mix
+//! read=N`), it also keeps the last message id received per conversation.
 //!
 //! User `n` of this process is `<prefix>-<worker>-<n>`; friends and groups
 //! never cross processes, so a message's sender and recipients share a
@@ -16,14 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chat_client::{GroupId, UserId};
+use chat_client::{Conversation, GroupId, MessageId, UserId};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Protocol, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
-use crate::payload::Stamp;
+use crate::payload::{GROUP_STREAM, Stamp};
 use crate::record::{Recorder, add, inc};
 use crate::session::{Received, Session};
 use crate::tally::{Receipt, Tally};
@@ -31,6 +32,25 @@ use crate::target::Dialer;
 
 /// Setup requests in flight at once (friends, groups).
 const SETUP_CONCURRENCY: usize = 256;
+
+/// A conversation among this process's users: with the user of this index,
+/// or in the group of this index of [`Population::groups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LocalConversation {
+    Direct(u32),
+    Group(u32),
+}
+
+impl LocalConversation {
+    /// The conversation `stamp`'s message belongs to, for its recipient.
+    fn of(stamp: &Stamp) -> LocalConversation {
+        if stamp.stream & GROUP_STREAM != 0 {
+            LocalConversation::Group((stamp.stream & !GROUP_STREAM) as u32)
+        } else {
+            LocalConversation::Direct(stamp.sender)
+        }
+    }
+}
 
 /// One virtual user.
 pub struct User {
@@ -58,6 +78,9 @@ pub struct User {
     /// pushes that follow the reply are checked after them, in the order the
     /// node sent them (the reply and the pushes reach two different tasks).
     pub inbox: tokio::sync::Mutex<()>,
+    /// The highest server id received per conversation, kept only when the
+    /// run marks conversations read.
+    last_received: Option<Mutex<HashMap<LocalConversation, MessageId>>>,
 }
 
 impl User {
@@ -80,6 +103,11 @@ impl User {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .receive(&stamp, m.message_id);
+        if let (Some(last), Some(id)) = (&self.last_received, m.message_id) {
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            let newest = last.entry(LocalConversation::of(&stamp)).or_default();
+            *newest = (*newest).max(id);
+        }
         match receipt {
             Receipt::New | Receipt::OutOfOrder => {
                 inc(&rec.counts.delivered);
@@ -95,6 +123,22 @@ impl User {
         if self.unacked.fetch_add(1, Ordering::Relaxed) + 1 >= ack_every {
             self.ack_all();
         }
+    }
+
+    /// A conversation this user received messages in, picked at random,
+    /// with the id of the last message received there; `None` before the
+    /// first message (or when the run does not mark conversations read).
+    pub fn read_target(&self, rng: &mut impl rand::Rng) -> Option<(LocalConversation, MessageId)> {
+        let last = self
+            .last_received
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_empty() {
+            return None;
+        }
+        let n = rng.random_range(0..last.len());
+        last.iter().nth(n).map(|(c, id)| (*c, *id))
     }
 
     /// Returns once message `seq` of `sender`'s `stream` has arrived.
@@ -145,6 +189,22 @@ pub struct Population {
     pub groups: Vec<Group>,
     /// Set when the run is ending: receivers stop counting disconnects.
     pub stopping: Arc<AtomicBool>,
+}
+
+impl Population {
+    /// The node's name of a conversation among this process's users.
+    pub fn conversation(&self, c: LocalConversation) -> Option<Conversation> {
+        match c {
+            LocalConversation::Direct(u) => self
+                .users
+                .get(u as usize)
+                .map(|u| Conversation::Direct(u.id)),
+            LocalConversation::Group(g) => self
+                .groups
+                .get(g as usize)
+                .map(|g| Conversation::Group(g.id)),
+        }
+    }
 }
 
 /// How the setup is going, for the progress bar.
@@ -244,12 +304,17 @@ pub async fn set_up(
     } else {
         friend_pairs(n, config.friends)
     };
-    let groups = if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Mixed) {
+    let groups = if matches!(
+        config.scenario,
+        ScenarioKind::Group | ScenarioKind::Mixed | ScenarioKind::History
+    ) {
         group_members(n, config.group_size)
     } else {
         Vec::new()
     };
     let active_every = (1.0 / config.active).round().max(1.0) as u32;
+    let track_reads = matches!(config.scenario, ScenarioKind::Mixed | ScenarioKind::History)
+        && config.mix.read > 0.0;
     let mut friends_of = vec![Vec::new(); n as usize];
     for &(x, y) in &friends {
         friends_of[x as usize].push(y);
@@ -279,6 +344,7 @@ pub async fn set_up(
                 unacked: AtomicU64::new(0),
                 arrivals: Notify::new(),
                 inbox: tokio::sync::Mutex::new(()),
+                last_received: track_reads.then(Mutex::default),
             });
             for m in &a.pending {
                 user.receive(m, rec, config.ack_every);

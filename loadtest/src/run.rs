@@ -257,8 +257,10 @@ async fn drive(
     if pop.users.is_empty() {
         return Err(RunError::NoUsers(first_error(rec)));
     }
-    if matches!(config.scenario, ScenarioKind::Group | ScenarioKind::Mixed)
-        && pop.groups.is_empty()
+    if matches!(
+        config.scenario,
+        ScenarioKind::Group | ScenarioKind::Mixed | ScenarioKind::History
+    ) && pop.groups.is_empty()
         && rec
             .errors()
             .keys()
@@ -540,12 +542,15 @@ async fn ramp(cx: &Context<'_>, part: Part, t0: u64, pop: &Arc<Population>) -> V
     steps
 }
 
-/// Waits until every receipt due has come and every send was answered, or
-/// `until`.
+/// Waits until every receipt due has come and every send, history request
+/// and mark-read was answered, or `until`.
 async fn drain(rec: &Recorder, until: tokio::time::Instant) {
     loop {
         let c = rec.counts.snapshot();
-        let settled = c.delivered >= c.expected && c.acked + c.send_failed >= c.sent;
+        let settled = c.delivered >= c.expected
+            && c.acked + c.send_failed >= c.sent
+            && c.history_pages + c.history_failed >= c.history_requests
+            && c.marked_read + c.mark_read_failed >= c.mark_read_requests;
         if settled || tokio::time::Instant::now() >= until {
             return;
         }

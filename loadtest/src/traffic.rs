@@ -7,15 +7,23 @@
 //! released) it is recorded as the generator's lag.
 //!
 //! An action is a direct message to a random friend, a group message, or
-//! (in `mixed`) a logout followed by a login. Each message carries a
-//! [`Stamp`] so that its recipients can measure delivery.
+//! (in `mixed` and `history`, by `--mix`) a logout followed by a login, a
+//! mark-read of a conversation up to the last message the user received in
+//! it, or a browse: 1 to 3 history pages of one conversation, each asked
+//! once the previous one arrived (its latency from then; the first page's
+//! from the action's scheduled time). Each message carries a [`Stamp`] so
+//! that its recipients can measure delivery. Browses and mark-reads count in
+//! the window's `window_sent`/`window_acked` like sends (so the achieved
+//! rate is of every action), in their own counters and latency metrics
+//! (`history`, `mark_read`), not in `sent`/`acked`.
 //!
 //! **Closed model.** One loop per sender; the schedule's slots go to the
 //! loops in turn (slot k to loop k mod L), and a loop takes its next slot
 //! only once its previous message is done: in the one-to-one scenarios the
 //! senders are the first half of the users, each paired with a fixed
 //! receiver in the second half, and a message is done once the receiver got
-//! it and the sender got its ack; in `group` and `mixed`, once acknowledged.
+//! it and the sender got its ack; in `group`, `mixed` and `history`, once
+//! acknowledged (a browse or a mark-read: once answered).
 //! A loop behind its slots sends at once (the corrected latency counts
 //! from the slot). At the segment's end no loop starts anything new; the
 //! segment ends once every loop's last message is done, or `--drain` after
@@ -24,6 +32,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use chat_client::{Conversation, MessageId};
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -33,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Model, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
 use crate::payload::{GROUP_STREAM, Stamp};
-use crate::population::{Population, User, closed_pairs};
+use crate::population::{LocalConversation, Population, User, closed_pairs};
 use crate::record::{Recorder, add, inc};
 use crate::session::Ack;
 
@@ -58,6 +67,10 @@ enum Kind {
     Direct,
     Group,
     Relogin,
+    /// Mark a conversation read up to the last message received in it.
+    Read,
+    /// Page back through a conversation's history.
+    History,
 }
 
 /// Who sends in a segment: users that can (open model, group, mixed), or
@@ -170,9 +183,17 @@ fn pace(segment: Segment, senders: &[u32], slots: Option<&Slots>, scene: &Scene)
             if slots.is_none() {
                 let sender = senders[rng.random_range(0..senders.len())];
                 let kind = pick_kind(&scene.config, &mut rng);
-                if let Some(f) = scene.act(kind, sender, None, intended, &mut rng) {
-                    let rec = rec.clone();
-                    tokio::spawn(async move { finish(f.ack, f.intended, f.started, &rec).await });
+                match scene.act(kind, sender, None, intended, &mut rng) {
+                    Some(Action::Send(f)) => {
+                        let rec = rec.clone();
+                        tokio::spawn(
+                            async move { finish(f.ack, f.intended, f.started, &rec).await },
+                        );
+                    }
+                    Some(Action::Request(r)) => {
+                        tokio::spawn(r.run());
+                    }
+                    None => {}
                 }
             }
             k += 1;
@@ -194,7 +215,9 @@ fn pace(segment: Segment, senders: &[u32], slots: Option<&Slots>, scene: &Scene)
 fn can_send(user: &User, scenario: ScenarioKind) -> bool {
     match scenario {
         ScenarioKind::Group => !user.groups.is_empty(),
-        ScenarioKind::Mixed => !user.friends.is_empty() || !user.groups.is_empty(),
+        ScenarioKind::Mixed | ScenarioKind::History => {
+            !user.friends.is_empty() || !user.groups.is_empty()
+        }
         _ => !user.friends.is_empty(),
     }
 }
@@ -202,18 +225,153 @@ fn can_send(user: &User, scenario: ScenarioKind) -> bool {
 fn pick_kind(config: &RunConfig, rng: &mut SmallRng) -> Kind {
     match config.scenario {
         ScenarioKind::Group => Kind::Group,
-        ScenarioKind::Mixed => {
+        ScenarioKind::Mixed | ScenarioKind::History => {
             let m = &config.mix;
-            let x = rng.random::<f64>() * (m.direct + m.group + m.relogin);
-            if x < m.direct {
-                Kind::Direct
-            } else if x < m.direct + m.group {
-                Kind::Group
-            } else {
-                Kind::Relogin
+            let weights = [
+                (Kind::Direct, m.direct),
+                (Kind::Group, m.group),
+                (Kind::Relogin, m.relogin),
+                (Kind::Read, m.read),
+                (Kind::History, m.history),
+            ];
+            let total: f64 = weights.iter().map(|(_, w)| w).sum();
+            let mut x = rng.random::<f64>() * total;
+            let mut last = Kind::Direct;
+            for (kind, w) in weights {
+                if w <= 0.0 {
+                    continue;
+                }
+                if x < w {
+                    return kind;
+                }
+                x -= w;
+                last = kind;
             }
+            last
         }
         _ => Kind::Direct,
+    }
+}
+
+/// What [`Scene::act`] started: a send to await, or a request to run
+/// (spawned in the open model, awaited by a closed loop).
+enum Action {
+    Send(InFlight),
+    Request(Request),
+}
+
+/// A request of an action that sends no message.
+struct Request {
+    user: Arc<User>,
+    what: Asked,
+    intended: u64,
+    rec: Arc<Recorder>,
+}
+
+enum Asked {
+    /// Up to `pages` history pages of `conversation`, newest first.
+    Browse {
+        conversation: Conversation,
+        pages: u32,
+    },
+    /// Mark `conversation` read up to `up_to`.
+    MarkRead {
+        conversation: Conversation,
+        up_to: MessageId,
+    },
+}
+
+impl Request {
+    async fn run(self) {
+        let Request {
+            user,
+            what,
+            intended,
+            rec,
+        } = self;
+        match what {
+            Asked::Browse {
+                conversation,
+                pages,
+            } => browse(&user, conversation, pages, intended, &rec).await,
+            Asked::MarkRead {
+                conversation,
+                up_to,
+            } => mark_read(&user, conversation, up_to, intended, &rec).await,
+        }
+    }
+}
+
+/// Pages back through `conversation`: up to `pages` history pages, each
+/// below the oldest message of the previous one, fewer when the history
+/// ends or a request fails. The first page's latency counts from the
+/// action's scheduled time, each later one from when it was asked (a user
+/// asks for the next page once the previous one is there). The action is
+/// in the window's acknowledged ones once its first page came.
+async fn browse(
+    user: &User,
+    conversation: Conversation,
+    pages: u32,
+    intended: u64,
+    rec: &Recorder,
+) {
+    let mut before = None;
+    for page in 0..pages {
+        let started = rec.clock.now_us();
+        let from = if page == 0 { intended } else { started };
+        let counted = page == 0 && rec.action_in_window(intended, started);
+        inc(&rec.counts.history_requests);
+        if counted {
+            inc(&rec.counts.window_sent);
+        }
+        match user.session.history(conversation, before).await {
+            Ok(p) => {
+                rec.latency(Metric::History, from, started);
+                inc(&rec.counts.history_pages);
+                add(&rec.counts.history_messages, p.messages);
+                if counted {
+                    inc(&rec.counts.window_acked);
+                }
+                match p.next_before {
+                    Some(oldest) => before = Some(oldest),
+                    None => return,
+                }
+            }
+            Err(f) => {
+                inc(&rec.counts.history_failed);
+                rec.error(format!("history: {}", f.0));
+                return;
+            }
+        }
+    }
+}
+
+/// Marks `conversation` read up to `up_to`.
+async fn mark_read(
+    user: &User,
+    conversation: Conversation,
+    up_to: MessageId,
+    intended: u64,
+    rec: &Recorder,
+) {
+    let started = rec.clock.now_us();
+    let counted = rec.action_in_window(intended, started);
+    inc(&rec.counts.mark_read_requests);
+    if counted {
+        inc(&rec.counts.window_sent);
+    }
+    match user.session.mark_read(conversation, up_to).await {
+        Ok(()) => {
+            rec.latency(Metric::MarkRead, intended, started);
+            inc(&rec.counts.marked_read);
+            if counted {
+                inc(&rec.counts.window_acked);
+            }
+        }
+        Err(f) => {
+            inc(&rec.counts.mark_read_failed);
+            rec.error(format!("mark_read: {}", f.0));
+        }
     }
 }
 
@@ -237,7 +395,8 @@ struct Due {
 
 impl Scene {
     /// Starts one action by `sender` (a direct message goes to `to`, else to a
-    /// random friend); returns the send to await, if any.
+    /// random friend); returns the send to await or the request to run, if
+    /// any. A mark-read with nothing received yet becomes a message.
     fn act(
         &self,
         kind: Kind,
@@ -245,9 +404,45 @@ impl Scene {
         to: Option<u32>,
         intended: u64,
         rng: &mut SmallRng,
-    ) -> Option<InFlight> {
+    ) -> Option<Action> {
         let (pop, rec, config) = (&self.pop, &self.rec, &self.config);
         let user = &pop.users[sender as usize];
+        let asked = match kind {
+            Kind::Read => user.read_target(rng).and_then(|(c, up_to)| {
+                Some(Asked::MarkRead {
+                    conversation: pop.conversation(c)?,
+                    up_to,
+                })
+            }),
+            Kind::History => pick_conversation(user, rng).and_then(|c| {
+                Some(Asked::Browse {
+                    conversation: pop.conversation(c)?,
+                    pages: rng.random_range(1..=3),
+                })
+            }),
+            _ => None,
+        };
+        if let Some(what) = asked {
+            if !user.online.load(Ordering::Relaxed) {
+                let (failed, name) = match what {
+                    Asked::Browse { .. } => (&rec.counts.history_failed, "history"),
+                    Asked::MarkRead { .. } => (&rec.counts.mark_read_failed, "mark_read"),
+                };
+                rec.error(format!("{name}: user offline"));
+                inc(failed);
+                return None;
+            }
+            return Some(Action::Request(Request {
+                user: user.clone(),
+                what,
+                intended,
+                rec: rec.clone(),
+            }));
+        }
+        let kind = match kind {
+            Kind::Read | Kind::History => Kind::Direct,
+            k => k,
+        };
         let kind = match kind {
             Kind::Direct if to.is_none() && user.friends.is_empty() => Kind::Group,
             Kind::Group if user.groups.is_empty() => Kind::Direct,
@@ -299,12 +494,12 @@ impl Scene {
                 if rec.action_in_window(intended, started) {
                     inc(&rec.counts.window_sent);
                 }
-                Some(InFlight {
+                Some(Action::Send(InFlight {
                     ack,
                     intended,
                     started,
                     receipt,
-                })
+                }))
             }
             Err(f) => {
                 inc(&rec.counts.send_failed);
@@ -313,6 +508,19 @@ impl Scene {
             }
         }
     }
+}
+
+/// One of `user`'s conversations at random: a friend's or a group's.
+fn pick_conversation(user: &User, rng: &mut SmallRng) -> Option<LocalConversation> {
+    let n = user.friends.len() + user.groups.len();
+    if n == 0 {
+        return None;
+    }
+    let i = rng.random_range(0..n);
+    Some(match user.friends.get(i) {
+        Some(&f) => LocalConversation::Direct(f),
+        None => LocalConversation::Group(user.groups[i - user.friends.len()]),
+    })
 }
 
 /// The message's text, and its sequence number on `stream`.
@@ -498,8 +706,13 @@ impl Loop {
                 (Some(_), _) | (None, Kind::Relogin) => Kind::Direct,
                 (None, kind) => kind,
             };
-            let Some(f) = scene.act(kind, self.sender, self.to, intended, &mut rng) else {
-                continue;
+            let f = match scene.act(kind, self.sender, self.to, intended, &mut rng) {
+                Some(Action::Send(f)) => f,
+                Some(Action::Request(r)) => {
+                    r.run().await;
+                    continue;
+                }
+                None => continue,
             };
             let acked = finish(f.ack, f.intended, f.started, rec);
             match (self.to, f.receipt) {

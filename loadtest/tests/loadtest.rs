@@ -489,6 +489,84 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
 }
 
 #[test]
+fn history_browses_and_read_marks_are_measured() {
+    let node = node(2);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = node.addr.to_string();
+    let json = dir.path().join("history.json");
+    let (out, s) = run(
+        &format!(
+            "--target {addr} --scenario history --users 30 --group-size 10 --rate 200 --duration 3s --warmup 0s"
+        ),
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["scenario"], "history");
+    let requests = counter(&s, "history_requests");
+    assert!(requests > 0, "half the actions browse");
+    assert_eq!(counter(&s, "history_pages"), requests, "{}", s["errors"]);
+    assert_eq!(counter(&s, "history_failed"), 0);
+    assert!(
+        counter(&s, "history_messages") > 0,
+        "the chatting fills the histories"
+    );
+    assert!(p99_us(&s, "history", "corrected") > 0);
+    assert!(p99_us(&s, "history", "uncorrected") > 0);
+    assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
+    assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("history   corrected"), "{table}");
+
+    let json = dir.path().join("read.json");
+    let (out, s) = run(
+        &format!(
+            "--target {addr} --scenario mixed --users 40 --active 0.5 --mix direct=60,group=20,relogin=10,read=10 --rate 200 --duration 3s --warmup 0s"
+        ),
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(counter(&s, "marked_read") > 0, "{}", s["errors"]);
+    assert!(p99_us(&s, "mark_read", "corrected") > 0);
+    assert_eq!(counter(&s, "history_requests"), 0, "no history in this mix");
+    // A mark-read only fails when it races a re-login of its user.
+    let errors = s["errors"].as_object().unwrap();
+    for (kind, _) in errors.iter().filter(|(k, _)| k.starts_with("mark_read")) {
+        assert!(
+            kind.ends_with("user offline") || kind.ends_with("NotLoggedIn"),
+            "{kind}"
+        );
+    }
+    assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
+
+    // The seed's JSON protocol has no history: refused before any user arrives.
+    let out = loadtest()
+        .args([
+            "--target",
+            &addr,
+            "--scenario",
+            "history",
+            "--protocol",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--protocol fb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn two_workers_and_a_coordinator_merge_into_one_report() {
     let nats = LocalNats::start().unwrap();
     let node = node(2);

@@ -82,10 +82,19 @@ pub enum Event {
         name: String,
         online: bool,
     },
+    /// Another login of `user` waits: their session closes if it has been
+    /// silent for the takeover window.
+    Takeover { user: UserId },
     /// The creator of `group` removed `user` from it.
     RemovedFromGroup { user: UserId, group: GroupId },
     /// `friend` ended their friendship with `user`.
     FriendRemoved { user: UserId, friend: UserId },
+    /// `reader` read their direct conversation with `user` up to `up_to`.
+    ReadReceipt {
+        user: UserId,
+        reader: UserId,
+        up_to: u64,
+    },
 }
 
 /// What goes over the wire: the events of one commit for one node, or a
@@ -437,6 +446,7 @@ impl Inbox {
                     name: Arc::from(name),
                     online,
                 },
+                Event::Takeover { user } => RouterEvent::Takeover { user },
                 Event::RemovedFromGroup { user, group } => RouterEvent::Notify {
                     user,
                     push: Push::RemovedFromGroup { group },
@@ -444,6 +454,18 @@ impl Inbox {
                 Event::FriendRemoved { user, friend } => RouterEvent::Notify {
                     user,
                     push: Push::FriendRemoved { friend },
+                },
+                Event::ReadReceipt {
+                    user,
+                    reader,
+                    up_to,
+                } => RouterEvent::Notify {
+                    user,
+                    push: Push::ReadReceipt {
+                        reader,
+                        peer: user,
+                        up_to,
+                    },
                 },
             };
             per_shard[event.home_shard(self.routers.len())].push(event);
@@ -575,6 +597,7 @@ mod tests {
                     online: true,
                 },
                 Event::RemovedFromGroup { user: 7, group: 8 },
+                Event::Takeover { user: 14 },
                 Event::FriendRemoved {
                     user: 9,
                     friend: 10,

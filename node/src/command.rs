@@ -4,7 +4,10 @@
 //! [`Push`]; the handlers in `service` only ever see these types, so every
 //! feature is written once whichever protocol a client speaks.
 
-use crate::store::{Contact, GroupId, GroupInfo, MessageId, StoredMessage, UserId};
+use crate::store::{
+    Contact, Conversation, GroupId, GroupInfo, HistoryPage, MessageId, StoredMessage, Unread,
+    UserId,
+};
 
 /// A decoded request with the client's request id (FlatBuffers) or 0 (JSON,
 /// which has none).
@@ -78,6 +81,26 @@ pub enum Command {
     FindUser {
         name: String,
     },
+    /// A page of `conversation`'s history, ids below `before` (`None`: from
+    /// the newest), at most `limit` (`None`: the default).
+    History {
+        actor: Option<UserId>,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: Option<u32>,
+    },
+    /// Marks `conversation` read up to `up_to`.
+    MarkRead {
+        actor: Option<UserId>,
+        conversation: Conversation,
+        up_to: MessageId,
+    },
+    /// How many members of `group` read it up to `message`.
+    Readers {
+        actor: Option<UserId>,
+        group: GroupId,
+        message: MessageId,
+    },
     /// Acknowledges every message pushed to this session up to `up_to`.
     DeliveryAck {
         up_to: MessageId,
@@ -104,6 +127,9 @@ impl Command {
             Command::RemoveMember { .. } => "remove_member",
             Command::GroupInfo { .. } => "group_info",
             Command::FindUser { .. } => "find_user",
+            Command::History { .. } => "history",
+            Command::MarkRead { .. } => "mark_read",
+            Command::Readers { .. } => "readers",
             Command::DeliveryAck { .. } => "delivery_ack",
             Command::Ping => "ping",
             Command::Load => "load",
@@ -128,6 +154,9 @@ pub enum RequestKind {
     RemoveMember,
     GroupInfo,
     FindUser,
+    History,
+    MarkRead,
+    Readers,
     DeliveryAck,
     Ping,
     Load,
@@ -151,6 +180,9 @@ impl From<&Command> for RequestKind {
             Command::RemoveMember { .. } => RequestKind::RemoveMember,
             Command::GroupInfo { .. } => RequestKind::GroupInfo,
             Command::FindUser { .. } => RequestKind::FindUser,
+            Command::History { .. } => RequestKind::History,
+            Command::MarkRead { .. } => RequestKind::MarkRead,
+            Command::Readers { .. } => RequestKind::Readers,
             Command::DeliveryAck { .. } => RequestKind::DeliveryAck,
             Command::Ping => RequestKind::Ping,
             Command::Load => RequestKind::Load,
@@ -195,6 +227,8 @@ pub struct LoginInfo {
     pub friends: Vec<Contact>,
     pub groups: Vec<GroupInfo>,
     pub pending: Vec<StoredMessage>,
+    /// Unread messages per conversation, only those with some.
+    pub unread: Vec<Unread>,
 }
 
 /// The answer to one request.
@@ -221,6 +255,12 @@ pub enum Reply {
     Group(GroupInfo),
     /// The user a `FindUser` named, with their online state.
     UserFound(Contact),
+    History(HistoryPage),
+    MarkedRead,
+    Readers {
+        readers: u64,
+        members: u64,
+    },
     Acked,
     Pong {
         time_ms: u64,
@@ -248,6 +288,13 @@ pub enum Push {
     /// `friend` ended their friendship with this session's user.
     FriendRemoved {
         friend: UserId,
+    },
+    /// `reader` read their direct conversation with `peer` (this session's
+    /// user) up to `up_to`.
+    ReadReceipt {
+        reader: UserId,
+        peer: UserId,
+        up_to: MessageId,
     },
 }
 

@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::store::scylla::ScyllaOptions;
 use crate::store::sqlite::SyncPolicy;
 
+/// `--history-retention` when not given: 30 days.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 const EXAMPLES: &str = "\
 Examples:
   chat-node                                   # 127.0.0.1:6000, data in ./chat-data
@@ -153,6 +156,10 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_TAKEOVER_AFTER", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub takeover_after: Option<Duration>,
+    /// How long messages stay readable as history after every recipient has them (SQLite: deleted by compaction; ScyllaDB: table TTL); 0 = forever [default: 30d].
+    #[arg(long, env = "CHAT_NODE_HISTORY_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub history_retention: Option<Duration>,
     /// Most connections one client address may hold (the PROXY header's source behind a trusted balancer); over it, `Overloaded` and closed; 0 = no cap [default: 0].
     #[arg(long, env = "CHAT_NODE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<u32>,
@@ -206,6 +213,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     pub login_timeout: Duration,
     pub takeover_after: Duration,
+    /// `None`: history is kept forever.
+    pub history_retention: Option<Duration>,
     pub max_outbound: usize,
     pub sync: SyncPolicy,
     pub max_batch: usize,
@@ -266,6 +275,9 @@ impl Args {
         // (docs/benchmarks.md).
         let shards = pick!(shards, cores.saturating_sub(1).max(1));
         let nats = self.nats.or(file.nats);
+        // 0 keeps history forever.
+        let history_retention =
+            Some(pick!(history_retention, DEFAULT_HISTORY_RETENTION)).filter(|d| !d.is_zero());
         let config = Config {
             listen,
             metrics_listen: pick!(metrics_listen, "127.0.0.1:9100".parse().expect("valid")),
@@ -278,6 +290,7 @@ impl Args {
             frame_timeout: pick!(frame_timeout, Duration::from_secs(10)),
             login_timeout: pick!(login_timeout, Duration::from_secs(60)),
             takeover_after: pick!(takeover_after, Duration::from_secs(30)),
+            history_retention,
             max_outbound: pick!(max_outbound, 1 << 20),
             sync: match pick!(sync, SyncArg::Normal) {
                 SyncArg::Normal => SyncPolicy::Normal,
@@ -315,6 +328,7 @@ impl Args {
                     replication: pick!(scylla_replication, "1".into()),
                     consistency: pick!(scylla_consistency, "local_quorum".into()),
                     message_ttl: pick!(scylla_message_ttl, Duration::from_secs(30 * 86_400)),
+                    history_retention,
                     init_schema: pick!(init_schema, false),
                 }),
             },
@@ -383,6 +397,7 @@ impl Config {
             frame_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(60),
             takeover_after: Duration::from_secs(30),
+            history_retention: Some(DEFAULT_HISTORY_RETENTION),
             max_outbound: 1 << 20,
             sync: SyncPolicy::Normal,
             max_batch: 1024,
@@ -474,5 +489,19 @@ mod tests {
         ));
         let args = Args::parse_from(["chat-node", "--shards", "0"]);
         assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn history_is_kept_30_days_and_0_keeps_it_forever() {
+        let c = Args::parse_from(["chat-node"]).resolve().unwrap();
+        assert_eq!(c.history_retention, Some(Duration::from_secs(30 * 86_400)));
+        let c = Args::parse_from(["chat-node", "--history-retention", "0"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.history_retention, None);
+        let c = Args::parse_from(["chat-node", "--history-retention", "2h"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.history_retention, Some(Duration::from_secs(7200)));
     }
 }

@@ -77,7 +77,8 @@ impl Node {
                 })?;
                 let path = config.data_dir.join("chat.db");
                 let place = path.display().to_string();
-                let opened = SqliteStore::open(&path, config.sync).and_then(|store| {
+                let opened = SqliteStore::open(&path, config.sync).and_then(|mut store| {
+                    store.set_history_retention(config.history_retention);
                     let reader = SqliteStore::open_reader(&path)?;
                     Ok((store, reader, SqliteStore::open_reader(&path)?))
                 });

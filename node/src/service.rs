@@ -24,6 +24,9 @@ const MAX_GROUP_DESCRIPTION: usize = 1024;
 /// and how many times (about a second in all).
 const TAKEOVER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 const TAKEOVER_TRIES: usize = 20;
+/// Messages in a page of history when the request does not say, and at most.
+const HISTORY_PAGE: usize = 50;
+const MAX_HISTORY_PAGE: u32 = 200;
 
 type Outcome = Result<Reply, Failure>;
 
@@ -109,6 +112,78 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
                 .map_err(failure)
         }
         Command::FindUser { name } => find_user(shard, session, name).await,
+        Command::History {
+            actor,
+            conversation,
+            before,
+            limit,
+        } => {
+            let who = acting(session, actor)?;
+            let limit = match limit {
+                None => HISTORY_PAGE,
+                Some(n @ 1..=MAX_HISTORY_PAGE) => n as usize,
+                Some(n) => {
+                    return Err(Failure::new(
+                        ErrorCode::BadRequest,
+                        format!("limit is {n}; a page holds 1 to {MAX_HISTORY_PAGE} messages"),
+                    ));
+                }
+            };
+            shard
+                .store
+                .call(|answer| Op::History {
+                    user: who.user,
+                    conversation,
+                    before,
+                    limit,
+                    answer,
+                })
+                .await
+                .map(Reply::History)
+                .map_err(failure)
+        }
+        Command::MarkRead {
+            actor,
+            conversation,
+            up_to,
+        } => {
+            let who = acting(session, actor)?;
+            if up_to == 0 {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    "upto must be a message id (1 or more)",
+                ));
+            }
+            shard
+                .store
+                .call(|answer| Op::MarkRead {
+                    user: who.user,
+                    conversation,
+                    up_to,
+                    answer,
+                })
+                .await
+                .map_err(failure)?;
+            Ok(Reply::MarkedRead)
+        }
+        Command::Readers {
+            actor,
+            group,
+            message,
+        } => {
+            let who = acting(session, actor)?;
+            shard
+                .store
+                .call(|answer| Op::Readers {
+                    user: who.user,
+                    group,
+                    message,
+                    answer,
+                })
+                .await
+                .map(|(readers, members)| Reply::Readers { readers, members })
+                .map_err(failure)
+        }
         Command::DeliveryAck { up_to } => ack(shard, session, up_to).await,
         Command::Ping => Ok(Reply::Pong { time_ms: now_ms() }),
         Command::Load => Ok(Reply::Load(shard.load.report())),
@@ -133,6 +208,7 @@ fn failure(e: StoreError) -> Failure {
         StoreError::AlreadyFriends(..) => ErrorCode::AlreadyFriends,
         StoreError::NotFriends(..) => ErrorCode::NotFriends,
         StoreError::NotCreator { .. } => ErrorCode::NotCreator,
+        StoreError::BeyondNewest { .. } => ErrorCode::BadRequest,
         StoreError::AlreadyOnline(_) => ErrorCode::AlreadyOnline,
         StoreError::LimitReached { .. } => ErrorCode::LimitReached,
         StoreError::MailboxFull { .. } => ErrorCode::MailboxFull,
@@ -290,6 +366,16 @@ async fn login(
             if !matches!(result, Err(StoreError::AlreadyOnline(_))) {
                 break;
             }
+        }
+    }
+    // Unread counts come from the reader thread, off the write path; a
+    // failure there leaves them out rather than failing the login. Before
+    // `missed` is read: a push that comes while this waits must still be
+    // caught up.
+    if let Ok(info) = &mut result {
+        match shard.store.call(|answer| Op::Unread { user, answer }).await {
+            Ok(unread) => info.unread = unread,
+            Err(e) => tracing::warn!(error = %e, user, "unread counts failed; login without them"),
         }
     }
     let missed = matches!(*session.phase.borrow(), Phase::LoggingIn { missed: true });

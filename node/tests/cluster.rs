@@ -293,9 +293,9 @@ async fn three_nodes_chat_across_nodes() {
     assert!(extra.is_none(), "jay got {extra:?}");
 }
 
-/// Removing a friend or a group member on one node reaches the user on
-/// another node (pushes 48 and 47 over NATS); group info and finding a
-/// user see the other node's users online.
+/// Removing a friend or a group member, or reading a conversation, on one
+/// node reaches the user on another node (pushes 48, 47 and 46 over NATS);
+/// group info and finding a user see the other node's users online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_reach_users_on_other_nodes() {
     let c = cluster(2, &[]);
@@ -337,6 +337,23 @@ async fn removals_reach_users_on_other_nodes() {
         .collect();
     assert_eq!(states, vec![(a, "online".into()), (b, "online".into())]);
 
+    // A read receipt crosses nodes too.
+    let m = alice.ask(&format!(r#"{{"msgid":6,"toid":{b},"msg":"read me"}}"#), 12)["messageid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(bob.push()["messageid"].as_u64(), Some(m));
+    let r = bob.ask(&format!(r#"{{"msgid":42,"peer":{a},"upto":{m}}}"#), 43);
+    assert_eq!(r["errno"], 0, "{r}");
+    let receipt = alice.push();
+    assert_eq!(
+        (
+            receipt["msgid"].as_u64(),
+            receipt["id"].as_u64(),
+            receipt["upto"].as_u64()
+        ),
+        (Some(46), Some(b), Some(m)),
+        "{receipt}"
+    );
     let r = alice.ask(&format!(r#"{{"msgid":34,"groupid":{g},"userid":{b}}}"#), 35);
     assert_eq!(r["errno"], 0, "{r}");
     let push = bob.push();
@@ -353,6 +370,28 @@ async fn removals_reach_users_on_other_nodes() {
         (Some(48), Some(a)),
         "{push}"
     );
+}
+
+/// A session silent for `--takeover-after` on one node gives way to a new
+/// login of its user on another node (asked over NATS) and is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_session_on_another_node_gives_way_to_a_new_login() {
+    let args: &[&str] = &["--takeover-after", "1s"];
+    let c = cluster(2, &[args, args]);
+    let [n0, n1] = [0, 1].map(|i| c.node(i).addr);
+    let alice = json_register(n1, "alice");
+    let (mut silent, _) = json_login(n1, alice);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut fresh = Json::connect(n0);
+    let login = fresh.ask(&format!(r#"{{"msgid":1,"id":{alice},"pwd":"123456"}}"#));
+    assert_eq!(login["errno"], 0, "took over across nodes: {login}");
+    let told = silent.recv();
+    assert_eq!(
+        (told["msgid"].as_u64(), told["errcode"].as_u64()),
+        (Some(17), Some(4)),
+        "{told}"
+    );
+    assert!(silent.closed_within(WAIT));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

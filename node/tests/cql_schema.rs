@@ -214,6 +214,9 @@ struct Table {
     columns: BTreeSet<String>,
     partition: Vec<String>,
     clustering: Vec<String>,
+    /// Clustering columns stored in descending order (`WITH CLUSTERING
+    /// ORDER BY (... DESC)`).
+    descending: BTreeSet<String>,
 }
 
 impl Table {
@@ -308,14 +311,52 @@ fn parse_create_table(text: &str) -> Result<(String, Table), String> {
             return Err(format!("{name}: key column {k} is not a column"));
         }
     }
+    let descending = clustering_order(&mut p, &clustering).map_err(|e| format!("{name}: {e}"))?;
     Ok((
         name,
         Table {
             columns,
             partition,
             clustering,
+            descending,
         },
     ))
+}
+
+/// The descending columns of `WITH ... CLUSTERING ORDER BY (c ASC|DESC,
+/// ...) ...`, which must name the clustering columns in order; other
+/// options are skipped.
+fn clustering_order(p: &mut Parser, clustering: &[String]) -> Result<BTreeSet<String>, String> {
+    let mut descending = BTreeSet::new();
+    while !p.done() {
+        if !p.eat_word("clustering") {
+            p.next();
+            continue;
+        }
+        p.expect_word("order")?;
+        p.expect_word("by")?;
+        p.expect_punct("(")?;
+        let mut named = Vec::new();
+        loop {
+            let column = p.name()?;
+            if p.eat_word("desc") {
+                descending.insert(column.clone());
+            } else {
+                p.expect_word("asc")?;
+            }
+            named.push(column);
+            if !p.eat_punct(",") {
+                break;
+            }
+        }
+        p.expect_punct(")")?;
+        if !clustering.starts_with(&named) {
+            return Err(format!(
+                "CLUSTERING ORDER BY {named:?} does not follow the clustering columns {clustering:?}"
+            ));
+        }
+    }
+    Ok(descending)
 }
 
 /// Every table of the schema files, by name.
@@ -358,6 +399,8 @@ struct Usage {
     /// Column conditions of an IF clause (lightweight transaction).
     if_columns: Vec<String>,
     allow_filtering: bool,
+    /// A SELECT with `LIMIT`.
+    limit: bool,
 }
 
 /// A value: `?`, a literal, or a parenthesised list of them.
@@ -463,6 +506,7 @@ fn parse_statement(text: &str) -> Result<Usage, String> {
             }
             if p.eat_word("limit") {
                 skip_value(&mut p)?;
+                u.limit = true;
             }
             if p.eat_word("allow") {
                 p.expect_word("filtering")?;
@@ -577,6 +621,33 @@ fn check(statement: &str, tables: &BTreeMap<String, Table>) -> Result<(), String
                     ));
                 }
             }
+            // The restricted clustering columns are a prefix of the
+            // clustering key, each restricted by = or IN except the last,
+            // which may be a range: a contiguous slice of the partition.
+            let mut skipped: Option<&String> = None;
+            let mut range: Option<&String> = None;
+            for k in &table.clustering {
+                let mut ops = u.conditions.iter().filter(|c| &c.column == k).peekable();
+                if ops.peek().is_none() {
+                    skipped.get_or_insert(k);
+                    continue;
+                }
+                if let Some(missing) = skipped {
+                    return Err(format!(
+                        "{} restricts clustering column {k} but not {missing}, which comes before it",
+                        u.table
+                    ));
+                }
+                if let Some(r) = range {
+                    return Err(format!(
+                        "{} restricts clustering column {k} after a range on {r}",
+                        u.table
+                    ));
+                }
+                if ops.any(|c| c.op != "=" && c.op != "in") {
+                    range = Some(k);
+                }
+            }
             if kind == "update" {
                 for k in &table.clustering {
                     if !bound_eq(k) {
@@ -643,6 +714,67 @@ fn every_table_is_used_by_the_backend() {
         .collect();
     let unused: Vec<String> = schema().into_keys().filter(|t| !used.contains(t)).collect();
     assert!(unused.is_empty(), "tables no statement uses: {unused:?}");
+}
+
+/// The tables a page of history or an unread count reads, newest first.
+const HISTORY_TABLES: [&str; 3] = ["direct_history", "direct_received", "group_history"];
+
+#[test]
+fn history_reads_are_bounded_ranges_of_one_partition_newest_first() {
+    let tables = schema();
+    let mut reads = 0;
+    for table_name in HISTORY_TABLES {
+        let table = &tables[table_name];
+        assert_eq!(table.clustering, ["id"], "{table_name}");
+        assert!(
+            table.descending.contains("id"),
+            "{table_name} must keep the newest message first"
+        );
+        for statement in STATEMENTS {
+            let u = parse_statement(statement).unwrap();
+            if u.table != table_name || u.kind != "select" {
+                continue;
+            }
+            reads += 1;
+            // One partition: every partition-key column is = ?, none IN.
+            for k in &table.partition {
+                assert!(
+                    u.conditions
+                        .iter()
+                        .any(|c| &c.column == k && c.op == "=" && c.bound),
+                    "{statement}: {k} must be bound with = ?"
+                );
+            }
+            assert!(
+                u.conditions.iter().all(|c| c.op != "in"),
+                "{statement}: IN reads several partitions or slices"
+            );
+            assert!(u.limit, "{statement}: an unbounded read of a history");
+        }
+    }
+    assert!(reads >= 5, "the history reads are missing from STATEMENTS");
+}
+
+#[test]
+fn checker_refuses_clustering_restrictions_that_are_no_slice() {
+    let tables = schema();
+    let e = check(
+        "SELECT up_to FROM read_marks WHERE user_id = ? AND target = ?",
+        &tables,
+    )
+    .unwrap_err();
+    assert!(e.contains("kind"), "{e}");
+    let e = check(
+        "SELECT user_id FROM group_members WHERE group_id = ? AND joined_after > ? AND user_id = ?",
+        &tables,
+    )
+    .unwrap_err();
+    assert!(e.contains("after a range"), "{e}");
+    check(
+        "SELECT id FROM group_history WHERE group_id = ? AND id > ? AND id < ? LIMIT ?",
+        &tables,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -713,10 +845,18 @@ fn create_table_parser_reads_keys() {
     assert_eq!(name, "t");
     assert_eq!(t.partition, vec!["a", "b"]);
     assert_eq!(t.clustering, vec!["d"]);
+    assert!(t.descending.contains("d"));
     assert_eq!(t.columns.len(), 4);
     let (_, t) = parse_create_table("CREATE TABLE u (id bigint PRIMARY KEY, x text)").unwrap();
     assert_eq!(t.partition, vec!["id"]);
     assert!(t.clustering.is_empty());
+    assert!(t.descending.is_empty());
+    assert!(
+        parse_create_table(
+            "CREATE TABLE v (a bigint, b bigint, PRIMARY KEY (a, b)) WITH CLUSTERING ORDER BY (a DESC)"
+        )
+        .is_err()
+    );
     assert!(parse_create_table("CREATE TABLE ks.u (id bigint PRIMARY KEY)").is_err());
     assert!(parse_create_table("CREATE TABLE u (id bigint)").is_err());
 }

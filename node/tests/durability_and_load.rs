@@ -188,6 +188,7 @@ async fn two_hundred_clients_each_message_exactly_once_in_order() {
                             Event::Presence { .. }
                             | Event::RemovedFromGroup { .. }
                             | Event::FriendRemoved { .. }
+                            | Event::ReadReceipt { .. }
                             | Event::Unsolicited { .. } => {}
                         }
                     }

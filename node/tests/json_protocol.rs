@@ -296,7 +296,7 @@ fn bad_input_gets_an_error_and_the_node_keeps_serving() {
         (Some(17), Some(13)),
         "{r}"
     );
-    let r = c.ask(r#"{"msgid":42}"#);
+    let r = c.ask(r#"{"msgid":99}"#);
     assert_eq!(
         (r["msgid"].as_u64(), r["errcode"].as_u64()),
         (Some(17), Some(13))
@@ -1045,4 +1045,231 @@ fn users_are_found_by_name() {
     // Not before login.
     let r = Json::connect(node.addr).ask(r#"{"msgid":38,"name":"bob"}"#);
     assert_eq!(refusal(&r), (Some(39), Some(1), Some(4)), "{r}");
+}
+
+/// Msgids 40/41: history pages newest first, both directions of a direct
+/// conversation, groups from when one joined; every rule refused with its
+/// error.
+#[test]
+fn history_pages_back_through_a_conversation() {
+    let node = node();
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let carol = json_register(node.addr, "carol");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut c, _) = json_login(node.addr, carol);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = a.ask(&format!(r#"{{"msgid":6,"toid":{bob},"msg":"m{i}"}}"#));
+        ids.push(r["messageid"].as_u64().unwrap());
+    }
+    let r = a.ask(&format!(r#"{{"msgid":40,"peer":{bob},"limit":2}}"#));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(41), Some(0)),
+        "{r}"
+    );
+    let page: Vec<(u64, u64, String)> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["msgid"].as_u64().unwrap(),
+                m["messageid"].as_u64().unwrap(),
+                m["msg"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        page,
+        vec![(6, ids[4], "m4".into()), (6, ids[3], "m3".into())]
+    );
+    assert_eq!(
+        (r["more"].as_bool(), r["readupto"].as_u64()),
+        (Some(true), Some(0)),
+        "{r}"
+    );
+    let m = &r["messages"][0];
+    assert_eq!(
+        (m["id"].as_u64(), m["name"].as_str(), m["toid"].as_u64()),
+        (Some(alice), Some("alice"), Some(bob))
+    );
+    assert!(m["time"].is_string());
+    let r = a.ask(&format!(
+        r#"{{"msgid":40,"peer":{bob},"before":{}}}"#,
+        ids[3]
+    ));
+    let texts: Vec<&str> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["m2", "m1", "m0"]);
+    assert_eq!(r["more"], false);
+    // Group history from when one joined.
+    let g = a.ask(r#"{"msgid":8,"groupname":"g"}"#)["groupid"]
+        .as_u64()
+        .unwrap();
+    a.ask(&format!(
+        r#"{{"msgid":10,"groupid":{g},"msg":"before carol"}}"#
+    ));
+    c.ask(&format!(r#"{{"msgid":9,"groupid":{g}}}"#));
+    a.ask(&format!(
+        r#"{{"msgid":10,"groupid":{g},"msg":"hello carol"}}"#
+    ));
+    let pushed = c.recv();
+    assert_eq!(pushed["msgid"], 10, "{pushed}");
+    let r = c.ask(&format!(r#"{{"msgid":40,"groupid":{g}}}"#));
+    let texts: Vec<&str> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["hello carol"], "{r}");
+    assert_eq!(r["messages"][0]["msgid"], 10);
+
+    // The rules.
+    for (request, errcode) in [
+        (format!(r#"{{"msgid":40,"peer":{bob},"groupid":{g}}}"#), 13),
+        (r#"{"msgid":40}"#.to_owned(), 13),
+        (format!(r#"{{"msgid":40,"peer":{bob},"limit":0}}"#), 13),
+        (format!(r#"{{"msgid":40,"peer":{bob},"limit":201}}"#), 13),
+        (format!(r#"{{"msgid":40,"peer":{bob},"before":"x"}}"#), 13),
+        (format!(r#"{{"msgid":40,"peer":{bob},"before":-1}}"#), 13),
+        (r#"{"msgid":40,"peer":999999}"#.to_owned(), 6),
+        (r#"{"msgid":40,"groupid":999999}"#.to_owned(), 7),
+    ] {
+        let r = c.ask(&request);
+        assert_eq!(
+            refusal(&r),
+            (Some(41), Some(1), Some(errcode)),
+            "{request}: {r}"
+        );
+        assert!(r.get("messages").is_none(), "{r}");
+    }
+    // Carol is not part of alice's group once she leaves.
+    c.ask(&format!(r#"{{"msgid":32,"groupid":{g}}}"#));
+    let r = c.ask(&format!(r#"{{"msgid":40,"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(41), Some(1), Some(8)), "{r}");
+    // Carol's conversation with bob is empty: nothing of alice's leaks.
+    let r = c.ask(&format!(r#"{{"msgid":40,"peer":{bob}}}"#));
+    assert_eq!(r["messages"].as_array().map(Vec::len), Some(0), "{r}");
+    let r = Json::connect(node.addr).ask(&format!(r#"{{"msgid":40,"peer":{bob}}}"#));
+    assert_eq!(
+        refusal(&r),
+        (Some(41), Some(1), Some(4)),
+        "not logged in: {r}"
+    );
+}
+
+/// Msgids 42-46 and the login's `unread`: marking read (forward only), the
+/// read receipt push, the read position in history, readers of a group
+/// message.
+#[test]
+fn read_receipts_unread_counts_and_readers() {
+    let node = node();
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let carol = json_register(node.addr, "carol");
+    let (mut a, _) = json_login(node.addr, alice);
+    let g = a.ask(r#"{"msgid":8,"groupname":"g"}"#)["groupid"]
+        .as_u64()
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = a.ask(&format!(r#"{{"msgid":6,"toid":{bob},"msg":"m{i}"}}"#));
+        ids.push(r["messageid"].as_u64().unwrap());
+    }
+    // Bob logs in: 3 unread from alice.
+    let (mut b, login) = json_login(node.addr, bob);
+    let unread = login["unread"]
+        .as_array()
+        .expect("unread when non-empty")
+        .clone();
+    assert_eq!(
+        unread,
+        vec![serde_json::json!({"peer": alice, "count": 3})],
+        "{login}"
+    );
+    let r = b.ask(&format!(
+        r#"{{"msgid":42,"peer":{alice},"upto":{}}}"#,
+        ids[1]
+    ));
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(43), Some(0)),
+        "{r}"
+    );
+    let receipt = a.recv();
+    assert_eq!(
+        receipt,
+        serde_json::json!({"msgid": 46, "id": bob, "peer": alice, "upto": ids[1]})
+    );
+    // Going back is ignored (no error, no receipt); past the newest is refused.
+    let r = b.ask(&format!(
+        r#"{{"msgid":42,"peer":{alice},"upto":{}}}"#,
+        ids[0]
+    ));
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = b.ask(&format!(
+        r#"{{"msgid":42,"peer":{alice},"upto":{}}}"#,
+        ids[2] + 100
+    ));
+    assert_eq!(refusal(&r), (Some(43), Some(1), Some(13)), "{r}");
+    for bad in [
+        r#"{"msgid":42,"upto":1}"#.to_owned(),
+        format!(r#"{{"msgid":42,"peer":{alice}}}"#),
+        format!(r#"{{"msgid":42,"peer":{alice},"upto":0}}"#),
+        format!(r#"{{"msgid":42,"peer":{alice},"groupid":{g},"upto":1}}"#),
+    ] {
+        let r = b.ask(&bad);
+        assert_eq!(refusal(&r), (Some(43), Some(1), Some(13)), "{bad}: {r}");
+    }
+    assert!(
+        a.try_recv(QUIET).is_none(),
+        "no receipt for an ignored mark"
+    );
+    // Alice's history shows how far bob read.
+    let r = a.ask(&format!(r#"{{"msgid":40,"peer":{bob}}}"#));
+    assert_eq!(r["readupto"].as_u64(), Some(ids[1]), "{r}");
+    // Bob's next login: one unread.
+    drop(b);
+    let (mut b, login) = json_login_again(node.addr, bob);
+    assert_eq!(
+        login["unread"],
+        serde_json::json!([{"peer": alice, "count": 1}]),
+        "{login}"
+    );
+
+    // Readers of a group message.
+    let (mut c, _) = json_login(node.addr, carol);
+    for (conn, _) in [(&mut b, bob), (&mut c, carol)] {
+        assert_eq!(
+            conn.ask(&format!(r#"{{"msgid":9,"groupid":{g}}}"#))["errno"],
+            0
+        );
+    }
+    let m = a.ask(&format!(r#"{{"msgid":10,"groupid":{g},"msg":"read me"}}"#))["messageid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(b.recv()["msgid"], 10);
+    assert_eq!(c.recv()["msgid"], 10);
+    let r = b.ask(&format!(r#"{{"msgid":42,"groupid":{g},"upto":{m}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = a.ask(&format!(r#"{{"msgid":44,"groupid":{g},"messageid":{m}}}"#));
+    assert_eq!(
+        r,
+        serde_json::json!({"msgid": 45, "errno": 0, "readers": 1, "members": 3})
+    );
+    let dave = json_register(node.addr, "dave");
+    let (mut d, _) = json_login(node.addr, dave);
+    let r = d.ask(&format!(r#"{{"msgid":44,"groupid":{g},"messageid":{m}}}"#));
+    assert_eq!(refusal(&r), (Some(45), Some(1), Some(8)), "{r}");
+    let r = d.ask(&format!(r#"{{"msgid":42,"groupid":{g},"upto":{m}}}"#));
+    assert_eq!(refusal(&r), (Some(43), Some(1), Some(8)), "{r}");
+    let r = d.ask(&format!(r#"{{"msgid":44,"groupid":{g}}}"#));
+    assert_eq!(refusal(&r), (Some(45), Some(1), Some(13)), "{r}");
 }

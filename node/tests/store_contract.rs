@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use chat_node::store::scylla::{ScyllaOptions, ScyllaStore};
 use chat_node::store::sqlite::{SqliteStore, SyncPolicy};
-use chat_node::store::{Contact, GroupInfo, NewMessage, Role, Store, StoreError, Target, UserId};
+use chat_node::store::{
+    Contact, Conversation, GroupInfo, NewMessage, Role, Store, StoreError, Target, Unread, UserId,
+};
 
 /// One empty database of some backend.
 pub trait TestDb {
@@ -81,6 +83,7 @@ impl ScyllaDb {
             replication: "1".into(),
             consistency: "one".into(),
             message_ttl: Duration::from_secs(86_400),
+            history_retention: None,
             init_schema: true,
         };
         // The first handle creates the keyspace; the others open it as nodes
@@ -155,6 +158,10 @@ macro_rules! store_contract {
                 leaving_hands_the_group_on_and_the_last_one_out_deletes_it,
                 only_the_creator_removes_members,
                 a_member_who_left_gets_no_more_group_messages,
+                direct_history_pages_back_through_both_directions,
+                group_history_starts_when_the_member_joined,
+                read_positions_only_move_forward_and_count_readers,
+                unread_counts_messages_from_others_above_the_read_position,
                 direct_messages_wait_in_order_until_acked,
                 group_message_is_stored_once_for_its_members,
                 pending_total_counts_unacked_deliveries,
@@ -653,6 +660,248 @@ mod cases {
                 user: bob,
                 group: g
             })
+        );
+    }
+
+    fn page_texts(page: &chat_node::store::HistoryPage) -> Vec<&str> {
+        page.messages.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    pub fn direct_history_pages_back_through_both_directions(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        for i in 0..4 {
+            send(&mut *s, alice, "alice", Target::User(bob), &format!("a{i}"));
+            send(&mut *s, bob, "bob", Target::User(alice), &format!("b{i}"));
+        }
+        // Other conversations never show.
+        send(&mut *s, alice, "alice", Target::User(carol), "to carol");
+        send(&mut *s, carol, "carol", Target::User(bob), "carol to bob");
+        s.commit().unwrap();
+        // Acknowledged messages are history too.
+        let last = s.pending(bob, 0, 100).unwrap().last().unwrap().id;
+        s.ack(bob, last).unwrap();
+        s.commit().unwrap();
+
+        let first = s
+            .history(alice, Conversation::Direct(bob), None, 3)
+            .unwrap();
+        assert_eq!(page_texts(&first), vec!["b3", "a3", "b2"]);
+        assert!(first.more);
+        let before = first.messages.last().unwrap().id;
+        let second = s
+            .history(alice, Conversation::Direct(bob), Some(before), 10)
+            .unwrap();
+        assert_eq!(page_texts(&second), vec!["a2", "b1", "a1", "b0", "a0"]);
+        assert!(!second.more);
+        // The same conversation from the other side, and an exact fit.
+        let theirs = s
+            .history(bob, Conversation::Direct(alice), None, 8)
+            .unwrap();
+        assert_eq!(theirs.messages.len(), 8);
+        assert!(!theirs.more, "exactly 8: nothing older");
+        assert_eq!(
+            s.history(alice, Conversation::Direct(NOBODY), None, 10),
+            Err(StoreError::UnknownUser(NOBODY))
+        );
+        let none = s
+            .history(alice, Conversation::Direct(alice), None, 10)
+            .unwrap();
+        assert!(none.messages.is_empty() && !none.more);
+        // A message to oneself is a conversation with oneself.
+        send(&mut *s, carol, "carol", Target::User(carol), "note to self");
+        let own = s
+            .history(carol, Conversation::Direct(carol), None, 10)
+            .unwrap();
+        assert_eq!(page_texts(&own), vec!["note to self"]);
+        s.commit().unwrap();
+    }
+
+    pub fn group_history_starts_when_the_member_joined(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let dave = user(&mut *s, "dave");
+        let g = s.create_group(alice, "g", "").unwrap();
+        let other = s.create_group(alice, "other", "").unwrap();
+        s.commit().unwrap();
+        send(&mut *s, alice, "alice", Target::Group(g), "before bob");
+        send(&mut *s, alice, "alice", Target::Group(other), "elsewhere");
+        s.commit().unwrap();
+        s.join_group(g, bob).unwrap();
+        s.commit().unwrap();
+        send(&mut *s, bob, "bob", Target::Group(g), "bob here");
+        send(&mut *s, alice, "alice", Target::Group(g), "welcome");
+        s.commit().unwrap();
+        let bobs = s.history(bob, Conversation::Group(g), None, 10).unwrap();
+        assert_eq!(page_texts(&bobs), vec!["welcome", "bob here"]);
+        assert_eq!(bobs.read_up_to, 0);
+        let alices = s.history(alice, Conversation::Group(g), None, 2).unwrap();
+        assert_eq!(page_texts(&alices), vec!["welcome", "bob here"]);
+        assert!(alices.more);
+        assert_eq!(
+            s.history(dave, Conversation::Group(g), None, 10),
+            Err(StoreError::NotAMember {
+                user: dave,
+                group: g
+            })
+        );
+        assert_eq!(
+            s.history(alice, Conversation::Group(g + 1000), None, 10),
+            Err(StoreError::UnknownGroup(g + 1000))
+        );
+        // Once out of the group, no more history.
+        s.leave_group(g, bob).unwrap();
+        s.commit().unwrap();
+        assert_eq!(
+            s.history(bob, Conversation::Group(g), None, 10),
+            Err(StoreError::NotAMember {
+                user: bob,
+                group: g
+            })
+        );
+    }
+
+    pub fn read_positions_only_move_forward_and_count_readers(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        let m1 = send(&mut *s, alice, "alice", Target::User(bob), "1");
+        let m2 = send(&mut *s, alice, "alice", Target::User(bob), "2");
+        s.commit().unwrap();
+        assert!(s.mark_read(bob, Conversation::Direct(alice), m2).unwrap());
+        assert!(
+            !s.mark_read(bob, Conversation::Direct(alice), m1).unwrap(),
+            "never back"
+        );
+        assert!(
+            !s.mark_read(bob, Conversation::Direct(alice), m2).unwrap(),
+            "same"
+        );
+        assert_eq!(
+            s.mark_read(bob, Conversation::Direct(alice), m2 + 1000),
+            Err(StoreError::BeyondNewest {
+                up_to: m2 + 1000,
+                newest: m2
+            })
+        );
+        assert_eq!(
+            s.mark_read(bob, Conversation::Direct(NOBODY), 1),
+            Err(StoreError::UnknownUser(NOBODY))
+        );
+        s.commit().unwrap();
+        // Alice sees how far bob read; bob's own page shows alice's (none).
+        let page = s
+            .history(alice, Conversation::Direct(bob), None, 10)
+            .unwrap();
+        assert_eq!(page.read_up_to, m2);
+        let page = s
+            .history(bob, Conversation::Direct(alice), None, 10)
+            .unwrap();
+        assert_eq!(page.read_up_to, 0);
+
+        let g = s.create_group(alice, "g", "").unwrap();
+        s.join_group(g, bob).unwrap();
+        s.join_group(g, carol).unwrap();
+        s.commit().unwrap();
+        let g1 = send(&mut *s, alice, "alice", Target::Group(g), "g1");
+        let g2 = send(&mut *s, alice, "alice", Target::Group(g), "g2");
+        s.commit().unwrap();
+        assert!(s.mark_read(bob, Conversation::Group(g), g2).unwrap());
+        assert!(s.mark_read(carol, Conversation::Group(g), g1).unwrap());
+        s.commit().unwrap();
+        assert_eq!(s.readers(alice, g, g1).unwrap(), (2, 3));
+        assert_eq!(s.readers(alice, g, g2).unwrap(), (1, 3));
+        let dave = user(&mut *s, "dave");
+        assert_eq!(
+            s.readers(dave, g, g1),
+            Err(StoreError::NotAMember {
+                user: dave,
+                group: g
+            })
+        );
+        assert_eq!(
+            s.mark_read(dave, Conversation::Group(g), g1),
+            Err(StoreError::NotAMember {
+                user: dave,
+                group: g
+            })
+        );
+        // A member who leaves is no longer counted.
+        s.leave_group(g, bob).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.readers(alice, g, g1).unwrap(), (1, 2));
+    }
+
+    pub fn unread_counts_messages_from_others_above_the_read_position(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let carol = user(&mut *s, "carol");
+        let g = s.create_group(alice, "g", "").unwrap();
+        s.join_group(g, bob).unwrap();
+        s.commit().unwrap();
+        assert!(s.unread(bob).unwrap().is_empty());
+        let mut last = 0;
+        for i in 0..3 {
+            last = send(&mut *s, alice, "alice", Target::User(bob), &format!("{i}"));
+        }
+        send(&mut *s, carol, "carol", Target::User(bob), "c");
+        send(
+            &mut *s,
+            bob,
+            "bob",
+            Target::User(alice),
+            "own messages are not unread",
+        );
+        send(&mut *s, alice, "alice", Target::Group(g), "g1");
+        send(&mut *s, bob, "bob", Target::Group(g), "own");
+        s.commit().unwrap();
+        let mut want = vec![
+            Unread {
+                conversation: Conversation::Direct(alice),
+                count: 3,
+            },
+            Unread {
+                conversation: Conversation::Direct(carol),
+                count: 1,
+            },
+            Unread {
+                conversation: Conversation::Group(g),
+                count: 1,
+            },
+        ];
+        let sorted = |mut v: Vec<Unread>| {
+            v.sort_by_key(|u| u.conversation);
+            v
+        };
+        assert_eq!(sorted(s.unread(bob).unwrap()), want);
+        s.mark_read(bob, Conversation::Direct(alice), last - 1)
+            .unwrap();
+        s.commit().unwrap();
+        want[0].count = 1;
+        assert_eq!(sorted(s.unread(bob).unwrap()), want);
+        s.mark_read(bob, Conversation::Direct(alice), last).unwrap();
+        s.commit().unwrap();
+        want.remove(0);
+        assert_eq!(sorted(s.unread(bob).unwrap()), want);
+        // Alice's unread: bob's direct message and nothing from the group
+        // but bob's message there.
+        assert_eq!(
+            sorted(s.unread(alice).unwrap()),
+            vec![
+                Unread {
+                    conversation: Conversation::Direct(bob),
+                    count: 1
+                },
+                Unread {
+                    conversation: Conversation::Group(g),
+                    count: 1
+                }
+            ]
         );
     }
 

@@ -12,6 +12,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("02_groups.cql", include_str!("../cql/02_groups.cql")),
     ("03_messages.cql", include_str!("../cql/03_messages.cql")),
     ("04_sessions.cql", include_str!("../cql/04_sessions.cql")),
+    ("05_history.cql", include_str!("../cql/05_history.cql")),
 ];
 
 /// The statements of a CQL script: split on `;`, with `--` comments and

@@ -2,22 +2,40 @@
 //! node's FlatBuffers protocol.
 //!
 //! Menu `1. login`, `2. register`, `3. quit`; after login it shows the user's
-//! friends, groups and offline messages, then reads commands (`help`,
-//! `chat:friendid:message`, `addfriend:friendid`, `removefriend:friendid`,
+//! friends, groups, unread counts per conversation and offline messages,
+//! then reads commands (`help`, `chat:friendid:message`,
+//! `addfriend:friendid`, `removefriend:friendid`,
 //! `creategroup:groupname:groupdesc`, `addgroup:groupid`,
 //! `leavegroup:groupid`, `removemember:groupid:userid`, `groupinfo:groupid`,
-//! `find:username`, `groupchat:groupid:message`, `loginout`) while printing
-//! incoming messages, presence changes and removals (from a group, from a
-//! friend list), acknowledging every message it prints. Reads lines from
-//! stdin, so scripts can drive it through a pipe; ends on EOF.
+//! `find:username`, `groupchat:groupid:message`, `history:userid[:beforeid]`,
+//! `grouphistory:groupid[:beforeid]`, `read:userid`, `loginout`) while
+//! printing incoming messages, presence changes, read receipts and removals
+//! (from a group, from a friend list), acknowledging every message it
+//! prints. Reads lines from stdin, so scripts can drive it through a pipe;
+//! ends on EOF.
+//!
+//! `history` and `grouphistory` print one page (the node's default, 50
+//! messages) **oldest first**, like a chat window, each line with its
+//! message id; with `beforeid` the page ends below that id, and when older
+//! messages exist the last line says which command shows them
+//! (`more: use history:ID:<oldest id>`).
+//!
+//! `read:ID` marks the direct conversation with user ID read up to the
+//! newest message of it this client has seen in this login: pushed, pending
+//! at login, sent with `chat`, or shown by `history`. When it has seen none,
+//! it asks the node for the conversation's newest message (a history page
+//! of one) and marks up to that, so `read:ID` right after login marks
+//! everything read.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_client::duration::parse_duration;
 use chat_client::{
-    Client, ClientConfig, ClientError, Dedup, ErrorCode, Event, Group, Login, Message, Request,
+    Client, ClientConfig, ClientError, Conversation, Dedup, ErrorCode, Event, Group, History,
+    Login, Message, MessageId, Request, Unread, UserId,
 };
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
@@ -32,11 +50,20 @@ Examples:
                                     log in as user 5, message user 6, quit
   (printf '1\\n6\\nsecret\\n'; sleep 5) | chat --linger 1s
                                     log in as user 6 and print what arrives
+  printf '1\\n5\\nsecret\\nhistory:6\\nread:6\\nloginout\\n3\\n' | chat
+                                    show user 5's latest messages with user 6
+                                    (oldest first), then mark them read
 
 After login: help, chat:friendid:message, addfriend:friendid,
 removefriend:friendid, creategroup:groupname:groupdesc, addgroup:groupid,
 leavegroup:groupid, removemember:groupid:userid, groupinfo:groupid,
-find:username, groupchat:groupid:message, loginout.";
+find:username, groupchat:groupid:message, history:userid[:beforeid],
+grouphistory:groupid[:beforeid], read:userid, loginout.
+
+history and grouphistory print a page of up to 50 messages, oldest first;
+beforeid shows the messages older than that id. read:userid marks the
+conversation read up to the newest message of it seen since login (else its
+newest message); the other user gets a read receipt.";
 
 /// Interactive chat client for the chat node (the seed's `ChatClient`, over
 /// the FlatBuffers protocol). Reads commands from stdin, one per line.
@@ -75,16 +102,40 @@ impl Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Command {
     Help,
-    Chat { to: u64, text: String },
+    Chat {
+        to: u64,
+        text: String,
+    },
     AddFriend(u64),
     RemoveFriend(u64),
-    CreateGroup { name: String, description: String },
+    CreateGroup {
+        name: String,
+        description: String,
+    },
     AddGroup(u64),
     LeaveGroup(u64),
-    RemoveMember { group: u64, member: u64 },
+    RemoveMember {
+        group: u64,
+        member: u64,
+    },
     GroupInfo(u64),
     Find(String),
-    GroupChat { group: u64, text: String },
+    GroupChat {
+        group: u64,
+        text: String,
+    },
+    /// A page of the direct conversation with `peer`, below `before`.
+    History {
+        peer: u64,
+        before: Option<u64>,
+    },
+    /// A page of group `group`'s messages, below `before`.
+    GroupHistory {
+        group: u64,
+        before: Option<u64>,
+    },
+    /// Marks the direct conversation with this user read.
+    Read(u64),
     LoginOut,
 }
 
@@ -112,6 +163,17 @@ const HELP: &[(&str, &str, &str)] = &[
     ),
     ("find", "look a user up by name", "find:username"),
     ("groupchat", "group chat", "groupchat:groupid:message"),
+    (
+        "history",
+        "show a page of your messages with a user, oldest first",
+        "history:userid[:beforeid]",
+    ),
+    (
+        "grouphistory",
+        "show a page of a group's messages, oldest first",
+        "grouphistory:groupid[:beforeid]",
+    ),
+    ("read", "mark your messages with a user read", "read:userid"),
     ("loginout", "log out", "loginout"),
 ];
 
@@ -145,6 +207,18 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
             .ok_or_else(|| usage(name))
     };
     let id = |rest: Option<&str>| parse_id(rest.ok_or_else(|| usage(name))?, name);
+    // `id[:before]`; a missing, empty or 0 `before` is "from the newest".
+    let page = |rest: Option<&str>| -> Result<(u64, Option<u64>), String> {
+        let rest = rest.ok_or_else(|| usage(name))?;
+        let (id, before) = match rest.split_once(':') {
+            Some((id, before)) if !before.trim().is_empty() => {
+                (id, Some(parse_id(before, name)?).filter(|&b| b != 0))
+            }
+            Some((id, _)) => (id, None),
+            None => (rest, None),
+        };
+        Ok((parse_id(id, name)?, before))
+    };
     let cmd = match name {
         "help" => Command::Help,
         "loginout" => Command::LoginOut,
@@ -182,6 +256,15 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
         "addgroup" => Command::AddGroup(id(rest)?),
         "leavegroup" => Command::LeaveGroup(id(rest)?),
         "groupinfo" => Command::GroupInfo(id(rest)?),
+        "history" => {
+            let (peer, before) = page(rest)?;
+            Command::History { peer, before }
+        }
+        "grouphistory" => {
+            let (group, before) = page(rest)?;
+            Command::GroupHistory { group, before }
+        }
+        "read" => Command::Read(id(rest)?),
         _ => return Err("invalid input command!".to_owned()),
     };
     Ok(Some(cmd))
@@ -203,6 +286,54 @@ fn format_message(m: &Message) -> String {
     }
 }
 
+/// The lines `history`/`grouphistory` print for `page` of `conversation`
+/// (`command` is how the user asked, for the hint to the next page):
+/// oldest first, each with its id.
+fn history_lines(conversation: Conversation, page: &History) -> Vec<String> {
+    let (what, command, id) = match conversation {
+        Conversation::Direct(peer) => (format!("with user {peer}"), "history", peer),
+        Conversation::Group(group) => (format!("in group {group}"), "grouphistory", group),
+    };
+    if page.messages.is_empty() {
+        return vec![format!("no messages {what}")];
+    }
+    let mut lines = vec![format!(
+        "{} message{} {what}, oldest first:",
+        page.messages.len(),
+        if page.messages.len() == 1 { "" } else { "s" }
+    )];
+    for m in page.messages.iter().rev() {
+        lines.push(format!("#{} {}", m.id, format_message(m)));
+    }
+    if let Conversation::Direct(peer) = conversation
+        && page.read_up_to != 0
+    {
+        lines.push(format!("user {peer} has read up to #{}", page.read_up_to));
+    }
+    if let Some(oldest) = page.next_before() {
+        lines.push(format!("more: use {command}:{id}:{oldest}"));
+    }
+    lines
+}
+
+/// The lines listing unread messages at login (none when nothing is unread).
+fn unread_lines(unread: &[Unread]) -> Vec<String> {
+    unread
+        .iter()
+        .filter_map(|u| {
+            let count = if u.count >= 999 {
+                "999+".to_string()
+            } else {
+                u.count.to_string()
+            };
+            match u.conversation()? {
+                Conversation::Direct(peer) => Some(format!("user {peer}: {count} unread")),
+                Conversation::Group(group) => Some(format!("group {group}: {count} unread")),
+            }
+        })
+        .collect()
+}
+
 fn online(b: bool) -> &'static str {
     if b { "online" } else { "offline" }
 }
@@ -220,6 +351,13 @@ fn show_login(login: &Login) {
     println!("----------------------group list----------------------");
     for g in &login.groups {
         show_group(g);
+    }
+    let unread = unread_lines(&login.unread);
+    if !unread.is_empty() {
+        println!("----------------------unread messages-----------------");
+        for line in unread {
+            println!("{line}");
+        }
     }
     println!("======================================================");
 }
@@ -249,6 +387,9 @@ fn notice(ev: &Event) -> Option<String> {
         Event::FriendRemoved { friend_id } => {
             Some(format!("user {friend_id} removed you from their friends"))
         }
+        Event::ReadReceipt {
+            reader_id, up_to, ..
+        } => Some(format!("user {reader_id} read your messages up to {up_to}")),
         Event::Unsolicited {
             reply: chat_client::Reply::Error { code, message, .. },
             ..
@@ -322,6 +463,11 @@ struct Session {
     input: Input,
     seen: Dedup,
     linger: Duration,
+    /// The logged-in user (0 before login).
+    me: UserId,
+    /// Per user, the newest message of the direct conversation with them
+    /// this login has seen (what `read:ID` marks read up to).
+    newest_direct: HashMap<UserId, MessageId>,
 }
 
 impl Session {
@@ -390,6 +536,8 @@ impl Session {
             }
             Err(e) => return End::Lost(e),
         };
+        self.me = login.user_id;
+        self.newest_direct.clear();
         show_login(&login);
         if !login.pending.is_empty() {
             println!("----------------------offline messages----------------");
@@ -401,7 +549,16 @@ impl Session {
         self.chat().await
     }
 
+    /// Remembers `id` as seen in the direct conversation with `peer`.
+    fn saw_direct(&mut self, peer: UserId, id: MessageId) {
+        let newest = self.newest_direct.entry(peer).or_default();
+        *newest = (*newest).max(id);
+    }
+
     fn print_message(&mut self, m: &Message) {
+        if let Conversation::Direct(peer) = Conversation::of(m, self.me) {
+            self.saw_direct(peer, m.id);
+        }
         if self.seen.first_time(m.id) {
             println!("{}", format_message(m));
         }
@@ -464,7 +621,13 @@ impl Session {
                 show_help();
                 return None;
             }
-            Command::Chat { to, text } => c.send_direct(to, &text).await.err().map(|e| ("chat", e)),
+            Command::Chat { to, text } => match c.send_direct(to, &text).await {
+                Ok(sent) => {
+                    self.saw_direct(to, sent.message_id);
+                    None
+                }
+                Err(e) => Some(("chat", e)),
+            },
             Command::GroupChat { group, text } => c
                 .send_group(group, &text)
                 .await
@@ -533,6 +696,34 @@ impl Session {
                 }
                 Err(e) => Some(("find", e)),
             },
+            Command::History { peer, before } => {
+                let conversation = Conversation::Direct(peer);
+                match c.history(conversation, before, None).await {
+                    Ok(page) => {
+                        if let Some(newest) = page.messages.first() {
+                            self.saw_direct(peer, newest.id);
+                        }
+                        for line in history_lines(conversation, &page) {
+                            println!("{line}");
+                        }
+                        None
+                    }
+                    Err(e) => Some(("history", e)),
+                }
+            }
+            Command::GroupHistory { group, before } => {
+                let conversation = Conversation::Group(group);
+                match c.history(conversation, before, None).await {
+                    Ok(page) => {
+                        for line in history_lines(conversation, &page) {
+                            println!("{line}");
+                        }
+                        None
+                    }
+                    Err(e) => Some(("grouphistory", e)),
+                }
+            }
+            Command::Read(peer) => self.read(peer).await.err().map(|e| ("read", e)),
             Command::LoginOut => match c.logout().await {
                 Ok(()) => return Some(End::LoggedOut),
                 Err(e) => Some(("loginout", e)),
@@ -546,6 +737,33 @@ impl Session {
             }
             Some((_, e)) => Some(End::Lost(e)),
         }
+    }
+}
+
+impl Session {
+    /// `read:ID`: marks the direct conversation with `peer` read up to the
+    /// newest message of it seen in this login, else up to its newest
+    /// message (asked with a one-message history page).
+    async fn read(&mut self, peer: UserId) -> Result<(), ClientError> {
+        let conversation = Conversation::Direct(peer);
+        let up_to = match self.newest_direct.get(&peer) {
+            Some(&id) => Some(id),
+            None => self
+                .client
+                .history(conversation, None, Some(1))
+                .await?
+                .messages
+                .first()
+                .map(|m| m.id),
+        };
+        let Some(up_to) = up_to else {
+            println!("no messages with user {peer} to mark read");
+            return Ok(());
+        };
+        self.saw_direct(peer, up_to);
+        self.client.mark_read(conversation, up_to).await?;
+        println!("marked your messages with user {peer} read up to {up_to}");
+        Ok(())
     }
 }
 
@@ -581,6 +799,8 @@ async fn run(args: Args) -> ExitCode {
         },
         seen: Dedup::default(),
         linger: args.linger,
+        me: 0,
+        newest_direct: HashMap::new(),
     };
     let code = match session.run().await {
         End::Quit | End::LoggedOut => ExitCode::SUCCESS,
@@ -716,6 +936,9 @@ mod tests {
             "groupinfo",
             "find",
             "groupchat",
+            "history",
+            "grouphistory",
+            "read",
             "loginout",
         ] {
             assert!(
@@ -726,6 +949,167 @@ mod tests {
         for (_, _, format) in HELP {
             assert!(EXAMPLES.contains(format), "{format} missing from --help");
         }
+    }
+
+    #[test]
+    fn history_and_read_commands_parse() {
+        let ok = |s: &str| parse_command(s).unwrap().unwrap();
+        assert_eq!(
+            ok("history:6"),
+            Command::History {
+                peer: 6,
+                before: None
+            }
+        );
+        assert_eq!(
+            ok("history: 6 : 40 \r"),
+            Command::History {
+                peer: 6,
+                before: Some(40)
+            }
+        );
+        for newest in ["history:6:", "history:6:0"] {
+            assert_eq!(
+                ok(newest),
+                Command::History {
+                    peer: 6,
+                    before: None
+                },
+                "{newest}"
+            );
+        }
+        assert_eq!(
+            ok("grouphistory:3"),
+            Command::GroupHistory {
+                group: 3,
+                before: None
+            }
+        );
+        assert_eq!(
+            ok("grouphistory:3:100"),
+            Command::GroupHistory {
+                group: 3,
+                before: Some(100)
+            }
+        );
+        assert_eq!(ok("read:6"), Command::Read(6));
+        assert_eq!(ok("read: 6 "), Command::Read(6));
+
+        let err = |s: &str| parse_command(s).unwrap_err();
+        for bad in [
+            "history",
+            "history:",
+            "history:x",
+            "history:6:x",
+            "history:6:1:2",
+        ] {
+            assert_eq!(
+                err(bad),
+                "invalid input, format history:userid[:beforeid]",
+                "{bad}"
+            );
+        }
+        for bad in ["grouphistory", "grouphistory:x:1", "grouphistory:3:-1"] {
+            assert_eq!(
+                err(bad),
+                "invalid input, format grouphistory:groupid[:beforeid]",
+                "{bad}"
+            );
+        }
+        for bad in ["read", "read:", "read:x", "read:6:7"] {
+            assert_eq!(err(bad), "invalid input, format read:userid", "{bad}");
+        }
+    }
+
+    fn message(id: u64, sender_id: u64, recipient_id: u64, group_id: u64) -> Message {
+        Message {
+            id,
+            sender_id,
+            sender_name: if sender_id == 5 { "alice" } else { "bob" }.into(),
+            recipient_id,
+            group_id,
+            time_ms: 0,
+            text: format!("m{id}"),
+        }
+    }
+
+    #[test]
+    fn history_pages_print_oldest_first_with_the_next_command() {
+        let page = History {
+            messages: vec![message(12, 5, 6, 0), message(9, 6, 5, 0)],
+            more: true,
+            read_up_to: 12,
+        };
+        assert_eq!(
+            history_lines(Conversation::Direct(6), &page),
+            [
+                "2 messages with user 6, oldest first:",
+                "#9 1970-01-01 00:00:00 [6]bob said: m9",
+                "#12 1970-01-01 00:00:00 [5]alice said: m12",
+                "user 6 has read up to #12",
+                "more: use history:6:9",
+            ]
+        );
+        let page = History {
+            messages: vec![message(4, 6, 0, 3)],
+            more: false,
+            read_up_to: 0,
+        };
+        assert_eq!(
+            history_lines(Conversation::Group(3), &page),
+            [
+                "1 message in group 3, oldest first:",
+                "#4 [group 3] 1970-01-01 00:00:00 [6]bob said: m4",
+            ]
+        );
+        let page = History {
+            messages: vec![message(40, 6, 0, 3)],
+            more: true,
+            read_up_to: 0,
+        };
+        assert_eq!(
+            history_lines(Conversation::Group(3), &page).last().unwrap(),
+            "more: use grouphistory:3:40"
+        );
+        assert_eq!(
+            history_lines(Conversation::Direct(6), &History::default()),
+            ["no messages with user 6"]
+        );
+    }
+
+    #[test]
+    fn unread_counts_and_read_receipts_are_shown() {
+        let unread = [
+            Unread {
+                peer_id: 6,
+                group_id: 0,
+                count: 3,
+            },
+            Unread {
+                peer_id: 0,
+                group_id: 3,
+                count: 999,
+            },
+            Unread {
+                peer_id: 0,
+                group_id: 0,
+                count: 1,
+            },
+        ];
+        assert_eq!(
+            unread_lines(&unread),
+            ["user 6: 3 unread", "group 3: 999+ unread"]
+        );
+        assert!(unread_lines(&[]).is_empty());
+        assert_eq!(
+            notice(&Event::ReadReceipt {
+                reader_id: 7,
+                peer_id: 5,
+                up_to: 42
+            })
+            .as_deref(),
+            Some("user 7 read your messages up to 42")
+        );
     }
 
     #[test]

@@ -12,14 +12,14 @@
 //! | `format` | string | `"chat-loadtest/1"` |
 //! | `version` | string | version of chat-loadtest that wrote it |
 //! | `started_unix_ms` | integer | run start, ms since the Unix epoch (= `BaseTime` of `intervals.hlog`) |
-//! | `scenario` | string | `connect`, `direct`, `group`, `mixed`, `soak` or `ramp` |
+//! | `scenario` | string | `connect`, `direct`, `group`, `mixed`, `history`, `soak` or `ramp` |
 //! | `protocol` | string | `fb` or `json` |
 //! | `model` | string | `open` or `closed` |
 //! | `target` | string | what was tested, in words |
 //! | `config` | object | the run's settings (`RunConfig`; durations as humantime strings like `"10s"`) |
 //! | `window_us` | integer | length of the measured window |
 //! | `workers` | integer | load generator processes whose results were merged |
-//! | `rate` | object | `offered_per_s`, `achieved_per_s` (acknowledged sends of the window) |
+//! | `rate` | object | `offered_per_s`, `achieved_per_s` (acknowledged sends, answered history browses and mark-reads of the window) |
 //! | `latency` | object | metric → `{"corrected": S, "uncorrected": S}`; only metrics with data |
 //! | `counters` | object | every counter, integer (see below) |
 //! | `errors` | object | error kind (e.g. `"send: timeout"`) → count |
@@ -33,7 +33,9 @@
 //! | `server` | object or null | the servers' CPU and memory (`--local`, `--server-metrics`; see below) |
 //!
 //! **`latency`**: metrics are `connect`, `register`, `login`, `send_ack`,
-//! `delivery`. `corrected` measures from the time the schedule said the
+//! `delivery`, `history` (a history page; a browse's first page from its
+//! scheduled time, later pages from when they were asked) and `mark_read`.
+//! `corrected` measures from the time the schedule said the
 //! action should start (coordinated omission corrected), `uncorrected` from
 //! the time it did. Each `S` is `{"count", "min_us", "mean_us", "p50_us",
 //! "p90_us", "p99_us", "p99_9_us", "p99_99_us", "max_us"}`, all integers
@@ -46,8 +48,10 @@
 //! `sent`, `acked`, `send_failed`, `expected`, `delivered`, `duplicated`
 //! (a second receipt of a message under another server id),
 //! `redelivered` (a server id received again, e.g. after a re-login:
-//! at-least-once delivery, not a duplicate), `out_of_order`, `lost`, `late`
-//! (the whole run).
+//! at-least-once delivery, not a duplicate), `out_of_order`, `lost`, `late`,
+//! `history_requests`, `history_pages`, `history_failed`,
+//! `history_messages` (messages in the pages), `mark_read_requests`,
+//! `marked_read`, `mark_read_failed` (the whole run).
 //!
 //! **`generator`**: `lag_p50_us`, `lag_p99_us`, `lag_max_us` (actual start
 //! minus scheduled start of each action), `late` (actions later than

@@ -329,6 +329,13 @@ mod fixture {
             out_of_order: 6,
             lost: 3,
             late: 8,
+            history_requests: 40,
+            history_pages: 38,
+            history_failed: 2,
+            history_messages: 1_234,
+            mark_read_requests: 30,
+            marked_read: 29,
+            mark_read_failed: 1,
         };
         o.errors.insert("send: timeout".into(), 7);
         o.errors.insert("login: AlreadyOnline".into(), 9);

@@ -83,6 +83,8 @@ fn color(metric: Metric) -> RGBColor {
         Metric::Login => RGBColor(0x2c, 0xa0, 0x2c),
         Metric::SendAck => RGBColor(0x94, 0x67, 0xbd),
         Metric::Delivery => RGBColor(0xd6, 0x27, 0x28),
+        Metric::History => RGBColor(0x8c, 0x56, 0x4b),
+        Metric::MarkRead => RGBColor(0xe3, 0x77, 0xc2),
     }
 }
 

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use chat_client::{
-    Client, ClientConfig, Event, GroupId, MessageId, PendingReply, Reply, Request, UserId,
+    Client, ClientConfig, Conversation, Event, GroupId, MessageId, PendingReply, Reply, Request,
+    UserId,
 };
 use tokio::net::TcpStream;
 
-use super::{Failure, Received};
+use super::{Failure, Page, Received};
 
 pub struct FbSession {
     client: Client,
@@ -82,6 +83,26 @@ impl FbSession {
             group_id: group,
             text,
         })?)
+    }
+
+    pub async fn history(
+        &self,
+        conversation: Conversation,
+        before: Option<MessageId>,
+    ) -> Result<Page, Failure> {
+        let page = self.client.history(conversation, before, None).await?;
+        Ok(Page {
+            messages: page.messages.len() as u64,
+            next_before: page.next_before(),
+        })
+    }
+
+    pub async fn mark_read(
+        &self,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<(), Failure> {
+        Ok(self.client.mark_read(conversation, up_to).await?)
     }
 
     pub async fn next_received(&self) -> Option<Received> {

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, Push, Reply, Request, RequestKind};
-use crate::store::{Contact, GroupInfo, Role, StoredMessage, UserId};
+use crate::store::{Contact, Conversation, GroupInfo, Role, StoredMessage, Unread, UserId};
 
 /// Splits a byte stream into FlatBuffers envelopes and decodes the requests.
 #[derive(Debug)]
@@ -113,6 +113,27 @@ fn required<'a>(
 
 fn missing_body(kind: RequestKind) -> Refusal {
     refuse(kind, "envelope has a body type but no body")
+}
+
+/// The conversation a request names: user `peer_id` or group `group_id`,
+/// exactly one of them non-zero.
+fn conversation(kind: RequestKind, peer_id: u64, group_id: u64) -> Result<Conversation, Refusal> {
+    match (peer_id, group_id) {
+        (peer, 0) if peer != 0 => Ok(Conversation::Direct(peer)),
+        (0, group) if group != 0 => Ok(Conversation::Group(group)),
+        _ => Err(refuse(
+            kind,
+            "exactly one of `peer_id` and `group_id` must be non-zero",
+        )),
+    }
+}
+
+/// The `(peer_id, group_id)` fields naming `conversation`.
+fn conversation_ids(conversation: Conversation) -> (u64, u64) {
+    match conversation {
+        Conversation::Direct(peer) => (peer, 0),
+        Conversation::Group(group) => (0, group),
+    }
 }
 
 fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
@@ -246,6 +267,39 @@ fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
                 name: required(k, "name", r.name())?.to_owned(),
             })
         }
+        fb::Body::HistoryRequest => {
+            let k = RequestKind::History;
+            let r = envelope
+                .body_as_history_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::History {
+                actor: actor(r.user_id()),
+                conversation: conversation(k, r.peer_id(), r.group_id())?,
+                before: (r.before() != 0).then_some(r.before()),
+                limit: (r.limit() != 0).then_some(r.limit()),
+            })
+        }
+        fb::Body::MarkReadRequest => {
+            let k = RequestKind::MarkRead;
+            let r = envelope
+                .body_as_mark_read_request()
+                .ok_or_else(|| missing_body(k))?;
+            Ok(Command::MarkRead {
+                actor: actor(r.user_id()),
+                conversation: conversation(k, r.peer_id(), r.group_id())?,
+                up_to: r.up_to(),
+            })
+        }
+        fb::Body::ReadersRequest => {
+            let r = envelope
+                .body_as_readers_request()
+                .ok_or_else(|| missing_body(RequestKind::Readers))?;
+            Ok(Command::Readers {
+                actor: actor(r.user_id()),
+                group: r.group_id(),
+                message: r.message_id(),
+            })
+        }
         fb::Body::DeliveryAckRequest => {
             let r = envelope
                 .body_as_delivery_ack_request()
@@ -363,6 +417,15 @@ impl FrameEncoder {
                 let groups = b.create_vector_from_iter(
                     scratch.drain(..).map(WIPOffset::<fb::Group<'static>>::new),
                 );
+                // Left out when there is nothing unread (most logins).
+                let unread = (!info.unread.is_empty()).then(|| {
+                    for u in &info.unread {
+                        scratch.push(unread(b, u).value());
+                    }
+                    b.create_vector_from_iter(
+                        scratch.drain(..).map(WIPOffset::<fb::Unread<'static>>::new),
+                    )
+                });
                 let r = fb::LoginReply::create(
                     b,
                     &fb::LoginReplyArgs {
@@ -371,6 +434,7 @@ impl FrameEncoder {
                         friends: Some(friends),
                         groups: Some(groups),
                         pending: u32::try_from(info.pending.len()).unwrap_or(u32::MAX),
+                        unread,
                     },
                 );
                 (fb::Body::LoginReply, r.as_union_value())
@@ -441,6 +505,40 @@ impl FrameEncoder {
                 let r = fb::FindUserReply::create(b, &fb::FindUserReplyArgs { user: Some(u) });
                 (fb::Body::FindUserReply, r.as_union_value())
             }
+            Reply::History(page) => {
+                scratch.clear();
+                for m in &page.messages {
+                    scratch.push(message(b, m).value());
+                }
+                let messages = b.create_vector_from_iter(
+                    scratch
+                        .drain(..)
+                        .map(WIPOffset::<fb::Message<'static>>::new),
+                );
+                let r = fb::HistoryReply::create(
+                    b,
+                    &fb::HistoryReplyArgs {
+                        messages: Some(messages),
+                        more: page.more,
+                        read_up_to: page.read_up_to,
+                    },
+                );
+                (fb::Body::HistoryReply, r.as_union_value())
+            }
+            Reply::MarkedRead => {
+                let r = fb::MarkReadReply::create(b, &fb::MarkReadReplyArgs {});
+                (fb::Body::MarkReadReply, r.as_union_value())
+            }
+            Reply::Readers { readers, members } => {
+                let r = fb::ReadersReply::create(
+                    b,
+                    &fb::ReadersReplyArgs {
+                        readers: u32::try_from(*readers).unwrap_or(u32::MAX),
+                        members: u32::try_from(*members).unwrap_or(u32::MAX),
+                    },
+                );
+                (fb::Body::ReadersReply, r.as_union_value())
+            }
             Reply::Acked => {
                 let r = fb::DeliveryAckReply::create(b, &fb::DeliveryAckReplyArgs {});
                 (fb::Body::DeliveryAckReply, r.as_union_value())
@@ -506,26 +604,28 @@ impl FrameEncoder {
                 );
                 (fb::Body::FriendRemovedPush, p.as_union_value())
             }),
+            Push::ReadReceipt {
+                reader,
+                peer,
+                up_to,
+            } => self.frame(0, out, |b, _| {
+                let p = fb::ReadReceiptPush::create(
+                    b,
+                    &fb::ReadReceiptPushArgs {
+                        reader_id: *reader,
+                        peer_id: *peer,
+                        up_to: *up_to,
+                    },
+                );
+                (fb::Body::ReadReceiptPush, p.as_union_value())
+            }),
         }
         true
     }
 
     fn message_push(&mut self, m: &StoredMessage, out: &mut Vec<u8>) {
         self.frame(0, out, |b, _| {
-            let sender_name = b.create_string(&m.sender_name);
-            let text = b.create_string(&m.text);
-            let message = fb::Message::create(
-                b,
-                &fb::MessageArgs {
-                    id: m.id,
-                    sender_id: m.sender_id,
-                    sender_name: Some(sender_name),
-                    recipient_id: m.recipient_id,
-                    group_id: m.group_id,
-                    time_ms: m.time_ms,
-                    text: Some(text),
-                },
-            );
+            let message = message(b, m);
             let p = fb::MessagePush::create(
                 b,
                 &fb::MessagePushArgs {
@@ -685,6 +785,57 @@ impl FrameEncoder {
                     );
                     (fb::Body::FindUserRequest, r.as_union_value())
                 }
+                Command::History {
+                    actor,
+                    conversation,
+                    before,
+                    limit,
+                } => {
+                    let (peer_id, group_id) = conversation_ids(*conversation);
+                    let r = fb::HistoryRequest::create(
+                        b,
+                        &fb::HistoryRequestArgs {
+                            user_id: a(actor),
+                            peer_id,
+                            group_id,
+                            before: before.unwrap_or(0),
+                            limit: limit.unwrap_or(0),
+                        },
+                    );
+                    (fb::Body::HistoryRequest, r.as_union_value())
+                }
+                Command::MarkRead {
+                    actor,
+                    conversation,
+                    up_to,
+                } => {
+                    let (peer_id, group_id) = conversation_ids(*conversation);
+                    let r = fb::MarkReadRequest::create(
+                        b,
+                        &fb::MarkReadRequestArgs {
+                            user_id: a(actor),
+                            peer_id,
+                            group_id,
+                            up_to: *up_to,
+                        },
+                    );
+                    (fb::Body::MarkReadRequest, r.as_union_value())
+                }
+                Command::Readers {
+                    actor,
+                    group,
+                    message,
+                } => {
+                    let r = fb::ReadersRequest::create(
+                        b,
+                        &fb::ReadersRequestArgs {
+                            user_id: a(actor),
+                            group_id: *group,
+                            message_id: *message,
+                        },
+                    );
+                    (fb::Body::ReadersRequest, r.as_union_value())
+                }
                 Command::DeliveryAck { up_to } => {
                     let r = fb::DeliveryAckRequest::create(
                         b,
@@ -703,6 +854,38 @@ impl FrameEncoder {
             }
         });
     }
+}
+
+fn message(
+    b: &mut FlatBufferBuilder<'static>,
+    m: &StoredMessage,
+) -> WIPOffset<fb::Message<'static>> {
+    let sender_name = b.create_string(&m.sender_name);
+    let text = b.create_string(&m.text);
+    fb::Message::create(
+        b,
+        &fb::MessageArgs {
+            id: m.id,
+            sender_id: m.sender_id,
+            sender_name: Some(sender_name),
+            recipient_id: m.recipient_id,
+            group_id: m.group_id,
+            time_ms: m.time_ms,
+            text: Some(text),
+        },
+    )
+}
+
+fn unread(b: &mut FlatBufferBuilder<'static>, u: &Unread) -> WIPOffset<fb::Unread<'static>> {
+    let (peer_id, group_id) = conversation_ids(u.conversation);
+    fb::Unread::create(
+        b,
+        &fb::UnreadArgs {
+            peer_id,
+            group_id,
+            count: u32::try_from(u.count).unwrap_or(u32::MAX),
+        },
+    )
 }
 
 fn user(b: &mut FlatBufferBuilder<'static>, c: &Contact) -> WIPOffset<fb::User<'static>> {
@@ -767,7 +950,7 @@ mod tests {
 
     use super::*;
     use crate::command::LoginInfo;
-    use crate::store::Member;
+    use crate::store::{HistoryPage, Member};
 
     const MAX: usize = DEFAULT_MAX_FRAME;
 
@@ -941,6 +1124,48 @@ mod tests {
                 18,
                 Command::FindUser {
                     name: String::new(),
+                },
+            ),
+            req(
+                19,
+                Command::History {
+                    actor: None,
+                    conversation: Conversation::Direct(2),
+                    before: None,
+                    limit: None,
+                },
+            ),
+            req(
+                20,
+                Command::History {
+                    actor: Some(1),
+                    conversation: Conversation::Group(9),
+                    before: Some(u64::MAX),
+                    limit: Some(200),
+                },
+            ),
+            req(
+                21,
+                Command::MarkRead {
+                    actor: None,
+                    conversation: Conversation::Direct(2),
+                    up_to: 41,
+                },
+            ),
+            req(
+                22,
+                Command::MarkRead {
+                    actor: Some(1),
+                    conversation: Conversation::Group(9),
+                    up_to: 0,
+                },
+            ),
+            req(
+                23,
+                Command::Readers {
+                    actor: Some(1),
+                    group: 9,
+                    message: 41,
                 },
             ),
         ]
@@ -1453,6 +1678,7 @@ mod tests {
                 message(10, 0, "while you were out"),
                 message(11, 9, "group hi"),
             ],
+            unread: vec![],
         };
         let mut out = Vec::new();
         FrameEncoder::new().reply(
@@ -1467,6 +1693,10 @@ mod tests {
         assert_eq!(envs[0].request_id(), 4);
         let r = envs[0].body_as_login_reply().unwrap();
         assert_eq!((r.user_id(), r.name(), r.pending()), (1, Some("alice"), 2));
+        assert!(
+            r.unread().is_none(),
+            "no unread vector when nothing is unread"
+        );
         let friends: Vec<_> = r
             .friends()
             .unwrap()
@@ -1601,6 +1831,24 @@ mod tests {
                 }),
                 fb::Body::FindUserReply,
             ),
+            (
+                RequestKind::History,
+                Reply::History(HistoryPage::default()),
+                fb::Body::HistoryReply,
+            ),
+            (
+                RequestKind::MarkRead,
+                Reply::MarkedRead,
+                fb::Body::MarkReadReply,
+            ),
+            (
+                RequestKind::Readers,
+                Reply::Readers {
+                    readers: 2,
+                    members: 5,
+                },
+                fb::Body::ReadersReply,
+            ),
         ];
         let mut e = FrameEncoder::new();
         for (i, (kind, reply, body)) in cases.into_iter().enumerate() {
@@ -1690,6 +1938,205 @@ mod tests {
         assert_eq!((u.id(), u.name(), u.online()), (7, Some("dave"), true));
     }
 
+    #[test]
+    fn conversation_requests_name_exactly_one_conversation() {
+        let history = |peer_id, group_id| {
+            raw_frame(30, move |b| {
+                let r = fb::HistoryRequest::create(
+                    b,
+                    &fb::HistoryRequestArgs {
+                        user_id: 0,
+                        peer_id,
+                        group_id,
+                        before: 0,
+                        limit: 0,
+                    },
+                );
+                Some((fb::Body::HistoryRequest, r.as_union_value()))
+            })
+        };
+        let mark_read = |peer_id, group_id| {
+            raw_frame(31, move |b| {
+                let r = fb::MarkReadRequest::create(
+                    b,
+                    &fb::MarkReadRequestArgs {
+                        user_id: 0,
+                        peer_id,
+                        group_id,
+                        up_to: 7,
+                    },
+                );
+                Some((fb::Body::MarkReadRequest, r.as_union_value()))
+            })
+        };
+        let message = "exactly one of `peer_id` and `group_id` must be non-zero";
+        for (peer, group) in [(0, 0), (2, 9)] {
+            assert_eq!(
+                decode_one(&history(peer, group)),
+                invalid(30, RequestKind::History, message)
+            );
+            assert_eq!(
+                decode_one(&mark_read(peer, group)),
+                invalid(31, RequestKind::MarkRead, message)
+            );
+        }
+        // `before` 0 is "from the newest", `limit` 0 "the default": the
+        // handler applies the default and the bounds.
+        assert_eq!(
+            decode_one(&history(0, 9)),
+            Decoded::Request(req(
+                30,
+                Command::History {
+                    actor: None,
+                    conversation: Conversation::Group(9),
+                    before: None,
+                    limit: None,
+                }
+            ))
+        );
+        assert_eq!(
+            decode_one(&mark_read(2, 0)),
+            Decoded::Request(req(
+                31,
+                Command::MarkRead {
+                    actor: None,
+                    conversation: Conversation::Direct(2),
+                    up_to: 7,
+                }
+            ))
+        );
+        // A limit over the maximum goes to the handler as it is.
+        let big = raw_frame(32, |b| {
+            let r = fb::HistoryRequest::create(
+                b,
+                &fb::HistoryRequestArgs {
+                    user_id: 1,
+                    peer_id: 2,
+                    group_id: 0,
+                    before: 100,
+                    limit: 10_000,
+                },
+            );
+            Some((fb::Body::HistoryRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&big),
+            Decoded::Request(req(
+                32,
+                Command::History {
+                    actor: Some(1),
+                    conversation: Conversation::Direct(2),
+                    before: Some(100),
+                    limit: Some(10_000),
+                }
+            ))
+        );
+        let readers = raw_frame(33, |b| {
+            let r = fb::ReadersRequest::create(b, &fb::ReadersRequestArgs::default());
+            Some((fb::Body::ReadersRequest, r.as_union_value()))
+        });
+        assert_eq!(
+            decode_one(&readers),
+            Decoded::Request(req(
+                33,
+                Command::Readers {
+                    actor: None,
+                    group: 0,
+                    message: 0,
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn history_and_readers_replies_carry_their_fields() {
+        let page = HistoryPage {
+            messages: vec![message(12, 0, "newest"), message(10, 0, "older")],
+            more: true,
+            read_up_to: 10,
+        };
+        let mut e = FrameEncoder::new();
+        let mut out = Vec::new();
+        e.reply(40, RequestKind::History, &Reply::History(page), &mut out);
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 1, "a history page is one frame, no pushes");
+        assert_eq!(envs[0].request_id(), 40);
+        let r = envs[0].body_as_history_reply().unwrap();
+        assert_eq!((r.more(), r.read_up_to()), (true, 10));
+        let got: Vec<_> = r
+            .messages()
+            .unwrap()
+            .iter()
+            .map(|m| (m.id(), m.sender_id(), m.recipient_id(), m.text().unwrap()))
+            .collect();
+        assert_eq!(got, [(12, 2, 1, "newest"), (10, 2, 1, "older")]);
+        let m = r.messages().unwrap().get(0);
+        assert_eq!(
+            (m.sender_name(), m.group_id(), m.time_ms()),
+            (Some("bob"), 0, 1_700_000_000_012)
+        );
+
+        out.clear();
+        e.reply(
+            41,
+            RequestKind::History,
+            &Reply::History(HistoryPage::default()),
+            &mut out,
+        );
+        let r = envelopes(&out)[0].body_as_history_reply().unwrap();
+        assert_eq!(r.messages().map(|v| v.len()), Some(0));
+        assert_eq!((r.more(), r.read_up_to()), (false, 0));
+
+        out.clear();
+        let readers = Reply::Readers {
+            readers: 3,
+            members: u64::MAX,
+        };
+        e.reply(42, RequestKind::Readers, &readers, &mut out);
+        let r = envelopes(&out)[0].body_as_readers_reply().unwrap();
+        assert_eq!((r.readers(), r.members()), (3, u32::MAX));
+    }
+
+    #[test]
+    fn login_reply_lists_unread_conversations() {
+        let info = LoginInfo {
+            user: 1,
+            name: "alice".into(),
+            friends: vec![],
+            groups: vec![],
+            pending: vec![message(10, 0, "hi")],
+            unread: vec![
+                Unread {
+                    conversation: Conversation::Direct(2),
+                    count: 3,
+                },
+                Unread {
+                    conversation: Conversation::Group(9),
+                    count: crate::store::UNREAD_CAP,
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        FrameEncoder::new().reply(
+            4,
+            RequestKind::Login,
+            &Reply::LoggedIn(Box::new(info)),
+            &mut out,
+        );
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 2, "the reply, then its pending message");
+        let r = envs[0].body_as_login_reply().unwrap();
+        let unread: Vec<_> = r
+            .unread()
+            .unwrap()
+            .iter()
+            .map(|u| (u.peer_id(), u.group_id(), u.count()))
+            .collect();
+        assert_eq!(unread, [(2, 0, 3), (0, 9, 999)]);
+        assert_eq!(r.pending(), 1);
+        assert_eq!(r.friends().map(|v| v.len()), Some(0));
+    }
+
     fn cases_friend() -> Reply {
         Reply::FriendAdded(Contact {
             id: 2,
@@ -1730,6 +2177,21 @@ mod tests {
         assert_eq!((envs[0].request_id(), p.group_id()), (0, 9));
         let p = envs[1].body_as_friend_removed_push().unwrap();
         assert_eq!((envs[1].request_id(), p.friend_id()), (0, 4));
+
+        out.clear();
+        let receipt = Push::ReadReceipt {
+            reader: 7,
+            peer: 1,
+            up_to: 42,
+        };
+        assert!(e.push(&receipt, &mut out));
+        let envs = envelopes(&out);
+        assert_eq!(envs.len(), 1);
+        let p = envs[0].body_as_read_receipt_push().unwrap();
+        assert_eq!(
+            (envs[0].request_id(), p.reader_id(), p.peer_id(), p.up_to()),
+            (0, 7, 1, 42)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use chat_schema::time::UtcTime;
 
 use super::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, Request, RequestKind};
-use crate::store::{Contact, GroupInfo, Role, StoredMessage, UserId};
+use crate::store::{Contact, Conversation, GroupInfo, Role, StoredMessage, UserId};
 
 /// The seed's message ids, and the ones we added (11 and up).
 pub mod msgid {
@@ -53,6 +53,13 @@ pub mod msgid {
     pub const GROUP_INFO_ACK: u64 = 37;
     pub const FIND_USER: u64 = 38;
     pub const FIND_USER_ACK: u64 = 39;
+    pub const HISTORY: u64 = 40;
+    pub const HISTORY_ACK: u64 = 41;
+    pub const MARK_READ: u64 = 42;
+    pub const MARK_READ_ACK: u64 = 43;
+    pub const READERS: u64 = 44;
+    pub const READERS_ACK: u64 = 45;
+    pub const READ_RECEIPT: u64 = 46;
     pub const REMOVED_FROM_GROUP: u64 = 47;
     pub const FRIEND_REMOVED: u64 = 48;
 }
@@ -336,6 +343,20 @@ impl Fields<'_> {
         }
     }
 
+    /// `peer` or `groupid`, exactly one of them (0 counts as absent).
+    fn conversation(&mut self) -> Result<Conversation, Refusal> {
+        let peer = self.optional_id(&["peer"])?.filter(|&id| id != 0);
+        let group = self.optional_id(&["groupid"])?.filter(|&id| id != 0);
+        match (peer, group) {
+            (Some(peer), None) => Ok(Conversation::Direct(peer)),
+            (None, Some(group)) => Ok(Conversation::Group(group)),
+            _ => Err(refuse(
+                self.kind,
+                "give exactly one of `peer` (a user id) and `groupid`",
+            )),
+        }
+    }
+
     fn text(&mut self, names: &[&'static str]) -> Result<String, Refusal> {
         self.optional_text(names)?
             .ok_or_else(|| refuse(self.kind, format!("missing field `{}`", names[0])))
@@ -484,6 +505,42 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
             }
             .text(&["name"])?,
         },
+        msgid::HISTORY => {
+            let mut f = Fields {
+                kind: RequestKind::History,
+                map,
+            };
+            Command::History {
+                actor: f.actor()?,
+                conversation: f.conversation()?,
+                before: f.optional_id(&["before"])?.filter(|&id| id != 0),
+                limit: f
+                    .optional_id(&["limit"])?
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            }
+        }
+        msgid::MARK_READ => {
+            let mut f = Fields {
+                kind: RequestKind::MarkRead,
+                map,
+            };
+            Command::MarkRead {
+                actor: f.actor()?,
+                conversation: f.conversation()?,
+                up_to: f.id(&["upto"])?,
+            }
+        }
+        msgid::READERS => {
+            let mut f = Fields {
+                kind: RequestKind::Readers,
+                map,
+            };
+            Command::Readers {
+                actor: f.actor()?,
+                group: f.id(&["groupid"])?,
+                message: f.id(&["messageid"])?,
+            }
+        }
         msgid::PING => Command::Ping,
         msgid::LOAD => Command::Load,
         _ => return Err(refuse(unknown, format!("unknown msgid {id}"))),
@@ -536,6 +593,8 @@ struct LoginAck<'a> {
     friends: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     groups: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unread: Vec<UnreadJson>,
 }
 
 #[derive(Serialize)]
@@ -601,6 +660,42 @@ struct FindUserAck<'a> {
     userid: UserId,
     name: &'a str,
     state: &'static str,
+}
+
+#[derive(Serialize)]
+struct HistoryAck {
+    msgid: u64,
+    errno: u8,
+    /// Pushes as msgid 6 / 10, newest first.
+    messages: Vec<serde_json::Value>,
+    more: bool,
+    readupto: u64,
+}
+
+#[derive(Serialize)]
+struct ReadersAck {
+    msgid: u64,
+    errno: u8,
+    readers: u64,
+    members: u64,
+}
+
+#[derive(Serialize)]
+struct ReadReceiptPush {
+    msgid: u64,
+    id: UserId,
+    peer: UserId,
+    upto: u64,
+}
+
+/// One element of a login reply's `unread`: `peer` or `groupid`.
+#[derive(Serialize)]
+struct UnreadJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groupid: Option<u64>,
+    count: u64,
 }
 
 #[derive(Serialize)]
@@ -678,6 +773,9 @@ pub fn reply_msgid(kind: RequestKind) -> u64 {
         RequestKind::RemoveMember => msgid::REMOVE_MEMBER_ACK,
         RequestKind::GroupInfo => msgid::GROUP_INFO_ACK,
         RequestKind::FindUser => msgid::FIND_USER_ACK,
+        RequestKind::History => msgid::HISTORY_ACK,
+        RequestKind::MarkRead => msgid::MARK_READ_ACK,
+        RequestKind::Readers => msgid::READERS_ACK,
         RequestKind::DeliveryAck | RequestKind::Unknown => msgid::GENERIC_ACK,
     }
 }
@@ -783,7 +881,37 @@ impl JsonEncoder {
                 },
                 out,
             ),
-            Reply::FriendRemoved | Reply::GroupLeft | Reply::MemberRemoved => {
+            Reply::History(page) => write(
+                &HistoryAck {
+                    msgid: msgid::HISTORY_ACK,
+                    errno: 0,
+                    messages: page
+                        .messages
+                        .iter()
+                        .map(|m| {
+                            if m.group_id != 0 {
+                                serde_json::to_value(group_push(m))
+                            } else {
+                                serde_json::to_value(direct_push(m))
+                            }
+                            .unwrap_or_default()
+                        })
+                        .collect(),
+                    more: page.more,
+                    readupto: page.read_up_to,
+                },
+                out,
+            ),
+            Reply::Readers { readers, members } => write(
+                &ReadersAck {
+                    msgid: msgid::READERS_ACK,
+                    errno: 0,
+                    readers: *readers,
+                    members: *members,
+                },
+                out,
+            ),
+            Reply::FriendRemoved | Reply::GroupLeft | Reply::MemberRemoved | Reply::MarkedRead => {
                 write(&Status { msgid, errno: 0 }, out)
             }
             Reply::Group(info) => {
@@ -862,6 +990,19 @@ impl JsonEncoder {
                 },
                 out,
             ),
+            Push::ReadReceipt {
+                reader,
+                peer,
+                up_to,
+            } => write(
+                &ReadReceiptPush {
+                    msgid: msgid::READ_RECEIPT,
+                    id: *reader,
+                    peer: *peer,
+                    upto: *up_to,
+                },
+                out,
+            ),
         }
         true
     }
@@ -931,6 +1072,22 @@ fn login_ack(info: &LoginInfo) -> LoginAck<'_> {
             .groups
             .iter()
             .map(|g| encoded(&group_json(g)))
+            .collect(),
+        unread: info
+            .unread
+            .iter()
+            .map(|u| match u.conversation {
+                Conversation::Direct(peer) => UnreadJson {
+                    peer: Some(peer),
+                    groupid: None,
+                    count: u.count,
+                },
+                Conversation::Group(group) => UnreadJson {
+                    peer: None,
+                    groupid: Some(group),
+                    count: u.count,
+                },
+            })
             .collect(),
     }
 }
@@ -1219,7 +1376,7 @@ mod tests {
     #[test]
     fn unknown_or_missing_msgids_are_refused() {
         let u = RequestKind::Unknown;
-        assert_eq!(one(r#"{"msgid":42}"#), invalid(u, "unknown msgid 42"));
+        assert_eq!(one(r#"{"msgid":99}"#), invalid(u, "unknown msgid 99"));
         assert_eq!(
             one(r#"{"msgid":2,"errno":0}"#),
             invalid(u, "unknown msgid 2")
@@ -1434,6 +1591,7 @@ mod tests {
             friends: vec![],
             groups: vec![],
             pending: vec![],
+            unread: vec![],
         };
         assert_eq!(
             reply(RequestKind::Login, &Reply::LoggedIn(Box::new(bare.clone()))),

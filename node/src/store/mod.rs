@@ -73,6 +73,36 @@ pub struct GroupInfo {
     pub members: Vec<Member>,
 }
 
+/// One of a user's conversations: with another user (both directions), or
+/// in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    Direct(UserId),
+    Group(GroupId),
+}
+
+/// A page of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub messages: Vec<StoredMessage>,
+    /// Whether older messages exist (below the last one here).
+    pub more: bool,
+    /// In a direct conversation, how far the other user has read it (0 when
+    /// they have not marked it); 0 in a group.
+    pub read_up_to: MessageId,
+}
+
+/// Unread messages in one of a user's conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unread {
+    pub conversation: Conversation,
+    pub count: u64,
+}
+
+/// Unread counts stop at this (a client shows "999+").
+pub const UNREAD_CAP: u64 = 999;
+
 /// Where a new message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -131,6 +161,8 @@ pub enum StoreError {
     MailboxFull { user: UserId, cap: u64 },
     #[error("{what}: the limit is {limit}")]
     LimitReached { what: String, limit: u64 },
+    #[error("message {up_to} is above the newest message of this conversation ({newest})")]
+    BeyondNewest { up_to: MessageId, newest: MessageId },
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -259,6 +291,47 @@ pub trait Store: Send + 'static {
         after: MessageId,
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
+
+    /// At most `limit` messages of `conversation` as `user` sees it, newest
+    /// first, with ids below `before` (`None`: from the newest), and whether
+    /// older ones exist. Direct: the messages between `user` and the peer,
+    /// both directions, with the peer's read position. Group: the group's
+    /// messages sent after `user` joined. `UnknownUser` (peer),
+    /// `UnknownGroup`, `NotAMember`. A range read on one partition or index:
+    /// it never scans `user`'s other conversations. Messages stay readable
+    /// until compaction or TTL removes them (the history retention).
+    fn history(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage>;
+
+    /// Moves `user`'s read position in `conversation` up to `up_to`;
+    /// returns whether it moved (false when it was there or beyond already:
+    /// read positions never go back). `BeyondNewest` if `up_to` is above the
+    /// conversation's newest message; `UnknownUser`, `UnknownGroup`,
+    /// `NotAMember` as for `history`.
+    fn mark_read(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<bool>;
+
+    /// How many members of `group` have read it up to `message` or beyond,
+    /// and how many members it has; `user` must be a member (`UnknownGroup`,
+    /// `NotAMember`).
+    fn readers(&mut self, user: UserId, group: GroupId, message: MessageId) -> Result<(u64, u64)>;
+
+    /// `user`'s unread messages per conversation, only those with some:
+    /// messages from others above `user`'s read position, each count at
+    /// most [`UNREAD_CAP`]. Direct conversations are counted among the
+    /// newest [`UNREAD_CAP`] + 1 direct messages `user` received, groups
+    /// each on their own index range: the cost is bounded by the number of
+    /// groups times the cap.
+    fn unread(&mut self, user: UserId) -> Result<Vec<Unread>>;
 
     /// Moves the delivery cursor of `user` up to `up_to` (never down).
     fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()>;

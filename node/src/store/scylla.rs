@@ -18,6 +18,11 @@
 //! | `group_members` | group id | one per member, by `joined_after` | plain writes |
 //! | `inbox` | user id | direct messages, by id; table TTL | plain writes |
 //! | `group_log` | (group id, day) | group messages, by id; table TTL | plain writes |
+//! | `direct_history` | (lower user id, higher user id) | direct messages of the pair, both directions, newest first; history TTL | plain writes |
+//! | `direct_received` | user id | id and sender of the direct messages to the user, newest first; history TTL | plain writes |
+//! | `group_history` | group id | group messages, newest first; history TTL | plain writes |
+//! | `read_marks` | user id | one per conversation: (kind, peer or group), `up_to` | plain writes |
+//! | `group_reads` | group id | one per member who marked the group: `up_to` | plain writes |
 //! | `sessions` | user id | the claim: node, epoch | LWT only |
 //! | `sessions_by_node` | node | one per claimed user | plain writes |
 //! | `node_leases` | node | lease end, written `USING TTL` | plain writes |
@@ -145,6 +150,80 @@
 //! on another node can leave a member in a group with no head, whom
 //! `group` and `groups` do not show and who can leave it.
 //!
+//! # History and read positions
+//!
+//! `append` writes a message to its delivery table (`inbox`, `group_log`)
+//! and, in the same call and the same way (sent at once, awaited at
+//! commit, undone by rollback), to the history of its conversation:
+//!
+//! - a direct message to `direct_history`, partition `(lo, hi)`, the two
+//!   users' ids in increasing order (a message to oneself: `(u, u)`), and,
+//!   unless it is to oneself, to the recipient's `direct_received` (id and
+//!   sender only); three writes in all;
+//! - a group message to `group_history`, partition the group; two writes.
+//!
+//! Both history tables cluster by id descending, so a page is one range
+//! read of one partition, from its start: `history` asks for `limit + 1`
+//! rows with `id < before` (group: and `id > joined_after`) and `LIMIT`,
+//! and the extra row says whether older ones exist. Nothing else in the
+//! keyspace is read for a page but point reads: the users' names (cached),
+//! the membership row of a group member (`user_groups`, the row `pending`
+//! reads), and the peer's read mark. A conversation of 100,000 messages in
+//! a store of millions is still one slice of one partition; `group_log`,
+//! one partition per group and day, is not used for history because a page
+//! could then cross any number of (possibly empty) days.
+//!
+//! **Retention.** History rows are written `USING TTL` the retention
+//! ([`ScyllaOptions::history_retention`]; no TTL when it is `None`), each
+//! node with its own option, so changing it needs no schema change and
+//! applies to messages written from then on. The history tables have no
+//! table TTL. The delivery tables keep theirs ([`ScyllaOptions::message_ttl`]):
+//! they serve `pending` only, so a message stays in history after it has
+//! left them, and (with a retention shorter than the message TTL) may still
+//! be delivered after it has left history. With no retention, partitions
+//! grow with their conversation for good (a busy group's grows largest);
+//! ScyllaDB reads a slice of a large partition through its index, but
+//! repair and streaming move it whole, and its time-window compaction
+//! should then be changed to the default one (see `schema/cql/05_history.cql`).
+//!
+//! **Read positions.** `read_marks` holds `user`'s position in each of
+//! their conversations (`kind` 0: direct, `target` the peer; 1: group,
+//! `target` the group); a group's positions are kept again in
+//! `group_reads`, by group, for `readers`. `mark_read` reads the
+//! conversation's newest id (one row of its history partition), the
+//! position, and for a group its copy, at once; it refuses an `up_to` above
+//! the newest (`BeyondNewest`), and writes the position only if it moves
+//! (client timestamps make a rollback's write-back win; two handles moving
+//! one user's position at once may leave the lower, as for cursors, but a
+//! user's conversations are marked by the one node serving them). The
+//! conversation's newest message is the newest the history holds, so once
+//! the retention has removed all of a conversation only `up_to` 0 passes,
+//! and a group's is the group's, not only what the user saw since joining.
+//! Read positions have no TTL and outlive memberships (a member who leaves
+//! and joins again finds theirs); they are one short row per conversation.
+//!
+//! `readers` reads the group's head, member list and `group_reads`
+//! partition at once (at most one row per member, 1,000) and counts the
+//! current members at or beyond the message (no row: position 0).
+//! `unread` reads, at once, the user's `read_marks` partition (a row per
+//! conversation they ever marked), the newest `UNREAD_CAP + 1` rows of
+//! their `direct_received`, and their memberships; direct counts come from
+//! those rows (per sender, above the position); then every group at once:
+//! one slice of `group_history` above the later of the position and the
+//! join, with `LIMIT` [`UNREAD_SCAN`], counting others' messages up to the
+//! cap. Costs: 2 round trips; rows read at most (cap + 1) + marks +
+//! groups + groups × `UNREAD_SCAN`.
+//!
+//! **What a crash leaves.** The writes of one `append` leave together and
+//! land in any subset: a message in history but not delivered (or the
+//! reverse), a direct message counted unread (`direct_received`) but not in
+//! the pair's history, where marking up to it says `BeyondNewest` until a
+//! later message comes. A group's `mark_read` writes `read_marks` and
+//! `group_reads`: if only the first lands, `readers` misses that reader
+//! until the next `mark_read` of the group, which brings the copy up to the
+//! position even when the position itself does not move; if only the copy
+//! lands, the position did not move and marking again writes it.
+//!
 //! # Sessions and leases
 //!
 //! A lease is a `node_leases` row written `USING TTL` (the lease rounded up
@@ -194,7 +273,7 @@
 //! - [`Store::compact`] deletes nothing and returns 0: messages expire by the
 //!   tables' TTL (`--scylla-message-ttl`), acknowledged or not, and the
 //!   cursor passes acknowledged ones, so there is never a tombstone per
-//!   message.
+//!   message; history rows expire by their own TTL (the history retention).
 //! - [`Store::pending_total`] returns 0: counting every user's backlog needs
 //!   a scan of every user, which a gauge does not justify.
 //!
@@ -206,11 +285,16 @@
 //! | call | round trips |
 //! |---|---|
 //! | `create_user` | 1 LWT (plus a read and an LWT per block of 100 ids) |
-//! | `append`, direct | 0 once sender and recipient are known, else 1 each |
-//! | `append`, group | 0 once the group's member list was read in the batch, else 1 |
+//! | `append`, direct | 0 once sender and recipient are known, else 1 each (3 writes: inbox, pair history, received) |
+//! | `append`, group | 0 once the group's member list was read in the batch, else 1 (2 writes: log, history) |
 //! | `group_members` | 0 once the group's member list was read in the batch, else 1 |
 //! | `ack`, `cursor` | 0 after the first in a batch, else 1 |
 //! | `pending` | 3 in sequence: the cursor, the memberships, then the inbox and every group at once (a group costs a read per day of backlog) |
+//! | `history`, direct | 1: one slice of the pair's partition and the peer's read mark at once (plus a name read per user this handle does not know) |
+//! | `history`, group | 2: the membership row, then one slice of the group's partition |
+//! | `mark_read` | 2: the membership (group) or names (direct, 0 once known), then the newest id and the position(s) at once |
+//! | `readers` | 1: head, member list and `group_reads` at once |
+//! | `unread` | 2: marks, received and memberships at once, then every group at once |
 //! | `claim_session` | 1 read, 1 LWT, and the holder's lease once per batch |
 //! | `session_node` | 1 read, and the holder's lease once per batch |
 //! | `friends`, `groups`, `group`, `join_group` | the lists, then every member's claim at once |
@@ -230,7 +314,7 @@
 //! call returns; both need the runtime to run while the store thread waits
 //! for its next request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -247,8 +331,8 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{
-    Contact, GroupId, GroupInfo, Member, MessageId, NewMessage, Result, Role, Store, StoreError,
-    StoredMessage, Target, UserId, UserRecord,
+    Contact, Conversation, GroupId, GroupInfo, HistoryPage, Member, MessageId, NewMessage, Result,
+    Role, Store, StoreError, StoredMessage, Target, UNREAD_CAP, Unread, UserId, UserRecord,
 };
 
 /// How to reach and shape the ScyllaDB keyspace.
@@ -263,6 +347,11 @@ pub struct ScyllaOptions {
     pub consistency: String,
     /// Table TTL of messages.
     pub message_ttl: Duration,
+    /// How long the history tables keep a message (and so how far back
+    /// `history` and `unread` reach): the TTL each history row is written
+    /// with, rounded up to whole seconds (at least one). `None` keeps
+    /// history forever. See "History and read positions".
+    pub history_retention: Option<Duration>,
     /// Create the keyspace and tables if missing before serving.
     pub init_schema: bool,
 }
@@ -299,18 +388,31 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const NODES_BUCKET: i32 = 0;
 const ROLE_CREATOR: i32 = 0;
 const ROLE_MEMBER: i32 = 1;
+/// `read_marks.kind` of a direct conversation (`target`: the peer) and of
+/// a group (`target`: the group).
+const KIND_DIRECT: i32 = 0;
+const KIND_GROUP: i32 = 1;
+/// Rows of one group's history `unread` examines at most: the cap, plus
+/// room for the user's own messages, which are not counted.
+pub const UNREAD_SCAN: i32 = 4 * (UNREAD_CAP as i32 + 1);
+/// Rows a history read asks the server for per page.
+const HISTORY_PAGE_ROWS: usize = 1000;
 
 /// Tables a write touches, so that a read waits only for the writes it
 /// could see.
-const USERS: u8 = 1;
-const FRIENDS: u8 = 1 << 1;
-const GROUPS: u8 = 1 << 2;
-const MESSAGES: u8 = 1 << 3;
-const BY_NODE: u8 = 1 << 4;
-const NODES: u8 = 1 << 5;
-const LEASES: u8 = 1 << 6;
-const CURSORS: u8 = 1 << 7;
-const ALL: u8 = u8::MAX;
+const USERS: u16 = 1;
+const FRIENDS: u16 = 1 << 1;
+const GROUPS: u16 = 1 << 2;
+/// `inbox`, `group_log` and the history tables (`direct_history`,
+/// `direct_received`, `group_history`), written together by `append`.
+const MESSAGES: u16 = 1 << 3;
+const BY_NODE: u16 = 1 << 4;
+const NODES: u16 = 1 << 5;
+const LEASES: u16 = 1 << 6;
+const CURSORS: u16 = 1 << 7;
+/// `read_marks` and `group_reads`.
+const READS: u16 = 1 << 8;
+const ALL: u16 = u16::MAX;
 
 /// Declares every prepared statement once: the public list and the struct
 /// holding them prepared.
@@ -368,6 +470,26 @@ statements! {
     log_insert = "INSERT INTO group_log (group_id, bucket, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)";
     log_delete = "DELETE FROM group_log WHERE group_id = ? AND bucket = ? AND id = ?";
     log_read = "SELECT id, sender_id, sender_name, time_ms, body FROM group_log WHERE group_id = ? AND bucket = ? AND id > ?";
+    direct_history_insert = "INSERT INTO direct_history (user_lo, user_hi, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?";
+    direct_history_delete = "DELETE FROM direct_history WHERE user_lo = ? AND user_hi = ? AND id = ?";
+    direct_history_page = "SELECT id, sender_id, sender_name, time_ms, body FROM direct_history WHERE user_lo = ? AND user_hi = ? AND id < ? LIMIT ?";
+    direct_history_newest = "SELECT id FROM direct_history WHERE user_lo = ? AND user_hi = ? LIMIT 1";
+    received_insert = "INSERT INTO direct_received (user_id, id, sender_id) VALUES (?, ?, ?) USING TTL ?";
+    received_delete = "DELETE FROM direct_received WHERE user_id = ? AND id = ?";
+    received_newest = "SELECT id, sender_id FROM direct_received WHERE user_id = ? LIMIT ?";
+    group_history_insert = "INSERT INTO group_history (group_id, id, sender_id, sender_name, time_ms, body) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?";
+    group_history_delete = "DELETE FROM group_history WHERE group_id = ? AND id = ?";
+    group_history_page = "SELECT id, sender_id, sender_name, time_ms, body FROM group_history WHERE group_id = ? AND id > ? AND id < ? LIMIT ?";
+    group_history_newest = "SELECT id FROM group_history WHERE group_id = ? LIMIT 1";
+    group_history_senders = "SELECT id, sender_id FROM group_history WHERE group_id = ? AND id > ? LIMIT ?";
+    read_mark_get = "SELECT up_to FROM read_marks WHERE user_id = ? AND kind = ? AND target = ?";
+    read_mark_list = "SELECT kind, target, up_to FROM read_marks WHERE user_id = ?";
+    read_mark_set = "UPDATE read_marks SET up_to = ? WHERE user_id = ? AND kind = ? AND target = ?";
+    read_mark_delete = "DELETE FROM read_marks WHERE user_id = ? AND kind = ? AND target = ?";
+    group_read_get = "SELECT up_to FROM group_reads WHERE group_id = ? AND user_id = ?";
+    group_read_list = "SELECT user_id, up_to FROM group_reads WHERE group_id = ?";
+    group_read_set = "UPDATE group_reads SET up_to = ? WHERE group_id = ? AND user_id = ?";
+    group_read_delete = "DELETE FROM group_reads WHERE group_id = ? AND user_id = ?";
     claim_get = "SELECT node, epoch FROM sessions WHERE user_id = ?";
     claim_insert = "INSERT INTO sessions (user_id, node, epoch) VALUES (?, ?, ?) IF NOT EXISTS";
     claim_takeover = "UPDATE sessions SET node = ?, epoch = ? WHERE user_id = ? IF node = ? AND epoch = ?";
@@ -413,7 +535,7 @@ type Values = Box<dyn SerializeRow + Send + Sync>;
 
 /// A write sent during the batch and not yet awaited.
 struct InFlight {
-    tables: u8,
+    tables: u16,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -529,6 +651,8 @@ struct Inner {
     st: Arc<Statements>,
     keyspace: String,
     message_ttl: Duration,
+    /// The TTL of history rows, in seconds (0: none).
+    history_ttl: i32,
     /// This handle's writer tag in message ids, reserved when it first
     /// allocates one (a handle that only reads never takes a tag).
     tag: Option<u64>,
@@ -595,6 +719,68 @@ fn day_of_ms(ms: u64) -> i32 {
 /// The `group_log` day of a message id.
 pub fn bucket_of(id: MessageId) -> i32 {
     day_of_ms(id_ms(id))
+}
+
+/// The TTL of history rows for a retention, in seconds: rounded up, at
+/// least 1, at most ScyllaDB's limit; 0 (no TTL) for `None`.
+fn history_ttl(retention: Option<Duration>) -> i32 {
+    retention.map_or(0, |d| {
+        let seconds = u64::try_from(d.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TTL_SECS);
+        i32::try_from(seconds).unwrap_or(i32::MAX)
+    })
+}
+
+/// The `direct_history` partition of the conversation between two users:
+/// the lower id first, so that both directions share it.
+fn pair(a: i64, b: i64) -> (i64, i64) {
+    (a.min(b), a.max(b))
+}
+
+/// How many rows a read of a history page asks for (one more than
+/// `limit`, to tell whether older ones exist), as the value bound to
+/// `LIMIT ?` and the page size to fetch them in.
+fn page_request(limit: usize) -> (usize, i32, i32) {
+    let want = limit.saturating_add(1);
+    let bound = i32::try_from(want).unwrap_or(i32::MAX);
+    let page = i32::try_from(want.min(HISTORY_PAGE_ROWS)).unwrap_or(1);
+    (want, bound, page)
+}
+
+/// The page of at most `limit` of `messages` (newest first, read with
+/// [`page_request`]), and whether older ones exist.
+fn page_of(mut messages: Vec<StoredMessage>, limit: usize, read_up_to: MessageId) -> HistoryPage {
+    let more = messages.len() > limit;
+    messages.truncate(limit);
+    HistoryPage {
+        messages,
+        more,
+        read_up_to,
+    }
+}
+
+/// Unread direct messages per sender among `received` (`id, sender_id` of
+/// `direct_received`, the newest `UNREAD_CAP + 1` messages to `user`):
+/// those from someone else above `user`'s read position in the
+/// conversation with them (`marks`, by `(kind, target)`), at most
+/// [`UNREAD_CAP`] each.
+fn direct_unread(
+    user: i64,
+    received: &[(i64, Option<i64>)],
+    marks: &HashMap<(i32, i64), i64>,
+) -> BTreeMap<i64, u64> {
+    let mut counts = BTreeMap::new();
+    for &(id, sender) in received {
+        let Some(sender) = sender.filter(|&s| s != user) else {
+            continue;
+        };
+        if id > marks.get(&(KIND_DIRECT, sender)).copied().unwrap_or(0) {
+            let count = counts.entry(sender).or_insert(0);
+            *count = (*count + 1).min(UNREAD_CAP);
+        }
+    }
+    counts
 }
 
 /// A message id from its parts.
@@ -800,6 +986,7 @@ impl Inner {
             st: Arc::new(st),
             keyspace,
             message_ttl: options.message_ttl,
+            history_ttl: history_ttl(options.history_retention),
             tag: None,
             clock_ms: 0,
             counter: 0,
@@ -1017,7 +1204,7 @@ impl Inner {
     /// Sends a write now (see "How a batch flows"); `undo` rolls it back.
     fn write(
         &mut self,
-        tables: u8,
+        tables: u16,
         statement: &PreparedStatement,
         values: Values,
         undo: Option<(&PreparedStatement, Values)>,
@@ -1043,7 +1230,7 @@ impl Inner {
     }
 
     /// Waits for the writes in flight that touch `tables`.
-    async fn settle(&mut self, tables: u8) -> Result<()> {
+    async fn settle(&mut self, tables: u16) -> Result<()> {
         if !self.in_flight.iter().any(|w| w.tables & tables != 0) {
             return Ok(());
         }
@@ -2068,6 +2255,7 @@ impl Inner {
         let i = bound(id);
         // Stored as the same 64 bits, so every u64 round-trips.
         let time_ms = m.time_ms as i64;
+        let ttl = self.history_ttl;
         if let Some(r) = key(recipient_id).filter(|_| group_id == 0) {
             self.write(
                 MESSAGES,
@@ -2075,6 +2263,31 @@ impl Inner {
                 Box::new((r, i, s, m.sender_name.clone(), time_ms, m.text.clone())),
                 Some((&st.inbox_delete, Box::new((r, i)))),
             );
+            let (lo, hi) = pair(s, r);
+            self.write(
+                MESSAGES,
+                &st.direct_history_insert,
+                Box::new((
+                    lo,
+                    hi,
+                    i,
+                    s,
+                    m.sender_name.clone(),
+                    time_ms,
+                    m.text.clone(),
+                    ttl,
+                )),
+                Some((&st.direct_history_delete, Box::new((lo, hi, i)))),
+            );
+            // A message to oneself is never unread.
+            if r != s {
+                self.write(
+                    MESSAGES,
+                    &st.received_insert,
+                    Box::new((r, i, s, ttl)),
+                    Some((&st.received_delete, Box::new((r, i)))),
+                );
+            }
         } else {
             let g = key(group_id).ok_or(StoreError::UnknownGroup(group_id))?;
             let day = bucket_of(id);
@@ -2083,6 +2296,12 @@ impl Inner {
                 &st.log_insert,
                 Box::new((g, day, i, s, m.sender_name.clone(), time_ms, m.text.clone())),
                 Some((&st.log_delete, Box::new((g, day, i)))),
+            );
+            self.write(
+                MESSAGES,
+                &st.group_history_insert,
+                Box::new((g, i, s, m.sender_name.clone(), time_ms, m.text.clone(), ttl)),
+                Some((&st.group_history_delete, Box::new((g, i)))),
             );
         }
         Ok(StoredMessage {
@@ -2181,6 +2400,316 @@ impl Inner {
             self.observe(id_of(up_to));
         }
         Ok(())
+    }
+
+    // ---- history and read positions ----
+
+    /// Keys of `user` and `peer` for their direct conversation: `UnknownUser`
+    /// if either does not exist (`user` checked first).
+    async fn direct_keys(&mut self, user: UserId, peer: UserId) -> Result<(i64, i64)> {
+        for id in [user, peer] {
+            if self.user_name(id).await?.is_none() {
+                return Err(StoreError::UnknownUser(id));
+            }
+        }
+        match (key(user), key(peer)) {
+            (Some(u), Some(p)) => Ok((u, p)),
+            _ => Err(StoreError::UnknownUser(peer)),
+        }
+    }
+
+    /// Keys of `group` and `user` and the id `user` joined after, from their
+    /// `user_groups` row (the one `pending` reads too). Without one:
+    /// `UnknownGroup` if the group does not exist, else `NotAMember`.
+    async fn membership_keys(&mut self, group: GroupId, user: UserId) -> Result<(i64, i64, i64)> {
+        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
+        if let Some(u) = key(user) {
+            self.settle(GROUPS).await?;
+            let row = self
+                .read_one::<MembershipRow>(&self.st.membership_get, (u, g))
+                .await?;
+            if let Some((Some(joined_after), _)) = row {
+                return Ok((g, u, joined_after));
+            }
+        }
+        Err(if self.group_exists(group).await? {
+            StoreError::NotAMember { user, group }
+        } else {
+            StoreError::UnknownGroup(group)
+        })
+    }
+
+    /// One range read of the conversation's history partition (direct: the
+    /// pair's `direct_history`, with the peer's read mark read alongside;
+    /// group: `group_history` above the user's `joined_after`).
+    async fn history(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let before = before.map_or(i64::MAX, bound);
+        let (want, lim, page) = page_request(limit);
+        let out = match conversation {
+            Conversation::Direct(peer) => {
+                let (u, p) = self.direct_keys(user, peer).await?;
+                let (lo, hi) = pair(u, p);
+                self.settle(MESSAGES | READS).await?;
+                let st = &self.st;
+                let (rows, mark) = future::try_join(
+                    self.read_rows::<MessageRow>(
+                        &st.direct_history_page,
+                        (lo, hi, before, lim),
+                        Some(page),
+                        want,
+                        |_| true,
+                    ),
+                    self.read_one::<(Option<i64>,)>(&st.read_mark_get, (p, KIND_DIRECT, u)),
+                )
+                .await?;
+                let messages = rows
+                    .into_iter()
+                    .map(|row| {
+                        let recipient = if row.1 == Some(u) { peer } else { user };
+                        message(row, recipient, 0)
+                    })
+                    .collect();
+                let read_up_to = mark.and_then(|(up_to,)| up_to).map_or(0, id_of);
+                page_of(messages, limit, read_up_to)
+            }
+            Conversation::Group(group) => {
+                let (g, _, joined_after) = self.membership_keys(group, user).await?;
+                let mut messages = Vec::new();
+                if before > joined_after.saturating_add(1) {
+                    self.settle(MESSAGES).await?;
+                    messages = self
+                        .read_rows::<MessageRow>(
+                            &self.st.group_history_page,
+                            (g, joined_after, before, lim),
+                            Some(page),
+                            want,
+                            |_| true,
+                        )
+                        .await?
+                        .into_iter()
+                        .map(|row| message(row, 0, group))
+                        .collect();
+                }
+                page_of(messages, limit, 0)
+            }
+        };
+        if let Some(newest) = out.messages.first() {
+            self.observe(newest.id);
+        }
+        Ok(out)
+    }
+
+    /// Reads the conversation's newest id and `user`'s read position at
+    /// once (for a group also the copy in `group_reads`), then writes the
+    /// position (both copies for a group) if it moves. A group's
+    /// `group_reads` copy found behind `read_marks` (a crash between the
+    /// two writes) is brought up to the position even when the position
+    /// does not move.
+    async fn mark_read(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<bool> {
+        let st = Arc::clone(&self.st);
+        let (kind, u, target, group_copy) = match conversation {
+            Conversation::Direct(peer) => {
+                let (u, p) = self.direct_keys(user, peer).await?;
+                (KIND_DIRECT, u, p, None)
+            }
+            Conversation::Group(group) => {
+                let (g, u, _) = self.membership_keys(group, user).await?;
+                (KIND_GROUP, u, g, Some(g))
+            }
+        };
+        self.settle(MESSAGES | READS).await?;
+        let newest = async {
+            match group_copy {
+                Some(g) => {
+                    self.read_one::<(i64,)>(&st.group_history_newest, (g,))
+                        .await
+                }
+                None => {
+                    let (lo, hi) = pair(u, target);
+                    self.read_one::<(i64,)>(&st.direct_history_newest, (lo, hi))
+                        .await
+                }
+            }
+        };
+        let copy = async {
+            match group_copy {
+                Some(g) => {
+                    self.read_one::<(Option<i64>,)>(&st.group_read_get, (g, u))
+                        .await
+                }
+                None => Ok(None),
+            }
+        };
+        let (newest, mark, copy) = future::try_join3(
+            newest,
+            self.read_one::<(Option<i64>,)>(&st.read_mark_get, (u, kind, target)),
+            copy,
+        )
+        .await?;
+        let newest = newest.map_or(0, |(id,)| id_of(id));
+        if up_to > newest {
+            return Err(StoreError::BeyondNewest { up_to, newest });
+        }
+        let to = bound(up_to);
+        let was = mark.and_then(|(v,)| v);
+        let position = to.max(was.unwrap_or(0));
+        if let Some(g) = group_copy {
+            let copied = copy.and_then(|(v,)| v);
+            if position > copied.unwrap_or(0) {
+                let (undo_statement, undo): (&PreparedStatement, Values) = match copied {
+                    Some(copied) => (&st.group_read_set, Box::new((copied, g, u))),
+                    None => (&st.group_read_delete, Box::new((g, u))),
+                };
+                self.write(
+                    READS,
+                    &st.group_read_set,
+                    Box::new((position, g, u)),
+                    Some((undo_statement, undo)),
+                );
+            }
+        }
+        if to <= was.unwrap_or(0) {
+            return Ok(false);
+        }
+        let (undo_statement, undo): (&PreparedStatement, Values) = match was {
+            Some(was) => (&st.read_mark_set, Box::new((was, u, kind, target))),
+            None => (&st.read_mark_delete, Box::new((u, kind, target))),
+        };
+        self.write(
+            READS,
+            &st.read_mark_set,
+            Box::new((to, u, kind, target)),
+            Some((undo_statement, undo)),
+        );
+        Ok(true)
+    }
+
+    /// The head, the member list and the `group_reads` partition of the
+    /// group, read at once.
+    async fn readers(
+        &mut self,
+        user: UserId,
+        group: GroupId,
+        message: MessageId,
+    ) -> Result<(u64, u64)> {
+        let g = key(group).ok_or(StoreError::UnknownGroup(group))?;
+        self.settle(GROUPS | READS).await?;
+        let st = &self.st;
+        let (head, rows, reads) = future::try_join3(
+            self.read_one::<HeadRow>(&st.group_get, (g,)),
+            self.read_all::<MemberRow>(&st.member_list, (g,)),
+            self.read_all::<(i64, Option<i64>)>(&st.group_read_list, (g,)),
+        )
+        .await?;
+        let state = GroupState {
+            head: head.filter(|(name, _, _)| name.is_some()),
+            rows,
+            membership: None,
+        };
+        if !state.exists() {
+            return Err(StoreError::UnknownGroup(group));
+        }
+        let members = Self::member_order(state.rows);
+        if !key(user).is_some_and(|u| members.iter().any(|row| row.1 == u)) {
+            return Err(StoreError::NotAMember { user, group });
+        }
+        let positions: HashMap<i64, i64> = reads
+            .into_iter()
+            .filter_map(|(member, up_to)| up_to.map(|up_to| (member, up_to)))
+            .collect();
+        let message = bound(message);
+        let readers = members
+            .iter()
+            .filter(|row| positions.get(&row.1).copied().unwrap_or(0) >= message)
+            .count();
+        Ok((readers as u64, members.len() as u64))
+    }
+
+    /// `user`'s read marks, the newest `UNREAD_CAP + 1` rows of their
+    /// `direct_received` and their memberships at once; then, for every
+    /// group at once, the group's history above the read position (or the
+    /// join), at most [`UNREAD_SCAN`] rows.
+    async fn unread(&mut self, user: UserId) -> Result<Vec<Unread>> {
+        if self.user_name(user).await?.is_none() {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let u = key(user).ok_or(StoreError::UnknownUser(user))?;
+        self.settle(MESSAGES | READS | GROUPS).await?;
+        let st = &self.st;
+        let cap = usize::try_from(UNREAD_CAP).unwrap_or(usize::MAX);
+        let newest = i32::try_from(cap + 1).unwrap_or(i32::MAX);
+        let (marks, received, memberships) = future::try_join3(
+            self.read_all::<(i32, i64, Option<i64>)>(&st.read_mark_list, (u,)),
+            self.read_rows::<(i64, Option<i64>)>(
+                &st.received_newest,
+                (u, newest),
+                Some(newest),
+                cap + 1,
+                |_| true,
+            ),
+            self.read_all::<(i64, Option<i64>)>(&st.membership_list, (u,)),
+        )
+        .await?;
+        let marks: HashMap<(i32, i64), i64> = marks
+            .into_iter()
+            .filter_map(|(kind, target, up_to)| up_to.map(|up_to| ((kind, target), up_to)))
+            .collect();
+        let mut out: Vec<Unread> = direct_unread(u, &received, &marks)
+            .into_iter()
+            .map(|(peer, count)| Unread {
+                conversation: Conversation::Direct(id_of(peer)),
+                count,
+            })
+            .collect();
+        // A row without `joined_after` is no membership (see "Leaving and
+        // deleting groups").
+        let groups: Vec<(i64, i64)> = memberships
+            .into_iter()
+            .filter_map(|(g, joined_after)| {
+                let mark = marks.get(&(KIND_GROUP, g)).copied().unwrap_or(0);
+                joined_after.map(|joined_after| (g, joined_after.max(mark)))
+            })
+            .collect();
+        let page = i32::try_from(cap + 1).unwrap_or(i32::MAX);
+        let this = &*self;
+        let counts: Vec<(i64, usize)> = stream::iter(groups)
+            .map(|(g, from)| async move {
+                let unread = this
+                    .read_rows::<(i64, Option<i64>)>(
+                        &this.st.group_history_senders,
+                        (g, from, UNREAD_SCAN),
+                        Some(page),
+                        cap,
+                        |row| row.1 != Some(u),
+                    )
+                    .await?;
+                Ok::<_, StoreError>((g, unread.len()))
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+        out.extend(
+            counts
+                .into_iter()
+                .filter(|&(_, count)| count > 0)
+                .map(|(g, count)| Unread {
+                    conversation: Conversation::Group(id_of(g)),
+                    count: (count as u64).min(UNREAD_CAP),
+                }),
+        );
+        out.sort_unstable_by_key(|unread| unread.conversation);
+        Ok(out)
     }
 }
 
@@ -2366,6 +2895,52 @@ impl Store for ScyllaStore {
             .block_on(self.inner.pending(user, after, limit))
     }
 
+    /// One range read on the conversation's partition: direct, the pair's
+    /// `direct_history` (with the peer's read mark, read alongside); group,
+    /// `group_history` above the user's `joined_after`, after a point read
+    /// of their membership. `UnknownUser` for `user`, then the peer.
+    fn history(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        self.runtime
+            .block_on(self.inner.history(user, conversation, before, limit))
+    }
+
+    /// The newest message is the newest the history tables hold (so after
+    /// the history retention a conversation whose messages all expired has
+    /// none, and only `up_to` 0 is accepted). A group's newest is the
+    /// group's, not only what `user` has seen since joining.
+    fn mark_read(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<bool> {
+        self.runtime
+            .block_on(self.inner.mark_read(user, conversation, up_to))
+    }
+
+    /// Members are those of the group's member list (as for
+    /// `group_members`); a member who never marked the group has read
+    /// position 0.
+    fn readers(&mut self, user: UserId, group: GroupId, message: MessageId) -> Result<(u64, u64)> {
+        self.runtime
+            .block_on(self.inner.readers(user, group, message))
+    }
+
+    /// Sorted by conversation (direct ones first, by peer, then groups).
+    /// `UnknownUser` if `user` does not exist. A group's count is taken
+    /// among its newest messages above the read position, at most
+    /// [`UNREAD_SCAN`] of them: one who sent thousands of messages to a
+    /// group after their read position may see a smaller count there.
+    fn unread(&mut self, user: UserId) -> Result<Vec<Unread>> {
+        self.runtime.block_on(self.inner.unread(user))
+    }
+
     /// `UnknownUser` if `user` does not exist. The new cursor is written at
     /// commit.
     fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()> {
@@ -2522,6 +3097,86 @@ mod tests {
             [(7, Some(ROLE_CREATOR)), (3, Some(ROLE_MEMBER))]
         );
         assert!(Inner::member_order(vec![row(1, 2, None, ROLE_MEMBER)]).is_empty());
+    }
+
+    #[test]
+    fn history_rows_live_the_retention_in_whole_seconds() {
+        assert_eq!(history_ttl(None), 0);
+        assert_eq!(history_ttl(Some(Duration::from_millis(1500))), 2);
+        assert_eq!(history_ttl(Some(Duration::ZERO)), 1);
+        assert_eq!(
+            history_ttl(Some(Duration::from_secs(30 * 86_400))),
+            2_592_000
+        );
+        assert_eq!(
+            history_ttl(Some(Duration::from_secs(u64::MAX))),
+            MAX_TTL_SECS as i32
+        );
+    }
+
+    #[test]
+    fn both_directions_of_a_pair_share_a_partition() {
+        assert_eq!(pair(7, 3), (3, 7));
+        assert_eq!(pair(3, 7), (3, 7));
+        assert_eq!(pair(5, 5), (5, 5));
+    }
+
+    #[test]
+    fn a_page_reads_one_more_row_to_tell_whether_older_ones_exist() {
+        assert_eq!(page_request(0), (1, 1, 1));
+        assert_eq!(page_request(50), (51, 51, 51));
+        assert_eq!(
+            page_request(usize::MAX),
+            (usize::MAX, i32::MAX, HISTORY_PAGE_ROWS as i32)
+        );
+        let stored = |id| StoredMessage {
+            id,
+            sender_id: 1,
+            sender_name: "a".into(),
+            recipient_id: 2,
+            group_id: 0,
+            time_ms: 0,
+            text: String::new(),
+        };
+        let page = page_of(vec![stored(9), stored(8), stored(7)], 2, 4);
+        assert_eq!(page.messages, [stored(9), stored(8)]);
+        assert!(page.more);
+        assert_eq!(page.read_up_to, 4);
+        let page = page_of(vec![stored(9), stored(8)], 2, 0);
+        assert_eq!(page.messages.len(), 2);
+        assert!(!page.more);
+        assert!(!page_of(Vec::new(), 0, 0).more);
+        assert!(page_of(vec![stored(1)], 0, 0).more);
+    }
+
+    #[test]
+    fn direct_unread_counts_others_above_the_read_mark_up_to_the_cap() {
+        let me = 1;
+        // Newest first: from 2 (read up to 20), from 3 (never read), from
+        // me (to myself: never counted).
+        let received = [
+            (40, Some(2)),
+            (35, Some(me)),
+            (30, Some(3)),
+            (25, Some(2)),
+            (20, Some(2)),
+            (10, Some(3)),
+            (5, None),
+        ];
+        let marks = HashMap::from([((KIND_DIRECT, 2), 20), ((KIND_GROUP, 3), 1000)]);
+        let counts = direct_unread(me, &received, &marks);
+        assert_eq!(counts, BTreeMap::from([(2, 2), (3, 2)]));
+        let flood: Vec<(i64, Option<i64>)> = (1..=1000).rev().map(|id| (id, Some(4))).collect();
+        let counts = direct_unread(me, &flood, &HashMap::new());
+        assert_eq!(counts, BTreeMap::from([(4, UNREAD_CAP)]));
+        assert!(
+            direct_unread(
+                me,
+                &received,
+                &HashMap::from([((KIND_DIRECT, 2), 40), ((KIND_DIRECT, 3), 30)])
+            )
+            .is_empty()
+        );
     }
 
     #[test]

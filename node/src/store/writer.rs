@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use futures_channel::oneshot;
 
 use super::{
-    Contact, GroupId, GroupInfo, MessageId, NewMessage, Store, StoreError, StoredMessage, Target,
-    UserId, UserRecord,
+    Contact, Conversation, GroupId, GroupInfo, HistoryPage, MessageId, NewMessage, Store,
+    StoreError, StoredMessage, Target, Unread, UserId, UserRecord,
 };
 use crate::bus::{self, Publisher};
 use crate::command::{LoginInfo, Push};
@@ -187,6 +187,33 @@ pub enum Op {
         name: String,
         answer: Answer<Option<Contact>>,
     },
+    /// A page of history (read).
+    History {
+        user: UserId,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+        answer: Answer<HistoryPage>,
+    },
+    /// Moves a read position; a direct conversation's peer is told.
+    MarkRead {
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+        answer: Answer<bool>,
+    },
+    /// Who read a group message (read).
+    Readers {
+        user: UserId,
+        group: GroupId,
+        message: MessageId,
+        answer: Answer<(u64, u64)>,
+    },
+    /// Unread counts per conversation (read).
+    Unread {
+        user: UserId,
+        answer: Answer<Vec<Unread>>,
+    },
     Append {
         message: NewMessage,
         answer: Answer<Arc<StoredMessage>>,
@@ -225,6 +252,10 @@ impl Op {
             Op::RemoveMember { .. } => "remove_member",
             Op::GroupInfo { .. } => "group_info",
             Op::FindUser { .. } => "find_user",
+            Op::History { .. } => "history",
+            Op::MarkRead { .. } => "mark_read",
+            Op::Readers { .. } => "readers",
+            Op::Unread { .. } => "unread",
             Op::Append { .. } => "append",
             Op::Pending { .. } => "pending",
             Op::Ack { .. } => "ack",
@@ -237,7 +268,13 @@ impl Op {
     fn is_read(&self) -> bool {
         matches!(
             self,
-            Op::User { .. } | Op::Pending { .. } | Op::GroupInfo { .. } | Op::FindUser { .. }
+            Op::User { .. }
+                | Op::Pending { .. }
+                | Op::GroupInfo { .. }
+                | Op::FindUser { .. }
+                | Op::History { .. }
+                | Op::Readers { .. }
+                | Op::Unread { .. }
         )
     }
 }
@@ -387,6 +424,20 @@ fn read<S: Store>(store: &mut S, op: Op) -> Reply {
             answer,
         } => answer_later(answer, group_as_member(store, group, user)),
         Op::FindUser { name, answer } => answer_later(answer, store.find_user(&name)),
+        Op::History {
+            user,
+            conversation,
+            before,
+            limit,
+            answer,
+        } => answer_later(answer, store.history(user, conversation, before, limit)),
+        Op::Readers {
+            user,
+            group,
+            message,
+            answer,
+        } => answer_later(answer, store.readers(user, group, message)),
+        Op::Unread { user, answer } => answer_later(answer, store.unread(user)),
         other => {
             // Dropping the answer fails the caller.
             tracing::error!(op = other.kind(), "not a read op");
@@ -939,6 +990,7 @@ impl<S: Store> Step<'_, S> {
                 name: name.to_string(),
                 online,
             },
+            RouterEvent::Takeover { user } => bus::Event::Takeover { user },
             RouterEvent::Notify {
                 user,
                 push: Push::RemovedFromGroup { group },
@@ -947,6 +999,14 @@ impl<S: Store> Step<'_, S> {
                 user,
                 push: Push::FriendRemoved { friend },
             } => bus::Event::FriendRemoved { user, friend },
+            RouterEvent::Notify {
+                user,
+                push: Push::ReadReceipt { reader, up_to, .. },
+            } => bus::Event::ReadReceipt {
+                user,
+                reader,
+                up_to,
+            },
             _ => return Ok(()),
         };
         self.out.remote.entry(node).or_default().push(remote);
@@ -1018,7 +1078,10 @@ impl<S: Store> Step<'_, S> {
             op @ (Op::User { .. }
             | Op::Pending { .. }
             | Op::GroupInfo { .. }
-            | Op::FindUser { .. }) => read(self.store, op),
+            | Op::FindUser { .. }
+            | Op::History { .. }
+            | Op::Readers { .. }
+            | Op::Unread { .. }) => read(self.store, op),
             Op::Login {
                 user,
                 shard,
@@ -1065,6 +1128,12 @@ impl<S: Store> Step<'_, S> {
                 member,
                 answer,
             } => answer_later(answer, self.remove_member(group, by, member)),
+            Op::MarkRead {
+                user,
+                conversation,
+                up_to,
+                answer,
+            } => answer_later(answer, self.mark_read(user, conversation, up_to)),
             Op::Append { message, answer } => answer_later(answer, self.append(&message)),
             Op::Ack {
                 user,
@@ -1077,12 +1146,10 @@ impl<S: Store> Step<'_, S> {
                 answer_if_asked(answer, self.store.ack(user, up_to))
             }
             Op::Takeover { user } => {
-                // Only a session on this node: another node's would need the
-                // bus (not done; its user waits for the lease or idle timeout).
-                let here = !self.cluster
-                    || self.store.session_node(user).ok().flatten().as_deref() == Some(self.node);
-                if here {
-                    self.emit(RouterEvent::Takeover { user });
+                // Wherever the session is: this node's router, or over the
+                // bus to the node that holds it.
+                if let Err(e) = self.notify(user, RouterEvent::Takeover { user }) {
+                    tracing::warn!(error = %e, user, "takeover: finding the session failed");
                 }
                 Box::new(|_| {})
             }
@@ -1115,6 +1182,7 @@ impl<S: Store> Step<'_, S> {
             friends,
             groups,
             pending,
+            unread: Vec::new(),
         })
     }
 
@@ -1201,6 +1269,33 @@ impl<S: Store> Step<'_, S> {
                 push: Push::FriendRemoved { friend: user },
             },
         )
+    }
+
+    /// Moves the read position; in a direct conversation the peer, if
+    /// online, gets a read receipt.
+    fn mark_read(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<bool, StoreError> {
+        let moved = self.store.mark_read(user, conversation, up_to)?;
+        if let (true, Conversation::Direct(peer)) = (moved, conversation)
+            && peer != user
+        {
+            self.notify(
+                peer,
+                RouterEvent::Notify {
+                    user: peer,
+                    push: Push::ReadReceipt {
+                        reader: user,
+                        peer,
+                        up_to,
+                    },
+                },
+            )?;
+        }
+        Ok(moved)
     }
 
     /// Removes `member`; they are told, if online.

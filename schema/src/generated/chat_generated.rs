@@ -271,10 +271,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 39;
+pub const ENUM_MAX_BODY: u8 = 46;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 40] = [
+pub const ENUM_VALUES_BODY: [Body; 47] = [
   Body::NONE,
   Body::RegisterRequest,
   Body::LoginRequest,
@@ -315,6 +315,13 @@ pub const ENUM_VALUES_BODY: [Body; 40] = [
   Body::FindUserReply,
   Body::RemovedFromGroupPush,
   Body::FriendRemovedPush,
+  Body::HistoryRequest,
+  Body::MarkReadRequest,
+  Body::ReadersRequest,
+  Body::HistoryReply,
+  Body::MarkReadReply,
+  Body::ReadersReply,
+  Body::ReadReceiptPush,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -362,9 +369,16 @@ impl Body {
   pub const FindUserReply: Self = Self(37);
   pub const RemovedFromGroupPush: Self = Self(38);
   pub const FriendRemovedPush: Self = Self(39);
+  pub const HistoryRequest: Self = Self(40);
+  pub const MarkReadRequest: Self = Self(41);
+  pub const ReadersRequest: Self = Self(42);
+  pub const HistoryReply: Self = Self(43);
+  pub const MarkReadReply: Self = Self(44);
+  pub const ReadersReply: Self = Self(45);
+  pub const ReadReceiptPush: Self = Self(46);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 39;
+  pub const ENUM_MAX: u8 = 46;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RegisterRequest,
@@ -406,6 +420,13 @@ impl Body {
     Self::FindUserReply,
     Self::RemovedFromGroupPush,
     Self::FriendRemovedPush,
+    Self::HistoryRequest,
+    Self::MarkReadRequest,
+    Self::ReadersRequest,
+    Self::HistoryReply,
+    Self::MarkReadReply,
+    Self::ReadersReply,
+    Self::ReadReceiptPush,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -450,6 +471,13 @@ impl Body {
       Self::FindUserReply => Some("FindUserReply"),
       Self::RemovedFromGroupPush => Some("RemovedFromGroupPush"),
       Self::FriendRemovedPush => Some("FriendRemovedPush"),
+      Self::HistoryRequest => Some("HistoryRequest"),
+      Self::MarkReadRequest => Some("MarkReadRequest"),
+      Self::ReadersRequest => Some("ReadersRequest"),
+      Self::HistoryReply => Some("HistoryReply"),
+      Self::MarkReadReply => Some("MarkReadReply"),
+      Self::ReadersReply => Some("ReadersReply"),
+      Self::ReadReceiptPush => Some("ReadReceiptPush"),
       _ => None,
     }
   }
@@ -2815,6 +2843,453 @@ impl ::core::fmt::Debug for FindUserRequest<'_> {
       ds.finish()
   }
 }
+pub enum HistoryRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A page of a conversation's past messages, newest first: with user
+/// `peer_id` (both directions) or in group `group_id` (exactly one of them
+/// non-zero), ids below `before` (0 = from the newest), at most `limit`
+/// (0 = 50; at most 200).
+pub struct HistoryRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HistoryRequest<'a> {
+  type Inner = HistoryRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HistoryRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BEFORE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HistoryRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryRequestArgs
+  ) -> ::flatbuffers::WIPOffset<HistoryRequest<'bldr>> {
+    let mut builder = HistoryRequestBuilder::new(_fbb);
+    builder.add_before(args.before);
+    builder.add_group_id(args.group_id);
+    builder.add_peer_id(args.peer_id);
+    builder.add_user_id(args.user_id);
+    builder.add_limit(args.limit);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn peer_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryRequest::VT_PEER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn before(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryRequest::VT_BEFORE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HistoryRequest::VT_LIMIT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HistoryRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("before", Self::VT_BEFORE, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryRequestArgs {
+    pub user_id: u64,
+    pub peer_id: u64,
+    pub group_id: u64,
+    pub before: u64,
+    pub limit: u32,
+}
+impl<'a> Default for HistoryRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    HistoryRequestArgs {
+      user_id: 0,
+      peer_id: 0,
+      group_id: 0,
+      before: 0,
+      limit: 0,
+    }
+  }
+}
+
+pub struct HistoryRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(HistoryRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_peer_id(&mut self, peer_id: u64) {
+    self.fbb_.push_slot::<u64>(HistoryRequest::VT_PEER_ID, peer_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(HistoryRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_before(&mut self, before: u64) {
+    self.fbb_.push_slot::<u64>(HistoryRequest::VT_BEFORE, before, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(HistoryRequest::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HistoryRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HistoryRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("peer_id", &self.peer_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("before", &self.before());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
+pub enum MarkReadRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Marks the conversation (`peer_id` or `group_id`) read up to `up_to`.
+pub struct MarkReadRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MarkReadRequest<'a> {
+  type Inner = MarkReadRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MarkReadRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_UP_TO: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MarkReadRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MarkReadRequestArgs
+  ) -> ::flatbuffers::WIPOffset<MarkReadRequest<'bldr>> {
+    let mut builder = MarkReadRequestBuilder::new(_fbb);
+    builder.add_up_to(args.up_to);
+    builder.add_group_id(args.group_id);
+    builder.add_peer_id(args.peer_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MarkReadRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn peer_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MarkReadRequest::VT_PEER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MarkReadRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn up_to(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MarkReadRequest::VT_UP_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MarkReadRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("up_to", Self::VT_UP_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MarkReadRequestArgs {
+    pub user_id: u64,
+    pub peer_id: u64,
+    pub group_id: u64,
+    pub up_to: u64,
+}
+impl<'a> Default for MarkReadRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    MarkReadRequestArgs {
+      user_id: 0,
+      peer_id: 0,
+      group_id: 0,
+      up_to: 0,
+    }
+  }
+}
+
+pub struct MarkReadRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MarkReadRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(MarkReadRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_peer_id(&mut self, peer_id: u64) {
+    self.fbb_.push_slot::<u64>(MarkReadRequest::VT_PEER_ID, peer_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(MarkReadRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_up_to(&mut self, up_to: u64) {
+    self.fbb_.push_slot::<u64>(MarkReadRequest::VT_UP_TO, up_to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MarkReadRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MarkReadRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MarkReadRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MarkReadRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MarkReadRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("peer_id", &self.peer_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("up_to", &self.up_to());
+      ds.finish()
+  }
+}
+pub enum ReadersRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// How many members of `group_id` have read up to `message_id`.
+pub struct ReadersRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadersRequest<'a> {
+  type Inner = ReadersRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadersRequest<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadersRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadersRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ReadersRequest<'bldr>> {
+    let mut builder = ReadersRequestBuilder::new(_fbb);
+    builder.add_message_id(args.message_id);
+    builder.add_group_id(args.group_id);
+    builder.add_user_id(args.user_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadersRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadersRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn message_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadersRequest::VT_MESSAGE_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadersRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadersRequestArgs {
+    pub user_id: u64,
+    pub group_id: u64,
+    pub message_id: u64,
+}
+impl<'a> Default for ReadersRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadersRequestArgs {
+      user_id: 0,
+      group_id: 0,
+      message_id: 0,
+    }
+  }
+}
+
+pub struct ReadersRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadersRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadersRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadersRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_message_id(&mut self, message_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadersRequest::VT_MESSAGE_ID, message_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadersRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadersRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadersRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadersRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadersRequest");
+      ds.field("user_id", &self.user_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("message_id", &self.message_id());
+      ds.finish()
+  }
+}
 pub enum ErrorReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3066,6 +3541,7 @@ impl<'a> LoginReply<'a> {
   pub const VT_FRIENDS: ::flatbuffers::VOffsetT = 8;
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 10;
   pub const VT_PENDING: ::flatbuffers::VOffsetT = 12;
+  pub const VT_UNREAD: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3078,6 +3554,7 @@ impl<'a> LoginReply<'a> {
   ) -> ::flatbuffers::WIPOffset<LoginReply<'bldr>> {
     let mut builder = LoginReplyBuilder::new(_fbb);
     builder.add_user_id(args.user_id);
+    if let Some(x) = args.unread { builder.add_unread(x); }
     builder.add_pending(args.pending);
     if let Some(x) = args.groups { builder.add_groups(x); }
     if let Some(x) = args.friends { builder.add_friends(x); }
@@ -3121,6 +3598,14 @@ impl<'a> LoginReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(LoginReply::VT_PENDING, Some(0)).unwrap()}
   }
+  /// Unread messages per conversation, only those with some.
+  #[inline]
+  pub fn unread(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Unread<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Unread>>>>(LoginReply::VT_UNREAD, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for LoginReply<'_> {
@@ -3134,6 +3619,7 @@ impl ::flatbuffers::Verifiable for LoginReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<User>>>>("friends", Self::VT_FRIENDS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Group>>>>("groups", Self::VT_GROUPS, false)?
      .visit_field::<u32>("pending", Self::VT_PENDING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Unread>>>>("unread", Self::VT_UNREAD, false)?
      .finish();
     Ok(())
   }
@@ -3144,6 +3630,7 @@ pub struct LoginReplyArgs<'a> {
     pub friends: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<User<'a>>>>>,
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Group<'a>>>>>,
     pub pending: u32,
+    pub unread: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Unread<'a>>>>>,
 }
 impl<'a> Default for LoginReplyArgs<'a> {
   #[inline]
@@ -3154,6 +3641,7 @@ impl<'a> Default for LoginReplyArgs<'a> {
       friends: None,
       groups: None,
       pending: 0,
+      unread: None,
     }
   }
 }
@@ -3184,6 +3672,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LoginReplyBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u32>(LoginReply::VT_PENDING, pending, 0);
   }
   #[inline]
+  pub fn add_unread(&mut self, unread: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Unread<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LoginReply::VT_UNREAD, unread);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LoginReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     LoginReplyBuilder {
@@ -3206,6 +3698,138 @@ impl ::core::fmt::Debug for LoginReply<'_> {
       ds.field("friends", &self.friends());
       ds.field("groups", &self.groups());
       ds.field("pending", &self.pending());
+      ds.field("unread", &self.unread());
+      ds.finish()
+  }
+}
+pub enum UnreadOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Unread messages in one conversation: with `peer_id`, or in `group_id`.
+pub struct Unread<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Unread<'a> {
+  type Inner = Unread<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Unread<'a> {
+  pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Unread { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnreadArgs
+  ) -> ::flatbuffers::WIPOffset<Unread<'bldr>> {
+    let mut builder = UnreadBuilder::new(_fbb);
+    builder.add_group_id(args.group_id);
+    builder.add_peer_id(args.peer_id);
+    builder.add_count(args.count);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn peer_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Unread::VT_PEER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Unread::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Unread::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Unread<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnreadArgs {
+    pub peer_id: u64,
+    pub group_id: u64,
+    pub count: u32,
+}
+impl<'a> Default for UnreadArgs {
+  #[inline]
+  fn default() -> Self {
+    UnreadArgs {
+      peer_id: 0,
+      group_id: 0,
+      count: 0,
+    }
+  }
+}
+
+pub struct UnreadBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnreadBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_peer_id(&mut self, peer_id: u64) {
+    self.fbb_.push_slot::<u64>(Unread::VT_PEER_ID, peer_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(Unread::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(Unread::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnreadBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnreadBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Unread<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Unread<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Unread");
+      ds.field("peer_id", &self.peer_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("count", &self.count());
       ds.finish()
   }
 }
@@ -4401,6 +5025,329 @@ impl ::core::fmt::Debug for FindUserReply<'_> {
       ds.finish()
   }
 }
+pub enum HistoryReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `messages` newest first; `more`: older ones exist; `read_up_to`: in a
+/// direct conversation, how far the other user has read (0 in a group).
+pub struct HistoryReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HistoryReply<'a> {
+  type Inner = HistoryReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HistoryReply<'a> {
+  pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MORE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_UP_TO: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HistoryReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HistoryReply<'bldr>> {
+    let mut builder = HistoryReplyBuilder::new(_fbb);
+    builder.add_read_up_to(args.read_up_to);
+    if let Some(x) = args.messages { builder.add_messages(x); }
+    builder.add_more(args.more);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn messages(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message>>>>(HistoryReply::VT_MESSAGES, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(HistoryReply::VT_MORE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn read_up_to(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryReply::VT_READ_UP_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HistoryReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Message>>>>("messages", Self::VT_MESSAGES, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .visit_field::<u64>("read_up_to", Self::VT_READ_UP_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryReplyArgs<'a> {
+    pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message<'a>>>>>,
+    pub more: bool,
+    pub read_up_to: u64,
+}
+impl<'a> Default for HistoryReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HistoryReplyArgs {
+      messages: None,
+      more: false,
+      read_up_to: 0,
+    }
+  }
+}
+
+pub struct HistoryReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_messages(&mut self, messages: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Message<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryReply::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(HistoryReply::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn add_read_up_to(&mut self, read_up_to: u64) {
+    self.fbb_.push_slot::<u64>(HistoryReply::VT_READ_UP_TO, read_up_to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HistoryReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HistoryReply");
+      ds.field("messages", &self.messages());
+      ds.field("more", &self.more());
+      ds.field("read_up_to", &self.read_up_to());
+      ds.finish()
+  }
+}
+pub enum MarkReadReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MarkReadReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MarkReadReply<'a> {
+  type Inner = MarkReadReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MarkReadReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MarkReadReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args MarkReadReplyArgs
+  ) -> ::flatbuffers::WIPOffset<MarkReadReply<'bldr>> {
+    let mut builder = MarkReadReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for MarkReadReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MarkReadReplyArgs {
+}
+impl<'a> Default for MarkReadReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    MarkReadReplyArgs {
+    }
+  }
+}
+
+pub struct MarkReadReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MarkReadReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MarkReadReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MarkReadReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MarkReadReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MarkReadReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MarkReadReply");
+      ds.finish()
+  }
+}
+pub enum ReadersReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadersReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadersReply<'a> {
+  type Inner = ReadersReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadersReply<'a> {
+  pub const VT_READERS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadersReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadersReplyArgs
+  ) -> ::flatbuffers::WIPOffset<ReadersReply<'bldr>> {
+    let mut builder = ReadersReplyBuilder::new(_fbb);
+    builder.add_members(args.members);
+    builder.add_readers(args.readers);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn readers(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReadersReply::VT_READERS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReadersReply::VT_MEMBERS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadersReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("readers", Self::VT_READERS, false)?
+     .visit_field::<u32>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadersReplyArgs {
+    pub readers: u32,
+    pub members: u32,
+}
+impl<'a> Default for ReadersReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadersReplyArgs {
+      readers: 0,
+      members: 0,
+    }
+  }
+}
+
+pub struct ReadersReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadersReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_readers(&mut self, readers: u32) {
+    self.fbb_.push_slot::<u32>(ReadersReply::VT_READERS, readers, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: u32) {
+    self.fbb_.push_slot::<u32>(ReadersReply::VT_MEMBERS, members, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadersReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadersReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadersReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadersReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadersReply");
+      ds.field("readers", &self.readers());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
 pub enum MessagePushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4818,6 +5765,138 @@ impl ::core::fmt::Debug for FriendRemovedPush<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("FriendRemovedPush");
       ds.field("friend_id", &self.friend_id());
+      ds.finish()
+  }
+}
+pub enum ReadReceiptPushOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `reader_id` read their direct conversation with this user (`peer_id`,
+/// this user's id) up to message `up_to`.
+pub struct ReadReceiptPush<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadReceiptPush<'a> {
+  type Inner = ReadReceiptPush<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadReceiptPush<'a> {
+  pub const VT_READER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_UP_TO: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadReceiptPush { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadReceiptPushArgs
+  ) -> ::flatbuffers::WIPOffset<ReadReceiptPush<'bldr>> {
+    let mut builder = ReadReceiptPushBuilder::new(_fbb);
+    builder.add_up_to(args.up_to);
+    builder.add_peer_id(args.peer_id);
+    builder.add_reader_id(args.reader_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reader_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadReceiptPush::VT_READER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn peer_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadReceiptPush::VT_PEER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn up_to(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadReceiptPush::VT_UP_TO, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadReceiptPush<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("reader_id", Self::VT_READER_ID, false)?
+     .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
+     .visit_field::<u64>("up_to", Self::VT_UP_TO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadReceiptPushArgs {
+    pub reader_id: u64,
+    pub peer_id: u64,
+    pub up_to: u64,
+}
+impl<'a> Default for ReadReceiptPushArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadReceiptPushArgs {
+      reader_id: 0,
+      peer_id: 0,
+      up_to: 0,
+    }
+  }
+}
+
+pub struct ReadReceiptPushBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadReceiptPushBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reader_id(&mut self, reader_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadReceiptPush::VT_READER_ID, reader_id, 0);
+  }
+  #[inline]
+  pub fn add_peer_id(&mut self, peer_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadReceiptPush::VT_PEER_ID, peer_id, 0);
+  }
+  #[inline]
+  pub fn add_up_to(&mut self, up_to: u64) {
+    self.fbb_.push_slot::<u64>(ReadReceiptPush::VT_UP_TO, up_to, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadReceiptPushBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadReceiptPushBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadReceiptPush<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadReceiptPush<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadReceiptPush");
+      ds.field("reader_id", &self.reader_id());
+      ds.field("peer_id", &self.peer_id());
+      ds.field("up_to", &self.up_to());
       ds.finish()
   }
 }
@@ -5945,6 +7024,111 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_history_request(&self) -> Option<HistoryRequest<'a>> {
+    if self.body_type() == Body::HistoryRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HistoryRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_mark_read_request(&self) -> Option<MarkReadRequest<'a>> {
+    if self.body_type() == Body::MarkReadRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MarkReadRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_readers_request(&self) -> Option<ReadersRequest<'a>> {
+    if self.body_type() == Body::ReadersRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadersRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_history_reply(&self) -> Option<HistoryReply<'a>> {
+    if self.body_type() == Body::HistoryReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HistoryReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_mark_read_reply(&self) -> Option<MarkReadReply<'a>> {
+    if self.body_type() == Body::MarkReadReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MarkReadReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_readers_reply(&self) -> Option<ReadersReply<'a>> {
+    if self.body_type() == Body::ReadersReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadersReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_receipt_push(&self) -> Option<ReadReceiptPush<'a>> {
+    if self.body_type() == Body::ReadReceiptPush {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadReceiptPush::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -5995,6 +7179,13 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::FindUserReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FindUserReply>>("Body::FindUserReply", pos),
           Body::RemovedFromGroupPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemovedFromGroupPush>>("Body::RemovedFromGroupPush", pos),
           Body::FriendRemovedPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FriendRemovedPush>>("Body::FriendRemovedPush", pos),
+          Body::HistoryRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryRequest>>("Body::HistoryRequest", pos),
+          Body::MarkReadRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MarkReadRequest>>("Body::MarkReadRequest", pos),
+          Body::ReadersRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadersRequest>>("Body::ReadersRequest", pos),
+          Body::HistoryReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryReply>>("Body::HistoryReply", pos),
+          Body::MarkReadReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MarkReadReply>>("Body::MarkReadReply", pos),
+          Body::ReadersReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadersReply>>("Body::ReadersReply", pos),
+          Body::ReadReceiptPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadReceiptPush>>("Body::ReadReceiptPush", pos),
           _ => Ok(()),
         }
      })?
@@ -6324,6 +7515,55 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::FriendRemovedPush => {
           if let Some(x) = self.body_as_friend_removed_push() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::HistoryRequest => {
+          if let Some(x) = self.body_as_history_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MarkReadRequest => {
+          if let Some(x) = self.body_as_mark_read_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadersRequest => {
+          if let Some(x) = self.body_as_readers_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::HistoryReply => {
+          if let Some(x) = self.body_as_history_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MarkReadReply => {
+          if let Some(x) = self.body_as_mark_read_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadersReply => {
+          if let Some(x) = self.body_as_readers_reply() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadReceiptPush => {
+          if let Some(x) = self.body_as_read_receipt_push() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -34,9 +34,19 @@
 //! nothing partial in it. Every SQLite error becomes [`StoreError::Backend`].
 //!
 //! Every statement goes through the connection's prepared-statement cache,
-//! and every query is served by an index (see the schema below).
+//! and every query is served by an index (see `schema`).
+//!
+//! # History
+//!
+//! Messages stay after every recipient acknowledged them, for the history
+//! retention ([`SqliteStore::set_history_retention`]); `compact` then deletes
+//! them in slices. A page of history is one range of one index
+//! (`messages_by_pair` for a direct conversation, `messages_to_group` for a
+//! group) read backwards from `before`: its cost is the page, whatever else
+//! the store holds.
 
 mod checkpointer;
+mod schema;
 
 use std::path::Path;
 use std::time::Duration;
@@ -44,8 +54,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Contact, GroupId, GroupInfo, Member, MessageId, NewMessage, Result, Role, Store, StoreError,
-    StoredMessage, Target, UserId, UserRecord,
+    Contact, Conversation, GroupId, GroupInfo, HistoryPage, Member, MessageId, NewMessage, Result,
+    Role, Store, StoreError, StoredMessage, Target, UNREAD_CAP, Unread, UserId, UserRecord,
 };
 
 /// How long a call waits for another process's transaction to release the
@@ -121,95 +131,6 @@ fn connect(path: &Path, sync: SyncPolicy) -> Result<Connection> {
 /// overflow pages.
 const PAGE_SIZE: i64 = 1024;
 
-/// The schema version this code reads and writes.
-const SCHEMA_VERSION: i64 = 2;
-
-/// What turns a database of an older schema version into the current one,
-/// run in the transaction that creates the schema: version 1 indexed every
-/// message twice, by recipient and by group.
-const MIGRATE_FROM_1: &str = "
-DROP INDEX IF EXISTS messages_by_recipient;
-DROP INDEX IF EXISTS messages_by_group;
-UPDATE schema_version SET version = 2;
-";
-
-/// The schema, created if missing.
-///
-/// - `users.cursor` is the delivery cursor;
-/// - `friends` holds both directions of a friendship;
-/// - `group_members.joined_after` is the highest message id allocated when
-///   the member joined (they receive only later messages), `seq` their join
-///   order (the creator has 0);
-/// - `messages` has `recipient_id` 0 for group messages and `group_id` 0 for
-///   direct ones; `(recipient_id, id)` serves a user's direct backlog,
-///   `(group_id, id)` a group's; each is a partial index over its own kind
-///   of message (every query on them repeats the index's `WHERE` term), so
-///   a message writes one index entry, not two;
-/// - `sessions` holds the one claim a user may have, `nodes` each node's lease
-///   (its end, in Unix milliseconds; 0 once ended, and for a node that
-///   claimed before any lease); a claim counts only while the lease of its
-///   node is live.
-///
-/// `AUTOINCREMENT` keeps ids from ever being reused, even after `compact`.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS schema_version (
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS users (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    name          TEXT    NOT NULL UNIQUE,
-    password_hash TEXT    NOT NULL,
-    cursor        INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS friends (
-    user_id   INTEGER NOT NULL,
-    friend_id INTEGER NOT NULL,
-    PRIMARY KEY (user_id, friend_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chat_groups (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    name        TEXT    NOT NULL,
-    description TEXT    NOT NULL,
-    creator     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS group_members (
-    group_id     INTEGER NOT NULL,
-    user_id      INTEGER NOT NULL,
-    role         INTEGER NOT NULL,
-    joined_after INTEGER NOT NULL,
-    seq          INTEGER NOT NULL,
-    PRIMARY KEY (group_id, user_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS group_members_by_user
-    ON group_members (user_id, group_id, joined_after);
-CREATE INDEX IF NOT EXISTS group_members_by_seq
-    ON group_members (group_id, seq, user_id);
-CREATE TABLE IF NOT EXISTS messages (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    sender_id    INTEGER NOT NULL,
-    sender_name  TEXT    NOT NULL,
-    recipient_id INTEGER NOT NULL,
-    group_id     INTEGER NOT NULL,
-    time_ms      INTEGER NOT NULL,
-    text         TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_to_user ON messages (recipient_id, id) WHERE group_id = 0;
-CREATE INDEX IF NOT EXISTS messages_to_group ON messages (group_id, id) WHERE group_id != 0;
-CREATE TABLE IF NOT EXISTS sessions (
-    user_id INTEGER PRIMARY KEY,
-    node    TEXT    NOT NULL,
-    epoch   INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_by_node ON sessions (node);
-CREATE TABLE IF NOT EXISTS deleted_groups (
-    id INTEGER PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    id         TEXT    PRIMARY KEY,
-    expires_ms INTEGER NOT NULL
-);
-";
-
 /// SQL for the database's wall clock in Unix milliseconds: the one clock every
 /// process sharing the file compares leases with.
 macro_rules! now_ms {
@@ -279,6 +200,8 @@ pub struct SqliteStore {
     begin: &'static str,
     /// The writer's checkpointer thread.
     checkpointer: Option<checkpointer::Checkpointer>,
+    /// How long acknowledged messages stay for history (`None`: forever).
+    retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -436,14 +359,51 @@ fn compact_deleted_groups(c: &Connection, limit: i64) -> Result<i64> {
     Ok(n)
 }
 
-/// Removes `user` from group `g`; returns whether they were in it.
+/// Removes `user` from group `g`, with their read position in it; returns
+/// whether they were in it.
 fn remove_from_group(c: &Connection, g: i64, user: i64) -> Result<bool> {
     let n = c
         .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")
         .db()?
         .execute([g, user])
         .db()?;
+    c.prepare_cached("DELETE FROM read_marks WHERE user_id = ?1 AND peer_id = 0 AND group_id = ?2")
+        .db()?
+        .execute([user, g])
+        .db()?;
     Ok(n > 0)
+}
+
+/// `joined_after` of `user` in `group`: `UnknownGroup` if there is no such
+/// group, `NotAMember` if they are not in it.
+fn membership(c: &Connection, user: UserId, group: GroupId) -> Result<i64> {
+    let g = key(group);
+    let joined_after: Option<i64> = c
+        .prepare_cached(
+            "SELECT joined_after FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+        )
+        .db()?
+        .query_row([g, key(user)], |r| r.get(0))
+        .optional()
+        .db()?;
+    match joined_after {
+        Some(after) => Ok(after),
+        None if group_exists(c, g)? => Err(StoreError::NotAMember { user, group }),
+        None => Err(StoreError::UnknownGroup(group)),
+    }
+}
+
+/// How far `user` has read the conversation with `peer` (or group `group`);
+/// 0 if never marked.
+fn read_mark(c: &Connection, user: i64, peer: i64, group: i64) -> Result<i64> {
+    Ok(c.prepare_cached(
+        "SELECT up_to FROM read_marks WHERE user_id = ?1 AND peer_id = ?2 AND group_id = ?3",
+    )
+    .db()?
+    .query_row([user, peer, group], |r| r.get(0))
+    .optional()
+    .db()?
+    .unwrap_or(0))
 }
 
 /// Merges `more` (sorted by id) into `acc` (sorted by id), keeping at most
@@ -499,51 +459,26 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Opens the database, creating the schema if it is not there.
-    fn open_as(path: &Path, sync: SyncPolicy) -> Result<Self> {
-        let conn = connect(path, sync)?;
-        conn.set_prepared_statement_cache_capacity(64);
+    /// How long `compact` keeps messages every recipient acknowledged, for
+    /// history: `None` keeps them forever. A store opens with
+    /// `Some(Duration::ZERO)`: acknowledged messages go at the next
+    /// compaction.
+    pub fn set_history_retention(&mut self, retention: Option<Duration>) {
+        self.retention = retention;
+    }
 
-        // Create the schema under the write lock so that processes opening a
-        // fresh file at the same time do not race.
-        conn.execute_batch("BEGIN IMMEDIATE").db()?;
-        let created = Self::create_schema(&conn);
-        match created {
-            Ok(()) => conn.execute_batch("COMMIT").db()?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
+    /// Opens the database, creating or migrating the schema (`schema`).
+    fn open_as(path: &Path, sync: SyncPolicy) -> Result<Self> {
+        let mut conn = connect(path, sync)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
             in_tx: false,
             begin: "BEGIN IMMEDIATE",
             checkpointer: None,
+            retention: Some(Duration::ZERO),
         })
-    }
-
-    fn create_schema(conn: &Connection) -> Result<()> {
-        conn.execute_batch(SCHEMA).db()?;
-        let version: Option<i64> = conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .optional()
-            .db()?;
-        match version {
-            None => {
-                conn.execute(
-                    "INSERT INTO schema_version (version) VALUES (?1)",
-                    [SCHEMA_VERSION],
-                )
-                .db()?;
-                Ok(())
-            }
-            Some(SCHEMA_VERSION) => Ok(()),
-            Some(1) => conn.execute_batch(MIGRATE_FROM_1).db(),
-            Some(v) => Err(StoreError::Backend(format!(
-                "sqlite: schema version {v} is not supported (expected {SCHEMA_VERSION})"
-            ))),
-        }
     }
 
     /// The connection inside the batch's transaction, opening it if needed.
@@ -1164,6 +1099,209 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn history(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let c = self.tx()?;
+        let below = before.map_or(i64::MAX, bound);
+        // One more than asked: whether older ones exist.
+        let take = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let (mut messages, read_up_to) = match conversation {
+            Conversation::Direct(peer) => {
+                let (u, p) = (key(user), key(peer));
+                if !user_exists(c, p)? {
+                    return Err(StoreError::UnknownUser(peer));
+                }
+                let messages = c
+                    .prepare_cached(concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE group_id = 0
+                          AND MIN(sender_id, recipient_id) = ?1 AND MAX(sender_id, recipient_id) = ?2
+                          AND id < ?3 ORDER BY id DESC LIMIT ?4"
+                    ))
+                    .db()?
+                    .query_map(params![u.min(p), u.max(p), below, take], message_row)
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .db()?;
+                (messages, read_mark(c, p, u, 0)?)
+            }
+            Conversation::Group(group) => {
+                let g = key(group);
+                let joined_after = membership(c, user, group)?;
+                let messages = c
+                    .prepare_cached(concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE group_id = ?1 AND group_id != 0
+                          AND id > ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4"
+                    ))
+                    .db()?
+                    .query_map(params![g, joined_after, below, take], message_row)
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .db()?;
+                (messages, 0)
+            }
+        };
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(HistoryPage {
+            messages,
+            more,
+            read_up_to: id_of(read_up_to),
+        })
+    }
+
+    fn mark_read(
+        &mut self,
+        user: UserId,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<bool> {
+        let c = self.tx()?;
+        let u = key(user);
+        let (peer, group, newest): (i64, i64, Option<i64>) = match conversation {
+            Conversation::Direct(peer) => {
+                let p = key(peer);
+                if !user_exists(c, p)? {
+                    return Err(StoreError::UnknownUser(peer));
+                }
+                let newest = c
+                    .prepare_cached(
+                        "SELECT MAX(id) FROM messages WHERE group_id = 0
+                         AND MIN(sender_id, recipient_id) = ?1 AND MAX(sender_id, recipient_id) = ?2",
+                    )
+                    .db()?
+                    .query_row([u.min(p), u.max(p)], |r| r.get(0))
+                    .db()?;
+                (p, 0, newest)
+            }
+            Conversation::Group(group) => {
+                let g = key(group);
+                membership(c, user, group)?;
+                let newest = c
+                    .prepare_cached(
+                        "SELECT MAX(id) FROM messages WHERE group_id = ?1 AND group_id != 0",
+                    )
+                    .db()?
+                    .query_row([g], |r| r.get(0))
+                    .db()?;
+                (0, g, newest)
+            }
+        };
+        let newest = newest.unwrap_or(0);
+        if bound(up_to) > newest {
+            return Err(StoreError::BeyondNewest {
+                up_to,
+                newest: id_of(newest),
+            });
+        }
+        let moved = c
+            .prepare_cached(
+                "INSERT INTO read_marks (user_id, peer_id, group_id, up_to) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, peer_id, group_id)
+                 DO UPDATE SET up_to = excluded.up_to WHERE excluded.up_to > read_marks.up_to",
+            )
+            .db()?
+            .execute([u, peer, group, bound(up_to)])
+            .db()?;
+        Ok(moved > 0)
+    }
+
+    fn readers(&mut self, user: UserId, group: GroupId, message: MessageId) -> Result<(u64, u64)> {
+        let c = self.tx()?;
+        membership(c, user, group)?;
+        let g = key(group);
+        let readers: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM read_marks rm
+                 JOIN group_members gm ON gm.group_id = rm.group_id AND gm.user_id = rm.user_id
+                 WHERE rm.group_id = ?1 AND rm.group_id != 0 AND rm.peer_id = 0 AND rm.up_to >= ?2",
+            )
+            .db()?
+            .query_row([g, bound(message)], |r| r.get(0))
+            .db()?;
+        let members: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE group_id = ?1")
+            .db()?
+            .query_row([g], |r| r.get(0))
+            .db()?;
+        Ok((id_of(readers), id_of(members)))
+    }
+
+    fn unread(&mut self, user: UserId) -> Result<Vec<Unread>> {
+        let c = self.tx()?;
+        let u = key(user);
+        let marks: std::collections::HashMap<(i64, i64), i64> = c
+            .prepare_cached("SELECT peer_id, group_id, up_to FROM read_marks WHERE user_id = ?1")
+            .db()?
+            .query_map([u], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+            .db()?
+            .collect::<rusqlite::Result<_>>()
+            .db()?;
+        let cap = UNREAD_CAP as i64;
+        // Direct: among the newest messages received, per sender.
+        let mut direct: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+        let newest = c
+            .prepare_cached(
+                "SELECT sender_id, id FROM messages WHERE recipient_id = ?1 AND group_id = 0
+                 ORDER BY id DESC LIMIT ?2",
+            )
+            .db()?
+            .query_map([u, cap + 1], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        for (sender, id) in newest {
+            if sender != u && id > marks.get(&(sender, 0)).copied().unwrap_or(0) {
+                let n = direct.entry(sender).or_default();
+                *n = (*n + 1).min(UNREAD_CAP);
+            }
+        }
+        let mut out: Vec<Unread> = direct
+            .into_iter()
+            .map(|(peer, count)| Unread {
+                conversation: Conversation::Direct(id_of(peer)),
+                count,
+            })
+            .collect();
+        // Groups: each its own bounded range.
+        let groups = c
+            .prepare_cached(
+                "SELECT group_id, joined_after FROM group_members WHERE user_id = ?1 ORDER BY group_id",
+            )
+            .db()?
+            .query_map([u], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        let mut count = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE group_id = ?1 AND group_id != 0
+                 AND id > ?2 AND sender_id != ?3 LIMIT ?4)",
+            )
+            .db()?;
+        for (g, joined_after) in groups {
+            let from = joined_after.max(marks.get(&(0, g)).copied().unwrap_or(0));
+            let n: i64 = count.query_row([g, from, u, cap], |r| r.get(0)).db()?;
+            if n > 0 {
+                out.push(Unread {
+                    conversation: Conversation::Group(id_of(g)),
+                    count: id_of(n),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// `UnknownUser` if `user` does not exist.
     fn ack(&mut self, user: UserId, up_to: MessageId) -> Result<()> {
         let c = self.tx()?;
@@ -1220,25 +1358,53 @@ impl Store for SqliteStore {
     }
 
     /// Deletes direct messages at or below their recipient's cursor, and
-    /// group messages at or below every member's `max(cursor, joined_after)`.
-    /// The sender counts as a member here, so a group message stays until its
-    /// sender's cursor has passed it too (conservative: it never deletes an
-    /// undelivered message, and senders' cursors move as they receive).
+    /// group messages at or below every member's `max(cursor, joined_after)`,
+    /// once they are older than the history retention (all of a deleted
+    /// group's messages go at once). The sender counts as a member here, so
+    /// a group message stays until its sender's cursor has passed it too
+    /// (conservative: it never deletes an undelivered message, and senders'
+    /// cursors move as they receive).
+    ///
+    /// The retention becomes a message id, the first message younger than
+    /// it (ids follow time): finding it walks the expired messages from the
+    /// oldest, which this slice is about to delete anyway.
     fn compact(&mut self, limit: usize) -> Result<u64> {
+        let retention = self.retention;
         let c = self.tx()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut done = compact_deleted_groups(c, limit)?;
+        let below: i64 = match retention {
+            None => return Ok(done as u64),
+            Some(Duration::ZERO) => i64::MAX,
+            Some(keep) => {
+                let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+                c.prepare_cached(concat!(
+                    "SELECT id FROM messages WHERE time_ms >= ",
+                    now_ms!(),
+                    " - ?1 ORDER BY id LIMIT 1"
+                ))
+                .db()?
+                .query_row([keep_ms], |r| r.get(0))
+                .optional()
+                .db()?
+                .unwrap_or(i64::MAX)
+            }
+        };
+        if done >= limit {
+            return Ok(done as u64);
+        }
         let direct = c
             .prepare_cached(
                 "DELETE FROM messages WHERE id IN (
                      SELECT m.id FROM users u
-                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.group_id = 0 AND m.id <= u.cursor
+                     CROSS JOIN messages m ON m.recipient_id = u.id AND m.group_id = 0
+                          AND m.id <= MIN(u.cursor, ?2 - 1)
                      LIMIT ?1)",
             )
             .db()?
-            .execute([limit])
+            .execute([limit - done, below])
             .db()?;
-        let mut done = direct as i64;
-        done += compact_deleted_groups(c, limit - done)?;
+        done += direct as i64;
         let left = limit - done;
         if left <= 0 {
             return Ok(done as u64);
@@ -1250,11 +1416,12 @@ impl Store for SqliteStore {
                          SELECT gm.group_id AS g, MIN(MAX(u.cursor, gm.joined_after)) AS t
                          FROM group_members gm JOIN users u ON u.id = gm.user_id
                          GROUP BY gm.group_id) AS x
-                     JOIN messages m ON m.group_id = x.g AND m.group_id != 0 AND m.id <= x.t
+                     JOIN messages m ON m.group_id = x.g AND m.group_id != 0
+                          AND m.id <= MIN(x.t, ?2 - 1)
                      LIMIT ?1)",
             )
             .db()?
-            .execute([left])
+            .execute([left, below])
             .db()?;
         Ok((done + group as i64) as u64)
     }
@@ -1317,56 +1484,73 @@ mod tests {
         assert!(group.contains("messages_to_group"), "{group}");
     }
 
+    /// A page of history is one range of one index read backwards: never a
+    /// scan of the user's other conversations, never a sort.
     #[test]
-    fn a_version_1_database_is_migrated_and_keeps_its_messages() {
+    fn history_reads_one_index_range() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        {
-            // Version 1: the same tables, both messages indexed twice.
-            let c = Connection::open(&path).unwrap();
-            let v1 = SCHEMA
-                .replace(
-                    "messages_to_user ON messages (recipient_id, id) WHERE group_id = 0",
-                    "messages_by_recipient ON messages (recipient_id, id)",
-                )
-                .replace(
-                    "messages_to_group ON messages (group_id, id) WHERE group_id != 0",
-                    "messages_by_group ON messages (group_id, id)",
-                );
-            c.execute_batch(&v1).unwrap();
-            c.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (1);
-                 INSERT INTO users (name, password_hash) VALUES ('a', 'x'), ('b', 'x');
-                 INSERT INTO messages (sender_id, sender_name, recipient_id, group_id, time_ms, text)
-                     VALUES (1, 'a', 2, 0, 0, 'hi');",
-            )
-            .unwrap();
-        }
-        let mut store = SqliteStore::open(&path, SyncPolicy::Normal).unwrap();
-        let version: i64 = store
-            .conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        let indexes: Vec<String> = store
-            .conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'",
-            )
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(indexes.len(), 2, "{indexes:?}");
-        assert!(
-            indexes.iter().all(|i| i.starts_with("messages_to_")),
-            "{indexes:?}"
+        let store = SqliteStore::open(&dir.path().join("chat.db"), SyncPolicy::Normal).unwrap();
+        let direct = plan(
+            &store.conn,
+            "SELECT id FROM messages WHERE group_id = 0
+             AND MIN(sender_id, recipient_id) = 1 AND MAX(sender_id, recipient_id) = 2
+             AND id < 100 ORDER BY id DESC LIMIT 51",
         );
-        let pending = store.pending(2, 0, 10).unwrap();
+        assert!(direct.contains("INDEX messages_by_pair"), "{direct}");
+        assert!(!direct.contains("TEMP B-TREE"), "no sort: {direct}");
+        let group = plan(
+            &store.conn,
+            "SELECT id FROM messages WHERE group_id = 4 AND group_id != 0
+             AND id > 0 AND id < 100 ORDER BY id DESC LIMIT 51",
+        );
+        assert!(group.contains("INDEX messages_to_group"), "{group}");
+        assert!(!group.contains("TEMP B-TREE"), "no sort: {group}");
+    }
+
+    /// Acknowledged messages stay for the retention, then compaction
+    /// deletes them; `None` keeps them forever.
+    #[test]
+    fn compaction_keeps_acknowledged_messages_for_the_history_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("chat.db"), SyncPolicy::Normal).unwrap();
+        let a = store.create_user("a", "x").unwrap();
+        let b = store.create_user("b", "x").unwrap();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let send = |store: &mut SqliteStore, time_ms: u64, text: &str| {
+            store
+                .append(&NewMessage {
+                    sender_id: a,
+                    sender_name: "a".into(),
+                    target: Target::User(b),
+                    time_ms,
+                    text: text.into(),
+                })
+                .unwrap()
+                .id
+        };
+        send(&mut store, now_ms - 7_200_000, "two hours old");
+        let new = send(&mut store, now_ms, "new");
+        store.ack(b, new).unwrap();
         store.commit().unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].text, "hi");
+        let kept = |store: &mut SqliteStore| -> Vec<String> {
+            let page = store.history(b, Conversation::Direct(a), None, 10).unwrap();
+            page.messages.into_iter().map(|m| m.text).collect()
+        };
+        store.set_history_retention(None);
+        assert_eq!(store.compact(100).unwrap(), 0);
+        assert_eq!(kept(&mut store), vec!["new", "two hours old"]);
+        store.set_history_retention(Some(Duration::from_secs(3600)));
+        assert_eq!(store.compact(100).unwrap(), 1);
+        store.commit().unwrap();
+        assert_eq!(kept(&mut store), vec!["new"]);
+        store.set_history_retention(Some(Duration::ZERO));
+        assert_eq!(store.compact(100).unwrap(), 1);
+        store.commit().unwrap();
+        assert!(kept(&mut store).is_empty());
+        store.commit().unwrap();
     }
 
     #[test]
