@@ -181,6 +181,9 @@ pub struct Login {
     /// Conversations with unread messages (only those); empty from a node
     /// that does not count them.
     pub unread: Vec<Unread>,
+    /// How many more groups follow as [`Event::Group`]s: `groups` is the
+    /// page that fitted in the reply.
+    pub more_groups: u32,
 }
 
 /// A node's answer to a load probe (`LoadReply`).
@@ -333,6 +336,9 @@ pub enum Event {
     /// User `friend_id` ended their friendship with this user
     /// (`FriendRemovedPush`); they are no longer among the friends.
     FriendRemoved { friend_id: UserId },
+    /// One of this user's groups that did not fit in the login reply
+    /// (`GroupPush`; [`Login::more_groups`] says how many follow).
+    Group(Group),
     /// User `reader_id` read their direct conversation with this user
     /// (`peer_id`, this session's user) up to message `up_to`
     /// (`ReadReceiptPush`).
@@ -448,6 +454,11 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
                 friend_id: p.friend_id(),
             }));
         }
+        fb::Body::GroupPush => {
+            let p = body(env.body_as_group_push(), "GroupPush body")?;
+            let g = body(p.group(), "GroupPush group")?;
+            return Ok(Incoming::Push(Event::Group(group(g))));
+        }
         fb::Body::ReadReceiptPush => {
             let p = body(env.body_as_read_receipt_push(), "ReadReceiptPush body")?;
             return Ok(Incoming::Push(Event::ReadReceipt {
@@ -497,6 +508,7 @@ pub(crate) fn decode(env: fb::Envelope<'_>) -> Result<Incoming, ClientError> {
                             .collect()
                     })
                     .unwrap_or_default(),
+                more_groups: r.more_groups(),
             })
         }
         fb::Body::LogoutReply => Reply::Logout,

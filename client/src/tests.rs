@@ -229,6 +229,7 @@ impl FakeNode {
                     groups,
                     pending,
                     unread,
+                    more_groups: 0,
                 },
             );
             (fb::Body::LoginReply, r.as_union_value())

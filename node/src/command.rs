@@ -229,6 +229,8 @@ pub struct LoginInfo {
     pub pending: Vec<StoredMessage>,
     /// Unread messages per conversation, only those with some.
     pub unread: Vec<Unread>,
+    /// How many more groups follow as [`Push::Group`]s (`groups` is a page).
+    pub more_groups: u64,
 }
 
 /// The answer to one request.
@@ -289,6 +291,9 @@ pub enum Push {
     FriendRemoved {
         friend: UserId,
     },
+    /// One of this session's user's groups that did not fit in the login
+    /// reply.
+    Group(GroupInfo),
     /// `reader` read their direct conversation with `peer` (this session's
     /// user) up to `up_to`.
     ReadReceipt {

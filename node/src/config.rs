@@ -152,6 +152,9 @@ pub struct Args {
     /// Members one group may have; 0 = no limit [default: 1000].
     #[arg(long, env = "CHAT_NODE_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<u64>,
+    /// Members, counted over all the groups in it, that a login reply's page of groups holds at most (always one group at least); the user's other groups follow as group pushes, as the client reads [default: 2000].
+    #[arg(long, env = "CHAT_NODE_LOGIN_GROUP_MEMBERS")]
+    pub login_group_members: Option<usize>,
     /// A login of a user whose session (on this node) has sent nothing for this long closes that session and goes through; a session heard from more recently keeps the user (the login gets AlreadyOnline). 0 = never [default: 30s].
     #[arg(long, env = "CHAT_NODE_TAKEOVER_AFTER", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -236,6 +239,7 @@ pub struct Config {
     pub max_friends: u64,
     pub max_groups_per_user: u64,
     pub max_group_members: u64,
+    pub login_group_members: usize,
     pub advertise_addr: Option<String>,
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
@@ -318,6 +322,7 @@ impl Args {
             max_friends: pick!(max_friends, 1000),
             max_groups_per_user: pick!(max_groups_per_user, 500),
             max_group_members: pick!(max_group_members, 1000),
+            login_group_members: pick!(login_group_members, 2000),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             proxy_protocol_from: pick!(proxy_protocol_from, Vec::new()),
             store: match pick!(store, StoreArg::Sqlite) {
@@ -418,6 +423,7 @@ impl Config {
             max_friends: 1000,
             max_groups_per_user: 500,
             max_group_members: 1000,
+            login_group_members: 2000,
             advertise_addr: None,
             proxy_protocol_from: Vec::new(),
         }

@@ -181,6 +181,7 @@ impl Node {
                 friends: config.max_friends,
                 groups_per_user: config.max_groups_per_user,
                 group_members: config.max_group_members,
+                login_group_members: config.login_group_members,
             },
         };
         let on_shard = config.store_on_shard && matches!(config.store, StoreChoice::Sqlite);

@@ -427,6 +427,16 @@ async fn login(
         missed: false,
     };
     session.login_backlog.set(backlog);
+    if info.more_groups > 0 {
+        let after = info.groups.last().map_or(0, |g| g.id);
+        glommio::spawn_local(send_remaining_groups(
+            shard.clone(),
+            session.clone(),
+            user,
+            after,
+        ))
+        .detach();
+    }
     metrics::counter!("chat_node_logins_total").increment(1);
     Ok(Reply::LoggedIn(Box::new(info)))
 }
@@ -617,6 +627,52 @@ async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
         .await
         .map_err(failure)?;
     Ok(Reply::Acked)
+}
+
+/// Sends the groups a login reply had no room for (those above `after`),
+/// a page at a time (`--login-group-members` members) read off the write
+/// path, each page once the client's queue has room: what a user in many
+/// large groups makes the node hold is one page, not every group. Stops
+/// when all are sent, the connection closes or the session's user changes.
+async fn send_remaining_groups(
+    shard: Rc<Shard>,
+    session: Rc<Session>,
+    user: UserId,
+    mut after: GroupId,
+) {
+    let generation = session.user_generation();
+    let max_members = shard.config.login_group_members;
+    loop {
+        if !session.outbound.drained().await || session.user_generation() != generation {
+            return;
+        }
+        let page = shard
+            .store
+            .call(|answer| Op::GroupsPage {
+                user,
+                after,
+                max_members,
+                answer,
+            })
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, user, "reading a login's groups failed; the rest are not sent");
+                return;
+            }
+        };
+        if session.user_generation() != generation {
+            return;
+        }
+        let Some(last) = page.last() else {
+            return;
+        };
+        after = last.id;
+        for group in page {
+            session.deliver(&Push::Group(group));
+        }
+    }
 }
 
 /// Whether the session's queue may take more stored messages: a login's

@@ -143,6 +143,12 @@ impl Session {
         self.outbound.forget_messages();
     }
 
+    /// Counts [`Session::user_changed`] calls: a task working for one login
+    /// stops once this moves.
+    pub fn user_generation(&self) -> u64 {
+        self.user_change.get()
+    }
+
     /// Queues `failure` as the reply to request 0 and closes the connection
     /// with `reason` (the reply is flushed first).
     pub fn close_with_error(&self, failure: Failure, reason: CloseReason) {

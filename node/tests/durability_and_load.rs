@@ -189,6 +189,7 @@ async fn two_hundred_clients_each_message_exactly_once_in_order() {
                             | Event::RemovedFromGroup { .. }
                             | Event::FriendRemoved { .. }
                             | Event::ReadReceipt { .. }
+                            | Event::Group(_)
                             | Event::Unsolicited { .. } => {}
                         }
                     }

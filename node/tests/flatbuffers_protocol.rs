@@ -595,3 +595,36 @@ async fn friends_and_groups_are_managed() {
         .await;
     assert_eq!(code(r.and_then(|r| r.into_result())), ErrorCode::Forbidden);
 }
+
+/// FlatBuffers: `LoginReply.more_groups` and the `GroupPush`es that follow.
+#[tokio::test]
+async fn a_login_pages_its_groups() {
+    let node = node_with(&["--login-group-members", "2"]);
+    let (alice, a) = user(node.addr, "alice").await;
+    let (bob, _) = user(node.addr, "bob").await;
+    let mut groups = Vec::new();
+    for i in 0..3 {
+        let g = alice.create_group(&format!("g{i}"), "").await.unwrap();
+        bob.join_group(g).await.unwrap();
+        groups.push(g);
+    }
+    alice.logout().await.unwrap();
+    let login = alice.login(a, "pw").await.unwrap();
+    assert_eq!(
+        login.groups.iter().map(|g| g.id).collect::<Vec<_>>(),
+        vec![groups[0]]
+    );
+    assert_eq!(login.more_groups, 2);
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        match alice.next_event_timeout(WAIT).await.unwrap() {
+            Event::Group(g) => {
+                assert_eq!(g.members.len(), 2);
+                rest.push(g.id);
+            }
+            Event::Presence { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rest, groups[1..].to_vec());
+}

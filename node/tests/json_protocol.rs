@@ -1273,3 +1273,58 @@ fn read_receipts_unread_counts_and_readers() {
     let r = d.ask(&format!(r#"{{"msgid":44,"groupid":{g}}}"#));
     assert_eq!(refusal(&r), (Some(45), Some(1), Some(13)), "{r}");
 }
+
+/// A login reply holds a page of groups (`--login-group-members` members in
+/// all, one group at least); `moregroups` says how many follow, and they
+/// come as msgid 49 pushes, in id order, each once.
+#[test]
+fn a_login_pages_its_groups() {
+    let node = node_with(&["--login-group-members", "4"]);
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let carol = json_register(node.addr, "carol");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut b, _) = json_login(node.addr, bob);
+    let (mut c, _) = json_login(node.addr, carol);
+    let mut groups = Vec::new();
+    for i in 0..5 {
+        let g = a.ask(&format!(r#"{{"msgid":8,"groupname":"g{i}"}}"#))["groupid"]
+            .as_u64()
+            .unwrap();
+        for conn in [&mut b, &mut c] {
+            assert_eq!(
+                conn.ask(&format!(r#"{{"msgid":9,"groupid":{g}}}"#))["errno"],
+                0
+            );
+        }
+        groups.push(g);
+    }
+    drop(a);
+    let (mut a, login) = json_login_again(node.addr, alice);
+    let first = strings(&login, "groups");
+    assert_eq!(first.len(), 1, "3 members fit in 4, 6 do not: {login}");
+    assert_eq!(first[0]["id"].as_u64(), Some(groups[0]));
+    assert_eq!(login["moregroups"].as_u64(), Some(4), "{login}");
+    let mut rest = Vec::new();
+    for _ in 0..4 {
+        let push = a.recv();
+        assert_eq!(push["msgid"], 49, "{push}");
+        assert_eq!(strings(&push, "users").len(), 3, "{push}");
+        assert!(push["groupname"].is_string() && push["groupdesc"].is_string());
+        rest.push(push["id"].as_u64().unwrap());
+    }
+    assert_eq!(rest, groups[1..].to_vec());
+    assert!(a.try_recv(QUIET).is_none(), "each group once");
+    // Without a small page, every group is in the reply.
+    drop(b);
+    let node2 = common::node();
+    let dave = json_register(node2.addr, "dave");
+    let (mut d, _) = json_login(node2.addr, dave);
+    for i in 0..3 {
+        d.ask(&format!(r#"{{"msgid":8,"groupname":"h{i}"}}"#));
+    }
+    drop(d);
+    let (_, login) = json_login_again(node2.addr, dave);
+    assert_eq!(strings(&login, "groups").len(), 3, "{login}");
+    assert!(login.get("moregroups").is_none(), "{login}");
+}

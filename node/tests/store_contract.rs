@@ -162,6 +162,7 @@ macro_rules! store_contract {
                 group_history_starts_when_the_member_joined,
                 read_positions_only_move_forward_and_count_readers,
                 unread_counts_messages_from_others_above_the_read_position,
+                groups_come_in_pages_of_a_member_budget,
                 direct_messages_wait_in_order_until_acked,
                 group_message_is_stored_once_for_its_members,
                 pending_total_counts_unacked_deliveries,
@@ -903,6 +904,33 @@ mod cases {
                 }
             ]
         );
+    }
+
+    pub fn groups_come_in_pages_of_a_member_budget(db: &dyn TestDb) {
+        let mut s = db.open();
+        let alice = user(&mut *s, "alice");
+        let bob = user(&mut *s, "bob");
+        let small = s.create_group(alice, "small", "").unwrap();
+        let big = s.create_group(alice, "big", "").unwrap();
+        s.join_group(big, bob).unwrap();
+        let last = s.create_group(alice, "last", "").unwrap();
+        s.commit().unwrap();
+        let ids = |page: Vec<GroupInfo>| page.iter().map(|g| g.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.groups_page(alice, 0, 2).unwrap()), vec![small]);
+        assert_eq!(ids(s.groups_page(alice, 0, 3).unwrap()), vec![small, big]);
+        assert_eq!(
+            ids(s.groups_page(alice, small, 1).unwrap()),
+            vec![big],
+            "at least one"
+        );
+        assert_eq!(ids(s.groups_page(alice, big, 100).unwrap()), vec![last]);
+        assert!(s.groups_page(alice, last, 100).unwrap().is_empty());
+        assert_eq!(
+            s.groups_page(alice, 0, 100).unwrap(),
+            s.groups(alice).unwrap(),
+            "a page is what `groups` shows"
+        );
+        s.commit().unwrap();
     }
 
     pub fn groups_list_creator_first_then_join_order(db: &dyn TestDb) {

@@ -384,6 +384,12 @@ fn notice(ev: &Event) -> Option<String> {
             online: on,
         } => Some(format!("[{user_id}]{name} is {}", online(*on))),
         Event::RemovedFromGroup { group_id } => Some(format!("removed from group {group_id}")),
+        Event::Group(g) => Some(format!(
+            "group [{}]{} ({} members)",
+            g.id,
+            g.name,
+            g.members.len()
+        )),
         Event::FriendRemoved { friend_id } => {
             Some(format!("user {friend_id} removed you from their friends"))
         }

@@ -435,6 +435,7 @@ impl FrameEncoder {
                         groups: Some(groups),
                         pending: u32::try_from(info.pending.len()).unwrap_or(u32::MAX),
                         unread,
+                        more_groups: u32::try_from(info.more_groups).unwrap_or(u32::MAX),
                     },
                 );
                 (fb::Body::LoginReply, r.as_union_value())
@@ -618,6 +619,11 @@ impl FrameEncoder {
                     },
                 );
                 (fb::Body::ReadReceiptPush, p.as_union_value())
+            }),
+            Push::Group(info) => self.frame(0, out, |b, scratch| {
+                let g = group(b, info, scratch);
+                let p = fb::GroupPush::create(b, &fb::GroupPushArgs { group: Some(g) });
+                (fb::Body::GroupPush, p.as_union_value())
             }),
         }
         true
@@ -1643,6 +1649,7 @@ mod tests {
         let info = LoginInfo {
             user: 1,
             name: "alice".into(),
+            more_groups: 0,
             friends: vec![
                 Contact {
                     id: 2,
@@ -2102,6 +2109,7 @@ mod tests {
         let info = LoginInfo {
             user: 1,
             name: "alice".into(),
+            more_groups: 0,
             friends: vec![],
             groups: vec![],
             pending: vec![message(10, 0, "hi")],

@@ -62,6 +62,7 @@ pub mod msgid {
     pub const READ_RECEIPT: u64 = 46;
     pub const REMOVED_FROM_GROUP: u64 = 47;
     pub const FRIEND_REMOVED: u64 = 48;
+    pub const GROUP: u64 = 49;
 }
 
 /// Where the scanner is between calls.
@@ -595,6 +596,13 @@ struct LoginAck<'a> {
     groups: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unread: Vec<UnreadJson>,
+    /// Groups that follow as msgid 49 pushes.
+    #[serde(skip_serializing_if = "is_zero")]
+    moregroups: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -696,6 +704,14 @@ struct UnreadJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     groupid: Option<u64>,
     count: u64,
+}
+
+/// A group that did not fit in the login reply: the login's group shape.
+#[derive(Serialize)]
+struct GroupInfoPush<'a> {
+    msgid: u64,
+    #[serde(flatten)]
+    group: GroupJson<'a>,
 }
 
 #[derive(Serialize)]
@@ -990,6 +1006,13 @@ impl JsonEncoder {
                 },
                 out,
             ),
+            Push::Group(info) => write(
+                &GroupInfoPush {
+                    msgid: msgid::GROUP,
+                    group: group_json(info),
+                },
+                out,
+            ),
             Push::ReadReceipt {
                 reader,
                 peer,
@@ -1073,6 +1096,7 @@ fn login_ack(info: &LoginInfo) -> LoginAck<'_> {
             .iter()
             .map(|g| encoded(&group_json(g)))
             .collect(),
+        moregroups: info.more_groups,
         unread: info
             .unread
             .iter()
@@ -1592,6 +1616,7 @@ mod tests {
             groups: vec![],
             pending: vec![],
             unread: vec![],
+            more_groups: 0,
         };
         assert_eq!(
             reply(RequestKind::Login, &Reply::LoggedIn(Box::new(bare.clone()))),

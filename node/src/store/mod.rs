@@ -100,6 +100,24 @@ pub struct Unread {
     pub count: u64,
 }
 
+/// The first groups of `groups` (in their order) whose members add up to
+/// at most `max_members`, and always the first one.
+pub fn page_of_groups(
+    groups: impl IntoIterator<Item = GroupInfo>,
+    max_members: usize,
+) -> Vec<GroupInfo> {
+    let mut page = Vec::new();
+    let mut members = 0;
+    for g in groups {
+        members += g.members.len();
+        if !page.is_empty() && members > max_members {
+            break;
+        }
+        page.push(g);
+    }
+    page
+}
+
 /// Unread counts stop at this (a client shows "999+").
 pub const UNREAD_CAP: u64 = 999;
 
@@ -251,6 +269,24 @@ pub trait Store: Send + 'static {
 
     /// The groups `user` belongs to, by id, with their members.
     fn groups(&mut self, user: UserId) -> Result<Vec<GroupInfo>>;
+
+    /// A page of the groups `user` belongs to: those with ids above
+    /// `after`, by id, each with its members, as many as fit in
+    /// `max_members` members in all (at least one group, whatever its
+    /// size). The default lists every group (`groups`) and keeps the page; a
+    /// backend that can read groups by id range overrides it.
+    fn groups_page(
+        &mut self,
+        user: UserId,
+        after: GroupId,
+        max_members: usize,
+    ) -> Result<Vec<GroupInfo>> {
+        let groups = self.groups(user)?;
+        Ok(page_of_groups(
+            groups.into_iter().filter(|g| g.id > after),
+            max_members,
+        ))
+    }
 
     /// Ids of every member of `group`.
     fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>>;

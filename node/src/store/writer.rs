@@ -209,6 +209,13 @@ pub enum Op {
         message: MessageId,
         answer: Answer<(u64, u64)>,
     },
+    /// The next page of a user's groups after a login's (read).
+    GroupsPage {
+        user: UserId,
+        after: GroupId,
+        max_members: usize,
+        answer: Answer<Vec<GroupInfo>>,
+    },
     /// Unread counts per conversation (read).
     Unread {
         user: UserId,
@@ -256,6 +263,7 @@ impl Op {
             Op::MarkRead { .. } => "mark_read",
             Op::Readers { .. } => "readers",
             Op::Unread { .. } => "unread",
+            Op::GroupsPage { .. } => "groups_page",
             Op::Append { .. } => "append",
             Op::Pending { .. } => "pending",
             Op::Ack { .. } => "ack",
@@ -275,6 +283,7 @@ impl Op {
                 | Op::History { .. }
                 | Op::Readers { .. }
                 | Op::Unread { .. }
+                | Op::GroupsPage { .. }
         )
     }
 }
@@ -348,6 +357,8 @@ pub struct Limits {
     pub friends: u64,
     pub groups_per_user: u64,
     pub group_members: u64,
+    /// Members (over all groups) in a login reply's page of groups.
+    pub login_group_members: usize,
 }
 
 /// `LimitReached` when `count` is at `limit` (0 = none).
@@ -438,6 +449,12 @@ fn read<S: Store>(store: &mut S, op: Op) -> Reply {
             answer,
         } => answer_later(answer, store.readers(user, group, message)),
         Op::Unread { user, answer } => answer_later(answer, store.unread(user)),
+        Op::GroupsPage {
+            user,
+            after,
+            max_members,
+            answer,
+        } => answer_later(answer, store.groups_page(user, after, max_members)),
         other => {
             // Dropping the answer fails the caller.
             tracing::error!(op = other.kind(), "not a read op");
@@ -1081,7 +1098,8 @@ impl<S: Store> Step<'_, S> {
             | Op::FindUser { .. }
             | Op::History { .. }
             | Op::Readers { .. }
-            | Op::Unread { .. }) => read(self.store, op),
+            | Op::Unread { .. }
+            | Op::GroupsPage { .. }) => read(self.store, op),
             Op::Login {
                 user,
                 shard,
@@ -1171,7 +1189,13 @@ impl<S: Store> Step<'_, S> {
             .ok_or(StoreError::UnknownUser(user))?;
         self.store.claim_session(user, self.node, epoch)?;
         let friends = self.store.friends(user)?;
-        let groups = self.store.groups(user)?;
+        let groups = self
+            .store
+            .groups_page(user, 0, self.limits.login_group_members)?;
+        let more_groups = self
+            .store
+            .group_count(user)?
+            .saturating_sub(groups.len() as u64);
         let pending = self.store.pending(user, 0, page)?;
         self.emit(RouterEvent::Route { user, shard, conn });
         let name: Arc<str> = record.name.as_str().into();
@@ -1183,6 +1207,7 @@ impl<S: Store> Step<'_, S> {
             groups,
             pending,
             unread: Vec::new(),
+            more_groups,
         })
     }
 

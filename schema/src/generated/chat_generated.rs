@@ -271,10 +271,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Role {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 46;
+pub const ENUM_MAX_BODY: u8 = 47;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 47] = [
+pub const ENUM_VALUES_BODY: [Body; 48] = [
   Body::NONE,
   Body::RegisterRequest,
   Body::LoginRequest,
@@ -322,6 +322,7 @@ pub const ENUM_VALUES_BODY: [Body; 47] = [
   Body::MarkReadReply,
   Body::ReadersReply,
   Body::ReadReceiptPush,
+  Body::GroupPush,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -376,9 +377,10 @@ impl Body {
   pub const MarkReadReply: Self = Self(44);
   pub const ReadersReply: Self = Self(45);
   pub const ReadReceiptPush: Self = Self(46);
+  pub const GroupPush: Self = Self(47);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 46;
+  pub const ENUM_MAX: u8 = 47;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RegisterRequest,
@@ -427,6 +429,7 @@ impl Body {
     Self::MarkReadReply,
     Self::ReadersReply,
     Self::ReadReceiptPush,
+    Self::GroupPush,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -478,6 +481,7 @@ impl Body {
       Self::MarkReadReply => Some("MarkReadReply"),
       Self::ReadersReply => Some("ReadersReply"),
       Self::ReadReceiptPush => Some("ReadReceiptPush"),
+      Self::GroupPush => Some("GroupPush"),
       _ => None,
     }
   }
@@ -3542,6 +3546,7 @@ impl<'a> LoginReply<'a> {
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 10;
   pub const VT_PENDING: ::flatbuffers::VOffsetT = 12;
   pub const VT_UNREAD: ::flatbuffers::VOffsetT = 14;
+  pub const VT_MORE_GROUPS: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3554,6 +3559,7 @@ impl<'a> LoginReply<'a> {
   ) -> ::flatbuffers::WIPOffset<LoginReply<'bldr>> {
     let mut builder = LoginReplyBuilder::new(_fbb);
     builder.add_user_id(args.user_id);
+    builder.add_more_groups(args.more_groups);
     if let Some(x) = args.unread { builder.add_unread(x); }
     builder.add_pending(args.pending);
     if let Some(x) = args.groups { builder.add_groups(x); }
@@ -3606,6 +3612,15 @@ impl<'a> LoginReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Unread>>>>(LoginReply::VT_UNREAD, None)}
   }
+  /// How many more groups follow as `GroupPush`es, after the pending
+  /// messages: `groups` holds a page (a bounded number of members in all).
+  #[inline]
+  pub fn more_groups(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(LoginReply::VT_MORE_GROUPS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for LoginReply<'_> {
@@ -3620,6 +3635,7 @@ impl ::flatbuffers::Verifiable for LoginReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Group>>>>("groups", Self::VT_GROUPS, false)?
      .visit_field::<u32>("pending", Self::VT_PENDING, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Unread>>>>("unread", Self::VT_UNREAD, false)?
+     .visit_field::<u32>("more_groups", Self::VT_MORE_GROUPS, false)?
      .finish();
     Ok(())
   }
@@ -3631,6 +3647,7 @@ pub struct LoginReplyArgs<'a> {
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Group<'a>>>>>,
     pub pending: u32,
     pub unread: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Unread<'a>>>>>,
+    pub more_groups: u32,
 }
 impl<'a> Default for LoginReplyArgs<'a> {
   #[inline]
@@ -3642,6 +3659,7 @@ impl<'a> Default for LoginReplyArgs<'a> {
       groups: None,
       pending: 0,
       unread: None,
+      more_groups: 0,
     }
   }
 }
@@ -3676,6 +3694,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LoginReplyBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LoginReply::VT_UNREAD, unread);
   }
   #[inline]
+  pub fn add_more_groups(&mut self, more_groups: u32) {
+    self.fbb_.push_slot::<u32>(LoginReply::VT_MORE_GROUPS, more_groups, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LoginReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     LoginReplyBuilder {
@@ -3699,6 +3721,7 @@ impl ::core::fmt::Debug for LoginReply<'_> {
       ds.field("groups", &self.groups());
       ds.field("pending", &self.pending());
       ds.field("unread", &self.unread());
+      ds.field("more_groups", &self.more_groups());
       ds.finish()
   }
 }
@@ -5768,6 +5791,103 @@ impl ::core::fmt::Debug for FriendRemovedPush<'_> {
       ds.finish()
   }
 }
+pub enum GroupPushOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One of this user's groups that did not fit in the login reply's page.
+pub struct GroupPush<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupPush<'a> {
+  type Inner = GroupPush<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupPush<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupPush { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupPushArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupPush<'bldr>> {
+    let mut builder = GroupPushBuilder::new(_fbb);
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> Option<Group<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Group>>(GroupPush::VT_GROUP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupPush<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Group>>("group", Self::VT_GROUP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupPushArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<Group<'a>>>,
+}
+impl<'a> Default for GroupPushArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupPushArgs {
+      group: None,
+    }
+  }
+}
+
+pub struct GroupPushBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupPushBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<Group<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Group>>(GroupPush::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupPushBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupPushBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupPush<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupPush<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupPush");
+      ds.field("group", &self.group());
+      ds.finish()
+  }
+}
 pub enum ReadReceiptPushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7129,6 +7249,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_push(&self) -> Option<GroupPush<'a>> {
+    if self.body_type() == Body::GroupPush {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupPush::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -7186,6 +7321,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::MarkReadReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MarkReadReply>>("Body::MarkReadReply", pos),
           Body::ReadersReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadersReply>>("Body::ReadersReply", pos),
           Body::ReadReceiptPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadReceiptPush>>("Body::ReadReceiptPush", pos),
+          Body::GroupPush => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupPush>>("Body::GroupPush", pos),
           _ => Ok(()),
         }
      })?
@@ -7564,6 +7700,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ReadReceiptPush => {
           if let Some(x) = self.body_as_read_receipt_push() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupPush => {
+          if let Some(x) = self.body_as_group_push() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -907,6 +907,42 @@ impl Store for SqliteStore {
         Ok(groups)
     }
 
+    /// Reads groups one by one from `after` on and stops at the first that
+    /// does not fit: the cost is the page (and one group more).
+    fn groups_page(
+        &mut self,
+        user: UserId,
+        after: GroupId,
+        max_members: usize,
+    ) -> Result<Vec<GroupInfo>> {
+        let c = self.tx()?;
+        let u = key(user);
+        if !user_exists(c, u)? {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let mut ids = c
+            .prepare_cached(
+                "SELECT group_id FROM group_members WHERE user_id = ?1 AND group_id > ?2
+                 ORDER BY group_id",
+            )
+            .db()?;
+        let mut rows = ids.query([u, bound(after)]).db()?;
+        let mut page = Vec::new();
+        let mut members = 0;
+        while let Some(row) = rows.next().db()? {
+            let g: i64 = row.get(0).db()?;
+            let Some(info) = group_info(c, g)? else {
+                continue;
+            };
+            members += info.members.len();
+            if !page.is_empty() && members > max_members {
+                break;
+            }
+            page.push(info);
+        }
+        Ok(page)
+    }
+
     /// In join order, creator first; `UnknownGroup` if there is no such group.
     fn group_members(&mut self, group: GroupId) -> Result<Vec<UserId>> {
         let c = self.tx()?;
