@@ -38,6 +38,9 @@
 //! - [`model`]: the owned values the node sends back ([`Reply`], [`Event`], ...);
 //! - [`error`]: [`ClientError`] and the protocol's [`ErrorCode`];
 //! - [`dedup`]: dropping re-sent messages by id;
+//! - [`reconnect`]: [`ReconnectingClient`], a session that reconnects with
+//!   backoff when its connection drops, logs in again and resumes without
+//!   handing a message out twice;
 //! - [`seed_json`]: the seed's NUL-delimited JSON protocol;
 //! - [`duration`]: `10s`-style durations for the command-line tools.
 
@@ -46,6 +49,7 @@ pub mod dedup;
 pub mod duration;
 pub mod error;
 pub mod model;
+pub mod reconnect;
 pub mod request;
 pub mod seed_json;
 
@@ -57,6 +61,7 @@ pub use model::{
     Conversation, Event, Friend, Group, GroupId, GroupMember, History, LoadReport, Login, Message,
     MessageId, Reply, Role, Sent, Unread, User, UserId,
 };
+pub use reconnect::{Backoff, Endpoint, ReconnectingClient, SessionEvent};
 pub use request::{Request, encode_request, needs_leading_ping};
 
 #[cfg(test)]

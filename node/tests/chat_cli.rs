@@ -119,3 +119,48 @@ fn two_chat_clients_register_befriend_chat_and_group_chat() {
     alice.quit();
     bob.quit();
 }
+
+#[test]
+fn chat_reconnects_by_itself_and_prints_what_came_meanwhile_once() {
+    let node = common::node();
+    let relay = common::relay::Relay::start(node.addr);
+    let mut alice = Chat::start(node.addr);
+    let mut bob = Chat::start(relay.addr);
+    for (c, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        c.type_line("2");
+        c.type_line(name);
+        c.type_line("pw");
+        c.expect(&format!("name {name} register success"));
+    }
+    for (c, id) in [(&mut alice, "1"), (&mut bob, "2")] {
+        c.type_line("1");
+        c.type_line(id);
+        c.type_line("pw");
+        c.expect("current login user");
+    }
+    alice.type_line("chat:2:before the cut");
+    bob.expect("before the cut");
+
+    relay.cut();
+    bob.expect("connection lost; reconnecting in");
+    bob.type_line("chat:1:while away");
+    bob.expect("the request was not sent");
+    alice.type_line("chat:2:while you were away");
+    relay.resume();
+    bob.expect("reconnected to");
+    let out = bob.expect("while you were away");
+    assert_eq!(out.matches("before the cut").count(), 1, "{out}");
+    alice.type_line("chat:2:welcome back");
+    let out = bob.expect("welcome back");
+    assert_eq!(out.matches("while you were away").count(), 1, "{out}");
+    // What bob typed while away was not sent, then or later: the
+    // conversation holds the three messages alice sent.
+    alice.type_line("history:2");
+    let alice_out = alice.expect("3 messages with user 2");
+    assert!(!alice_out.contains("while away\n"), "{alice_out}");
+
+    alice.type_line("loginout");
+    bob.type_line("loginout");
+    alice.quit();
+    bob.quit();
+}

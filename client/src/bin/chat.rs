@@ -20,6 +20,15 @@
 //! messages exist the last line says which command shows them
 //! (`more: use history:ID:<oldest id>`).
 //!
+//! When the connection drops while logged in, `chat` says
+//! `connection lost; reconnecting in N ms (attempt K)`, connects again (to
+//! the same `--addr`, or asks the `--balancer` again) with exponential
+//! backoff and jitter, logs in again with the same id and password and says
+//! `reconnected to ADDRESS`; the messages stored meanwhile are then printed,
+//! none twice (see `chat_client::reconnect`). Commands typed while it is
+//! reconnecting fail ("not connected ...; the request was not sent") and are
+//! not sent later.
+//!
 //! `read:ID` marks the direct conversation with user ID read up to the
 //! newest message of it this client has seen in this login: pushed, pending
 //! at login, sent with `chat`, or shown by `history`. When it has seen none,
@@ -33,9 +42,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_client::duration::parse_duration;
+use chat_client::reconnect::{Backoff, Endpoint, ReconnectingClient, SessionEvent};
 use chat_client::{
-    Client, ClientConfig, ClientError, Conversation, Dedup, ErrorCode, Event, Group, History,
-    Login, Message, MessageId, Request, Unread, UserId,
+    ClientConfig, ClientError, Conversation, ErrorCode, Event, Group, History, Login, Message,
+    MessageId, Unread, UserId,
 };
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
@@ -63,7 +73,10 @@ grouphistory:groupid[:beforeid], read:userid, loginout.
 history and grouphistory print a page of up to 50 messages, oldest first;
 beforeid shows the messages older than that id. read:userid marks the
 conversation read up to the newest message of it seen since login (else its
-newest message); the other user gets a read receipt.";
+newest message); the other user gets a read receipt.
+
+When the connection drops while logged in, chat reconnects by itself (with
+backoff), logs in again and prints the messages stored meanwhile, none twice.";
 
 /// Interactive chat client for the chat node (the seed's `ChatClient`, over
 /// the FlatBuffers protocol). Reads commands from stdin, one per line.
@@ -404,6 +417,22 @@ fn notice(ev: &Event) -> Option<String> {
     }
 }
 
+/// The line printed for news of the connection (none for a push).
+fn connection_notice(ev: &SessionEvent) -> Option<String> {
+    match ev {
+        SessionEvent::Event(_) => None,
+        SessionEvent::Reconnecting {
+            attempt,
+            after,
+            reason,
+        } => Some(format!(
+            "connection lost; reconnecting in {} ms (attempt {attempt}): {reason}",
+            after.as_millis()
+        )),
+        SessionEvent::Reconnected { address, .. } => Some(format!("reconnected to {address}")),
+    }
+}
+
 fn show_help() {
     println!("show command list >>>");
     for (name, what, format) in HELP {
@@ -465,9 +494,9 @@ enum End {
 }
 
 struct Session {
-    client: Client,
+    /// Drops duplicates and acknowledges what it hands out.
+    client: ReconnectingClient,
     input: Input,
-    seen: Dedup,
     linger: Duration,
     /// The logged-in user (0 before login).
     me: UserId,
@@ -511,7 +540,11 @@ impl Session {
         let Some(password) = self.input.ask("userpassword:").await else {
             return End::Quit;
         };
-        match self.client.register(&name, &password).await {
+        let client = match self.client.client() {
+            Ok(c) => c.clone(),
+            Err(e) => return End::Lost(e),
+        };
+        match client.register(&name, &password).await {
             Ok(id) => println!("name {name} register success, userid is {id}, do not forget it!"),
             Err(ClientError::Server {
                 code: ErrorCode::NameTaken,
@@ -561,24 +594,25 @@ impl Session {
         *newest = (*newest).max(id);
     }
 
+    /// Prints a message (the client has dropped duplicates and
+    /// acknowledged it).
     fn print_message(&mut self, m: &Message) {
         if let Conversation::Direct(peer) = Conversation::of(m, self.me) {
             self.saw_direct(peer, m.id);
         }
-        if self.seen.first_time(m.id) {
-            println!("{}", format_message(m));
-        }
-        // Acknowledge without waiting; the reply is discarded.
-        let _ = self
-            .client
-            .start_request(&Request::DeliveryAck { message_id: m.id });
+        println!("{}", format_message(m));
     }
 
-    fn print_event(&mut self, ev: Event) {
+    fn print_event(&mut self, ev: SessionEvent) {
         match ev {
-            Event::Message(m) => self.print_message(&m),
-            other => {
+            SessionEvent::Event(Event::Message(m)) => self.print_message(&m),
+            SessionEvent::Event(other) => {
                 if let Some(line) = notice(&other) {
+                    println!("{line}");
+                }
+            }
+            news => {
+                if let Some(line) = connection_notice(&news) {
                     println!("{line}");
                 }
             }
@@ -605,8 +639,8 @@ impl Session {
                     }
                 }
                 ev = self.client.next_event() => match ev {
-                    Some(ev) => self.print_event(ev),
-                    None => return End::Lost(ClientError::Closed),
+                    Ok(ev) => self.print_event(ev),
+                    Err(e) => return End::Lost(e),
                 }
             }
         }
@@ -615,18 +649,25 @@ impl Session {
     /// Prints what arrives for `self.linger`.
     async fn linger(&mut self) {
         let deadline = tokio::time::Instant::now() + self.linger;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.client.next_event()).await {
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, self.client.next_event()).await {
             self.print_event(ev);
         }
     }
 
     async fn execute(&mut self, cmd: Command) -> Option<End> {
-        let c = &self.client;
-        let failed = match cmd {
-            Command::Help => {
-                show_help();
+        if cmd == Command::Help {
+            show_help();
+            return None;
+        }
+        let c = match self.client.client() {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                println!("{e}");
                 return None;
             }
+        };
+        let failed = match cmd {
+            Command::Help => None,
             Command::Chat { to, text } => match c.send_direct(to, &text).await {
                 Ok(sent) => {
                     self.saw_direct(to, sent.message_id);
@@ -730,19 +771,17 @@ impl Session {
                 }
             }
             Command::Read(peer) => self.read(peer).await.err().map(|e| ("read", e)),
-            Command::LoginOut => match c.logout().await {
+            Command::LoginOut => match self.client.logout().await {
                 Ok(()) => return Some(End::LoggedOut),
                 Err(e) => Some(("loginout", e)),
             },
         };
-        match failed {
-            None => None,
-            Some((what, e @ ClientError::Server { .. })) => {
-                show_error(what, &e);
-                None
-            }
-            Some((_, e)) => Some(End::Lost(e)),
+        // A lost connection is noticed (and made again) by the event loop;
+        // the command is not sent again.
+        if let Some((what, e)) = failed {
+            show_error(what, &e);
         }
+        None
     }
 }
 
@@ -756,6 +795,7 @@ impl Session {
             Some(&id) => Some(id),
             None => self
                 .client
+                .client()?
                 .history(conversation, None, Some(1))
                 .await?
                 .messages
@@ -767,33 +807,37 @@ impl Session {
             return Ok(());
         };
         self.saw_direct(peer, up_to);
-        self.client.mark_read(conversation, up_to).await?;
+        self.client.client()?.mark_read(conversation, up_to).await?;
         println!("marked your messages with user {peer} read up to {up_to}");
         Ok(())
     }
 }
 
+/// Where `chat` connects, and connects again after a drop.
+fn endpoints(args: &Args) -> Vec<Endpoint> {
+    match &args.balancer {
+        Some(balancer) => vec![Endpoint::Redirect(balancer.clone())],
+        None => vec![Endpoint::Node(args.address())],
+    }
+}
+
 async fn run(args: Args) -> ExitCode {
-    let addr = args.address();
+    let endpoints = endpoints(&args);
     let config = ClientConfig {
         keepalive: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
     };
-    let connected = match &args.balancer {
-        Some(balancer) => Client::connect_redirected(balancer.as_str(), config)
-            .await
-            .map(|(client, node)| {
-                eprintln!("balancer {balancer} chose {node}");
-                client
-            }),
-        None => Client::connect_with(addr.as_str(), config).await,
-    };
-    let client = match connected {
-        Ok(c) => c,
+    let client = match ReconnectingClient::connect(endpoints, config, Backoff::default()).await {
+        Ok(c) => {
+            if let Some(balancer) = &args.balancer {
+                eprintln!("balancer {balancer} chose {}", c.address().unwrap_or("?"));
+            }
+            c
+        }
         Err(e) => {
             eprintln!(
                 "connect server error: {}: {e}",
-                args.balancer.as_ref().unwrap_or(&addr)
+                args.balancer.clone().unwrap_or_else(|| args.address())
             );
             return ExitCode::FAILURE;
         }
@@ -803,7 +847,6 @@ async fn run(args: Args) -> ExitCode {
         input: Input {
             lines: BufReader::new(tokio::io::stdin()).lines(),
         },
-        seen: Dedup::default(),
         linger: args.linger,
         me: 0,
         newest_direct: HashMap::new(),
@@ -1190,6 +1233,39 @@ mod tests {
         assert_eq!(a.address(), "h:1");
         assert_eq!(Args::parse_from(["chat"]).address(), "127.0.0.1:6000");
         assert!(Args::try_parse_from(["chat", "10.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn reconnection_is_announced() {
+        assert_eq!(
+            connection_notice(&SessionEvent::Reconnecting {
+                attempt: 2,
+                after: Duration::from_millis(150),
+                reason: "connection closed".into()
+            })
+            .as_deref(),
+            Some("connection lost; reconnecting in 150 ms (attempt 2): connection closed")
+        );
+        assert_eq!(
+            connection_notice(&SessionEvent::Reconnected {
+                address: "127.0.0.1:6000".into(),
+                login: None
+            })
+            .as_deref(),
+            Some("reconnected to 127.0.0.1:6000")
+        );
+        assert_eq!(
+            connection_notice(&SessionEvent::Event(Event::FriendRemoved { friend_id: 1 })),
+            None
+        );
+    }
+
+    #[test]
+    fn reconnection_goes_where_the_first_connection_went() {
+        let a = Args::parse_from(["chat", "10.0.0.1", "7000"]);
+        assert_eq!(endpoints(&a), [Endpoint::Node("10.0.0.1:7000".into())]);
+        let a = Args::parse_from(["chat", "--balancer", "127.0.0.1:8001"]);
+        assert_eq!(endpoints(&a), [Endpoint::Redirect("127.0.0.1:8001".into())]);
     }
 
     #[test]
