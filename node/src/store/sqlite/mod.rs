@@ -327,6 +327,58 @@ fn group_info(c: &Connection, id: i64) -> Result<Option<GroupInfo>> {
     }))
 }
 
+/// The id of the first message sent within `keep` of now (`i64::MAX` when
+/// none was): a binary search over ids, since ids follow sending times
+/// (across a cluster's nodes, to within their clocks' difference, which is
+/// nothing next to a retention). About 20 index seeks however many messages
+/// are stored; walking them from the oldest instead would read every
+/// message that outlived the retention undelivered, at every compaction
+/// slice, on the writer.
+fn first_id_since(c: &Connection, keep: Duration) -> Result<i64> {
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    let cutoff: i64 = c
+        .prepare_cached(concat!("SELECT ", now_ms!(), " - ?1"))
+        .db()?
+        .query_row([keep_ms], |r| r.get(0))
+        .db()?;
+    // The first message at or after `id`: (its id, its time).
+    let mut at = c
+        .prepare_cached("SELECT id, time_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1")
+        .db()?;
+    let mut first_at = |id: i64| -> Result<Option<(i64, i64)>> {
+        at.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .db()
+    };
+    let Some((mut lo, oldest)) = first_at(0)? else {
+        return Ok(i64::MAX);
+    };
+    if oldest >= cutoff {
+        return Ok(lo);
+    }
+    // Invariant: the message at `lo` is older than the cutoff; the answer is
+    // above it, at most `hi` (MAX: no message is recent enough).
+    let mut hi = i64::MAX;
+    let last: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM messages")
+        .db()?
+        .query_row([], |r| r.get(0))
+        .db()?;
+    let mut top = last;
+    while lo < top {
+        let mid = lo + (top - lo) / 2 + 1;
+        match first_at(mid)? {
+            Some((id, time)) if time >= cutoff => {
+                hi = id;
+                top = mid - 1;
+            }
+            Some((id, _)) => lo = id,
+            None => top = mid - 1,
+        }
+    }
+    Ok(hi)
+}
+
 /// Deletes at most `limit` messages of deleted groups, and forgets each
 /// deleted group once none are left; returns how many messages.
 fn compact_deleted_groups(c: &Connection, limit: i64) -> Result<i64> {
@@ -1402,8 +1454,7 @@ impl Store for SqliteStore {
     /// cursors move as they receive).
     ///
     /// The retention becomes a message id, the first message younger than
-    /// it (ids follow time): finding it walks the expired messages from the
-    /// oldest, which this slice is about to delete anyway.
+    /// it ([`first_id_since`]).
     fn compact(&mut self, limit: usize) -> Result<u64> {
         let retention = self.retention;
         let c = self.tx()?;
@@ -1412,19 +1463,7 @@ impl Store for SqliteStore {
         let below: i64 = match retention {
             None => return Ok(done as u64),
             Some(Duration::ZERO) => i64::MAX,
-            Some(keep) => {
-                let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-                c.prepare_cached(concat!(
-                    "SELECT id FROM messages WHERE time_ms >= ",
-                    now_ms!(),
-                    " - ?1 ORDER BY id LIMIT 1"
-                ))
-                .db()?
-                .query_row([keep_ms], |r| r.get(0))
-                .optional()
-                .db()?
-                .unwrap_or(i64::MAX)
-            }
+            Some(keep) => first_id_since(c, keep)?,
         };
         if done >= limit {
             return Ok(done as u64);
@@ -1541,6 +1580,51 @@ mod tests {
         );
         assert!(group.contains("INDEX messages_to_group"), "{group}");
         assert!(!group.contains("TEMP B-TREE"), "no sort: {group}");
+    }
+
+    /// The binary search finds what a walk from the oldest message finds,
+    /// with gaps in the ids (compacted messages) and any retention.
+    #[test]
+    fn the_retention_cutoff_is_the_first_message_young_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("chat.db"), SyncPolicy::Normal).unwrap();
+        let a = store.create_user("a", "x").unwrap();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let hour = 3_600_000;
+        // 300 messages, one every 10 minutes up to now.
+        for i in (0..300u64).rev() {
+            store
+                .append(&NewMessage {
+                    sender_id: a,
+                    sender_name: "a".into(),
+                    target: Target::User(a),
+                    time_ms: now_ms - i * hour / 6,
+                    text: String::new(),
+                })
+                .unwrap();
+        }
+        // Gaps: every third message gone.
+        store
+            .conn
+            .execute("DELETE FROM messages WHERE id % 3 = 0", [])
+            .unwrap();
+        store.commit().unwrap();
+        let walk = |c: &Connection, keep_ms: i64| -> i64 {
+            c.query_row(
+                "SELECT COALESCE(MIN(id), 9223372036854775807) FROM messages WHERE time_ms >= ?1",
+                [now_ms as i64 - keep_ms + 1000],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for hours in [1u64, 2, 7, 24, 49, 50, 51, 1000] {
+            let keep = Duration::from_millis(hours * hour);
+            let found = first_id_since(&store.conn, keep).unwrap();
+            assert_eq!(found, walk(&store.conn, (hours * hour) as i64), "{hours} h");
+        }
     }
 
     /// Acknowledged messages stay for the retention, then compaction
