@@ -546,24 +546,26 @@ fn history_browses_and_read_marks_are_measured() {
     }
     assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
 
-    // The seed's JSON protocol has no history: refused before any user arrives.
-    let out = loadtest()
-        .args([
-            "--target",
-            &addr,
-            "--scenario",
-            "history",
-            "--protocol",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // The same over our node's JSON protocol (msgids 40 and 42).
+    let json = dir.path().join("history-json.json");
+    let (out, s) = run(
+        &format!(
+            "--target {addr} --protocol json --scenario history --mix direct=40,read=10,history=50 --users 30 --rate 200 --duration 3s --warmup 0s"
+        ),
+        &json,
+    );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--protocol fb"),
+        out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let requests = counter(&s, "history_requests");
+    assert!(requests > 0);
+    assert_eq!(counter(&s, "history_pages"), requests, "{}", s["errors"]);
+    assert_eq!(counter(&s, "history_failed"), 0, "{}", s["errors"]);
+    assert!(counter(&s, "history_messages") > 0);
+    assert!(counter(&s, "marked_read") > 0, "{}", s["errors"]);
+    assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
 }
 
 #[test]

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chat_client::seed_json::{JsonReader, errno, msgid};
-use chat_client::{ErrorCode, GroupId, UserId};
+use chat_client::{Conversation, ErrorCode, GroupId, MessageId, UserId};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, Failure, Received};
+use super::{Ack, Failure, Page, Received};
 
 const LOGOUT_ACK: i64 = 11;
 const ONE_CHAT_ACK: i64 = 12;
@@ -307,6 +307,54 @@ impl JsonSession {
         )
     }
 
+    /// One page of history (msgid 40, ours; the seed has none).
+    pub async fn history(
+        &self,
+        conversation: Conversation,
+        before: Option<MessageId>,
+    ) -> Result<Page, Failure> {
+        if !self.chat_replies {
+            return Err(super::unsupported());
+        }
+        let mut v = conversation_json(conversation);
+        v["msgid"] = json!(msgid::HISTORY);
+        if let Some(before) = before {
+            v["before"] = json!(before);
+        }
+        let r = self.request(v, msgid::HISTORY_ACK).await?;
+        let messages = r
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Failure("protocol".into()))?;
+        let more = r.get("more").and_then(Value::as_bool).unwrap_or(false);
+        Ok(Page {
+            messages: messages.len() as u64,
+            next_before: if more {
+                messages
+                    .last()
+                    .and_then(|m| m.get("messageid"))
+                    .and_then(Value::as_u64)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Marks a conversation read (msgid 42, ours; the seed has none).
+    pub async fn mark_read(
+        &self,
+        conversation: Conversation,
+        up_to: MessageId,
+    ) -> Result<(), Failure> {
+        if !self.chat_replies {
+            return Err(super::unsupported());
+        }
+        let mut v = conversation_json(conversation);
+        v["msgid"] = json!(msgid::MARK_READ);
+        v["upto"] = json!(up_to);
+        self.request(v, msgid::MARK_READ_ACK).await.map(|_| ())
+    }
+
     pub async fn next_received(&self) -> Option<Received> {
         self.inbox.lock().await.recv().await
     }
@@ -342,6 +390,14 @@ impl JsonSession {
         self.closed.store(true, Ordering::Relaxed);
         self.reader.abort();
         lock(&self.waiters).clear();
+    }
+}
+
+/// A conversation's field: `peer` or `groupid`.
+fn conversation_json(conversation: Conversation) -> Value {
+    match conversation {
+        Conversation::Direct(peer) => json!({ "peer": peer }),
+        Conversation::Group(group) => json!({ "groupid": group }),
     }
 }
 

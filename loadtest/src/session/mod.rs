@@ -5,9 +5,9 @@
 //! sends are queued at once and return an [`Ack`] to await separately, so
 //! that the schedule never waits for the server (open model). Messages the
 //! node pushes come out of [`Session::next_received`]. History pages and
-//! read marks ([`Session::history`], [`Session::mark_read`]) are FlatBuffers
-//! only: the JSON session does not send msgids 40-43 yet (the settings
-//! refuse a run that would need them over JSON).
+//! read marks ([`Session::history`], [`Session::mark_read`]) go as msgids
+//! 40 and 42 over JSON: our node answers them, the seed's server has
+//! neither (they fail as `unsupported` there).
 
 mod fb;
 mod json;
@@ -41,7 +41,7 @@ impl From<ClientError> for Failure {
     }
 }
 
-/// What a request the JSON protocol does not have fails with.
+/// What a request the seed's JSON server does not have fails with.
 fn unsupported() -> Failure {
     Failure("unsupported".into())
 }
@@ -175,7 +175,7 @@ impl Session {
     ) -> Result<Page, Failure> {
         match self {
             Session::Fb(s) => s.history(conversation, before).await,
-            Session::Json(_) => Err(unsupported()),
+            Session::Json(s) => s.history(conversation, before).await,
         }
     }
 
@@ -187,7 +187,7 @@ impl Session {
     ) -> Result<(), Failure> {
         match self {
             Session::Fb(s) => s.mark_read(conversation, up_to).await,
-            Session::Json(_) => Err(unsupported()),
+            Session::Json(s) => s.mark_read(conversation, up_to).await,
         }
     }
 
