@@ -7,7 +7,7 @@
 //! `addfriend:friendid`, `removefriend:friendid`,
 //! `creategroup:groupname:groupdesc`, `addgroup:groupid`,
 //! `leavegroup:groupid`, `removemember:groupid:userid`, `groupinfo:groupid`,
-//! `find:username`, `groupchat:groupid:message`, `history:userid[:beforeid]`,
+//! `readers:groupid:messageid`, `find:username`, `groupchat:groupid:message`, `history:userid[:beforeid]`,
 //! `grouphistory:groupid[:beforeid]`, `read:userid`, `loginout`) while
 //! printing incoming messages, presence changes, read receipts and removals
 //! (from a group, from a friend list), acknowledging every message it
@@ -67,7 +67,7 @@ Examples:
 After login: help, chat:friendid:message, addfriend:friendid,
 removefriend:friendid, creategroup:groupname:groupdesc, addgroup:groupid,
 leavegroup:groupid, removemember:groupid:userid, groupinfo:groupid,
-find:username, groupchat:groupid:message, history:userid[:beforeid],
+readers:groupid:messageid, find:username, groupchat:groupid:message, history:userid[:beforeid],
 grouphistory:groupid[:beforeid], read:userid, loginout.
 
 history and grouphistory print a page of up to 50 messages, oldest first;
@@ -132,6 +132,11 @@ enum Command {
         member: u64,
     },
     GroupInfo(u64),
+    /// How many members of a group read up to a message.
+    Readers {
+        group: u64,
+        message: u64,
+    },
     Find(String),
     GroupChat {
         group: u64,
@@ -173,6 +178,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "groupinfo",
         "show a group and its members",
         "groupinfo:groupid",
+    ),
+    (
+        "readers",
+        "how many members of a group read up to a message",
+        "readers:groupid:messageid",
     ),
     ("find", "look a user up by name", "find:username"),
     ("groupchat", "group chat", "groupchat:groupid:message"),
@@ -258,6 +268,13 @@ fn parse_command(line: &str) -> Result<Option<Command>, String> {
             Command::RemoveMember {
                 group: parse_id(&group, name)?,
                 member: parse_id(&member, name)?,
+            }
+        }
+        "readers" => {
+            let (group, message) = two(rest)?;
+            Command::Readers {
+                group: parse_id(&group, name)?,
+                message: parse_id(&message, name)?,
             }
         }
         "find" => match rest.map(str::trim) {
@@ -736,6 +753,13 @@ impl Session {
                 }
                 Err(e) => Some(("groupinfo", e)),
             },
+            Command::Readers { group, message } => match c.readers(group, message).await {
+                Ok((readers, members)) => {
+                    println!("{readers} of {members} members read group {group} up to {message}");
+                    None
+                }
+                Err(e) => Some(("readers", e)),
+            },
             Command::Find(name) => match c.find_user(&name).await {
                 Ok(u) => {
                     println!("{} {} {}", u.id, u.name, online(u.online));
@@ -945,6 +969,13 @@ mod tests {
             }
         );
         assert_eq!(ok("groupinfo:5"), Command::GroupInfo(5));
+        assert_eq!(
+            ok("readers:5:42"),
+            Command::Readers {
+                group: 5,
+                message: 42
+            }
+        );
         assert_eq!(ok("find:alice"), Command::Find("alice".into()));
         assert_eq!(ok("find: bob smith "), Command::Find("bob smith".into()));
         assert_eq!(ok("find:a:b"), Command::Find("a:b".into()));
@@ -967,6 +998,10 @@ mod tests {
             "invalid input, format removemember:groupid:userid"
         );
         assert_eq!(err("groupinfo"), "invalid input, format groupinfo:groupid");
+        assert_eq!(
+            err("readers:5"),
+            "invalid input, format readers:groupid:messageid"
+        );
         assert_eq!(err("find"), "invalid input, format find:username");
         assert_eq!(err("find:  "), "invalid input, format find:username");
     }
@@ -983,6 +1018,7 @@ mod tests {
             "leavegroup",
             "removemember",
             "groupinfo",
+            "readers",
             "find",
             "groupchat",
             "history",
