@@ -671,11 +671,11 @@ struct FindUserAck<'a> {
 }
 
 #[derive(Serialize)]
-struct HistoryAck {
+struct HistoryAck<'a> {
     msgid: u64,
     errno: u8,
     /// Pushes as msgid 6 / 10, newest first.
-    messages: Vec<serde_json::Value>,
+    messages: Vec<MessagePush<'a>>,
     more: bool,
     readupto: u64,
 }
@@ -901,18 +901,7 @@ impl JsonEncoder {
                 &HistoryAck {
                     msgid: msgid::HISTORY_ACK,
                     errno: 0,
-                    messages: page
-                        .messages
-                        .iter()
-                        .map(|m| {
-                            if m.group_id != 0 {
-                                serde_json::to_value(group_push(m))
-                            } else {
-                                serde_json::to_value(direct_push(m))
-                            }
-                            .unwrap_or_default()
-                        })
-                        .collect(),
+                    messages: page.messages.iter().map(message_push).collect(),
                     more: page.more,
                     readupto: page.read_up_to,
                 },
@@ -1031,12 +1020,25 @@ impl JsonEncoder {
     }
 }
 
-fn write_message(m: &StoredMessage, out: &mut Vec<u8>) {
+/// A stored message as its push: msgid 10 for a group message, 6 for a
+/// direct one.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MessagePush<'a> {
+    Direct(DirectPush<'a>),
+    Group(GroupPush<'a>),
+}
+
+fn message_push(m: &StoredMessage) -> MessagePush<'_> {
     if m.group_id != 0 {
-        write(&group_push(m), out);
+        MessagePush::Group(group_push(m))
     } else {
-        write(&direct_push(m), out);
+        MessagePush::Direct(direct_push(m))
     }
+}
+
+fn write_message(m: &StoredMessage, out: &mut Vec<u8>) {
+    write(&message_push(m), out);
 }
 
 fn direct_push(m: &StoredMessage) -> DirectPush<'_> {
@@ -1072,13 +1074,7 @@ fn login_ack(info: &LoginInfo) -> LoginAck<'_> {
         offlinemsg: info
             .pending
             .iter()
-            .map(|m| {
-                if m.group_id != 0 {
-                    encoded(&group_push(m))
-                } else {
-                    encoded(&direct_push(m))
-                }
-            })
+            .map(|m| encoded(&message_push(m)))
             .collect(),
         friends: info
             .friends

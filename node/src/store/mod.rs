@@ -101,21 +101,23 @@ pub struct Unread {
 }
 
 /// The first groups of `groups` (in their order) whose members add up to
-/// at most `max_members`, and always the first one.
+/// at most `max_members`, and always the first one. `groups` is read only
+/// as far as the page goes; its first error is returned.
 pub fn page_of_groups(
-    groups: impl IntoIterator<Item = GroupInfo>,
+    groups: impl IntoIterator<Item = Result<GroupInfo>>,
     max_members: usize,
-) -> Vec<GroupInfo> {
+) -> Result<Vec<GroupInfo>> {
     let mut page = Vec::new();
     let mut members = 0;
     for g in groups {
+        let g = g?;
         members += g.members.len();
         if !page.is_empty() && members > max_members {
             break;
         }
         page.push(g);
     }
-    page
+    Ok(page)
 }
 
 /// Unread counts stop at this (a client shows "999+").
@@ -282,10 +284,10 @@ pub trait Store: Send + 'static {
         max_members: usize,
     ) -> Result<Vec<GroupInfo>> {
         let groups = self.groups(user)?;
-        Ok(page_of_groups(
-            groups.into_iter().filter(|g| g.id > after),
+        page_of_groups(
+            groups.into_iter().filter(|g| g.id > after).map(Ok),
             max_members,
-        ))
+        )
     }
 
     /// Ids of every member of `group`.

@@ -56,6 +56,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{
     Contact, Conversation, GroupId, GroupInfo, HistoryPage, Member, MessageId, NewMessage, Result,
     Role, Store, StoreError, StoredMessage, Target, UNREAD_CAP, Unread, UserId, UserRecord,
+    page_of_groups,
 };
 
 /// How long a call waits for another process's transaction to release the
@@ -960,7 +961,8 @@ impl Store for SqliteStore {
     }
 
     /// Reads groups one by one from `after` on and stops at the first that
-    /// does not fit: the cost is the page (and one group more).
+    /// does not fit: the cost is the page (and one group more), plus the
+    /// ids of the user's groups (at most `--max-groups-per-user`).
     fn groups_page(
         &mut self,
         user: UserId,
@@ -972,27 +974,22 @@ impl Store for SqliteStore {
         if !user_exists(c, u)? {
             return Err(StoreError::UnknownUser(user));
         }
-        let mut ids = c
+        let ids = c
             .prepare_cached(
                 "SELECT group_id FROM group_members WHERE user_id = ?1 AND group_id > ?2
                  ORDER BY group_id",
             )
+            .db()?
+            .query_map([u, bound(after)], |r| r.get::<_, i64>(0))
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
             .db()?;
-        let mut rows = ids.query([u, bound(after)]).db()?;
-        let mut page = Vec::new();
-        let mut members = 0;
-        while let Some(row) = rows.next().db()? {
-            let g: i64 = row.get(0).db()?;
-            let Some(info) = group_info(c, g)? else {
-                continue;
-            };
-            members += info.members.len();
-            if !page.is_empty() && members > max_members {
-                break;
-            }
-            page.push(info);
-        }
-        Ok(page)
+        // Each group is read only when the page may still take it.
+        let groups = ids
+            .into_iter()
+            .map(|g| group_info(c, g))
+            .filter_map(Result::transpose);
+        page_of_groups(groups, max_members)
     }
 
     /// In join order, creator first; `UnknownGroup` if there is no such group.
@@ -1315,12 +1312,7 @@ impl Store for SqliteStore {
             .db()?
             .query_row([g, bound(message)], |r| r.get(0))
             .db()?;
-        let members: i64 = c
-            .prepare_cached("SELECT COUNT(*) FROM group_members WHERE group_id = ?1")
-            .db()?
-            .query_row([g], |r| r.get(0))
-            .db()?;
-        Ok((id_of(readers), id_of(members)))
+        Ok((id_of(readers), self.member_count(group)?))
     }
 
     fn unread(&mut self, user: UserId) -> Result<Vec<Unread>> {
