@@ -72,11 +72,11 @@ fn http(admin: SocketAddr, from: IpAddr, method: &str, path: &str) -> Answer {
     }
 }
 
-fn post(b: &chat_node::local::LocalBalancer, path: &str) -> Answer {
+fn post(b: &chat_testkit::LocalBalancer, path: &str) -> Answer {
     http(b.admin_addr, LOCAL, "POST", path)
 }
 
-fn picks(b: &chat_node::local::LocalBalancer, addr: SocketAddr) -> f64 {
+fn picks(b: &chat_testkit::LocalBalancer, addr: SocketAddr) -> f64 {
     balancer_metric(
         b,
         &format!("chat_balancer_picks_total{{upstream=\"{addr}\"}}"),
@@ -84,7 +84,7 @@ fn picks(b: &chat_node::local::LocalBalancer, addr: SocketAddr) -> f64 {
 }
 
 /// The `override` names listed for `addr` in /status.json.
-fn overrides(b: &chat_node::local::LocalBalancer, addr: SocketAddr) -> Vec<String> {
+fn overrides(b: &chat_testkit::LocalBalancer, addr: SocketAddr) -> Vec<String> {
     upstream_status(b, addr).expect("listed")["overrides"]
         .as_array()
         .expect("an overrides list")
@@ -137,7 +137,7 @@ fn drain_and_down_steer_new_connections_and_keep_open_ones() {
     }
     let metrics = b.metrics().unwrap();
     let series = |o: &str| {
-        chat_node::local::metric_value(
+        chat_testkit::metric_value(
             &metrics,
             &format!(
                 "chat_balancer_upstream_override{{upstream=\"{}\",override=\"{o}\"}}",
@@ -148,7 +148,7 @@ fn drain_and_down_steer_new_connections_and_keep_open_ones() {
     assert_eq!(series("drain"), Some(1.0));
     assert_eq!(series("down"), Some(0.0));
     assert_eq!(
-        chat_node::local::metric_value(
+        chat_testkit::metric_value(
             &metrics,
             &format!(
                 "chat_balancer_upstream_down{{upstream=\"{}\",reason=\"admin_drain\"}}",

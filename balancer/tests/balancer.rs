@@ -1,5 +1,5 @@
 //! End-to-end tests of `chat-balancer`: real `chat-node` processes and a real
-//! balancer on loopback, started through `chat_node::local`. Every wait has a
+//! balancer on loopback, started through `chat-testkit`. Every wait has a
 //! deadline.
 
 mod common;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn addrs(nodes: &[&chat_node::local::LocalNode]) -> Vec<String> {
+fn addrs(nodes: &[&chat_testkit::LocalNode]) -> Vec<String> {
     nodes.iter().map(|n| n.addr.to_string()).collect()
 }
 
@@ -66,7 +66,7 @@ fn skewed_load_goes_to_the_idle_nodes_and_a_paused_node_is_skipped() {
         || (state(&b, nodes[2].addr) == "probe_failed").then_some(()),
     );
     eprintln!("paused node marked down after {:?}", paused_at.elapsed());
-    let picks = |b: &chat_node::local::LocalBalancer| {
+    let picks = |b: &chat_testkit::LocalBalancer| {
         upstream_status(b, nodes[2].addr).unwrap()["picks"]
             .as_u64()
             .unwrap()
@@ -356,14 +356,14 @@ fn a_node_behind_proxy_protocol_serves(option: &str) {
     let mut relayed = ping_through(b.addr);
     let r = relayed.ask(r#"{"msgid":4,"name":"via-proxy","pwd":"pw"}"#, 5);
     assert_eq!(r["errno"], 0, "{r}");
-    let metrics = chat_node::local::scrape(n.metrics_addr).unwrap();
-    let proxied = chat_node::local::metric_value(&metrics, "chat_node_proxied_connections_total");
+    let metrics = chat_testkit::scrape(n.metrics_addr).unwrap();
+    let proxied = chat_testkit::metric_value(&metrics, "chat_node_proxied_connections_total");
     assert!(
         proxied >= Some(2.0),
         "{option}: probe and client proxied: {proxied:?}"
     );
     assert_eq!(
-        chat_node::local::metric_value(&metrics, "chat_node_proxy_header_errors_total"),
+        chat_testkit::metric_value(&metrics, "chat_node_proxy_header_errors_total"),
         None,
         "{option}: no connection was refused"
     );
@@ -428,11 +428,11 @@ fn garbage_from_clients_and_nodes_is_survived() {
 /// of a two-node cluster.
 #[test]
 fn seed_json_flow_through_proxy_mode() {
-    let cluster = chat_node::local::LocalCluster::start(chat_node::local::ClusterOptions {
+    let cluster = chat_testkit::LocalCluster::start(chat_testkit::ClusterOptions {
         nodes: 2,
         shards: 1,
         binary: Some(node_binary()),
-        balancer: Some(chat_node::local::BalancerOptions {
+        balancer: Some(chat_testkit::BalancerOptions {
             binary: Some(env!("CARGO_BIN_EXE_chat-balancer").into()),
             args: vec!["--probe-interval".into(), "200ms".into()],
             ..Default::default()
@@ -529,10 +529,10 @@ fn the_seeds_nginx_config_translated_runs_in_front_of_two_nodes() {
     let used = [&n0, &n1]
         .iter()
         .filter(|n| {
-            chat_node::local::scrape(n.metrics_addr)
+            chat_testkit::scrape(n.metrics_addr)
                 .ok()
                 .and_then(|m| {
-                    chat_node::local::metric_value(
+                    chat_testkit::metric_value(
                         &m,
                         "chat_node_requests_total{kind=\"register\",outcome=\"ok\"}",
                     )
@@ -551,8 +551,7 @@ fn chat_connects_through_the_redirect_port() {
     let n1 = node(&[]);
     let b = balancer(&addrs(&[&n0, &n1]), &["--probe-interval", "200ms"]);
     wait_reports(&b, &[n0.addr, n1.addr]);
-    let chat = chat_node::local::find_binary("chat", "CHAT_BIN")
-        .expect("the chat binary is built with the workspace");
+    let chat = chat_testkit::find_binary("chat", "CHAT_BIN").unwrap_or_else(|e| panic!("{e}"));
     let mut child = std::process::Command::new(chat)
         .arg("--balancer")
         .arg(b.redirect_addr.to_string())

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use chat_node::local::{free_port, metric_value};
+use chat_testkit::{free_port, metric_value};
 use common::*;
 
 const BALANCER: &str = env!("CARGO_BIN_EXE_chat-balancer");
@@ -35,7 +35,7 @@ fn spawn_balancer(listen: SocketAddr, upstream: SocketAddr, extra: &[&str]) -> (
 }
 
 fn accepted(admin: SocketAddr) -> f64 {
-    chat_node::local::scrape(admin)
+    chat_testkit::scrape(admin)
         .ok()
         .and_then(|m| metric_value(&m, "chat_balancer_accepted_total"))
         .unwrap_or(0.0)
@@ -45,7 +45,7 @@ fn wait_admin(admin: SocketAddr) {
     wait_for(
         "the second balancer's admin port",
         Duration::from_secs(10),
-        || chat_node::local::scrape(admin).ok().map(|_| ()),
+        || chat_testkit::scrape(admin).ok().map(|_| ()),
     );
 }
 

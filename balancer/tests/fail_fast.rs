@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use chat_node::local::{LocalBalancer, LocalNode, free_port};
+use chat_testkit::{LocalBalancer, LocalNode, free_port};
 use common::*;
 
 fn signal(pid: Option<u32>, sig: i32) {

@@ -1,12 +1,12 @@
 //! `--local N`: a balancer and N nodes on free loopback ports, started with
-//! the same code the tests use (`chat_node::local`). One node runs on the
+//! the same code the tests use (`chat-testkit`). One node runs on the
 //! embedded store alone; more share a data directory and need a
 //! `nats-server` (the error says how to install it). Everything is killed
 //! when the [`Local`] is dropped, Ctrl-C included (main drops it).
 
 use std::time::Duration;
 
-use chat_node::local::{BalancerOptions, ClusterOptions, LocalCluster, LocalError};
+use chat_testkit::{BalancerOptions, ClusterOptions, LocalCluster, LocalError};
 
 use crate::config::Target;
 use crate::server::Probe;

@@ -108,7 +108,7 @@ impl MetricsUrl {
 
     /// The process usage this endpoint reports.
     fn sample(&self) -> Result<Usage, ProbeError> {
-        let text = chat_node::local::http_get(self.addr()?, &self.path).map_err(|source| {
+        let text = chat_testkit::http_get(self.addr()?, &self.path).map_err(|source| {
             ProbeError::Http {
                 url: self.url.clone(),
                 source,
@@ -272,8 +272,8 @@ pub fn parse_status_rss(status: &str) -> Result<u64, ProbeError> {
 pub fn parse_metrics(text: &str) -> Result<Usage, &'static str> {
     const CPU: &str = "process_cpu_seconds_total";
     const RSS: &str = "process_resident_memory_bytes";
-    let cpu = chat_node::local::metric_value(text, CPU).ok_or(CPU)?;
-    let rss = chat_node::local::metric_value(text, RSS).ok_or(RSS)?;
+    let cpu = chat_testkit::metric_value(text, CPU).ok_or(CPU)?;
+    let rss = chat_testkit::metric_value(text, RSS).ok_or(RSS)?;
     Ok(Usage {
         cpu_seconds: cpu,
         rss_bytes: rss.max(0.0).round() as u64,

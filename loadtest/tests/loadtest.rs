@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chat_loadtest::interval_log;
 use chat_loadtest::report::parse_percentile_distribution;
-use chat_node::local::{LocalNats, LocalNode, NodeOptions};
+use chat_testkit::{LocalNats, LocalNode, NodeOptions};
 use serde_json::Value;
 
 fn loadtest() -> Command {

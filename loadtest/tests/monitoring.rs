@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_node::local::{
+use chat_testkit::{
     BalancerOptions, ClusterOptions, LocalCluster, LocalPrometheus, free_port, scrape,
 };
 use serde_json::Value;

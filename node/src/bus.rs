@@ -9,13 +9,14 @@
 //!
 //! # Subjects
 //!
-//! One subject per node, `chat.node.<node-id>`, which only that node
-//! subscribes to. The routing table is the session claims in the store: the
-//! store thread reads the recipient's claim (it does so anyway, inside the
-//! transaction that stores the message) and publishes to the node that holds
-//! it. So a node hears only about the users it hosts, a login costs no
-//! subscription change, and NATS's interest graph has one subject per node,
-//! whatever the number of users.
+//! One subject per node, `chat.node.<node-id>` ([`node_subject`], in
+//! `chat-schema` so that tools watching a cluster name it alike), which only
+//! that node subscribes to. The routing table is the session claims in the
+//! store: the store thread reads the recipient's claim (it does so anyway,
+//! inside the transaction that stores the message) and publishes to the node
+//! that holds it. So a node hears only about the users it hosts, a login
+//! costs no subscription change, and NATS's interest graph has one subject
+//! per node, whatever the number of users.
 //!
 //! # Data flow
 //!
@@ -46,6 +47,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_schema::nats::node_subject;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -129,11 +131,6 @@ pub const GAP_REASONS: [&str; 5] = [
     "peer_silent",
 ];
 
-/// The subject node `node` listens on.
-pub fn subject(node: &str) -> String {
-    format!("chat.node.{node}")
-}
-
 /// Why the bus could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -184,7 +181,7 @@ impl Publisher {
 
     fn send(&self, node: &str, envelope: &Envelope) {
         let payload = serde_json::to_vec(envelope).expect("envelopes serialize");
-        match self.tx.try_send((subject(node), payload)) {
+        match self.tx.try_send((node_subject(node), payload)) {
             Ok(()) => {}
             Err(_) => {
                 metrics::counter!("chat_node_nats_dropped_total").increment(1);
@@ -303,7 +300,7 @@ async fn run(
             return;
         }
     };
-    let mut subscription = match client.subscribe(subject(&config.node_id)).await {
+    let mut subscription = match client.subscribe(node_subject(&config.node_id)).await {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(format!("subscribing: {e}")));
@@ -319,7 +316,7 @@ async fn run(
         Ok(Ok(()))
     );
     if joined {
-        tracing::info!(url = %config.url, subject = %subject(&config.node_id), "joined the cluster over NATS");
+        tracing::info!(url = %config.url, subject = %node_subject(&config.node_id), "joined the cluster over NATS");
     } else {
         tracing::warn!(url = %config.url, "NATS is not reachable yet; starting without it and retrying");
     }
@@ -608,6 +605,5 @@ mod tests {
         let back: Envelope = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!((back.from.as_str(), back.seq), ("n1", 3));
         assert_eq!(back.events, e.events);
-        assert_eq!(subject("n-1_a"), "chat.node.n-1_a");
     }
 }

@@ -21,7 +21,6 @@ pub mod bus;
 pub mod command;
 pub mod config;
 pub mod load;
-pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod outbound;

@@ -18,8 +18,8 @@ struct Chat {
 
 impl Chat {
     fn start(addr: std::net::SocketAddr) -> Chat {
-        let binary = chat_node::local::find_binary("chat", "CHAT_BIN")
-            .expect("the chat binary is built with the workspace");
+        let binary =
+            chat_testkit::find_binary("chat", "CHAT_BIN").unwrap_or_else(|e| panic!("{e}"));
         let mut child = Command::new(binary)
             .arg("--addr")
             .arg(addr.to_string())

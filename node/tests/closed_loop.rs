@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat_client::Client;
-use chat_node::local::{BalancerOptions, LocalBalancer, LocalNode, NodeOptions, metric_value};
+use chat_testkit::{BalancerOptions, LocalBalancer, LocalNode, NodeOptions, metric_value};
 use common::{json_register, node_with};
 
 const PAIRS: usize = 50;
@@ -35,7 +35,7 @@ struct PairCount {
 
 /// The node's own count of direct-message requests it handled.
 fn node_handled(node: &LocalNode) -> f64 {
-    let text = chat_node::local::scrape(node.metrics_addr).expect("scraping /metrics");
+    let text = chat_testkit::scrape(node.metrics_addr).expect("scraping /metrics");
     metric_value(
         &text,
         r#"chat_node_requests_total{kind="direct_message",outcome="ok"}"#,
@@ -222,8 +222,8 @@ fn json_closed_loop_with_the_writer_on_the_shard_handles_every_request() {
 /// both ways (its two directions share one task; see its module doc).
 #[test]
 fn json_closed_loop_through_the_balancer_handles_every_request() {
-    let binary = chat_node::local::find_binary("chat-balancer", "CHAT_BALANCER_BIN")
-        .expect("chat-balancer is built with the workspace (scripts/test.sh builds it first)");
+    let binary = chat_testkit::find_binary("chat-balancer", "CHAT_BALANCER_BIN")
+        .unwrap_or_else(|e| panic!("{e}"));
     for run in 0..RUNS / 2 {
         let node = node_with(&[]);
         let balancer = LocalBalancer::start(BalancerOptions {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chat_client::{
     Client, ClientError, Dedup, ErrorCode, Event, Login, Message, Reply, Request, Role,
 };
-use chat_node::local::http_get;
+use chat_testkit::http_get;
 use common::cluster::{
     LEASE_TTL, cluster, expect_presence, fb_user, login_once_released, wait_for_metric,
 };

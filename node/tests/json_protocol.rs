@@ -520,9 +520,9 @@ fn a_user_sending_too_fast_is_told_when_to_retry() {
     let r = send(&mut a, 99);
     assert_eq!(r["errno"], 0, "after the hint: {r}");
     assert_eq!(b.recv()["msg"], "m99", "the refused one was not stored");
-    let text = chat_node::local::scrape(node.metrics_addr).unwrap();
+    let text = chat_testkit::scrape(node.metrics_addr).unwrap();
     assert!(
-        chat_node::local::metric_value(&text, "chat_node_refused_total{reason=\"rate_limited\"}")
+        chat_testkit::metric_value(&text, "chat_node_refused_total{reason=\"rate_limited\"}")
             .unwrap_or(0.0)
             >= 1.0
     );
@@ -727,8 +727,8 @@ fn a_json_client_that_stopped_reading_loses_nothing() {
     }
     let started = std::time::Instant::now();
     let text_metrics = loop {
-        let m = chat_node::local::scrape(node.metrics_addr).unwrap();
-        if chat_node::local::metric_value(&m, "chat_node_slow_consumer_disconnects_total")
+        let m = chat_testkit::scrape(node.metrics_addr).unwrap();
+        if chat_testkit::metric_value(&m, "chat_node_slow_consumer_disconnects_total")
             .unwrap_or(0.0)
             >= 1.0
         {

@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use chat_client::{Client, LoadReport};
-use chat_node::local::{metric_value, scrape};
 use chat_schema::proxy;
+use chat_testkit::{metric_value, scrape};
 use common::{Json, node_with};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_node::local::{
+use chat_schema::proxy;
+use chat_testkit::{
     BalancerOptions, LocalBalancer, LocalNode, NodeOptions, find_binary, free_port, metric_value,
     scrape,
 };
-use chat_schema::proxy;
 use common::Json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -436,28 +436,12 @@ fn haproxy_send_proxy_v2_sends_v2_and_the_node_sees_the_client() {
 }
 
 /// The `chat-balancer` binary: `CHAT_BALANCER_BIN`, else the one next to
-/// this test's executable (`scripts/test.sh` builds the whole workspace
-/// first), else built now. Cargo builds only this crate's binaries for its
-/// tests, so a balancer changed since the last workspace build is picked up
-/// by `cargo build -p chat-balancer` or the test script.
+/// this test's executable. Cargo builds only this crate's binaries for its
+/// tests, so the test command builds the balancer first (`scripts/test.sh`
+/// runs `cargo build --workspace --all-targets` before the tests); a missing
+/// binary fails the test with the harness's message saying so.
 fn balancer_binary() -> PathBuf {
-    if let Ok(path) = find_binary("chat-balancer", "CHAT_BALANCER_BIN") {
-        return path;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "chat-balancer",
-            "--bin",
-            "chat-balancer",
-        ])
-        .status()
-        .expect("running cargo build -p chat-balancer");
-    assert!(status.success(), "cargo build -p chat-balancer failed");
-    find_binary("chat-balancer", "CHAT_BALANCER_BIN").expect("chat-balancer built")
+    find_binary("chat-balancer", "CHAT_BALANCER_BIN").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// chat-balancer with `proxy_protocol=option`: clients are seen as

@@ -71,7 +71,7 @@ async fn a_cut_connection_is_resumed_with_each_message_once_and_in_order() {
     let (alice, _a, b) = setup(node.addr).await;
     // Bob goes through the relay; the second address has nothing behind it,
     // so attempts alternate between a refused connection and the relay.
-    let dead = format!("127.0.0.1:{}", chat_node::local::free_port().unwrap());
+    let dead = format!("127.0.0.1:{}", chat_testkit::free_port().unwrap());
     let endpoints = vec![Endpoint::Node(relay.addr.to_string()), Endpoint::Node(dead)];
     let (mut bob, login) = ReconnectingClient::connect_and_login(
         endpoints,

@@ -5,7 +5,8 @@
 //! edited by hand). `frame` turns a byte stream into verified envelopes and
 //! back. `proxy` is the PROXY protocol (v1 and v2) header a balancer puts
 //! before a relayed connection. `load` is what a node reports of its load.
-//! `cql/` holds the ScyllaDB schema.
+//! `nats` names the subjects nodes meet on over NATS. `cql/` holds the
+//! ScyllaDB schema.
 
 #[allow(
     clippy::all,
@@ -25,6 +26,7 @@ pub mod cql;
 pub mod error_code;
 pub mod frame;
 pub mod load;
+pub mod nats;
 pub mod proxy;
 pub mod time;
 

@@ -1,38 +1,22 @@
 //! Shared pieces of the balancer's end-to-end tests: nodes and balancers
-//! started through `chat_node::local`, a seed-JSON connection, polling with
+//! started through `chat-testkit`, a seed-JSON connection, polling with
 //! deadlines.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chat_node::local::{
-    BalancerOptions, LocalBalancer, LocalNode, NodeOptions, metric_value, scrape,
-};
+use chat_testkit::{BalancerOptions, LocalBalancer, LocalNode, NodeOptions, metric_value, scrape};
 use serde_json::Value;
 
 /// The `chat-node` binary: `CHAT_NODE_BIN`, else the one next to this
-/// test's executable (`scripts/test.sh` builds the whole workspace first),
-/// else built once per test process. Cargo builds only this crate's own
-/// binaries for its tests, so a node changed since the last workspace build
-/// is picked up by `cargo build -p chat-node` or the test script.
+/// test's executable. Cargo builds only this crate's own binaries for its
+/// tests, so the test command builds the node first (`scripts/test.sh` runs
+/// `cargo build --workspace --all-targets` before the tests); a missing
+/// binary fails the test with the harness's message saying so.
 pub fn node_binary() -> std::path::PathBuf {
-    static BIN: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(path) = chat_node::local::find_binary("chat-node", "CHAT_NODE_BIN") {
-            return path;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-q", "-p", "chat-node", "--bin", "chat-node"])
-            .status()
-            .expect("running cargo build -p chat-node");
-        assert!(status.success(), "cargo build -p chat-node failed");
-        chat_node::local::find_binary("chat-node", "CHAT_NODE_BIN").expect("chat-node built")
-    })
-    .clone()
+    chat_testkit::find_binary("chat-node", "CHAT_NODE_BIN").unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn node(args: &[&str]) -> LocalNode {

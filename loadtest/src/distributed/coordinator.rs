@@ -347,7 +347,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use chat_node::local::LocalNats;
+    use chat_testkit::LocalNats;
     use tokio::sync::mpsc::UnboundedSender;
 
     use super::*;

@@ -1,5 +1,5 @@
 //! Shared pieces of the cluster tests: a local cluster started through
-//! `chat_node::local`, FlatBuffers users placed on chosen nodes, and waits
+//! `chat-testkit`, FlatBuffers users placed on chosen nodes, and waits
 //! that each end at a deadline (for events, a login once a lease expired, a
 //! metric).
 
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat_client::{Client, ErrorCode, Event, Login};
-use chat_node::local::{ClusterOptions, LocalCluster, metric_value, scrape};
+use chat_testkit::{ClusterOptions, LocalCluster, metric_value, scrape};
 
 /// `--lease-ttl` of every test node: short, so that a crashed node's users
 /// are free again quickly.

@@ -1,5 +1,5 @@
 //! Shared pieces of the end-to-end tests: a node started through
-//! `chat_node::local`, and a raw seed-JSON connection that speaks exactly what
+//! `chat-testkit`, and a raw seed-JSON connection that speaks exactly what
 //! the seed's C++ client speaks (NUL-terminated objects). Cluster helpers are
 //! in [`cluster`].
 #![allow(dead_code)]
@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use chat_node::local::{LocalNode, NodeOptions};
+use chat_testkit::{LocalNode, NodeOptions};
 use serde_json::Value;
 
 pub fn node() -> LocalNode {

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{BalancerOptions, LocalBalancer, LocalError, LocalNats, LocalNode, NodeOptions};
+use chat_schema::nats::node_subject;
+
+use crate::{BalancerOptions, LocalBalancer, LocalError, LocalNats, LocalNode, NodeOptions};
 
 /// How long a new node may take to subscribe on NATS.
 const JOIN_WITHIN: Duration = Duration::from_secs(10);
@@ -30,7 +32,7 @@ pub struct ClusterOptions {
     pub log: String,
     /// The `chat-node` binary; found next to the running executable when `None`.
     pub binary: Option<PathBuf>,
-    /// The `nats-server` binary; see [`super::nats::find_nats_server`] when `None`.
+    /// The `nats-server` binary; see [`crate::nats::find_nats_server`] when `None`.
     pub nats_binary: Option<PathBuf>,
     /// A `chat-balancer` started in front of the nodes (their addresses are
     /// added to its upstreams); none when `None`.
@@ -147,7 +149,7 @@ impl LocalCluster {
                 .nodes
                 .iter()
                 .filter(|n| n.is_running())
-                .find(|n| !subscribed.contains(&crate::bus::subject(n.node_id())));
+                .find(|n| !subscribed.contains(&node_subject(n.node_id())));
             let Some(node) = missing else {
                 return Ok(());
             };

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::{LocalError, find_binary, free_port, http_get, wait_until};
+use crate::process::{find_binary, free_port, wait_until};
+use crate::{LocalError, http_get};
 
 /// How to start a local balancer.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{LocalError, free_port, http_get, wait_until};
+use crate::process::{free_port, wait_until};
+use crate::{LocalError, http_get};
 
 /// A `prometheus` process on loopback.
 pub struct LocalPrometheus {

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{LocalError, free_port, http_get};
+use crate::process::{free_port, wait_until};
+use crate::{LocalError, http_get};
 
 /// Where `nats-server` is looked for after `$CHAT_NATS_SERVER_BIN` and `$PATH`.
 const FIXED_PATHS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
@@ -173,7 +174,7 @@ impl LocalNats {
 
     fn wait_ready(&mut self) -> Result<(), LocalError> {
         let addr = self.addr;
-        super::wait_until(&mut self.child, READY_WITHIN, || greets(addr)).map_err(|status| {
+        wait_until(&mut self.child, READY_WITHIN, || greets(addr)).map_err(|status| {
             LocalError::NatsNotReady {
                 addr,
                 secs: READY_WITHIN.as_secs(),

@@ -1,33 +1,15 @@
-//! Local clusters for tests, benchmarks and `chat-loadtest --local`: real
-//! `chat-node` processes on free loopback ports with a temporary data
-//! directory, stopped and cleaned up when dropped.
-//!
-//! This is the one piece of code that starts local nodes; everything that
-//! needs a running system goes through it:
-//!
-//! - this module: [`LocalNode`], one node process, alone or in a cluster;
-//! - [`nats`]: [`LocalNats`], a `nats-server` process the nodes meet on;
-//! - [`cluster`]: [`LocalCluster`], N nodes on one NATS server and one shared
-//!   data directory;
-//! - [`scrape`]: reading a node's `/metrics` (and other plain HTTP GETs);
-//! - [`balancer`]: [`LocalBalancer`], a `chat-balancer` in front of nodes.
+//! A local `chat-node` process: started on free loopback ports with a
+//! temporary data directory (or one shared with the other nodes of a
+//! cluster), ready once it answers a seed-JSON ping, killed and its own data
+//! directory removed when dropped.
 
-pub mod balancer;
-pub mod cluster;
-pub mod nats;
-pub mod prometheus;
-pub mod scrape;
-
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use balancer::{BalancerOptions, LocalBalancer};
-pub use cluster::{ClusterOptions, LocalCluster};
-pub use nats::LocalNats;
-pub use prometheus::LocalPrometheus;
-pub use scrape::{http_get, metric_value, scrape};
+use crate::LocalError;
+use crate::process::{find_binary, free_port, wait_until};
 
 /// How to start a local node.
 #[derive(Debug, Clone)]
@@ -76,71 +58,6 @@ pub struct LocalNode {
 enum DataDir {
     Owned(tempfile::TempDir),
     Shared(PathBuf),
-}
-
-/// Why a local node could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalError {
-    #[error(
-        "{} not found: binaries are looked for next to the running one; build them all with `cargo build --release` (or set CHAT_NODE_BIN, CHAT_BALANCER_BIN)", .0.display()
-    )]
-    NoBinary(PathBuf),
-    #[error(
-        "nats-server not found ({0}); install it with `apt-get install -y nats-server` or set CHAT_NATS_SERVER_BIN"
-    )]
-    NoNatsServer(String),
-    #[error(
-        "prometheus not found (looked on $PATH and in /usr/bin); install it with `apt-get install -y prometheus` or set CHAT_PROMETHEUS_BIN"
-    )]
-    NoPrometheus,
-    #[error("prometheus did not become ready (exit status: {status:?}); its log:\n{log}")]
-    PrometheusNotReady {
-        log: String,
-        status: Option<ExitStatus>,
-    },
-    #[error("{0} nodes need NATS to deliver between them; a cluster without NATS has one node")]
-    NeedsNats(usize),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error(
-        "chat-node did not accept connections on {addr} within {secs} s (exit status: {status:?})"
-    )]
-    NotReady {
-        addr: SocketAddr,
-        secs: u64,
-        status: Option<ExitStatus>,
-    },
-    #[error(
-        "nats-server did not accept connections on {addr} within {secs} s (exit status: {status:?})"
-    )]
-    NatsNotReady {
-        addr: SocketAddr,
-        secs: u64,
-        status: Option<ExitStatus>,
-    },
-    #[error("node {node} did not subscribe to its NATS subject within {secs} s")]
-    NotJoined { node: String, secs: u64 },
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked: the caller binds it soon).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Finds a sibling binary of the running executable (`target/debug/` for
-/// both binaries and, one level up, for test executables in `deps/`).
-pub fn find_binary(name: &str, env: &str) -> Result<PathBuf, LocalError> {
-    if let Some(path) = std::env::var_os(env) {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    for candidate in [dir.join(name), dir.join("..").join(name)] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(LocalError::NoBinary(dir.join(name)))
 }
 
 impl LocalNode {
@@ -298,26 +215,6 @@ impl LocalNode {
             self.terminate()?;
         }
         self.spawn()
-    }
-}
-
-/// Polls `ready` every 20 ms until it holds; fails with the child's exit
-/// status if the child exits first, or with `None` once `limit` has passed.
-fn wait_until(
-    child: &mut Option<Child>,
-    limit: Duration,
-    ready: impl Fn() -> bool,
-) -> Result<(), Option<ExitStatus>> {
-    let started = Instant::now();
-    loop {
-        if ready() {
-            return Ok(());
-        }
-        let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        if status.is_some() || started.elapsed() > limit {
-            return Err(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
