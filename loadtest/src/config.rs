@@ -38,6 +38,8 @@ Examples:
   chat-loadtest --local 1 --scenario history --users 200 --rate 1000
   # mixed with read receipts: a tenth of the actions mark a conversation read
   chat-loadtest --local 1 --scenario mixed --mix direct=60,group=20,relogin=10,read=10
+  # users whose connection drops come back (backoff, login again) and go on
+  chat-loadtest --target 127.0.0.1:6000,127.0.0.1:6001 --reconnect --duration 600s
   # distributed: workers first (any machine), then the coordinator
   chat-loadtest worker --nats nats://10.0.0.9:4222
   chat-loadtest --workers 4 --nats nats://10.0.0.9:4222 --target 10.0.0.5:8000 --users 100000
@@ -213,6 +215,10 @@ pub struct RunConfig {
     /// ping (no register, no login): what an idle connection costs.
     #[serde(default)]
     pub connect_only: bool,
+    /// Users whose connection closes connect and log in again, with
+    /// backoff (see [`crate::population`]).
+    #[serde(default)]
+    pub reconnect: bool,
     /// Prometheus endpoints of the servers under test (`http://host:port/path`),
     /// whose `process_cpu_seconds_total` and `process_resident_memory_bytes`
     /// are summed into the server's cost.
@@ -429,6 +435,15 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub connect_only: Option<bool>,
+    /// Virtual users whose connection closes (reset, cut, server gone) connect again with exponential backoff and full jitter (100 ms doubling to 5 s; the next --target after a failed attempt), log in again (AlreadyOnline is retried) and go on; actions due meanwhile are skipped (`send: not connected`). The report then separates deliveries pushed live from those in a reconnection's login reply [default: false: a user whose connection dies stays offline].
+    #[arg(
+        long,
+        env = "CHAT_LOADTEST_RECONNECT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub reconnect: Option<bool>,
     /// Prometheus /metrics URL of a server under test (repeatable; summed): its process CPU and memory give the server's cost per message and per connection, e.g. http://127.0.0.1:9100/metrics.
     #[arg(
         long = "server-metrics",
@@ -535,7 +550,8 @@ impl Args {
             prefix,
             local_shards,
             progress,
-            connect_only
+            connect_only,
+            reconnect
         )
     }
 
@@ -657,6 +673,7 @@ impl Args {
                 .unwrap_or_else(|| "loadtest-pw".into()),
             prefix: self.prefix.clone().unwrap_or_else(random_prefix),
             connect_only,
+            reconnect: self.reconnect.unwrap_or(false),
             server_metrics: self.server_metrics.clone(),
         })
     }

@@ -80,6 +80,34 @@ fn describe() {
         "Messages received after a later one of the same stream"
     );
     describe_counter!(
+        "chat_loadtest_redelivered_total",
+        "Messages received again under a server id already seen (at-least-once, dropped by id)"
+    );
+    describe_counter!(
+        "chat_loadtest_delivered_live_total",
+        "Receipts pushed on a connection"
+    );
+    describe_counter!(
+        "chat_loadtest_delivered_at_login_total",
+        "Receipts pending in the reply to a first login or a relogin"
+    );
+    describe_counter!(
+        "chat_loadtest_delivered_after_reconnect_total",
+        "Receipts pending in the login reply of a reconnection (--reconnect)"
+    );
+    describe_counter!(
+        "chat_loadtest_disconnects_total",
+        "Connections that closed while the run went on"
+    );
+    describe_counter!(
+        "chat_loadtest_reconnects_total",
+        "Users connected and logged in again after a drop (--reconnect)"
+    );
+    describe_counter!(
+        "chat_loadtest_not_connected_total",
+        "Actions skipped because their user was between a drop and its re-login (--reconnect)"
+    );
+    describe_counter!(
         "chat_loadtest_late_total",
         "Actions the generator started late (its own bottleneck)"
     );
@@ -154,6 +182,13 @@ pub fn publish(s: &LiveSecond) {
     gauge!("chat_loadtest_pending").set(c.expected.saturating_sub(c.delivered) as f64);
     counter!("chat_loadtest_duplicated_total").absolute(c.duplicated);
     counter!("chat_loadtest_out_of_order_total").absolute(c.out_of_order);
+    counter!("chat_loadtest_redelivered_total").absolute(c.redelivered);
+    counter!("chat_loadtest_delivered_live_total").absolute(c.delivered_live);
+    counter!("chat_loadtest_delivered_at_login_total").absolute(c.delivered_at_login);
+    counter!("chat_loadtest_delivered_after_reconnect_total").absolute(c.delivered_after_reconnect);
+    counter!("chat_loadtest_disconnects_total").absolute(c.disconnects);
+    counter!("chat_loadtest_reconnects_total").absolute(c.reconnects);
+    counter!("chat_loadtest_not_connected_total").absolute(c.not_connected);
     counter!("chat_loadtest_late_total").absolute(c.late);
     counter!("chat_loadtest_errors_total").increment(s.errors);
     counter!("chat_loadtest_history_requests_total").absolute(c.history_requests);

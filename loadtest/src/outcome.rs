@@ -175,6 +175,7 @@ macro_rules! counters {
         /// are computed from them); the others cover the whole run, warmup and
         /// drain included, since a message lost in the warmup is still lost.
         #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
         pub struct Counters {
             $($(#[$doc])* pub $field: u64,)*
         }
@@ -215,6 +216,9 @@ counters! {
     connections_failed,
     /// Connections the server closed (or that broke) while the run went on.
     disconnects,
+    /// `--reconnect`: users connected and logged in again after their
+    /// connection closed (each time).
+    reconnects,
     /// Connections open when sending stopped.
     connections_at_end,
     logins,
@@ -232,10 +236,23 @@ counters! {
     acked,
     /// Sends the server answered with an error, or that got no answer.
     send_failed,
+    /// `--reconnect`: actions due while their user was disconnected (between
+    /// a drop and the re-login), not made; the sends among them count in
+    /// `send_failed` too (error `send: not connected`), not in `expected`.
+    not_connected,
     /// Receipts due from messages written (one per recipient).
     expected,
     /// Receipts that came, each counted once.
     delivered,
+    /// Of those, the ones pushed on a connection (live).
+    delivered_live,
+    /// Of those, the ones listed in the pending messages of a login reply
+    /// other than a reconnection's (the first login, a `relogin` action).
+    delivered_at_login,
+    /// Of those, the ones listed in the pending messages of the login reply
+    /// of a reconnection (`--reconnect`): stored while the user was away,
+    /// or pushed to the connection that broke and not acknowledged.
+    delivered_after_reconnect,
     /// Receipts of a message already received by that recipient under
     /// another server id (a real duplicate).
     duplicated,
@@ -248,6 +265,12 @@ counters! {
     out_of_order,
     /// Receipts due that never came (`expected - delivered`).
     lost,
+    /// `--reconnect`: receipts of sends whose acknowledgement never came
+    /// (the connection closed, a timeout, an error) that no recipient got
+    /// by the end: the server did not take the message, so they are taken
+    /// out of `expected` and are not lost. (A message of unknown outcome
+    /// that some recipient got was taken: its other recipients stay due.)
+    unconfirmed,
     /// Scheduled actions the generator made late (more than the lag
     /// threshold after their time) or could not make at all.
     late,

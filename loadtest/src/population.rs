@@ -11,13 +11,31 @@
 //! clock. Closed-loop pairs ([`closed_pairs`]) make no friends: the node
 //! delivers a one-to-one message to any user. With `--connect-only`, a user
 //! only connects and pings (no name, no login).
+//!
+//! **Reconnection** (`--reconnect`). When a user's connection ends (closed
+//! by the server, reset, cut) while the run goes on, its receiving task
+//! makes it whole again: it waits a backoff delay (full jitter, the
+//! ceiling 100 ms doubling to 5 s, as the client library's
+//! [`chat_client::reconnect::Backoff`]), connects to the same target (the
+//! next one in `--target`'s list after each failed attempt; a redirecting
+//! balancer is asked again each time), logs in with the same id and
+//! password (`AlreadyOnline`, timeouts and I/O failures are retried; only
+//! `InvalidCredentials` and `UnknownUser` end the attempts) and goes on
+//! receiving. From the drop to the re-login the user is offline: the
+//! actions scheduled for it are skipped (`not_connected`), never queued.
+//! The login reply's pending messages are checked holding the user's inbox
+//! lock from the login request on, as a `relogin` does, and pushes on the
+//! new connection are read only after them, so that nothing is miscounted
+//! as reordered or duplicated. Those pending messages count as
+//! `delivered_after_reconnect`, pushed ones as `delivered_live`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chat_client::{Conversation, GroupId, MessageId, UserId};
+use chat_client::reconnect::Backoff;
+use chat_client::{Conversation, ErrorCode, GroupId, MessageId, UserId};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
@@ -26,7 +44,7 @@ use crate::config::{Protocol, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
 use crate::payload::{GROUP_STREAM, Stamp};
 use crate::record::{Recorder, add, inc};
-use crate::session::{Received, Session};
+use crate::session::{Failure, Received, Session};
 use crate::tally::{Receipt, Tally};
 use crate::target::Dialer;
 
@@ -52,12 +70,29 @@ impl LocalConversation {
     }
 }
 
+/// How a message reached its recipient, for the `delivered_*` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Pushed on the connection.
+    Push,
+    /// Pending in the reply to a login (the first one, or a `relogin`).
+    Login,
+    /// Pending in the reply to the login of a reconnection.
+    Reconnect,
+}
+
 /// One virtual user.
 pub struct User {
     /// Index in this process.
     pub index: u32,
     pub id: UserId,
-    pub session: Session,
+    /// The current connection (replaced by a reconnection).
+    session: Mutex<Arc<Session>>,
+    /// False from a drop until the reconnection logged in again
+    /// (`--reconnect` only).
+    pub connected: AtomicBool,
+    /// Which target the next connection goes to (`target mod` the list).
+    target: AtomicU64,
     /// Indices of this user's friends.
     pub friends: Vec<u32>,
     /// Indices of this user's groups.
@@ -84,6 +119,22 @@ pub struct User {
 }
 
 impl User {
+    /// The current connection.
+    pub fn session(&self) -> Arc<Session> {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether message `seq` of `sender`'s `stream` arrived.
+    pub fn has(&self, sender: u32, stream: u64, seq: u64) -> bool {
+        self.tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .has(sender, stream, seq)
+    }
+
     /// The next sequence number on `stream`.
     pub fn next_seq(&self, stream: u64) -> u64 {
         let mut seqs = self.seqs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -93,7 +144,7 @@ impl User {
     }
 
     /// Checks and records one message received (pushed, or pending at login).
-    pub fn receive(&self, m: &Received, rec: &Recorder, ack_every: u64) {
+    pub fn receive(&self, m: &Received, rec: &Recorder, ack_every: u64, via: Via) {
         let Some(stamp) = Stamp::parse(&m.text) else {
             rec.error("receive: foreign message");
             return;
@@ -111,6 +162,11 @@ impl User {
         match receipt {
             Receipt::New | Receipt::OutOfOrder => {
                 inc(&rec.counts.delivered);
+                inc(match via {
+                    Via::Push => &rec.counts.delivered_live,
+                    Via::Login => &rec.counts.delivered_at_login,
+                    Via::Reconnect => &rec.counts.delivered_after_reconnect,
+                });
                 if receipt == Receipt::OutOfOrder {
                     inc(&rec.counts.out_of_order);
                 }
@@ -149,12 +205,7 @@ impl User {
             // Registered before the check, so that an arrival between the
             // check and the wait still wakes it.
             arrival.as_mut().enable();
-            let has = self
-                .tally
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .has(sender, stream, seq);
-            if has {
+            if self.has(sender, stream, seq) {
                 return;
             }
             arrival.await;
@@ -172,7 +223,7 @@ impl User {
             .unwrap_or_else(PoisonError::into_inner)
             .highest_id();
         if let Some(id) = highest {
-            self.session.ack(id);
+            self.session().ack(id);
         }
     }
 }
@@ -183,15 +234,65 @@ pub struct Group {
     pub members: Vec<u32>,
 }
 
+/// A message sent whose acknowledgement never came (`--reconnect`): whether
+/// the server took it, its recipients tell at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub sender: u32,
+    pub stream: u64,
+    pub seq: u64,
+}
+
 /// Every user and group of this process.
 pub struct Population {
     pub users: Vec<Arc<User>>,
     pub groups: Vec<Group>,
-    /// Set when the run is ending: receivers stop counting disconnects.
+    /// Set when the run is ending: receivers stop counting disconnects (and
+    /// stop reconnecting).
     pub stopping: Arc<AtomicBool>,
+    /// Sends of unknown outcome (`--reconnect`).
+    unconfirmed: Mutex<Vec<Unconfirmed>>,
 }
 
 impl Population {
+    /// Notes a send whose acknowledgement never came.
+    pub fn unconfirmed(&self, m: Unconfirmed) {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(m);
+    }
+
+    /// Receipts due from the sends of unknown outcome that no recipient
+    /// got (so far): the server did not take those messages. A message
+    /// some recipient got was taken, and is due to every recipient.
+    pub fn unconfirmed_missing(&self) -> u64 {
+        let list = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        list.iter()
+            .map(|m| {
+                let recipients = self.recipients(m.sender, m.stream);
+                let taken = recipients
+                    .iter()
+                    .any(|&r| self.users[r as usize].has(m.sender, m.stream, m.seq));
+                if taken { 0 } else { recipients.len() as u64 }
+            })
+            .sum()
+    }
+
+    /// Who receives `sender`'s messages on `stream`.
+    fn recipients(&self, sender: u32, stream: u64) -> Vec<u32> {
+        if stream & GROUP_STREAM == 0 {
+            return vec![stream as u32];
+        }
+        self.groups
+            .get((stream & !GROUP_STREAM) as usize)
+            .map(|g| g.members.iter().copied().filter(|&m| m != sender).collect())
+            .unwrap_or_default()
+    }
+
     /// The node's name of a conversation among this process's users.
     pub fn conversation(&self, c: LocalConversation) -> Option<Conversation> {
         match c {
@@ -227,6 +328,8 @@ impl SetupProgress {
 /// A user connected and logged in, before friends and groups.
 struct Arrived {
     index: u32,
+    /// Its number among the arrivals (which target it went to).
+    n: u64,
     id: UserId,
     session: Session,
     pending: Vec<Received>,
@@ -334,7 +437,9 @@ pub async fn set_up(
             let user = Arc::new(User {
                 index: a.index,
                 id: a.id,
-                session: a.session,
+                session: Mutex::new(Arc::new(a.session)),
+                connected: AtomicBool::new(true),
+                target: AtomicU64::new(a.n),
                 friends: my_friends,
                 groups: my_groups,
                 active: config.scenario != ScenarioKind::Mixed || a.index % active_every == 0,
@@ -347,7 +452,7 @@ pub async fn set_up(
                 last_received: track_reads.then(Mutex::default),
             });
             for m in &a.pending {
-                user.receive(m, rec, config.ack_every);
+                user.receive(m, rec, config.ack_every, Via::Login);
             }
             user
         })
@@ -362,7 +467,7 @@ pub async fn set_up(
         let (rec, progress, limit) = (rec.clone(), progress.clone(), limit.clone());
         work.push(tokio::spawn(async move {
             let _permit = limit.acquire().await;
-            if let Err(f) = user.session.add_friend(friend_id).await {
+            if let Err(f) = user.session().add_friend(friend_id).await {
                 rec.error(format!("add_friend: {}", f.0));
             }
             inc(&progress.done);
@@ -375,7 +480,7 @@ pub async fn set_up(
     for (g, members) in groups.into_iter().enumerate() {
         let creator = users[members[0] as usize].clone();
         let name = format!("{}-{worker}-g{g}", config.prefix);
-        match creator.session.create_group(&name).await {
+        match creator.session().create_group(&name).await {
             Ok(id) => {
                 inc(&progress.done);
                 made.push((id, members));
@@ -395,7 +500,7 @@ pub async fn set_up(
             );
             joins.push(tokio::spawn(async move {
                 let _permit = limit.acquire().await;
-                let ok = match user.session.join_group(id).await {
+                let ok = match user.session().join_group(id).await {
                     Ok(()) => true,
                     Err(f) => {
                         rec.error(format!("join_group: {}", f.0));
@@ -420,18 +525,28 @@ pub async fn set_up(
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
+    let redial = config.reconnect.then(|| {
+        Arc::new(Redial {
+            dialer: dialer.clone(),
+            config: config.clone(),
+            chat_replies,
+            backoff: Backoff::default(),
+        })
+    });
     for user in &users {
         tokio::spawn(receive_loop(
             user.clone(),
             rec.clone(),
             config.ack_every,
             stopping.clone(),
+            redial.clone(),
         ));
     }
     Population {
         users,
         groups,
         stopping,
+        unconfirmed: Mutex::default(),
     }
 }
 
@@ -482,6 +597,7 @@ async fn arrive(
         }
         return Some(Arrived {
             index: n as u32,
+            n,
             id: 0,
             session,
             pending: Vec::new(),
@@ -512,6 +628,7 @@ async fn arrive(
     }
     Some(Arrived {
         index: n as u32,
+        n,
         id,
         session,
         pending,
@@ -564,24 +681,139 @@ pub fn group_members(n: u32, size: u32) -> Vec<Vec<u32>> {
 
 /// Receives what is pushed to `user` until its connection ends;
 /// acknowledges every `ack_every` messages and whenever the inbox runs dry.
+/// With `redial` (`--reconnect`), a connection that ends while the run goes
+/// on is made again, and receiving goes on on the new one.
 async fn receive_loop(
     user: Arc<User>,
     rec: Arc<Recorder>,
     ack_every: u64,
     stopping: Arc<AtomicBool>,
+    redial: Option<Arc<Redial>>,
 ) {
-    while let Some(m) = user.session.next_received().await {
-        let _inbox = user.inbox.lock().await;
-        user.receive(&m, &rec, ack_every);
-        while let Some(m) = user.session.try_received() {
-            user.receive(&m, &rec, ack_every);
+    loop {
+        let session = user.session();
+        while let Some(m) = session.next_received().await {
+            let _inbox = user.inbox.lock().await;
+            user.receive(&m, &rec, ack_every, Via::Push);
+            while let Some(m) = session.try_received() {
+                user.receive(&m, &rec, ack_every, Via::Push);
+            }
+            user.ack_all();
         }
-        user.ack_all();
-    }
-    if !stopping.load(Ordering::Relaxed) {
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if redial.is_some() {
+            user.connected.store(false, Ordering::Relaxed);
+        }
         user.online.store(false, Ordering::Relaxed);
         inc(&rec.counts.disconnects);
         rec.error("connection: closed by server");
+        let Some(redial) = &redial else {
+            return;
+        };
+        if !redial.resume(&user, &rec, &stopping).await {
+            return;
+        }
+    }
+}
+
+/// What a reconnection needs (`--reconnect`).
+struct Redial {
+    dialer: Arc<Dialer>,
+    config: RunConfig,
+    chat_replies: bool,
+    backoff: Backoff,
+}
+
+/// Whether a failed login is worth another attempt: not when the
+/// credentials or the user are refused.
+fn retryable(f: &Failure) -> bool {
+    ![ErrorCode::InvalidCredentials, ErrorCode::UnknownUser]
+        .iter()
+        .any(|c| c.name() == f.0)
+}
+
+impl Redial {
+    /// Connects `user` again and logs it in, attempt after attempt with
+    /// backoff, until it is back (true) or the run ends or the login is
+    /// refused for good (false).
+    async fn resume(&self, user: &User, rec: &Recorder, stopping: &AtomicBool) -> bool {
+        let config = &self.config;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            // Attempt 1 goes where the user was; each further one to the
+            // next target.
+            if attempt > 1 {
+                user.target.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(self.backoff.delay(attempt)).await;
+            if stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+            let target = user.target.load(Ordering::Relaxed);
+            let started = rec.clock.now_us();
+            let stream = match self.dialer.dial_target(u64::from(user.index), target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    rec.error(format!("reconnect: {}", e.kind()));
+                    continue;
+                }
+            };
+            let session = match Session::start(
+                stream,
+                config.protocol,
+                config.request_timeout,
+                self.chat_replies,
+            ) {
+                Ok(s) => Arc::new(s),
+                Err(f) => {
+                    rec.error(format!("reconnect: {}", f.0));
+                    continue;
+                }
+            };
+            let inbox = user.inbox.lock().await;
+            let pending = if config.connect_only {
+                session.ping().await.map(|()| Vec::new())
+            } else {
+                session.login(user.id, &config.password).await
+            };
+            let pending = match pending {
+                Ok(p) => p,
+                Err(f) => {
+                    drop(inbox);
+                    rec.error(format!("reconnect: login: {}", f.0));
+                    session.close().await;
+                    if retryable(&f) {
+                        continue;
+                    }
+                    return false;
+                }
+            };
+            // The new connection first, so that acknowledgements go on it.
+            *user.session.lock().unwrap_or_else(PoisonError::into_inner) = session.clone();
+            inc(&rec.counts.connections_opened);
+            inc(&rec.counts.reconnects);
+            if !config.connect_only {
+                rec.latency(Metric::Login, started, started);
+                inc(&rec.counts.logins);
+            }
+            for m in &pending {
+                user.receive(m, rec, config.ack_every, Via::Reconnect);
+            }
+            user.ack_all();
+            user.connected.store(true, Ordering::Relaxed);
+            user.online.store(true, Ordering::Relaxed);
+            drop(inbox);
+            if stopping.load(Ordering::Relaxed) {
+                // The run ended meanwhile: its connections are being
+                // closed, this one too.
+                session.close().await;
+                return false;
+            }
+            return true;
+        }
     }
 }
 

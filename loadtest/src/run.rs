@@ -307,7 +307,7 @@ async fn drive(
         }
         cx.offer(0.0);
         cx.stage(Stage::Drain);
-        drain(rec, drain_until).await;
+        drain(rec, &pop, drain_until).await;
     }
     for u in &pop.users {
         u.ack_all();
@@ -323,7 +323,10 @@ async fn drive(
 
 /// Connections of the population still open.
 fn open_connections(pop: &Population) -> u64 {
-    pop.users.iter().filter(|u| !u.session.is_closed()).count() as u64
+    pop.users
+        .iter()
+        .filter(|u| !u.session().is_closed())
+        .count() as u64
 }
 
 async fn joined(mark: tokio::task::JoinHandle<Mark>) -> Mark {
@@ -543,11 +546,12 @@ async fn ramp(cx: &Context<'_>, part: Part, t0: u64, pop: &Arc<Population>) -> V
 }
 
 /// Waits until every receipt due has come and every send, history request
-/// and mark-read was answered, or `until`.
-async fn drain(rec: &Recorder, until: tokio::time::Instant) {
+/// and mark-read was answered, or `until`. (Receipts of sends of unknown
+/// outcome that reached nobody so far are not waited for.)
+async fn drain(rec: &Recorder, pop: &Population, until: tokio::time::Instant) {
     loop {
         let c = rec.counts.snapshot();
-        let settled = c.delivered >= c.expected
+        let settled = c.delivered + pop.unconfirmed_missing() >= c.expected
             && c.acked + c.send_failed >= c.sent
             && c.history_pages + c.history_failed >= c.history_requests
             && c.marked_read + c.mark_read_failed >= c.mark_read_requests;
@@ -574,10 +578,11 @@ async fn balance(config: &RunConfig, pop: &Population) -> Option<Balance> {
         let (u, limit) = (u.clone(), limit.clone());
         asks.push(async move {
             let _permit = limit.acquire().await;
-            if u.session.is_closed() {
+            let session = u.session();
+            if session.is_closed() {
                 return None;
             }
-            u.session.node_id().await.ok()
+            session.node_id().await.ok()
         });
     }
     let mut b = Balance::default();
@@ -593,13 +598,24 @@ async fn balance(config: &RunConfig, pop: &Population) -> Option<Balance> {
 
 async fn finish_population(pop: &Population, rec: &Recorder) {
     pop.stopping.store(true, Ordering::Relaxed);
-    let open = pop.users.iter().filter(|u| !u.session.is_closed()).count();
+    let sessions: Vec<_> = pop.users.iter().map(|u| u.session()).collect();
+    let open = sessions.iter().filter(|s| !s.is_closed()).count();
     crate::record::add(&rec.counts.connections_at_end, open as u64);
     let mut closing = FuturesUnordered::new();
-    for u in &pop.users {
-        closing.push(u.session.close());
+    for s in &sessions {
+        closing.push(s.close());
     }
     while closing.next().await.is_some() {}
+    // Sends of unknown outcome that reached nobody were not taken by the
+    // server: not due, so not lost.
+    let missing = pop.unconfirmed_missing();
+    crate::record::add(&rec.counts.unconfirmed, missing);
+    rec.counts
+        .expected
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+            Some(e.saturating_sub(missing))
+        })
+        .ok();
 }
 
 fn first_error(rec: &Recorder) -> String {

@@ -93,11 +93,17 @@ impl Dialer {
     /// `n mod sources`. Returns the stream and, in redirect mode, the node's
     /// address.
     pub async fn dial(&self, n: u64) -> Result<TcpStream, DialError> {
+        self.dial_target(n, n).await
+    }
+
+    /// Connects user `n` to target address `target mod len` (a reconnection
+    /// moving on to the next target), from user `n`'s source address.
+    pub async fn dial_target(&self, n: u64, target: u64) -> Result<TcpStream, DialError> {
         let source = (!self.sources.is_empty())
             .then(|| self.sources[(n % self.sources.len() as u64) as usize]);
         let addr = match self.redirect {
             Some(balancer) => self.ask(balancer, source).await?,
-            None => self.addrs[(n % self.addrs.len() as u64) as usize],
+            None => self.addrs[(target % self.addrs.len() as u64) as usize],
         };
         self.open(addr, source).await
     }

@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Model, RunConfig, ScenarioKind};
 use crate::outcome::Metric;
 use crate::payload::{GROUP_STREAM, Stamp};
-use crate::population::{LocalConversation, Population, User, closed_pairs};
+use crate::population::{LocalConversation, Population, Unconfirmed, User, Via, closed_pairs};
 use crate::record::{Recorder, add, inc};
 use crate::session::Ack;
 
@@ -185,10 +185,8 @@ fn pace(segment: Segment, senders: &[u32], slots: Option<&Slots>, scene: &Scene)
                 let kind = pick_kind(&scene.config, &mut rng);
                 match scene.act(kind, sender, None, intended, &mut rng) {
                     Some(Action::Send(f)) => {
-                        let rec = rec.clone();
-                        tokio::spawn(
-                            async move { finish(f.ack, f.intended, f.started, &rec).await },
-                        );
+                        let scene = scene.clone();
+                        tokio::spawn(async move { finish(f, &scene).await });
                     }
                     Some(Action::Request(r)) => {
                         tokio::spawn(r.run());
@@ -324,7 +322,7 @@ async fn browse(
         if counted {
             inc(&rec.counts.window_sent);
         }
-        match user.session.history(conversation, before).await {
+        match user.session().history(conversation, before).await {
             Ok(p) => {
                 rec.latency(Metric::History, from, started);
                 inc(&rec.counts.history_pages);
@@ -360,7 +358,7 @@ async fn mark_read(
     if counted {
         inc(&rec.counts.window_sent);
     }
-    match user.session.mark_read(conversation, up_to).await {
+    match user.session().mark_read(conversation, up_to).await {
         Ok(()) => {
             rec.latency(Metric::MarkRead, intended, started);
             inc(&rec.counts.marked_read);
@@ -375,12 +373,13 @@ async fn mark_read(
     }
 }
 
-/// A send in flight: its ack, when it was intended and made, and for a
-/// one-to-one message what its receiver will get.
+/// A send in flight: its ack, when it was intended and made, which
+/// message it is, and for a one-to-one message what its receiver will get.
 pub struct InFlight {
     ack: Ack,
     intended: u64,
     started: u64,
+    message: Unconfirmed,
     receipt: Option<Due>,
 }
 
@@ -428,7 +427,12 @@ impl Scene {
                     Asked::Browse { .. } => (&rec.counts.history_failed, "history"),
                     Asked::MarkRead { .. } => (&rec.counts.mark_read_failed, "mark_read"),
                 };
-                rec.error(format!("{name}: user offline"));
+                if user.connected.load(Ordering::Relaxed) {
+                    rec.error(format!("{name}: user offline"));
+                } else {
+                    rec.error(format!("{name}: not connected"));
+                    inc(&rec.counts.not_connected);
+                }
                 inc(failed);
                 return None;
             }
@@ -453,21 +457,34 @@ impl Scene {
             return None;
         }
         if !user.online.load(Ordering::Relaxed) {
-            rec.error("send: sender offline");
+            // Between a drop and the re-login (`--reconnect`) the send is
+            // skipped, not queued: it is not due to anyone.
+            if user.connected.load(Ordering::Relaxed) {
+                rec.error("send: sender offline");
+            } else {
+                rec.error("send: not connected");
+                inc(&rec.counts.not_connected);
+            }
             inc(&rec.counts.send_failed);
             return None;
         }
         let started = rec.clock.now_us();
-        let (recipients, receipt, sent) = match kind {
+        let session = user.session();
+        let (recipients, receipt, sent, message) = match kind {
             Kind::Group => {
                 let g = user.groups[rng.random_range(0..user.groups.len())];
                 let group = &pop.groups[g as usize];
                 let stream = GROUP_STREAM | u64::from(g);
-                let (text, _) = stamp(user, stream, intended, started, config);
+                let (text, seq) = stamp(user, stream, intended, started, config);
                 (
                     group.members.len() as u64 - 1,
                     None,
-                    user.session.send_group(group.id, &text),
+                    session.send_group(group.id, &text),
+                    Unconfirmed {
+                        sender,
+                        stream,
+                        seq,
+                    },
                 )
             }
             _ => {
@@ -483,7 +500,12 @@ impl Scene {
                 (
                     1,
                     Some(due),
-                    user.session.send_direct(pop.users[f as usize].id, &text),
+                    session.send_direct(pop.users[f as usize].id, &text),
+                    Unconfirmed {
+                        sender,
+                        stream,
+                        seq,
+                    },
                 )
             }
         };
@@ -498,6 +520,7 @@ impl Scene {
                     ack,
                     intended,
                     started,
+                    message,
                     receipt,
                 }))
             }
@@ -537,8 +560,18 @@ fn stamp(user: &User, stream: u64, intended: u64, sent: u64, config: &RunConfig)
     (text, seq)
 }
 
-/// Waits for a send's ack and records it.
-async fn finish(ack: Ack, intended: u64, started: u64, rec: &Recorder) {
+/// Waits for a send's ack and records it. With `--reconnect`, a send that
+/// got no ack is noted as of unknown outcome: its recipients tell at the
+/// end whether the server took it (see [`Population::unconfirmed_missing`]).
+async fn finish(f: InFlight, scene: &Scene) {
+    let InFlight {
+        ack,
+        intended,
+        started,
+        message,
+        ..
+    } = f;
+    let rec = &scene.rec;
     match ack.wait().await {
         Ok(true) => {
             rec.latency(Metric::SendAck, intended, started);
@@ -551,6 +584,9 @@ async fn finish(ack: Ack, intended: u64, started: u64, rec: &Recorder) {
         Err(failure) => {
             inc(&rec.counts.send_failed);
             rec.error(format!("send: {}", failure.0));
+            if scene.config.reconnect {
+                scene.pop.unconfirmed(message);
+            }
         }
     }
 }
@@ -562,19 +598,22 @@ async fn relogin(user: Arc<User>, intended: u64, rec: Arc<Recorder>, config: Arc
         return;
     }
     user.ack_all();
-    if let Err(f) = user.session.logout().await {
+    // One connection throughout: if it drops meanwhile, a reconnection
+    // (`--reconnect`) logs in on a new one, and this login fails.
+    let session = user.session();
+    if let Err(f) = session.logout().await {
         rec.error(format!("logout: {}", f.0));
         return;
     }
     inc(&rec.counts.logouts);
     let started = rec.clock.now_us();
     let _inbox = user.inbox.lock().await;
-    match user.session.login(user.id, &config.password).await {
+    match session.login(user.id, &config.password).await {
         Ok(pending) => {
             rec.latency(Metric::Login, intended, started);
             inc(&rec.counts.logins);
             for m in &pending {
-                user.receive(m, &rec, config.ack_every);
+                user.receive(m, &rec, config.ack_every, Via::Login);
             }
             user.ack_all();
             user.online.store(true, Ordering::Relaxed);
@@ -714,8 +753,9 @@ impl Loop {
                 }
                 None => continue,
             };
-            let acked = finish(f.ack, f.intended, f.started, rec);
-            match (self.to, f.receipt) {
+            let receipt = f.receipt;
+            let acked = finish(f, &scene);
+            match (self.to, receipt) {
                 (Some(_), Some(due)) => {
                     let receiver = &pop.users[due.receiver as usize];
                     let delivered = receiver.received(due.sender, due.stream, due.seq);

@@ -43,15 +43,28 @@
 //! while the other has.
 //!
 //! **`counters`**: `users`, `connections_opened`, `connections_failed`,
-//! `disconnects`, `connections_at_end`, `logins`, `logouts`,
+//! `disconnects`, `reconnects` (`--reconnect`: a user connected and logged
+//! in again after a drop), `connections_at_end`, `logins`, `logouts`,
 //! `window_offered`, `window_sent`, `window_acked` (the measured window),
-//! `sent`, `acked`, `send_failed`, `expected`, `delivered`, `duplicated`
-//! (a second receipt of a message under another server id),
-//! `redelivered` (a server id received again, e.g. after a re-login:
-//! at-least-once delivery, not a duplicate), `out_of_order`, `lost`, `late`,
-//! `history_requests`, `history_pages`, `history_failed`,
-//! `history_messages` (messages in the pages), `mark_read_requests`,
-//! `marked_read`, `mark_read_failed` (the whole run).
+//! `sent`, `acked`, `send_failed`, `not_connected` (`--reconnect`: actions
+//! due while their user was between a drop and its re-login, skipped; the
+//! sends among them are in `send_failed` too, never in `expected`),
+//! `expected`, `delivered` = `delivered_live` (pushed on a connection) +
+//! `delivered_at_login` (pending in the reply to a first login or a
+//! `relogin`) + `delivered_after_reconnect` (pending in the reply to a
+//! reconnection's login: stored while the user was away, or pushed to the
+//! broken connection and not acknowledged), `duplicated` (a second receipt
+//! of a message under another server id: what an application that drops
+//! repeated ids would still see twice), `redelivered` (a server id
+//! received again, e.g. after a re-login: at-least-once delivery, dropped
+//! by id, not a duplicate), `out_of_order` (reordered), `lost` (`expected -
+//! delivered`: receipts due that never came by the end of the drain),
+//! `unconfirmed` (`--reconnect`: receipts of sends that got no
+//! acknowledgement and reached no recipient, taken out of `expected`: the
+//! server did not take them), `late`, `history_requests`,
+//! `history_pages`, `history_failed`, `history_messages` (messages in the
+//! pages), `mark_read_requests`, `marked_read`, `mark_read_failed` (the
+//! whole run).
 //!
 //! **`generator`**: `lag_p50_us`, `lag_p99_us`, `lag_max_us` (actual start
 //! minus scheduled start of each action), `late` (actions later than

@@ -21,6 +21,9 @@ pub fn table(outcome: &Outcome, info: &RunInfo) -> String {
     latency(&mut out, outcome);
     rate(&mut out, outcome);
     counters(&mut out, outcome);
+    if info.config.reconnect {
+        reconnect_legend(&mut out);
+    }
     errors(&mut out, outcome);
     generator(&mut out, outcome, info);
     balance(&mut out, outcome);
@@ -90,9 +93,30 @@ fn counters(out: &mut String, outcome: &Outcome) {
     for row in outcome.counters.fields().chunks(COUNTERS_PER_ROW) {
         let cells: Vec<String> = row
             .iter()
-            .map(|(name, value)| format!("{name:<18} {value:>12}"))
+            .map(|(name, value)| {
+                // 31 columns: a long name takes from the value's padding.
+                let width = 30usize.saturating_sub(name.len().max(18)).max(1);
+                format!("{name:<18} {value:>width$}")
+            })
             .collect();
         let _ = writeln!(out, "  {}", cells.join("  "));
+    }
+}
+
+/// What the counters of a `--reconnect` run mean.
+fn reconnect_legend(out: &mut String) {
+    out.push('\n');
+    for line in [
+        "reconnects: users back (connected and logged in again) after a drop; not_connected: \
+         actions due between a drop and the re-login, skipped (sends: in send_failed, not due).",
+        "delivered = delivered_live (pushed) + delivered_at_login (pending at a first login or a \
+         relogin) + delivered_after_reconnect (pending in the login reply of a reconnection).",
+        "duplicated: a message received again under a new id (redelivered: the same id again, \
+         dropped by id); out_of_order: reordered; lost: receipts due (the send acknowledged, or \
+         received by another recipient) never received by the end of the drain; unconfirmed: \
+         receipts of unacknowledged sends that reached no one (not taken, not due).",
+    ] {
+        wrap(out, line, "  ");
     }
 }
 
@@ -343,6 +367,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reconnecting_run_explains_its_counters_within_the_width() {
+        let o = fixture::outcome();
+        assert!(
+            !render(&o).contains("delivered_live (pushed)"),
+            "no legend by default"
+        );
+        let mut config = fixture::config();
+        config.reconnect = true;
+        let verdicts = fixture::verdicts();
+        let text = table(&o, &fixture::info(&config, &verdicts));
+        for (name, value) in o.counters.fields() {
+            assert_eq!(counter_in(&text, name), Some(value), "{name} in\n{text}");
+        }
+        for part in [
+            "reconnects:",
+            "delivered_after_reconnect (pending",
+            "unconfirmed:",
+        ] {
+            assert!(text.contains(part), "{part:?} not in\n{text}");
+        }
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+    }
+
+    #[test]
     fn latency_rows_follow_series_order_with_counts_and_percentiles() {
         let o = fixture::outcome();
         let text = render(&o);
@@ -366,8 +414,8 @@ mod tests {
             assert_eq!(cells[8], fmt_us(h.max()));
         }
         assert!(
-            !text.contains("connect "),
-            "series without data are left out"
+            !text.lines().any(|l| l.starts_with("connect ")),
+            "series without data are left out:\n{text}"
         );
     }
 
