@@ -49,6 +49,9 @@
 #                                      127.0.0.1..N (one caps new connections
 #                                      at ~14 000/s: TIME_WAIT ports)
 #   BALANCER_ARGS=""                   extra chat-balancer flags
+#   BASELINE_BALANCER=PATH             also measure this chat-balancer binary
+#                                      (another build, e.g. before a change) as
+#                                      target "baseline", in the same run
 #   OUT=target/tcp-bench/<date>        results directory
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,7 +66,8 @@ LATENCY_MODE=${LATENCY_MODE:-interleaved}
 LATENCY_DURATION=${LATENCY_DURATION:-10s}
 BULK_CONNECTIONS=${BULK_CONNECTIONS:-4}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
-TARGETS=${TARGETS:-"direct nginx haproxy chat-balancer"}
+BASELINE_BALANCER=${BASELINE_BALANCER:-}
+TARGETS=${TARGETS:-"direct nginx haproxy chat-balancer${BASELINE_BALANCER:+ baseline}"}
 BASE_PORT=${BASE_PORT:-18190}
 ECHO_PROBES=${ECHO_PROBES:-answer}
 SOURCE_IPS=${SOURCE_IPS:-16}
@@ -77,6 +81,7 @@ declare -A PORT=(
   [nginx]=$((BASE_PORT + 10))
   [haproxy]=$((BASE_PORT + 11))
   [chat-balancer]=$((BASE_PORT + 12))
+  [baseline]=$((BASE_PORT + 15))
 )
 ADMIN_PORT=$((BASE_PORT + 13))
 REDIRECT_PORT=$((BASE_PORT + 14))
@@ -229,6 +234,16 @@ EOF
         balancer_note="chat-balancer did not start: $(tail -3 "$OUT/chat-balancer.log" | tr '\n' ' ')"
       fi
     fi
+    ;;
+  baseline)
+    up="weight=1 max_fails=3 fail_timeout=30s"
+    # shellcheck disable=SC2086 # BALANCER_ARGS is a list of flags
+    "$BASELINE_BALANCER" --listen "127.0.0.1:${PORT[baseline]}" \
+      --upstream "127.0.0.1:$UP1 $up" --upstream "127.0.0.1:$UP2 $up" \
+      --admin-listen "127.0.0.1:$((BASE_PORT + 16))" --redirect-listen "127.0.0.1:$((BASE_PORT + 17))" \
+      $BALANCER_ARGS >"$OUT/baseline.log" 2>&1 &
+    pids+=($!)
+    if wait_port "${PORT[baseline]}" 10; then active+=(baseline); else log "baseline did not start (see $OUT/baseline.log)"; fi
     ;;
   *) log "unknown target $t"; exit 2 ;;
   esac

@@ -168,11 +168,10 @@ impl Writer {
             self.flush();
         } else if !self.flush_due.replace(true) {
             let writer = self.clone();
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(FLUSH_EVERY).await;
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(FLUSH_EVERY).await;
                 writer.flush();
-            })
-            .detach();
+            });
         }
     }
 

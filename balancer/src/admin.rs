@@ -6,8 +6,8 @@
 //! `--admin-allow` only (loopback by default). The read-only pages are open
 //! to anyone who reaches the port.
 //!
-//! Served by `chat_ops::http` from a plain thread of its own (the executors
-//! run glommio). Counters and histograms are recorded where things happen
+//! Served by `chat_ops::http` from a plain thread of its own, apart from the
+//! proxy threads. Counters and histograms are recorded where things happen
 //! (`pool`, `proxy`, `probe`, `redirect`); per-node gauges derived from
 //! health (down, report age, reported load, overrides) are set from a pool
 //! snapshot just before each render.

@@ -97,6 +97,9 @@ pub struct Args {
     #[arg(long, env = "CHAT_BALANCER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub idle_timeout: Option<Duration>,
+    /// When one side of a relayed connection stops sending (EOF), keep the other direction open until it ends too (nginx's `proxy_half_close on`), instead of closing both at once (nginx's default). SIGHUP applies a change [default: false].
+    #[arg(long, env = "CHAT_BALANCER_HALF_CLOSE", num_args = 0..=1, default_missing_value = "true")]
+    pub half_close: Option<bool>,
     /// How often each node is asked for its load; a probe unanswered for this long fails [default: 1s].
     #[arg(long, env = "CHAT_BALANCER_PROBE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -282,6 +285,8 @@ pub struct Tuning {
     pub connect_timeout: Duration,
     pub next_upstream_tries: usize,
     pub idle_timeout: Duration,
+    /// After EOF from one side, keep relaying the other way (`--half-close`).
+    pub half_close: bool,
     pub probe_interval: Duration,
     pub probe_fails: u32,
     pub report_max_age: Duration,
@@ -402,6 +407,7 @@ impl Args {
                 connect_timeout: pick!(connect_timeout, Duration::from_secs(1)),
                 next_upstream_tries: pick!(next_upstream_tries, 0),
                 idle_timeout: pick!(idle_timeout, Duration::from_secs(600)),
+                half_close: pick!(half_close, false),
                 probe_interval: pick!(probe_interval, Duration::from_secs(1)),
                 probe_fails: pick!(probe_fails, 3),
                 report_max_age: pick!(report_max_age, Duration::from_secs(3)),
@@ -421,7 +427,7 @@ impl Config {
         let mut out = format!(
             "listen {}{}\nredirect_listen {}\nadmin_listen {}\nthreads {}\n\
              shutdown_grace {}\nconnect_timeout {}\nnext_upstream_tries {}\n\
-             idle_timeout {}\nprobe_interval {}\nprobe_fails {}\nreport_max_age {}\n\
+             idle_timeout {}\nhalf_close {}\nprobe_interval {}\nprobe_fails {}\nreport_max_age {}\n\
              panic {}\naccess_log {}\nadmin_allow {}\n",
             self.listen,
             if self.reuse_port { " reuse_port" } else { "" },
@@ -432,6 +438,7 @@ impl Config {
             humantime::format_duration(t.connect_timeout),
             t.next_upstream_tries,
             humantime::format_duration(t.idle_timeout),
+            if t.half_close { "on" } else { "off" },
             humantime::format_duration(t.probe_interval),
             t.probe_fails,
             humantime::format_duration(t.report_max_age),

@@ -18,37 +18,35 @@ use std::time::Duration;
 
 use chat_schema::fb;
 use chat_schema::frame::{self, PREFIX_LEN};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
 
 use crate::pool::Pool;
 
 /// Largest request accepted: "which node?" is a few dozen bytes.
 const MAX_FRAME: usize = 4096;
 
-/// How long a connection may stay silent.
+/// How long a connection may stay silent, and a reply may take to write.
 const READ_WITHIN: Duration = Duration::from_secs(10);
 
 /// Accepts redirect clients on `listener` until dropped.
 pub async fn serve(listener: TcpListener, pool: Arc<Pool>, open: Rc<Cell<usize>>) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
+            Ok((stream, _)) => {
                 let pool = pool.clone();
                 open.set(open.get() + 1);
                 let open = open.clone();
-                glommio::spawn_local(async move {
+                tokio::task::spawn_local(async move {
                     let _ = stream.set_nodelay(true);
-                    let _ = stream.set_read_timeout(Some(READ_WITHIN));
-                    let _ = stream.set_write_timeout(Some(READ_WITHIN));
                     answer(stream, &pool).await;
                     open.set(open.get() - 1);
-                })
-                .detach();
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "redirect accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -74,13 +72,16 @@ async fn answer(mut stream: TcpStream, pool: &Pool) {
                 Ok(envelope) => reply_to(envelope, pool),
                 Err(e) => return refuse(&mut stream, peer, &e.to_string()).await,
             };
-            if stream.write_all(&reply).await.is_err() {
+            if !matches!(
+                timeout(READ_WITHIN, stream.write_all(&reply)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match timeout(READ_WITHIN, stream.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -90,8 +91,8 @@ async fn refuse(stream: &mut TcpStream, peer: Option<std::net::SocketAddr>, why:
     metrics::counter!("chat_balancer_bad_input_total", "port" => "redirect").increment(1);
     tracing::info!(?peer, %why, "redirect: not a request frame; closing");
     let reply = error_reply(0, fb::ErrorCode::BadRequest, why);
-    let _ = stream.write_all(&reply).await;
-    let _ = stream.close().await;
+    let _ = timeout(READ_WITHIN, stream.write_all(&reply)).await;
+    let _ = stream.shutdown().await;
 }
 
 fn reply_to(envelope: fb::Envelope<'_>, pool: &Pool) -> Vec<u8> {

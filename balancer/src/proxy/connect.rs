@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use glommio::net::TcpStream;
+use tokio::net::TcpStream;
 
+use crate::config::Tuning;
 use crate::log_limit::{self, More};
 use crate::pool::{Pool, Upstream};
 
@@ -36,12 +37,14 @@ pub enum NoNode {
 }
 
 /// Tries candidates until one accepts.
+/// `client` is the client's connection, `peer` its address; its local
+/// address is read only for a PROXY header.
 pub async fn connect(
     pool: &Pool,
-    client: SocketAddr,
-    local: SocketAddr,
+    tuning: &Tuning,
+    client: &TcpStream,
+    peer: SocketAddr,
 ) -> Result<Connected, NoNode> {
-    let tuning = pool.tuning();
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut last_error = Cow::Borrowed("");
     let failed = |tried: &[Arc<Upstream>], error: Cow<'static, str>| match tried.last() {
@@ -63,7 +66,12 @@ pub async fn connect(
         tracing::trace!(upstream = %upstream.label, tier = ?pick.tier, "picked");
         let spec = upstream.spec();
         let started = Instant::now();
-        let result = TcpStream::connect_timeout(spec.addr, tuning.connect_timeout).await;
+        let result =
+            match tokio::time::timeout(tuning.connect_timeout, TcpStream::connect(spec.addr)).await
+            {
+                Ok(connected) => connected,
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            };
         metrics::histogram!("chat_balancer_connect_seconds", "upstream" => upstream.label.clone())
             .record(started.elapsed().as_secs_f64());
         match result {
@@ -72,7 +80,10 @@ pub async fn connect(
                 upstream.connect_ok();
                 let mut header = Vec::new();
                 if let Some(version) = spec.proxy_protocol.version() {
-                    chat_schema::proxy::encode(version, client, local, &mut header);
+                    let Ok(local) = client.local_addr() else {
+                        return Err(failed(&tried, Cow::Borrowed("client gone")));
+                    };
+                    chat_schema::proxy::encode(version, peer, local, &mut header);
                 }
                 return Ok(Connected {
                     stream,
@@ -80,8 +91,7 @@ pub async fn connect(
                     header,
                 });
             }
-            Err(e) => {
-                let error = std::io::Error::from(e);
+            Err(error) => {
                 last_error = kind(&error);
                 // Once per upstream every few seconds: with a dead node,
                 // every client may get here.

@@ -1,30 +1,37 @@
 //! Moving bytes between a client and its node once both are connected.
 //!
-//! Two copy loops, one per direction, each reading into its own buffer and
-//! writing all of it to the other side. When one side stops sending (EOF),
-//! the copy shuts down the write half of the other side and the reverse
-//! direction keeps flowing (half-close); the connection ends when both
-//! directions have ended, on an error in either, or after `idle_timeout`
-//! without a byte either way.
+//! Two copy loops, one per direction, each reading into its own 16 KiB
+//! buffer and writing all of it to the other side, both polled by the
+//! connection's one task (so no wake-up can be lost between a reading task
+//! and a writing task, the failure issue 18 found in the node when its
+//! reader and writer were two tasks on one stream). The connection ends on
+//! an error in either direction, after `idle_timeout` without a byte either
+//! way, or at EOF:
+//! - by default, as nginx's stream proxy (`proxy_half_close off`): when one
+//!   side stops sending, both connections are closed. Bytes already read
+//!   from that side have been written whole to the other; bytes the other
+//!   side was still sending are dropped (a client that closes is done).
+//! - with `--half-close` (`proxy_half_close on`, HAProxy's behaviour): the
+//!   write half towards the other side is shut down and the reverse
+//!   direction keeps flowing until it ends too.
 //!
-//! Both copy loops are polled by the connection's one task (`try_zip` in
-//! one future): the halves `futures_lite::io::split` makes share that task's
-//! waker, so no wake-up can be lost between a reading task and a writing
-//! task, the failure issue 18 found in the node when its reader and writer
-//! were two tasks on one stream.
-//!
-//! This is a plain read/write relay through glommio's io_uring sockets: one
-//! copy into user space and one out per chunk. splice(2) through a pipe would
-//! save those copies but costs a pipe (two more fds) per direction, which at
-//! the 20,000-fd ceiling would halve the connections a process can hold;
-//! see docs/balancer.md.
+//! Cost per chunk: the readiness event, one `recv` into user space, one
+//! `send` out. A `recv` that fills less than the buffer marks the socket not
+//! ready (tokio does this for edge-triggered epoll, as nginx does), so a
+//! small chat frame costs no extra `recv` that would return EAGAIN. Closing
+//! at the first EOF saves, per connection, the two `shutdown`s and the wait
+//! for the node's own EOF that half-close needs. splice(2) through a pipe
+//! would save the copies but costs a pipe (two more fds) per direction,
+//! which at the 20,000-fd ceiling would halve the connections a process can
+//! hold; see docs/balancer.md.
 
 use std::cell::Cell;
+use std::io;
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// Bytes read per chunk in each direction.
 const CHUNK: usize = 16 * 1024;
@@ -62,12 +69,63 @@ pub struct Relayed {
     pub to_client: u64,
 }
 
+/// How the relay ends at EOF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtEof {
+    /// Close both sides at the first EOF (nginx's default).
+    CloseBoth,
+    /// Shut down the other side's write half and keep relaying the other
+    /// way (`--half-close`).
+    HalfClose,
+}
+
 /// Relays until the connection ends; `first` is sent to the node before
 /// anything from the client (the PROXY header, if any).
-pub async fn relay(client: TcpStream, node: TcpStream, first: &[u8], idle: Duration) -> Relayed {
+pub async fn relay(
+    mut client: TcpStream,
+    mut node: TcpStream,
+    first: &[u8],
+    idle: Duration,
+    at_eof: AtEof,
+) -> Relayed {
     let from_client = Cell::new(0);
     let to_client = Cell::new(0);
-    let end = relay_counting(client, node, first, idle, &from_client, &to_client).await;
+    let end = if !first.is_empty() && node.write_all(first).await.is_err() {
+        End::Error
+    } else {
+        let last = Cell::new(Instant::now());
+        let (client_r, client_w) = client.split();
+        let (node_r, node_w) = node.split();
+        let up = Copy {
+            from: client_r,
+            to: node_w,
+            moved: &from_client,
+            last: &last,
+        };
+        let down = Copy {
+            from: node_r,
+            to: client_w,
+            moved: &to_client,
+            last: &last,
+        };
+        let ended = |r: io::Result<()>| if r.is_ok() { End::Closed } else { End::Error };
+        match at_eof {
+            AtEof::CloseBoth => tokio::select! {
+                r = up.run() => ended(r),
+                r = down.run() => ended(r),
+                () = idle_for(&last, idle) => End::Idle,
+            },
+            // An error in one direction ends both (try_join returns at the
+            // first error): the other copy may be waiting for a peer that
+            // is gone.
+            AtEof::HalfClose => tokio::select! {
+                r = async { tokio::try_join!(up.run_then_shut(), down.run_then_shut()) } => {
+                    ended(r.map(|_| ()))
+                }
+                () = idle_for(&last, idle) => End::Idle,
+            },
+        }
+    };
     Relayed {
         end,
         from_client: from_client.get(),
@@ -75,69 +133,52 @@ pub async fn relay(client: TcpStream, node: TcpStream, first: &[u8], idle: Durat
     }
 }
 
-async fn relay_counting(
-    client: TcpStream,
-    node: TcpStream,
-    first: &[u8],
-    idle: Duration,
-    from_client: &Cell<u64>,
-    to_client: &Cell<u64>,
-) -> End {
-    let (client_r, mut client_w) = futures_lite::io::split(client);
-    let (node_r, mut node_w) = futures_lite::io::split(node);
-    if !first.is_empty() && node_w.write_all(first).await.is_err() {
-        return End::Error;
+/// Returns once `idle` has passed since `last`.
+async fn idle_for(last: &Cell<Instant>, idle: Duration) {
+    loop {
+        let since = last.get().elapsed();
+        if since >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - since).await;
     }
-    let last = Cell::new(Instant::now());
-    let up = copy(client_r, &mut node_w, &last, from_client);
-    let down = copy(node_r, &mut client_w, &last, to_client);
-    // An error in one direction ends both (try_zip returns at the first
-    // error): the other copy may be waiting for a peer that is gone.
-    let both = async {
-        match futures_lite::future::try_zip(up, down).await {
-            Ok(_) => End::Closed,
-            Err(()) => End::Error,
-        }
-    };
-    futures_lite::future::or(both, async {
-        loop {
-            let since = last.get().elapsed();
-            if since >= idle {
-                return End::Idle;
-            }
-            glommio::timer::sleep(idle - since).await;
-        }
-    })
-    .await
 }
 
-/// Copies `from` to `to` until EOF (then half-closes `to`), counting the
-/// bytes in `moved`.
-async fn copy(
-    mut from: impl AsyncRead + Unpin,
-    to: &mut (impl AsyncWrite + Unpin),
-    last: &Cell<Instant>,
-    moved: &Cell<u64>,
-) -> Result<(), ()> {
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) => {
-                // shutdown(SHUT_WR): the peer sees EOF, the other way stays open.
-                let _ = to.close().await;
+/// One direction: bytes read from `from` are written to `to`, counted in
+/// `moved`, and each read notes the time in `last`.
+struct Copy<'a> {
+    from: ReadHalf<'a>,
+    to: WriteHalf<'a>,
+    moved: &'a Cell<u64>,
+    last: &'a Cell<Instant>,
+}
+
+impl Copy<'_> {
+    /// Copies until EOF (Ok) or an error.
+    async fn run(mut self) -> io::Result<()> {
+        self.copy().await
+    }
+
+    /// Copies until EOF, then shuts down the write half of `to` (the peer
+    /// sees EOF, the other direction stays open).
+    async fn run_then_shut(mut self) -> io::Result<()> {
+        self.copy().await?;
+        let _ = self.to.shutdown().await;
+        Ok(())
+    }
+
+    async fn copy(&mut self) -> io::Result<()> {
+        // Read into spare capacity: the buffer is never zeroed.
+        let mut buf = Vec::with_capacity(CHUNK);
+        loop {
+            buf.clear();
+            let n = self.from.read_buf(&mut buf).await?;
+            if n == 0 {
                 return Ok(());
             }
-            Ok(n) => {
-                last.set(Instant::now());
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return Err(());
-                }
-                moved.set(moved.get() + n as u64);
-            }
-            Err(_) => {
-                let _ = to.close().await;
-                return Err(());
-            }
+            self.last.set(Instant::now());
+            self.to.write_all(&buf).await?;
+            self.moved.set(self.moved.get() + n as u64);
         }
     }
 }
