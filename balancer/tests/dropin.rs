@@ -1,7 +1,8 @@
 //! What nginx and HAProxy users rely on, end to end with a real node and
 //! real balancer processes: several processes on one port (`--reuse-port`)
 //! and a binary upgrade that drops no open connection, checking a
-//! configuration without running it (`-t`), and the access log.
+//! configuration without running it (`-t`), the access log, and nginx's
+//! `proxy_half_close` (`--half-close`).
 
 mod common;
 
@@ -287,4 +288,65 @@ fn the_access_log_has_one_line_per_connection() {
         line.contains(" TCP 502 0 0 ") && line.ends_with("\"-\" \"-\" no_upstream"),
         "{line}"
     );
+}
+
+/// An upstream that reads until EOF, then answers "bye" and closes: what
+/// it gets back tells whether the balancer kept the reverse direction open
+/// after the client's EOF.
+fn bye_after_eof() -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                if stream.read_to_end(&mut sink).is_ok() {
+                    let _ = stream.write_all(b"bye");
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends "hello", shuts down its write half, and returns what comes back
+/// until EOF.
+fn hello_then_eof(balancer: SocketAddr) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut client = TcpStream::connect(balancer).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    client
+        .read_to_end(&mut back)
+        .expect("the balancer ends the connection (EOF or reset), never hangs");
+    back
+}
+
+#[test]
+fn the_first_eof_closes_both_sides_unless_half_close() {
+    // The upstream answers no load probe, so --panic lets it be picked.
+    let up = bye_after_eof();
+    let closing = chat_testkit::LocalBalancer::start(chat_testkit::BalancerOptions {
+        upstreams: vec![up.to_string()],
+        args: vec!["--panic".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let half = chat_testkit::LocalBalancer::start(chat_testkit::BalancerOptions {
+        upstreams: vec![up.to_string()],
+        args: vec!["--panic".into(), "--half-close".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    // nginx's default: the client's EOF ends the relay, the late answer is
+    // not relayed.
+    assert_eq!(hello_then_eof(closing.addr), b"");
+    // proxy_half_close on: the node's answer after the client's EOF arrives.
+    assert_eq!(hello_then_eof(half.addr), b"bye");
 }
