@@ -37,9 +37,20 @@ const SECONDS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Buckets for a redirect answer in seconds: 5 µs to 10 ms.
+const ANSWER: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.01,
+];
+
 /// Installs the global recorder and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = chat_ops::exporter::install(&[(Matcher::Suffix("_seconds".into()), SECONDS)])?;
+    let handle = chat_ops::exporter::install(&[
+        (
+            Matcher::Full(crate::redirect::ANSWER_SECONDS.into()),
+            ANSWER,
+        ),
+        (Matcher::Suffix("_seconds".into()), SECONDS),
+    ])?;
     describe();
     for name in [
         "chat_balancer_accepted_total",
@@ -78,6 +89,11 @@ fn describe() {
         "chat_balancer_connect_seconds",
         Unit::Seconds,
         "Time to connect to a node, by node."
+    );
+    describe_histogram!(
+        crate::redirect::ANSWER_SECONDS,
+        Unit::Seconds,
+        "Redirect mode: time from a whole request frame to its reply written."
     );
     describe_counter!(
         "chat_balancer_closed_total",
