@@ -188,7 +188,8 @@ pub enum SessionEvent {
         reason: String,
     },
     /// Connected again to `address`, and logged in again when the session
-    /// was logged in (`login`). The login's `pending` is empty: its
+    /// was logged in (`login`); not logged in, once the node answered a
+    /// ping. The login's `pending` is empty: its
     /// messages follow as [`SessionEvent::Event`]s, without duplicates.
     Reconnected {
         address: String,
@@ -554,7 +555,12 @@ impl ReconnectingClient {
                     .extend(pending.into_iter().map(|m| (client.clone(), m)));
                 Some(login)
             }
-            None => None,
+            // Not logged in: a ping shows that a node answers (a relay or a
+            // balancer may accept and then close).
+            None => {
+                client.ping().await?;
+                None
+            }
         };
         self.attempt = 0;
         self.retry_at = None;

@@ -164,3 +164,32 @@ fn chat_reconnects_by_itself_and_prints_what_came_meanwhile_once() {
     alice.quit();
     bob.quit();
 }
+
+#[test]
+fn chat_reconnects_before_login_too() {
+    let node = common::node();
+    let relay = common::relay::Relay::start(node.addr);
+    let mut carol = Chat::start(relay.addr);
+    carol.expect("3. quit");
+
+    relay.cut();
+    carol.type_line("2");
+    carol.type_line("carol");
+    carol.type_line("pw");
+    carol.expect("connection to the server lost");
+    carol.expect("reconnecting in");
+    relay.resume();
+    carol.expect("reconnected to");
+
+    // The menu again, on the new connection.
+    carol.type_line("2");
+    carol.type_line("carol");
+    carol.type_line("pw");
+    carol.expect("name carol register success");
+    carol.type_line("1");
+    carol.type_line("1");
+    carol.type_line("pw");
+    carol.expect("current login user");
+    carol.type_line("loginout");
+    carol.quit();
+}

@@ -20,14 +20,16 @@
 //! messages exist the last line says which command shows them
 //! (`more: use history:ID:<oldest id>`).
 //!
-//! When the connection drops while logged in, `chat` says
+//! When the connection drops, `chat` says
 //! `connection lost; reconnecting in N ms (attempt K)`, connects again (to
 //! the same `--addr`, or asks the `--balancer` again) with exponential
 //! backoff and jitter, logs in again with the same id and password and says
 //! `reconnected to ADDRESS`; the messages stored meanwhile are then printed,
 //! none twice (see `chat_client::reconnect`). Commands typed while it is
 //! reconnecting fail ("not connected ...; the request was not sent") and are
-//! not sent later.
+//! not sent later. Before login, a register or login that finds the
+//! connection gone says `connection to the server lost: ...`, reconnects the
+//! same way (without logging in) and shows the menu again.
 //!
 //! `read:ID` marks the direct conversation with user ID read up to the
 //! newest message of it this client has seen in this login: pushed, pending
@@ -75,8 +77,8 @@ beforeid shows the messages older than that id. read:userid marks the
 conversation read up to the newest message of it seen since login (else its
 newest message); the other user gets a read receipt.
 
-When the connection drops while logged in, chat reconnects by itself (with
-backoff), logs in again and prints the messages stored meanwhile, none twice.";
+When the connection drops, chat reconnects by itself (with backoff); logged in,
+it logs in again and prints the messages stored meanwhile, none twice.";
 
 /// Interactive chat client for the chat node (the seed's `ChatClient`, over
 /// the FlatBuffers protocol). Reads commands from stdin, one per line.
@@ -559,7 +561,7 @@ impl Session {
         };
         let client = match self.client.client() {
             Ok(c) => c.clone(),
-            Err(e) => return End::Lost(e),
+            Err(e) => return self.reconnect_before_login(e).await,
         };
         match client.register(&name, &password).await {
             Ok(id) => println!("name {name} register success, userid is {id}, do not forget it!"),
@@ -568,7 +570,7 @@ impl Session {
                 ..
             }) => println!("name {name} is already exist, register error!"),
             Err(e @ ClientError::Server { .. }) => show_error("register", &e),
-            Err(e) => return End::Lost(e),
+            Err(e) => return self.reconnect_before_login(e).await,
         }
         End::LoggedOut
     }
@@ -590,7 +592,7 @@ impl Session {
                 println!("{message} [{code}]");
                 return End::LoggedOut;
             }
-            Err(e) => return End::Lost(e),
+            Err(e) => return self.reconnect_before_login(e).await,
         };
         self.me = login.user_id;
         self.newest_direct.clear();
@@ -603,6 +605,32 @@ impl Session {
         }
         show_help();
         self.chat().await
+    }
+
+    /// Before login, a request that found the connection gone (`e`): says
+    /// so and connects again as after login (backoff, the same endpoints),
+    /// printing each attempt, then goes back to the menu. Lines typed
+    /// meanwhile are not kept; stdin's end quits.
+    async fn reconnect_before_login(&mut self, e: ClientError) -> End {
+        println!("connection to the server lost: {e}");
+        loop {
+            tokio::select! {
+                ev = self.client.next_event() => match ev {
+                    Ok(ev @ SessionEvent::Reconnected { .. }) => {
+                        self.print_event(ev);
+                        return End::LoggedOut;
+                    }
+                    Ok(ev) => self.print_event(ev),
+                    Err(e) => return End::Lost(e),
+                },
+                line = self.input.line() => {
+                    if line.is_none() {
+                        return End::Quit;
+                    }
+                    println!("not connected (reconnecting); the input was not used");
+                }
+            }
+        }
     }
 
     /// Remembers `id` as seen in the direct conversation with `peer`.
