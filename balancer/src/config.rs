@@ -97,7 +97,7 @@ pub struct Args {
     #[arg(long, env = "CHAT_BALANCER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub idle_timeout: Option<Duration>,
-    /// When one side of a relayed connection stops sending (EOF), keep the other direction open until it ends too (nginx's `proxy_half_close on`), instead of closing both at once (nginx's default). SIGHUP applies a change [default: false].
+    /// When one side of a relayed connection stops sending (EOF), keep the other direction open until it ends too (nginx's `proxy_half_close on`, HAProxy's behaviour); `--half-close false` closes both at once instead (nginx's default), so that a client's late replies are dropped. SIGHUP applies a change [default: true].
     #[arg(long, env = "CHAT_BALANCER_HALF_CLOSE", num_args = 0..=1, default_missing_value = "true")]
     pub half_close: Option<bool>,
     /// How often each node is asked for its load; a probe unanswered for this long fails [default: 1s].
@@ -407,7 +407,7 @@ impl Args {
                 connect_timeout: pick!(connect_timeout, Duration::from_secs(1)),
                 next_upstream_tries: pick!(next_upstream_tries, 0),
                 idle_timeout: pick!(idle_timeout, Duration::from_secs(600)),
-                half_close: pick!(half_close, false),
+                half_close: pick!(half_close, true),
                 probe_interval: pick!(probe_interval, Duration::from_secs(1)),
                 probe_fails: pick!(probe_fails, 3),
                 report_max_age: pick!(report_max_age, Duration::from_secs(3)),

@@ -329,24 +329,25 @@ fn hello_then_eof(balancer: SocketAddr) -> Vec<u8> {
 }
 
 #[test]
-fn the_first_eof_closes_both_sides_unless_half_close() {
+fn half_close_keeps_the_other_direction_open_unless_turned_off() {
     // The upstream answers no load probe, so --panic lets it be picked.
     let up = bye_after_eof();
     let closing = chat_testkit::LocalBalancer::start(chat_testkit::BalancerOptions {
         upstreams: vec![up.to_string()],
-        args: vec!["--panic".into()],
+        args: vec!["--panic".into(), "--half-close".into(), "false".into()],
         ..Default::default()
     })
     .unwrap();
     let half = chat_testkit::LocalBalancer::start(chat_testkit::BalancerOptions {
         upstreams: vec![up.to_string()],
-        args: vec!["--panic".into(), "--half-close".into()],
+        args: vec!["--panic".into()],
         ..Default::default()
     })
     .unwrap();
-    // nginx's default: the client's EOF ends the relay, the late answer is
-    // not relayed.
+    // --half-close false, nginx's default: the client's EOF ends the relay,
+    // the late answer is not relayed.
     assert_eq!(hello_then_eof(closing.addr), b"");
-    // proxy_half_close on: the node's answer after the client's EOF arrives.
+    // The default (nginx's proxy_half_close on): the node's answer after the
+    // client's EOF arrives.
     assert_eq!(hello_then_eof(half.addr), b"bye");
 }

@@ -7,20 +7,23 @@
 //! reader and writer were two tasks on one stream). The connection ends on
 //! an error in either direction, after `idle_timeout` without a byte either
 //! way, or at EOF:
-//! - by default, as nginx's stream proxy (`proxy_half_close off`): when one
-//!   side stops sending, both connections are closed. Bytes already read
-//!   from that side have been written whole to the other; bytes the other
-//!   side was still sending are dropped (a client that closes is done).
-//! - with `--half-close` (`proxy_half_close on`, HAProxy's behaviour): the
-//!   write half towards the other side is shut down and the reverse
-//!   direction keeps flowing until it ends too.
+//! - by default (`--half-close`, nginx's `proxy_half_close on`, HAProxy's
+//!   behaviour): the write half towards the other side is shut down and the
+//!   reverse direction keeps flowing until it ends too, so a client that
+//!   sends its last request and shuts down its side still gets the replies.
+//! - with `--half-close false` (nginx's default, `proxy_half_close off`):
+//!   when one side stops sending, both connections are closed. Bytes
+//!   already read from that side have been written whole to the other;
+//!   bytes the other side was still sending are dropped.
 //!
 //! Cost per chunk: the readiness event, one `recv` into user space, one
 //! `send` out. A `recv` that fills less than the buffer marks the socket not
 //! ready (tokio does this for edge-triggered epoll, as nginx does), so a
 //! small chat frame costs no extra `recv` that would return EAGAIN. Closing
-//! at the first EOF saves, per connection, the two `shutdown`s and the wait
-//! for the node's own EOF that half-close needs. splice(2) through a pipe
+//! at the first EOF would save, per connection, the two `shutdown`s and the
+//! wait for the node's own EOF that half-close needs; in the conn-rate
+//! benchmark that was within noise, so half-close stays the default.
+//! splice(2) through a pipe
 //! would save the copies but costs a pipe (two more fds) per direction,
 //! which at the 20,000-fd ceiling would halve the connections a process can
 //! hold; see docs/balancer.md.
