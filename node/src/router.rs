@@ -18,35 +18,10 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::command::Push;
+use crate::event::RouterEvent;
+use crate::model::UserId;
 use crate::outbound::CloseReason;
-use crate::shard::Shard;
-use crate::store::UserId;
-use crate::store::writer::{ConnId, RouterEvent};
-
-/// What a session is handed.
-#[derive(Debug)]
-pub enum Delivery {
-    Push(Push),
-    /// New messages are stored for the session's user: read them.
-    Wake,
-    /// Another login of the session's user waits: close if silent.
-    Takeover,
-}
-
-/// A delivery handed from the home shard of its user to the shard holding
-/// the user's session.
-#[derive(Debug)]
-pub struct Forward {
-    pub conn: ConnId,
-    pub delivery: Delivery,
-}
-
-/// Where a user's session lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    pub shard: usize,
-    pub conn: ConnId,
-}
+use crate::shard::{Delivery, Forward, Route, Shard};
 
 /// Applies the store's events for the users homed on this shard, forever.
 pub async fn run(
@@ -63,17 +38,11 @@ pub async fn run(
                     conn,
                 } => {
                     tracing::trace!(shard = shard.id, user, to = s, conn, "route");
-                    shard
-                        .routes
-                        .borrow_mut()
-                        .insert(user, Route { shard: s, conn });
+                    shard.set_route(user, Route { shard: s, conn });
                     continue;
                 }
                 RouterEvent::Unroute { user, conn } => {
-                    let mut routes = shard.routes.borrow_mut();
-                    if routes.get(&user).is_some_and(|r| r.conn == conn) {
-                        routes.remove(&user);
-                    }
+                    shard.unroute(user, conn);
                     continue;
                 }
                 RouterEvent::Deliver { user, message } => {
@@ -110,7 +79,7 @@ pub async fn run(
 }
 
 async fn send(shard: &Rc<Shard>, mesh: &Senders<Forward>, user: UserId, delivery: Delivery) {
-    let route = shard.routes.borrow().get(&user).copied();
+    let route = shard.route(user);
     let Some(route) = route else {
         // Offline: the message waits in the store for the next login.
         return;

@@ -6,16 +6,14 @@
 //! blocking thread pool so an executor never stalls on it.
 
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::command::{Command, ErrorCode, Failure, Push, Reply};
-use crate::outbound::CloseReason;
+use crate::engine::Op;
+use crate::model::{GroupId, NewMessage, Target, UserId, now_ms};
 use crate::password;
-use crate::session::{Identity, Phase, Session};
+use crate::session::{Identity, Session};
 use crate::shard::Shard;
-use crate::store::writer::Op;
-use crate::store::{GroupId, NewMessage, StoreError, Target, UserId};
+use crate::store::StoreError;
 
 const MAX_NAME: usize = 64;
 const MAX_PASSWORD: usize = 1024;
@@ -190,13 +188,6 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Turns a store refusal into the failure the client sees.
 fn failure(e: StoreError) -> Failure {
     let code = match &e {
@@ -321,7 +312,7 @@ async fn login(
     user: UserId,
     password: String,
 ) -> Outcome {
-    if !matches!(*session.phase.borrow(), Phase::Anonymous) {
+    if !session.is_anonymous() {
         return Err(Failure::new(
             ErrorCode::AlreadyLoggedIn,
             "this connection is already logged in; log out first",
@@ -341,7 +332,7 @@ async fn login(
     if !matches {
         return Err(invalid());
     }
-    *session.phase.borrow_mut() = Phase::LoggingIn { missed: false };
+    session.start_login();
     let epoch = shard.next_epoch();
     let page = shard.config.pending_page;
     let claim = || {
@@ -378,11 +369,11 @@ async fn login(
             Err(e) => tracing::warn!(error = %e, user, "unread counts failed; login without them"),
         }
     }
-    let missed = matches!(*session.phase.borrow(), Phase::LoggingIn { missed: true });
+    let missed = session.missed_while_logging_in();
     let info = match result {
         Ok(info) => info,
         Err(e) => {
-            *session.phase.borrow_mut() = Phase::Anonymous;
+            session.login_failed();
             return Err(match e {
                 StoreError::AlreadyOnline(_) => Failure::new(
                     ErrorCode::AlreadyOnline,
@@ -404,29 +395,26 @@ async fn login(
                 answer: None,
             })
             .await;
-        *session.phase.borrow_mut() = Phase::Anonymous;
+        session.login_failed();
         return Err(Failure::new(
             ErrorCode::Internal,
             "connection closed during login",
         ));
     }
-    session.user_changed();
     // More stored messages than one page: the rest follows as a catch-up.
     let backlog = info.pending.len() >= page;
-    *session.phase.borrow_mut() = Phase::Online {
-        who: Identity {
+    session.logged_in(
+        Identity {
             user,
             name: info.name.as_str().into(),
             epoch,
         },
-        last_pushed: info.pending.last().map_or(0, |m| m.id),
-        online_since_ms: now_ms(),
+        info.pending.last().map_or(0, |m| m.id),
         // In a cluster a wake-up from another node may reach this node before
         // the login's route did: one more read after the reply covers it.
-        catching_up: missed || backlog || shard.config.nats.is_some(),
-        missed: false,
-    };
-    session.login_backlog.set(backlog);
+        missed || backlog || shard.config.nats.is_some(),
+        backlog,
+    );
     if info.more_groups > 0 {
         let after = info.groups.last().map_or(0, |g| g.id);
         glommio::spawn_local(send_remaining_groups(
@@ -443,8 +431,7 @@ async fn login(
 
 async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>) -> Outcome {
     let who = acting(session, actor)?;
-    *session.phase.borrow_mut() = Phase::Anonymous;
-    session.user_changed();
+    session.log_out();
     shard.flush_written(who.user).await;
     shard
         .store
@@ -603,11 +590,8 @@ async fn send(
 }
 
 async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
-    let (who, last_pushed) = match &*session.phase.borrow() {
-        Phase::Online {
-            who, last_pushed, ..
-        } => (who.clone(), *last_pushed),
-        _ => return Err(Failure::new(ErrorCode::NotLoggedIn, "log in first")),
+    let Some((who, last_pushed)) = session.delivered() else {
+        return Err(Failure::new(ErrorCode::NotLoggedIn, "log in first"));
     };
     if up_to > last_pushed {
         return Err(Failure::new(
@@ -671,96 +655,6 @@ async fn send_remaining_groups(
         after = last.id;
         for group in page {
             session.deliver(&Push::Group(group));
-        }
-    }
-}
-
-/// Whether the session's queue may take more stored messages: a login's
-/// backlog waits for the client to read (it is paced by the reading); other
-/// messages (a cluster's wake-ups, pushes missed while logging in) are not:
-/// with the queue over its bound the client is a slow consumer and is
-/// disconnected, as with live pushes on one node. False when closing.
-async fn room_for_more(shard: &Shard, session: &Session) -> bool {
-    if session.outbound.queued() >= shard.config.max_outbound && !session.login_backlog.get() {
-        session.outbound.close(CloseReason::SlowConsumer);
-        return false;
-    }
-    session.outbound.drained().await
-}
-
-/// Sends the stored messages a session has not seen yet, page by page, while
-/// it is catching up (after a login with a long backlog, or when live pushes
-/// were missed during one). Returns once live pushes can take over.
-pub async fn catch_up(shard: &Rc<Shard>, session: &Rc<Session>) {
-    if session.catch_up_running.replace(true) {
-        return;
-    }
-    read_backlog(shard, session).await;
-    session.catch_up_running.set(false);
-}
-
-async fn read_backlog(shard: &Rc<Shard>, session: &Rc<Session>) {
-    loop {
-        let (user, after) = {
-            let mut phase = session.phase.borrow_mut();
-            match &mut *phase {
-                Phase::Online {
-                    who,
-                    last_pushed,
-                    catching_up: true,
-                    missed,
-                    ..
-                } => {
-                    *missed = false;
-                    (who.user, *last_pushed)
-                }
-                _ => return,
-            }
-        };
-        if !room_for_more(shard, session).await {
-            return;
-        }
-        let limit = shard.config.pending_page;
-        let page = match shard
-            .store
-            .call(|answer| Op::Pending {
-                user,
-                after,
-                limit,
-                answer,
-            })
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(error = %e, user, "catch-up read failed; messages stay stored");
-                return;
-            }
-        };
-        let full = page.len() >= limit;
-        for message in page {
-            if session.outbound.queued() >= shard.config.max_outbound
-                && !room_for_more(shard, session).await
-            {
-                return;
-            }
-            let id = message.id;
-            session.push_stored(&Push::Message(Arc::new(message)), id);
-        }
-        let mut phase = session.phase.borrow_mut();
-        if let Phase::Online {
-            catching_up,
-            missed,
-            ..
-        } = &mut *phase
-        {
-            if !full && !*missed {
-                *catching_up = false;
-                session.login_backlog.set(false);
-                return;
-            }
-        } else {
-            return;
         }
     }
 }

@@ -1,30 +1,55 @@
-//! One executor of the node: its listener, its sessions, and the routes of the
-//! users it is home to.
+//! The state of one executor of the node (a shard): its sessions, the
+//! routes of the users it is home to, and what its connections share (ids,
+//! the read buffer, the batched JSON acknowledgements). `executor` runs it;
+//! `router` and `connection` change it only through its methods.
 //!
-//! Every shard binds the client port with SO_REUSEPORT, so the kernel spreads
-//! new connections over the shards; a connection then lives on the shard that
-//! accepted it. The shard's id is its peer id in the channel mesh that links
-//! all shards (see `router`).
+//! A connection lives on the shard that accepted it. The shard's id is its
+//! peer id in the channel mesh that links all shards (see `router`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
-
 use crate::admission::PerAddress;
+use crate::command::Push;
 use crate::config::Config;
-use crate::load::{self, NodeLoad};
-use crate::router::{self, Delivery, Forward, Route};
-use crate::service;
-use crate::session::{self, Session};
-use crate::store::writer::{ConnId, Op, RouterEvent, StoreClient};
-use crate::store::{MessageId, UserId};
+use crate::engine::{Op, StoreClient};
+use crate::event::ConnId;
+use crate::load::NodeLoad;
+use crate::model::{MessageId, UserId};
+use crate::outbound::CloseReason;
+use crate::session::Session;
+
+/// What a session is handed.
+#[derive(Debug)]
+pub enum Delivery {
+    Push(Push),
+    /// New messages are stored for the session's user: read them.
+    Wake,
+    /// Another login of the session's user waits: close if silent.
+    Takeover,
+}
+
+/// A delivery handed from the home shard of its user to the shard holding
+/// the user's session.
+#[derive(Debug)]
+pub struct Forward {
+    pub conn: ConnId,
+    pub delivery: Delivery,
+}
+
+/// Where a user's session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub shard: usize,
+    pub conn: ConnId,
+}
+
+/// Bytes read from a socket at a time (into the shard's scratch buffer).
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// How long what JSON connections wrote may wait before the store is told
 /// (see [`Shard::note_written`]).
@@ -37,14 +62,14 @@ pub struct Shard {
     pub label: String,
     pub config: Arc<Config>,
     pub store: StoreClient,
-    pub sessions: RefCell<HashMap<ConnId, Rc<Session>>>,
+    sessions: RefCell<HashMap<ConnId, Rc<Session>>>,
     /// Routes of the users whose home shard this is.
-    pub routes: RefCell<HashMap<UserId, Route>>,
+    routes: RefCell<HashMap<UserId, Route>>,
     /// The node's load report, this shard's part written here.
     pub load: Arc<NodeLoad>,
     /// Open connections per client address.
     pub per_address: Arc<PerAddress>,
-    /// Connections this shard is refusing now (see [`MAX_REFUSING`]).
+    /// Connections this shard is refusing now (see `executor::MAX_REFUSING`).
     pub refusing: Cell<usize>,
     /// Where every connection of this shard reads into: bytes are copied
     /// out to the connection only while they wait to be handled, so an idle
@@ -59,6 +84,76 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// The shard of mesh peer `id`, with no sessions and no routes yet.
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        store: StoreClient,
+        load: Arc<NodeLoad>,
+        per_address: Arc<PerAddress>,
+        epochs: Arc<AtomicU64>,
+    ) -> Shard {
+        Shard {
+            id,
+            label: id.to_string(),
+            config,
+            store,
+            sessions: RefCell::new(HashMap::new()),
+            routes: RefCell::new(HashMap::new()),
+            load,
+            per_address,
+            refusing: Cell::new(0),
+            scratch: RefCell::new(vec![0; READ_CHUNK]),
+            acks: RefCell::new(HashMap::new()),
+            acks_due: Cell::new(false),
+            next_conn: Cell::new(0),
+            epochs,
+        }
+    }
+
+    /// A connection of this shard starts being served.
+    pub fn add_session(&self, session: Rc<Session>) {
+        self.sessions.borrow_mut().insert(session.conn, session);
+    }
+
+    /// Connection `conn` of this shard is closed.
+    pub fn remove_session(&self, conn: ConnId) {
+        self.sessions.borrow_mut().remove(&conn);
+    }
+
+    /// Whether no connection of this shard is open.
+    pub fn has_no_sessions(&self) -> bool {
+        self.sessions.borrow().is_empty()
+    }
+
+    /// Bytes queued for all the connections of this shard.
+    pub fn queued(&self) -> u64 {
+        self.sessions
+            .borrow()
+            .values()
+            .map(|session| session.outbound.queued() as u64)
+            .sum()
+    }
+
+    /// `user` (homed here) is now served at `route`.
+    pub fn set_route(&self, user: UserId, route: Route) {
+        self.routes.borrow_mut().insert(user, route);
+    }
+
+    /// `user` (homed here) left connection `conn`: their route goes, unless
+    /// it already names another connection.
+    pub fn unroute(&self, user: UserId, conn: ConnId) {
+        let mut routes = self.routes.borrow_mut();
+        if routes.get(&user).is_some_and(|r| r.conn == conn) {
+            routes.remove(&user);
+        }
+    }
+
+    /// Where the session of `user` (homed here) lives, if they are online.
+    pub fn route(&self, user: UserId) -> Option<Route> {
+        self.routes.borrow().get(&user).copied()
+    }
+
     /// A connection id unique within the node.
     pub fn next_conn_id(&self) -> ConnId {
         let n = self.next_conn.get() + 1;
@@ -134,12 +229,15 @@ impl Shard {
     fn wake(self: &Rc<Self>, session: &Rc<Session>) {
         if session.wake() {
             let (shard, session) = (self.clone(), session.clone());
-            glommio::spawn_local(async move { service::catch_up(&shard, &session).await }).detach();
+            glommio::spawn_local(
+                async move { session.catch_up(&shard.store, &shard.config).await },
+            )
+            .detach();
         }
     }
 
     /// Closes every session of this shard with `reason`.
-    pub fn close_all(&self, reason: crate::outbound::CloseReason) {
+    pub fn close_all(&self, reason: CloseReason) {
         let open: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
         for session in &open {
             session.outbound.close(reason);
@@ -153,142 +251,4 @@ impl Shard {
             self.wake(session);
         }
     }
-}
-
-/// What every shard shares, handed to each executor when it starts.
-#[derive(Clone)]
-pub struct Wiring {
-    pub config: Arc<Config>,
-    pub store: StoreClient,
-    pub mesh: MeshBuilder<Forward, glommio::channels::channel_mesh::Full>,
-    /// Router inbox of each shard, indexed by mesh peer id.
-    pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
-    pub epochs: Arc<AtomicU64>,
-    pub load: Arc<NodeLoad>,
-    /// Open connections per client address (`--max-connections-per-ip`).
-    pub per_address: Arc<PerAddress>,
-}
-
-/// Connections being refused (answered `Overloaded`, then closed) at once
-/// per shard; over it a refused connection is closed with no answer.
-const MAX_REFUSING: usize = 256;
-
-/// Runs one shard: accepts on `listener` until `shutdown` fires, then closes its
-/// sessions (they release their users) and returns.
-pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receiver<()>) {
-    let (senders, receivers) = match wiring.mesh.join().await {
-        Ok(mesh) => mesh,
-        Err(_) => {
-            tracing::error!("joining the shard mesh failed");
-            return;
-        }
-    };
-    let id = senders.peer_id();
-    let shard = Rc::new(Shard {
-        id,
-        label: id.to_string(),
-        config: wiring.config.clone(),
-        store: wiring.store.clone(),
-        sessions: RefCell::new(HashMap::new()),
-        routes: RefCell::new(HashMap::new()),
-        load: wiring.load.clone(),
-        per_address: wiring.per_address.clone(),
-        refusing: Cell::new(0),
-        scratch: RefCell::new(vec![0; crate::session::READ_CHUNK]),
-        acks: RefCell::new(HashMap::new()),
-        acks_due: Cell::new(false),
-        next_conn: Cell::new(0),
-        epochs: wiring.epochs.clone(),
-    });
-    router::receive(shard.clone(), receivers);
-    let router_task = {
-        let shard = shard.clone();
-        let events = wiring.routers[id].clone();
-        glommio::spawn_local(async move { router::run(&shard, events, &senders).await })
-    };
-    let lag_probe = glommio::spawn_local(measure_lag(shard.label.clone()));
-    let sampler = {
-        let s = shard.clone();
-        glommio::spawn_local(async move {
-            let queued = || -> u64 {
-                s.sessions
-                    .borrow()
-                    .values()
-                    .map(|session| session.outbound.queued() as u64)
-                    .sum()
-            };
-            load::sample(&s.load, s.id, s.label.clone(), queued).await
-        })
-    };
-    tracing::debug!(shard = id, "shard ready");
-
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = shutdown.recv_async().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                if shard.load.connections() >= shard.load.capacity {
-                    // Over --max-connections: an `Overloaded` error in the
-                    // client's protocol, then closed; counted.
-                    metrics::counter!("chat_node_connections_refused_total", "reason" => "max_connections").increment(1);
-                    if shard.refusing.get() < MAX_REFUSING {
-                        let capacity = shard.load.capacity;
-                        glommio::spawn_local(session::refuse(
-                            shard.clone(),
-                            stream,
-                            format!("max number of connections reached ({capacity}); try another node or later"),
-                        ))
-                        .detach();
-                    }
-                    continue;
-                }
-                glommio::spawn_local(session::serve(shard.clone(), stream)).detach();
-            }
-            Some(Err(e)) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                metrics::counter!("chat_node_accept_errors_total").increment(1);
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    drop(listener);
-
-    let open: Vec<Rc<Session>> = shard.sessions.borrow().values().cloned().collect();
-    for s in &open {
-        s.outbound.close(crate::outbound::CloseReason::Shutdown);
-    }
-    drop(open);
-    // Sessions flush their queues and release their users; give them a moment.
-    for _ in 0..500 {
-        if shard.sessions.borrow().is_empty() {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    drop(router_task);
-    drop(lag_probe);
-    drop(sampler);
-}
-
-/// How late a 10 ms timer fires on this executor: near zero while every task
-/// yields promptly, large when something blocks the thread.
-async fn measure_lag(shard: String) {
-    const TICK: Duration = Duration::from_millis(10);
-    let lag = metrics::histogram!("chat_node_event_loop_lag_seconds", "shard" => shard);
-    loop {
-        let started = std::time::Instant::now();
-        glommio::timer::sleep(TICK).await;
-        lag.record(started.elapsed().saturating_sub(TICK).as_secs_f64());
-    }
-}
-
-/// Binds the client port for one shard (glommio sets SO_REUSEPORT, so every
-/// shard can bind the same port).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
 }

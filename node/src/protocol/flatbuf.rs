@@ -16,9 +16,9 @@ use chat_schema::frame::{self, FrameError, PREFIX_LEN};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use std::cell::RefCell;
 
-use super::{Decoded, Refusal, refuse};
+use super::decoded::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, Push, Reply, Request, RequestKind};
-use crate::store::{Contact, Conversation, GroupInfo, Role, StoredMessage, Unread, UserId};
+use crate::model::{Contact, Conversation, GroupInfo, Role, StoredMessage, Unread, UserId};
 
 /// Splits a byte stream into FlatBuffers envelopes and decodes the requests.
 #[derive(Debug)]
@@ -956,7 +956,7 @@ mod tests {
 
     use super::*;
     use crate::command::LoginInfo;
-    use crate::store::{HistoryPage, Member};
+    use crate::model::{HistoryPage, Member};
 
     const MAX: usize = DEFAULT_MAX_FRAME;
 
@@ -2120,7 +2120,7 @@ mod tests {
                 },
                 Unread {
                     conversation: Conversation::Group(9),
-                    count: crate::store::UNREAD_CAP,
+                    count: crate::model::UNREAD_CAP,
                 },
             ],
         };

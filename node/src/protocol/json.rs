@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 
 use chat_schema::time::UtcTime;
 
-use super::{Decoded, Refusal, refuse};
+use super::decoded::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, Request, RequestKind};
-use crate::store::{Contact, Conversation, GroupInfo, Role, StoredMessage, UserId};
+use crate::model::{Contact, Conversation, GroupInfo, Role, StoredMessage, UserId};
 
 /// The seed's message ids, and the ones we added (11 and up).
 pub mod msgid {
@@ -1140,7 +1140,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::Member;
+    use crate::model::Member;
 
     const MAX: usize = 64 * 1024;
 

@@ -9,10 +9,13 @@
 //! reports consumed; each [`Decoded`] goes to the handlers. Replies and pushes
 //! go back through [`Encoder`], which appends the bytes to write to a buffer.
 
+mod decoded;
 pub mod flatbuf;
 pub mod json;
 
-use crate::command::{Failure, Push, Reply, Request, RequestKind};
+pub use decoded::Decoded;
+
+use crate::command::{Push, Reply, RequestKind};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,38 +53,6 @@ impl Wire {
             Wire::FlatBuffers => "flatbuffers",
             Wire::Json => "json",
         }
-    }
-}
-
-/// One unit taken off the byte stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
-    /// A well-formed request.
-    Request(Request),
-    /// A complete unit that is not a valid request (invalid FlatBuffers,
-    /// broken JSON, wrong field types, unknown msgid, ...): the session answers
-    /// with the failure and reads on.
-    Invalid {
-        request_id: u64,
-        kind: RequestKind,
-        failure: Failure,
-    },
-    /// The stream can not be followed any more (a length over the limit, an
-    /// endless JSON object): the session answers with the failure and closes.
-    Fatal(Failure),
-}
-
-/// Why a complete unit is not a usable request: the kind it was meant to
-/// be (so the reply has the right shape) and what is wrong with it.
-struct Refusal {
-    kind: RequestKind,
-    message: String,
-}
-
-fn refuse(kind: RequestKind, message: impl Into<String>) -> Refusal {
-    Refusal {
-        kind,
-        message: message.into(),
     }
 }
 

@@ -25,7 +25,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Store, StoreError, UserId};
+use crate::model::UserId;
+use crate::store::{Store, StoreError};
 
 /// How long a mailbox found full is refused without counting again.
 pub const FULL_FOR: Duration = Duration::from_secs(1);
@@ -124,8 +125,8 @@ impl Mailboxes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{NewMessage, Target};
     use crate::store::sqlite::{SqliteStore, SyncPolicy};
-    use crate::store::{NewMessage, Target};
 
     /// Admits and stores one direct message from `from` to `to`, as the
     /// writer does; returns its id.
