@@ -3,9 +3,9 @@
 # proxies, against a direct connection, in one run on this machine.
 #
 # Installs nginx + libnginx-mod-stream and haproxy from Debian if missing,
-# starts two echo upstreams (balancer/examples/tcp_bench.rs) on loopback, then
-# each proxy on its own port in front of both, configured like the seed's
-# nginx config (round-robin, weight=1 max_fails=3 fail_timeout=30s,
+# starts two echo upstreams (tcp-bench echo, balancer/bench/src/echo.rs) on
+# loopback, then each proxy on its own port in front of both, configured like
+# the seed's nginx config (round-robin, weight=1 max_fails=3 fail_timeout=30s,
 # proxy_connect_timeout 1s, tcp_nodelay on):
 #   direct         one upstream, no proxy (the baseline)
 #   nginx          stream module, worker_processes 2
@@ -16,7 +16,11 @@
 # and measures against each, ROUNDS times in rotating order: new connections
 # per second (conn-rate), latency of 16-byte request/response on established
 # connections at a fixed rate (open loop, coordinated omission corrected;
-# all targets in the same run, interleaved), and bulk throughput (echoed).
+# all targets in the same run, interleaved), and bulk throughput (echoed);
+# and, with chat-balancer a target, its redirect mode: "which node?" at a fixed
+# rate on persistent connections to its redirect port, round trip at the
+# client and the balancer's own answer time (its histogram
+# chat_balancer_redirect_answer_seconds on the admin port, before and after).
 # Prints the Markdown tables (medians over the rounds, ratios against direct,
 # nginx and HAProxy); the raw JSON lines stay in $OUT. Everything it starts is stopped on exit. The load generator, the
 # proxies and the upstreams share the machine's cores.
@@ -36,12 +40,17 @@
 #                                      moment hits all alike), or sequential
 #   LATENCY_DURATION=10s               latency: measured time of each run
 #   BULK_CONNECTIONS=4                 bulk: streaming connections
+#   REDIRECT_CONNECTIONS=10            redirect mode: persistent connections,
+#   REDIRECT_RATE=$RATE                "which node?" requests/s in all and
+#   REDIRECT_DURATION=$DURATION        measured time, once per round (against
+#                                      chat-balancer, and baseline if given)
 #   LOADGEN_THREADS=1                  load generator runtime threads
 #   TARGETS="direct nginx haproxy chat-balancer"
 #   BASE_PORT=18190                    upstreams BASE_PORT and BASE_PORT+2,
-#                                      proxies BASE_PORT+10.., admin +13/+14
+#                                      proxies BASE_PORT+10.., chat-balancer's
+#                                      admin +13 and redirect +14
 #   ECHO_PROBES=answer                 echo upstreams vs chat-balancer's load
-#                                      probes (tcp_bench echo --probes): answer
+#                                      probes (tcp-bench echo --probes): answer
 #                                      like a node (idle, capacity 10 000), or
 #                                      silent | close | echo (the balancer then
 #                                      marks both down and routes in panic mode)
@@ -65,6 +74,9 @@ RATE=${RATE:-5000}
 LATENCY_MODE=${LATENCY_MODE:-interleaved}
 LATENCY_DURATION=${LATENCY_DURATION:-10s}
 BULK_CONNECTIONS=${BULK_CONNECTIONS:-4}
+REDIRECT_CONNECTIONS=${REDIRECT_CONNECTIONS:-10}
+REDIRECT_RATE=${REDIRECT_RATE:-$RATE}
+REDIRECT_DURATION=${REDIRECT_DURATION:-$DURATION}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
 BASELINE_BALANCER=${BASELINE_BALANCER:-}
 TARGETS=${TARGETS:-"direct nginx haproxy chat-balancer${BASELINE_BALANCER:+ baseline}"}
@@ -85,6 +97,11 @@ declare -A PORT=(
 )
 ADMIN_PORT=$((BASE_PORT + 13))
 REDIRECT_PORT=$((BASE_PORT + 14))
+# Redirect mode of the balancer targets: redirect port and admin port.
+declare -A REDIRECT=(
+  [chat-balancer]="$REDIRECT_PORT $ADMIN_PORT"
+  [baseline]="$((BASE_PORT + 17)) $((BASE_PORT + 16))"
+)
 
 log() { echo "run.sh: $*" >&2; }
 
@@ -113,8 +130,8 @@ if ((${#need[@]})); then
 fi
 
 # ---- builds -------------------------------------------------------------------
-cargo build --release -p chat-balancer --example tcp_bench >&2
-BENCH=target/release/examples/tcp_bench
+cargo build --release -p chat-balancer-bench >&2
+BENCH=target/release/tcp-bench
 BALANCER=target/release/chat-balancer
 balancer_note=""
 if [[ " $TARGETS " == *" chat-balancer "* ]]; then
@@ -282,6 +299,17 @@ for ((round = 0; round < ROUNDS; round++)); do
       sleep 0.5
     done
   done
+  # Redirect mode: "which node?" on the balancers' redirect ports, with their
+  # answer-time histogram read off the admin port before and after.
+  for t in "${active[@]}"; do
+    [[ -n ${REDIRECT[$t]:-} ]] || continue
+    read -r rport aport <<<"${REDIRECT[$t]}"
+    "$BENCH" redirect --target "127.0.0.1:$rport" --metrics "http://127.0.0.1:$aport/metrics" \
+      --label "$t" "${common[@]}" --duration "$REDIRECT_DURATION" \
+      --connections "$REDIRECT_CONNECTIONS" --rate "$REDIRECT_RATE" >>"$results" ||
+      log "redirect against $t failed"
+    sleep 0.5
+  done
 done
 
 if [[ " ${active[*]} " == *" chat-balancer "* ]]; then
@@ -292,7 +320,7 @@ fi
 # ---- report -------------------------------------------------------------------
 {
   echo "$(date -u +%Y-%m-%d) · $(nproc) cores shared by the load generator, the proxies and two echo upstreams · load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY SOURCE_IPS=$SOURCE_IPS LATENCY_MODE=$LATENCY_MODE LATENCY_DURATION=$LATENCY_DURATION CONNECTIONS=$CONNECTIONS RATE=$RATE BULK_CONNECTIONS=$BULK_CONNECTIONS LOADGEN_THREADS=$LOADGEN_THREADS ECHO_PROBES=$ECHO_PROBES"
+  echo "DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY SOURCE_IPS=$SOURCE_IPS LATENCY_MODE=$LATENCY_MODE LATENCY_DURATION=$LATENCY_DURATION CONNECTIONS=$CONNECTIONS RATE=$RATE BULK_CONNECTIONS=$BULK_CONNECTIONS REDIRECT_CONNECTIONS=$REDIRECT_CONNECTIONS REDIRECT_RATE=$REDIRECT_RATE REDIRECT_DURATION=$REDIRECT_DURATION LOADGEN_THREADS=$LOADGEN_THREADS ECHO_PROBES=$ECHO_PROBES"
   echo "$(nginx -v 2>&1) · $(haproxy -v | head -1) · chat-balancer $(git rev-parse --short HEAD)"
   [[ -n $balancer_note ]] && echo "Not measured: $balancer_note"
   if [[ -s $OUT/chat-balancer-metrics.txt ]]; then
