@@ -14,6 +14,7 @@ use chat_ops::settings::{self, SettingsError};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::chaos::ChaosConfig;
 use crate::slo::{Slo, SloError};
 
 const EXAMPLES: &str = "\
@@ -40,6 +41,10 @@ Examples:
   chat-loadtest --local 1 --scenario mixed --mix direct=60,group=20,relogin=10,read=10
   # users whose connection drops come back (backoff, login again) and go on
   chat-loadtest --target 127.0.0.1:6000,127.0.0.1:6001 --reconnect --duration 600s
+  # chaos soak: 3 local nodes, NATS, a balancer; every 30 s a node killed and
+  # restarted, NATS restarted, the balancer restarted, a node paused past its
+  # lease, in turn; the report lists each fault, its recovery and its loss
+  chat-loadtest --local 3 --chaos --chaos-every 30s --rate 2000 --duration 10m --json chaos.json
   # distributed: workers first (any machine), then the coordinator
   chat-loadtest worker --nats nats://10.0.0.9:4222
   chat-loadtest --workers 4 --nats nats://10.0.0.9:4222 --target 10.0.0.5:8000 --users 100000
@@ -224,6 +229,10 @@ pub struct RunConfig {
     /// are summed into the server's cost.
     #[serde(default)]
     pub server_metrics: Vec<String>,
+    /// `--chaos`: faults injected into the local cluster (see
+    /// [`crate::chaos`]); implies `reconnect`.
+    #[serde(default)]
+    pub chaos: Option<ChaosConfig>,
 }
 
 impl RunConfig {
@@ -452,6 +461,26 @@ pub struct Args {
     )]
     #[serde(default)]
     pub server_metrics: Vec<String>,
+    /// --local: the nodes' --lease-ttl, how long a dead or stalled node keeps its users claimed [default: 10s].
+    #[arg(long, env = "CHAT_LOADTEST_LOCAL_LEASE_TTL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub local_lease_ttl: Option<Duration>,
+    /// Chaos soak: run on a local cluster (--local 3 unless --local N, N >= 2, is given) and, every --chaos-every, inject a fault: kill (SIGKILL a node, restart it on the same ports), nats (restart nats-server), balancer (restart the balancer), stop (SIGSTOP a node for its lease + 1 s, then SIGCONT), in turn. Implies --reconnect. The report lists each fault with its time, recovery and loss. Example: chat-loadtest --chaos --chaos-every 30s --rate 2000 --duration 10m --json chaos.json [default: false].
+    #[arg(
+        long,
+        env = "CHAT_LOADTEST_CHAOS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub chaos: Option<bool>,
+    /// --chaos: time from the start of traffic to the first fault, and between faults [default: 30s].
+    #[arg(long, env = "CHAT_LOADTEST_CHAOS_EVERY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub chaos_every: Option<Duration>,
+    /// --chaos: the fault kinds, injected in this order round and round [default: kill,nats,balancer,stop].
+    #[arg(long, env = "CHAT_LOADTEST_CHAOS_FAULTS")]
+    pub chaos_faults: Option<String>,
 }
 
 /// Why the settings can not be used.
@@ -551,13 +580,71 @@ impl Args {
             local_shards,
             progress,
             connect_only,
-            reconnect
+            reconnect,
+            local_lease_ttl,
+            chaos,
+            chaos_every,
+            chaos_faults
         )
+    }
+
+    /// The nodes of the local cluster to start: `--local N`, or 3 for
+    /// `--chaos` without `--local`.
+    pub fn local_nodes(&self) -> Option<usize> {
+        self.local.or(self.chaos.unwrap_or(false).then_some(3))
+    }
+
+    /// The local nodes' lease.
+    pub fn lease_ttl(&self) -> Duration {
+        self.local_lease_ttl.unwrap_or(Duration::from_secs(10))
+    }
+
+    /// The chaos settings, checked; `None` without `--chaos`.
+    fn chaos(
+        &self,
+        scenario: ScenarioKind,
+        local: bool,
+    ) -> Result<Option<ChaosConfig>, ConfigError> {
+        if !self.chaos.unwrap_or(false) {
+            return Ok(None);
+        }
+        if matches!(scenario, ScenarioKind::Connect | ScenarioKind::Ramp) {
+            return Err(invalid(format!(
+                "--chaos runs with steady traffic: not with the {} scenario",
+                scenario.name()
+            )));
+        }
+        if !local || self.workers.is_some() {
+            return Err(invalid(
+                "--chaos injects faults into a local cluster: it implies --local 3 (or give --local N, N >= 2), without --target, --redirect or --workers",
+            ));
+        }
+        if self.local_nodes().is_some_and(|n| n < 2) {
+            return Err(invalid(
+                "--chaos needs at least 2 local nodes (users of a dead node log in on another)",
+            ));
+        }
+        let every = self.chaos_every.unwrap_or(Duration::from_secs(30));
+        if every < Duration::from_secs(1) {
+            return Err(invalid("--chaos-every must be at least 1s"));
+        }
+        let faults = crate::chaos::parse_faults(
+            self.chaos_faults
+                .as_deref()
+                .unwrap_or("kill,nats,balancer,stop"),
+        )
+        .map_err(|e| invalid(format!("--chaos-faults: {e}")))?;
+        Ok(Some(ChaosConfig {
+            every,
+            faults,
+            lease_ttl: self.lease_ttl(),
+        }))
     }
 
     /// The checked run, with `target` filled in by the caller for `--local`.
     pub fn resolve(&self, local_target: Option<Target>) -> Result<RunConfig, ConfigError> {
         let scenario = self.scenario.unwrap_or(ScenarioKind::Direct);
+        let chaos = self.chaos(scenario, local_target.is_some())?;
         let target = match (local_target, &self.redirect, self.target.is_empty()) {
             (Some(t), None, true) => t,
             (None, Some(r), true) => Target::Redirect(r.clone()),
@@ -673,8 +760,9 @@ impl Args {
                 .unwrap_or_else(|| "loadtest-pw".into()),
             prefix: self.prefix.clone().unwrap_or_else(random_prefix),
             connect_only,
-            reconnect: self.reconnect.unwrap_or(false),
+            reconnect: self.reconnect.unwrap_or(false) || chaos.is_some(),
             server_metrics: self.server_metrics.clone(),
+            chaos,
         })
     }
 
@@ -1035,6 +1123,60 @@ mod tests {
                 .unwrap()
                 .closed_pairs()
         );
+    }
+
+    #[test]
+    fn chaos_implies_a_local_cluster_of_three_and_reconnect() {
+        let local = || Some(Target::Addrs(vec!["127.0.0.1:1".into()]));
+        let args = parse(&["--chaos"]);
+        assert_eq!(args.local_nodes(), Some(3));
+        let c = args.resolve(local()).unwrap();
+        assert!(c.reconnect, "--chaos implies --reconnect");
+        let chaos = c.chaos.unwrap();
+        assert_eq!(chaos.every, Duration::from_secs(30));
+        assert_eq!(chaos.faults, crate::chaos::FaultKind::ALL);
+        assert_eq!(chaos.lease_ttl, Duration::from_secs(10));
+        let c = parse(&[
+            "--chaos",
+            "--local",
+            "2",
+            "--local-lease-ttl",
+            "3s",
+            "--chaos-every",
+            "5s",
+            "--chaos-faults",
+            "stop,kill",
+        ])
+        .resolve(local())
+        .unwrap();
+        let chaos = c.chaos.unwrap();
+        assert_eq!(chaos.every, Duration::from_secs(5));
+        assert_eq!(chaos.lease_ttl, Duration::from_secs(3));
+        assert_eq!(
+            chaos.faults,
+            [crate::chaos::FaultKind::Stop, crate::chaos::FaultKind::Kill]
+        );
+        assert!(
+            parse(&["--local", "1"])
+                .resolve(local())
+                .unwrap()
+                .chaos
+                .is_none()
+        );
+        for (args, why) in [
+            (&["--chaos", "--local", "1"][..], "at least 2"),
+            (&["--chaos", "--scenario", "ramp"], "steady traffic"),
+            (&["--chaos", "--scenario", "connect"], "steady traffic"),
+            (&["--chaos", "--chaos-faults", "kill,fire"], "fire"),
+            (&["--chaos", "--chaos-every", "10ms"], "at least 1s"),
+        ] {
+            let err = parse(args).resolve(local()).unwrap_err().to_string();
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+        let err = parse(&["--chaos", "--target", "x:1"])
+            .resolve(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("local cluster"), "{err}");
     }
 
     #[test]

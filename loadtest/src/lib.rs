@@ -12,7 +12,10 @@
 //! - [`server`]: the servers' CPU and memory, from `/proc` or their
 //!   `/metrics`;
 //! - [`distributed`]: a coordinator and workers sharing a run over NATS;
+//! - [`chaos`]: `--chaos`, faults injected into `--local`'s cluster during
+//!   the traffic, their recovery and loss;
 //! - [`report`]: the final table, JSON, `.hgrm` files, interval logs, plot.
+pub mod chaos;
 pub mod config;
 pub mod distributed;
 pub mod exporter;

@@ -83,14 +83,17 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let args = args.with_file()?;
     let output = args.output()?;
-    let local = match args.local {
+    let local = match args.local_nodes() {
         Some(0) => anyhow::bail!("--local needs at least one node"),
         Some(n) => {
             eprintln!(
                 "starting a balancer and {n} node{} ...",
                 if n == 1 { "" } else { "s" }
             );
-            Some(Local::start(n, args.local_shards.unwrap_or(1)).context("--local")?)
+            Some(
+                Local::start(n, args.local_shards.unwrap_or(1), args.lease_ttl())
+                    .context("--local")?,
+            )
         }
         None => None,
     };
@@ -105,9 +108,27 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     // A plain run samples the servers itself: --local's processes, or
     // the --server-metrics endpoints.
+    // (Not with --chaos: restarted processes have new pids.)
     let probe = match &local {
+        Some(_) if config.chaos.is_some() => None,
         Some(l) => Some(l.probe()),
         None => Probe::metrics(&config.server_metrics)?,
+    };
+    let injector = match (&local, &config.chaos) {
+        (Some(l), Some(c)) => {
+            eprintln!(
+                "chaos: a fault every {} ({}), lease {}",
+                humantime::format_duration(c.every),
+                c.faults
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                humantime::format_duration(c.lease_ttl)
+            );
+            Some(l.injector())
+        }
+        _ => None,
     };
     let target = match &local {
         Some(l) => l.describe(),
@@ -176,7 +197,7 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
                     users: config.users,
                     rate_share: 1.0,
                 };
-                run::run(config.clone(), part, Instant::now(), sink, probe)
+                run::run(config.clone(), part, Instant::now(), sink, probe, injector)
                     .await
                     .map_err(anyhow::Error::from)
             }
@@ -370,7 +391,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                     });
                 }
             });
-            let outcome = run::run(Arc::new(a.config), part, base, sink, probe)
+            let outcome = run::run(Arc::new(a.config), part, base, sink, probe, None)
                 .await
                 .map_err(|e| e.to_string())?;
             let c = &outcome.counters;

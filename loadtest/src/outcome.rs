@@ -471,6 +471,9 @@ pub struct Outcome {
     /// `--server-metrics`).
     #[serde(default)]
     pub server: Option<ServerCost>,
+    /// `--chaos`: the faults injected, their recovery and loss.
+    #[serde(default)]
+    pub chaos: Option<crate::chaos::ChaosOutcome>,
 }
 
 impl Default for Outcome {
@@ -487,6 +490,7 @@ impl Default for Outcome {
             ramp: Vec::new(),
             workers: 1,
             server: None,
+            chaos: None,
         }
     }
 }
@@ -577,6 +581,10 @@ impl Outcome {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (None, Some(theirs)) => self.server = Some(theirs),
             _ => {}
+        }
+        // Chaos runs are never distributed: the one outcome that has it.
+        if self.chaos.is_none() {
+            self.chaos = other.chaos;
         }
     }
 }

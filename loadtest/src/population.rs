@@ -252,6 +252,8 @@ pub struct Population {
     pub stopping: Arc<AtomicBool>,
     /// Sends of unknown outcome (`--reconnect`).
     unconfirmed: Mutex<Vec<Unconfirmed>>,
+    /// `--chaos`: every acknowledged send, to attribute losses to faults.
+    pub acked: Option<crate::chaos::AckedLog>,
 }
 
 impl Population {
@@ -280,6 +282,14 @@ impl Population {
                 if taken { 0 } else { recipients.len() as u64 }
             })
             .sum()
+    }
+
+    /// Recipients of `m` that have not received it (so far).
+    pub fn missing_recipients(&self, m: &Unconfirmed) -> Vec<u32> {
+        self.recipients(m.sender, m.stream)
+            .into_iter()
+            .filter(|&r| !self.users[r as usize].has(m.sender, m.stream, m.seq))
+            .collect()
     }
 
     /// Who receives `sender`'s messages on `stream`.
@@ -547,6 +557,7 @@ pub async fn set_up(
         groups,
         stopping,
         unconfirmed: Mutex::default(),
+        acked: config.chaos.is_some().then(crate::chaos::AckedLog::default),
     }
 }
 

@@ -62,6 +62,12 @@ struct Histograms {
     totals: BTreeMap<Series, Histogram<u64>>,
     intervals: Vec<Interval>,
     lag: Histogram<u64>,
+    /// `--chaos`: fault windows `[start, end)` µs (end `u64::MAX` while a
+    /// fault recovers).
+    faults: Vec<(u64, u64)>,
+    /// `--chaos`: corrected delivery latency of the window's messages whose
+    /// time in flight overlaps no fault window.
+    outside_faults: Option<Histogram<u64>>,
 }
 
 /// One closed second, for the live line.
@@ -142,6 +148,8 @@ impl Recorder {
                 totals: BTreeMap::new(),
                 intervals: Vec::new(),
                 lag: new_histogram(),
+                faults: Vec::new(),
+                outside_faults: None,
             }),
             errors: Mutex::new(BTreeMap::new()),
         }
@@ -201,6 +209,44 @@ impl Recorder {
                 record(h.totals.entry(series).or_insert_with(new_histogram), us);
             }
         }
+        if metric == Metric::Delivery && in_window {
+            let Histograms {
+                faults,
+                outside_faults,
+                ..
+            } = &mut *h;
+            if let Some(quiet) = outside_faults
+                && !faults.iter().any(|&(s, e)| intended_us < e && done > s)
+            {
+                record(quiet, corrected);
+            }
+        }
+    }
+
+    /// `--chaos`: from now on, delivery latencies of messages in flight
+    /// outside every fault window are kept apart too.
+    pub fn track_faults(&self) {
+        lock(&self.histograms).outside_faults = Some(new_histogram());
+    }
+
+    /// A fault started at `at_us`: its window is open until
+    /// [`Recorder::fault_ended`]. Returns the window's index.
+    pub fn fault_started(&self, at_us: u64) -> usize {
+        let mut h = lock(&self.histograms);
+        h.faults.push((at_us, u64::MAX));
+        h.faults.len() - 1
+    }
+
+    /// Window `i` closes at `at_us` (the fault recovered).
+    pub fn fault_ended(&self, i: usize, at_us: u64) {
+        if let Some(w) = lock(&self.histograms).faults.get_mut(i) {
+            w.1 = at_us;
+        }
+    }
+
+    /// The delivery latencies outside fault windows (`--chaos`).
+    pub fn outside_faults(&self) -> Option<Histogram<u64>> {
+        lock(&self.histograms).outside_faults.clone()
     }
 
     /// Records how late the generator started an action; counts it as late
@@ -321,6 +367,7 @@ impl Recorder {
             ramp: Vec::new(),
             workers: 1,
             server: None,
+            chaos: None,
         }
     }
 }
@@ -405,6 +452,32 @@ mod tests {
         let o = rec.finish(1.0);
         assert_eq!(o.counters.late, 2, "added once");
         assert_eq!(o.generator.lag.len(), 3);
+    }
+
+    #[test]
+    fn deliveries_in_flight_during_a_fault_are_kept_out_of_the_quiet_histogram() {
+        let rec = Recorder::new(
+            Clock::starting_at(Instant::now() - Duration::from_secs(10)),
+            Duration::from_millis(10),
+        );
+        rec.set_window(0, u64::MAX - 1);
+        rec.latency(Metric::Delivery, 1_000, 1_000);
+        assert!(rec.outside_faults().is_none(), "kept only with --chaos");
+        rec.track_faults();
+        let now = rec.clock.now_us();
+        // Before any fault: kept.
+        rec.latency(Metric::Delivery, now - 5_000, now - 5_000);
+        let fault = rec.fault_started(now - 1_000_000);
+        // In flight while the fault recovers: not kept.
+        rec.latency(Metric::Delivery, now - 2_000_000, now - 2_000_000);
+        rec.fault_ended(fault, now - 500_000);
+        // Sent before the fault, received after it: not kept.
+        rec.latency(Metric::Delivery, now - 2_000_000, now - 2_000_000);
+        // Sent after the recovery: kept.
+        rec.latency(Metric::Delivery, now - 100_000, now - 100_000);
+        // Other metrics never are.
+        rec.latency(Metric::SendAck, now - 100_000, now - 100_000);
+        assert_eq!(rec.outside_faults().unwrap().len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
+use crate::chaos::{self, ChaosConfig, ChaosOutcome, Injector};
 use crate::config::{Model, RunConfig, ScenarioKind, Target};
 use crate::outcome::{Balance, Metric, Outcome, ProcessCost, RampStep, ServerCost};
 use crate::population::{self, Arrivals, Population, SetupProgress};
@@ -133,17 +134,24 @@ pub enum RunError {
 /// Runs `config`'s scenario for `part`, with the clock's zero at `base`.
 /// With a `probe`, the servers' CPU and memory are sampled (before the users
 /// connect, at the start and the end of the window, and once a second).
+/// With `chaos` (and `config.chaos`), faults are injected during the
+/// traffic (see [`crate::chaos`]).
 pub async fn run(
     config: Arc<RunConfig>,
     part: Part,
     base: Instant,
     sink: Sink,
     probe: Option<Probe>,
+    chaos: Option<Injector>,
 ) -> Result<Outcome, RunError> {
     let rec = Arc::new(Recorder::new(
         Clock::starting_at(base),
         config.late_threshold,
     ));
+    let chaos = chaos.zip(config.chaos.clone());
+    if chaos.is_some() {
+        rec.track_faults();
+    }
     if config.model == Model::Closed && config.scenario != ScenarioKind::Connect {
         rec.window_by_start();
     }
@@ -172,6 +180,7 @@ pub async fn run(
         stage: &stage,
         offered_rate: &offered_rate,
         meter: &meter,
+        chaos,
     };
     let result = drive(&context, part, &dialer, &setup).await;
     stage.store(Stage::Done as u8, Ordering::Relaxed);
@@ -181,6 +190,7 @@ pub async fn run(
     outcome.balance = ended.balance;
     outcome.ramp = ended.ramp;
     outcome.server = ended.server;
+    outcome.chaos = ended.chaos;
     Ok(outcome)
 }
 
@@ -198,6 +208,7 @@ struct Context<'a> {
     stage: &'a AtomicU8,
     offered_rate: &'a AtomicU64,
     meter: &'a Arc<Meter>,
+    chaos: Option<(Injector, ChaosConfig)>,
 }
 
 impl Context<'_> {
@@ -215,6 +226,7 @@ struct Ended {
     balance: Option<Balance>,
     ramp: Vec<RampStep>,
     server: Option<ServerCost>,
+    chaos: Option<ChaosOutcome>,
 }
 
 async fn drive(
@@ -270,6 +282,7 @@ async fn drive(
     }
     let mut steps = Vec::new();
     let server;
+    let mut faults = None;
     if connect {
         // Hold the connections (idle, logged in) for the duration: what a
         // node's memory per connection is measured on.
@@ -300,15 +313,55 @@ async fn drive(
             };
             let first = meter.mark_at(rec, &pop, measure);
             let last = meter.mark_at(rec, &pop, end);
+            drain_until = rec.clock.at(end) + config.drain;
+            faults = cx.chaos.clone().map(|(injector, chaos)| {
+                let schedule = chaos::Schedule {
+                    t0,
+                    end_us: end,
+                    deadline: drain_until,
+                    offered_rate: rate,
+                };
+                tokio::spawn(chaos::run(
+                    injector,
+                    chaos,
+                    schedule,
+                    pop.clone(),
+                    rec.clone(),
+                ))
+            });
             traffic::run_segment(segment, &pop, rec, config).await;
             tokio::time::sleep_until(rec.clock.at(end)).await;
             server = meter.cost(&before, &joined(first).await, &joined(last).await);
-            drain_until = rec.clock.at(end) + config.drain;
         }
         cx.offer(0.0);
         cx.stage(Stage::Drain);
         drain(rec, &pop, drain_until).await;
     }
+    let chaos = match (faults, &cx.chaos) {
+        (Some(task), Some((_, chaos))) => {
+            let mut faults = task.await.unwrap_or_default();
+            let (acked_lost, lost_before_faults) = pop
+                .acked
+                .as_ref()
+                .map_or((0, 0), |log| log.attribute(&pop, &mut faults));
+            let found_at_final_login = match (&pop.acked, acked_lost) {
+                (Some(log), 1..) => log.found_at_login(&pop, &config.password).await,
+                _ => 0,
+            };
+            Some(ChaosOutcome {
+                every_us: chaos.every.as_micros() as u64,
+                lease_ttl_us: chaos.lease_ttl.as_micros() as u64,
+                faults,
+                acked_lost,
+                lost_before_faults,
+                found_at_final_login,
+                delivery_outside_faults: rec
+                    .outside_faults()
+                    .unwrap_or_else(crate::outcome::new_histogram),
+            })
+        }
+        _ => None,
+    };
     for u in &pop.users {
         u.ack_all();
     }
@@ -318,6 +371,7 @@ async fn drive(
         balance,
         ramp: steps,
         server,
+        chaos,
     })
 }
 

@@ -576,6 +576,9 @@ async fn finish(f: InFlight, scene: &Scene) {
         Ok(true) => {
             rec.latency(Metric::SendAck, intended, started);
             inc(&rec.counts.acked);
+            if let Some(log) = &scene.pop.acked {
+                log.push(intended, message);
+            }
             if rec.action_in_window(intended, started) {
                 inc(&rec.counts.window_acked);
             }

@@ -45,9 +45,14 @@ pub struct LocalBalancer {
     pub addr: SocketAddr,
     pub redirect_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    binary: PathBuf,
+    options: BalancerOptions,
     log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
+
+/// How long a restart keeps trying to bind the old ports.
+const REBIND_WITHIN: Duration = Duration::from_secs(10);
 
 impl LocalBalancer {
     /// Starts a balancer on free ports and waits until its admin endpoint
@@ -65,35 +70,49 @@ impl LocalBalancer {
             .prefix("chat-balancer-")
             .suffix(".log")
             .tempfile()?;
-        let mut command = Command::new(binary);
-        command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--redirect-listen")
-            .arg(redirect_addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin_addr.to_string())
-            .arg("--threads")
-            .arg(options.threads.to_string());
-        for u in &options.upstreams {
-            command.arg("--upstream").arg(u);
-        }
-        let child = command
-            .args(&options.args)
-            .env("CHAT_BALANCER_LOG", &options.log)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stderr(log.reopen()?)
-            .spawn()?;
         let mut balancer = LocalBalancer {
             addr,
             redirect_addr,
             admin_addr,
+            binary,
+            options,
             log,
-            child: Some(child),
+            child: None,
         };
+        balancer.spawn()?;
+        Ok(balancer)
+    }
+
+    /// Starts the process (its stderr appended to the log) and waits until
+    /// it serves.
+    fn spawn(&mut self) -> Result<(), LocalError> {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--redirect-listen")
+            .arg(self.redirect_addr.to_string())
+            .arg("--admin-listen")
+            .arg(self.admin_addr.to_string())
+            .arg("--threads")
+            .arg(self.options.threads.to_string());
+        for u in &self.options.upstreams {
+            command.arg("--upstream").arg(u);
+        }
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log.path())?;
+        let child = command
+            .args(&self.options.args)
+            .env("CHAT_BALANCER_LOG", &self.options.log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        self.child = Some(child);
         let limit = Duration::from_secs(20);
-        wait_until(&mut balancer.child, limit, || {
+        let (addr, admin_addr) = (self.addr, self.admin_addr);
+        wait_until(&mut self.child, limit, || {
             http_get(admin_addr, "/status.json").is_ok()
                 && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         })
@@ -101,8 +120,37 @@ impl LocalBalancer {
             addr,
             secs: limit.as_secs(),
             status,
-        })?;
-        Ok(balancer)
+        })
+    }
+
+    /// Kills the process with SIGKILL (every client connection through it
+    /// breaks), starts it again on the same ports with the same upstreams
+    /// and flags, and waits until it serves; while a port is not yet free
+    /// the start is tried again, for up to 10 s.
+    pub fn restart(&mut self) -> Result<(), LocalError> {
+        self.kill9();
+        let started = std::time::Instant::now();
+        loop {
+            match self.spawn() {
+                Err(LocalError::NotReady {
+                    status: Some(_), ..
+                }) if started.elapsed() < REBIND_WITHIN => {
+                    self.child = None;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    self.kill9();
+                    return Err(e);
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether the process has been started and not killed through this
+    /// handle.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// What the process has written to stderr so far.

@@ -3,6 +3,13 @@
 //! processes `node-0`, `node-1`, ... joined over NATS. For tests, benchmarks
 //! and `chat-loadtest --local`. Dropping it kills the nodes, then NATS, then
 //! removes the directory.
+//!
+//! The faults of `chat-loadtest --chaos` are methods here: a node's crash
+//! and restart on the same ports, node id and data
+//! ([`LocalCluster::kill9_and_restart_node`]), a node paused and resumed
+//! ([`LocalCluster::stop_node`], [`LocalCluster::continue_node`]), NATS and
+//! the balancer restarted on their ports ([`LocalCluster::restart_nats`],
+//! [`LocalCluster::restart_balancer`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -222,6 +229,45 @@ impl LocalCluster {
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }
+
+    /// A crash of node `i` and its restart: SIGKILL, then the same binary
+    /// on the same ports with the same node id and the shared data
+    /// directory; returns once it serves and has joined NATS again. (At
+    /// start a node releases the claims it held, so its users can log in
+    /// again at once.) Panics when there is no such node.
+    pub fn kill9_and_restart_node(&mut self, i: usize) -> Result<(), LocalError> {
+        self.nodes[i].kill9_and_restart()?;
+        self.wait_joined(JOIN_WITHIN)
+    }
+
+    /// Pauses node `i` with SIGSTOP (see [`LocalNode::stop`]); panics when
+    /// there is no such node.
+    pub fn stop_node(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Resumes node `i` after [`LocalCluster::stop_node`] (SIGCONT).
+    pub fn continue_node(&mut self, i: usize) {
+        self.nodes[i].cont();
+    }
+
+    /// Restarts `nats-server` on the same port (SIGKILL, then a new process)
+    /// and waits until every running node has subscribed again. Panics for
+    /// a cluster started `without_nats`.
+    pub fn restart_nats(&mut self) -> Result<(), LocalError> {
+        self.nats_mut().restart()?;
+        self.wait_joined(JOIN_WITHIN)
+    }
+
+    /// Restarts the balancer on the same ports (SIGKILL, then a new process
+    /// with the same upstreams: every connection through it breaks) and
+    /// waits until it serves. Does nothing without a balancer.
+    pub fn restart_balancer(&mut self) -> Result<(), LocalError> {
+        match &mut self.balancer {
+            Some(b) => b.restart(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for LocalCluster {
@@ -235,5 +281,56 @@ impl Drop for LocalCluster {
         if let Some(nats) = &mut self.nats {
             nats.kill9();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The faults of `chat-loadtest --chaos`, on real processes (the
+    //! binaries must be built: `cargo build --workspace`).
+
+    use super::*;
+    use crate::node::answers_ping;
+
+    #[test]
+    fn every_fault_leaves_the_cluster_serving_on_the_same_addresses() {
+        let mut c = LocalCluster::start(ClusterOptions {
+            nodes: 2,
+            lease_ttl: Duration::from_secs(3),
+            balancer: Some(BalancerOptions {
+                log: "warn".into(),
+                threads: 1,
+                ..BalancerOptions::default()
+            }),
+            ..ClusterOptions::default()
+        })
+        .unwrap();
+        let addrs = c.addrs();
+        let balancer = c.balancer().unwrap().addr;
+
+        let pid = c.node(0).pid();
+        c.kill9_and_restart_node(0).unwrap();
+        assert_ne!(c.node(0).pid(), pid, "a new process");
+        assert_eq!(c.addrs(), addrs, "on the same ports");
+        assert!(answers_ping(addrs[0], false));
+
+        c.stop_node(1);
+        assert!(
+            !answers_ping(addrs[1], false),
+            "a stopped node answers nothing"
+        );
+        c.continue_node(1);
+        assert!(answers_ping(addrs[1], false));
+
+        let nats = c.nats().addr();
+        c.restart_nats().unwrap();
+        assert_eq!(c.nats().addr(), nats);
+
+        let pid = c.balancer().unwrap().pid();
+        c.restart_balancer().unwrap();
+        let b = c.balancer().unwrap();
+        assert_ne!(b.pid(), pid);
+        assert_eq!(b.addr, balancer);
+        assert!(b.is_running());
     }
 }

@@ -6,10 +6,13 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::LocalError;
 use crate::process::{find_binary, free_port, wait_until};
+
+/// How long a restart after a crash keeps trying to bind the old ports.
+const REBIND_WITHIN: Duration = Duration::from_secs(10);
 
 /// How to start a local node.
 #[derive(Debug, Clone)]
@@ -216,13 +219,46 @@ impl LocalNode {
         }
         self.spawn()
     }
+
+    /// A crash and a restart: kills the process with SIGKILL (a stopped one
+    /// too), then starts it again on the same ports, node id and data
+    /// directory and waits until it serves. While a port of the killed
+    /// process is not yet free the start is tried again, for up to
+    /// [`REBIND_WITHIN`].
+    pub fn kill9_and_restart(&mut self) -> Result<(), LocalError> {
+        self.kill9();
+        let started = Instant::now();
+        loop {
+            match self.spawn() {
+                Err(LocalError::NotReady {
+                    status: Some(_), ..
+                }) if started.elapsed() < REBIND_WITHIN => {
+                    self.child = None;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Pauses the process with SIGSTOP, as a stalled machine would: it keeps
+    /// its sockets (the kernel still accepts connections) but answers
+    /// nothing and renews no lease until [`LocalNode::cont`].
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Resumes a process paused by [`LocalNode::stop`] (SIGCONT).
+    pub fn cont(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
 }
 
 /// Whether a node at `addr` answers a seed-JSON ping: the end-to-end sign
 /// that it accepts and serves connections, not only that a socket is bound.
 /// With `proxy_header`, the ping follows a PROXY v2 LOCAL header, as a
 /// balancer's own connections do.
-fn answers_ping(addr: SocketAddr, proxy_header: bool) -> bool {
+pub(crate) fn answers_ping(addr: SocketAddr, proxy_header: bool) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

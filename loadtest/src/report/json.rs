@@ -31,6 +31,7 @@
 //! | `slo` | array | one verdict per `--slo` objective |
 //! | `slo_held` | bool | every objective held (true when none was set) |
 //! | `server` | object or null | the servers' CPU and memory (`--local`, `--server-metrics`; see below) |
+//! | `chaos` | object or null | `--chaos`: the faults injected, their recovery and loss (see below) |
 //!
 //! **`latency`**: metrics are `connect`, `register`, `login`, `send_ack`,
 //! `delivery`, `history` (a history page; a browse's first page from its
@@ -100,6 +101,25 @@
 //! − rss_before_bytes` (before the first user connected) over `connections`
 //! (number, negative if memory was returned; `null` without connections).
 //! With `--server-metrics` the endpoints are summed into `nodes`.
+//!
+//! **`chaos`** (null unless `--chaos`; see [`crate::chaos`]): `{"every_us",
+//! "lease_ttl_us", "faults", "acked_lost"` (receipts of acknowledged sends
+//! never received), `"lost_before_faults"` (of those, sends intended before
+//! the first fault), `"found_at_final_login"` (of those, the ones a fresh
+//! login of the recipient at the end listed as pending: stuck in the store,
+//! not pushed), `"delivery_outside_faults"` (`S` of the corrected
+//! delivery latency of the window's messages whose time in flight overlaps
+//! no fault window, or `null`)`}`. Each fault: `{"kind"` (`kill`, `nats`,
+//! `balancer`, `stop`), `"target"` (`node-0`, `nats-server`, `balancer`),
+//! `"at_us"` (start, on the run's clock), `"injected_us"` (until the
+//! process served again; `stop`: until resumed and its lease lapse
+//! counted), `"error"` (why the injection failed, or `null`), `"dropped"`
+//! (connections closed from the start to the recovery), `"online_us"`
+//! (from the start until every user was logged in again), `"recovery_us"`
+//! (until, besides, the receipts due were back under 250 ms of traffic;
+//! `null`: not recovered by the end of the drain), `"recovered"` (bool),
+//! `"lost"` (receipts of acknowledged sends intended from this fault's
+//! start to the next one's that never came)`}`.
 
 use std::path::Path;
 use std::time::UNIX_EPOCH;
@@ -111,6 +131,7 @@ use super::{
     RunInfo, SloUnit, generator_verdict, model_name, protocol_name, quantile, ramp_best_rate,
     series_with_data, slo_unit,
 };
+use crate::chaos::ChaosOutcome;
 use crate::outcome::{Outcome, ProcessCost, ServerCost};
 
 /// The `format` of this schema.
@@ -191,6 +212,31 @@ pub fn json(outcome: &Outcome, info: &RunInfo) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "slo_held": info.verdicts.iter().all(|v| v.held),
         "server": outcome.server.as_ref().map(server),
+        "chaos": outcome.chaos.as_ref().map(chaos),
+    })
+}
+
+fn chaos(c: &ChaosOutcome) -> Value {
+    let h = &c.delivery_outside_faults;
+    j!({
+        "every_us": c.every_us,
+        "lease_ttl_us": c.lease_ttl_us,
+        "faults": c.faults.iter().map(|f| j!({
+            "kind": f.kind.name(),
+            "target": f.target,
+            "at_us": f.at_us,
+            "injected_us": f.injected_us,
+            "error": f.error,
+            "dropped": f.dropped,
+            "online_us": f.online_us,
+            "recovery_us": f.recovery_us,
+            "recovered": f.recovery_us.is_some(),
+            "lost": f.lost,
+        })).collect::<Vec<_>>(),
+        "acked_lost": c.acked_lost,
+        "lost_before_faults": c.lost_before_faults,
+        "found_at_final_login": c.found_at_final_login,
+        "delivery_outside_faults": if h.is_empty() { Value::Null } else { summary(h) },
     })
 }
 
@@ -472,6 +518,32 @@ mod tests {
         assert!(v["server"]["nodes"]["cpu_us_per_delivered"].is_null());
         assert!(v["server"]["nodes"]["rss_bytes_per_connection"].is_null());
         assert!(v["server"]["balancer"].is_null());
+    }
+
+    #[test]
+    fn chaos_lists_every_fault() {
+        assert!(summarize(&fixture::outcome())["chaos"].is_null());
+        let mut o = fixture::outcome();
+        o.chaos = Some(fixture::chaos());
+        let v = summarize(&o);
+        let c = &v["chaos"];
+        assert_eq!(c["every_us"], 30_000_000);
+        assert_eq!(c["lease_ttl_us"], 10_000_000);
+        assert_eq!(c["acked_lost"], 3);
+        assert_eq!(c["lost_before_faults"], 0);
+        assert_eq!(c["delivery_outside_faults"]["count"], 3);
+        assert_eq!(
+            c["faults"][0],
+            j!({"kind": "kill", "target": "node-1", "at_us": 32_500_000,
+                "injected_us": 450_000, "error": null, "dropped": 70,
+                "online_us": 1_200_000, "recovery_us": 1_500_000, "recovered": true,
+                "lost": 3})
+        );
+        let stop = &c["faults"][1];
+        assert_eq!(stop["kind"], "stop");
+        assert_eq!(stop["error"], "boom");
+        assert!(stop["online_us"].is_null() && stop["recovery_us"].is_null());
+        assert_eq!(stop["recovered"], false);
     }
 
     #[test]

@@ -215,6 +215,48 @@ mod fixture {
     };
     use crate::slo::{self, Verdict};
 
+    /// Two faults: a kill that recovered and lost 3 receipts, a stop whose
+    /// injection failed and that never recovered.
+    pub fn chaos() -> crate::chaos::ChaosOutcome {
+        use crate::chaos::{ChaosOutcome, Fault, FaultKind};
+        let mut quiet = new_histogram();
+        for us in [1_000, 2_000, 40_000] {
+            record(&mut quiet, us);
+        }
+        ChaosOutcome {
+            every_us: 30_000_000,
+            lease_ttl_us: 10_000_000,
+            faults: vec![
+                Fault {
+                    kind: FaultKind::Kill,
+                    target: "node-1".into(),
+                    at_us: 32_500_000,
+                    injected_us: 450_000,
+                    error: None,
+                    dropped: 70,
+                    online_us: Some(1_200_000),
+                    recovery_us: Some(1_500_000),
+                    lost: 3,
+                },
+                Fault {
+                    kind: FaultKind::Stop,
+                    target: "node-0".into(),
+                    at_us: 62_500_000,
+                    injected_us: 11_000_000,
+                    error: Some("boom".into()),
+                    dropped: 0,
+                    online_us: None,
+                    recovery_us: None,
+                    lost: 0,
+                },
+            ],
+            acked_lost: 3,
+            lost_before_faults: 0,
+            found_at_final_login: 1,
+            delivery_outside_faults: quiet,
+        }
+    }
+
     pub fn config() -> RunConfig {
         Cli::try_parse_from([
             "chat-loadtest",

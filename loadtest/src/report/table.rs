@@ -28,6 +28,7 @@ pub fn table(outcome: &Outcome, info: &RunInfo) -> String {
     generator(&mut out, outcome, info);
     balance(&mut out, outcome);
     server(&mut out, outcome);
+    chaos(&mut out, outcome);
     ramp(&mut out, outcome);
     slo(&mut out, info);
     out
@@ -174,6 +175,87 @@ fn balance(out: &mut String, outcome: &Outcome) {
     for (node, n) in &b.per_node {
         let _ = writeln!(out, "  {node:<name_width$} {n:>12}");
     }
+}
+
+/// `--chaos`: one row per fault, then the delivery latency outside faults.
+fn chaos(out: &mut String, outcome: &Outcome) {
+    let Some(c) = &outcome.chaos else {
+        return;
+    };
+    out.push('\n');
+    wrap(
+        out,
+        &format!(
+            "chaos: {} fault{}, one every {}, lease {}; acknowledged receipts lost {} \
+             ({} before the first fault{})",
+            c.faults.len(),
+            if c.faults.len() == 1 { "" } else { "s" },
+            fmt_duration_us(c.every_us),
+            fmt_duration_us(c.lease_ttl_us),
+            c.acked_lost,
+            c.lost_before_faults,
+            if c.acked_lost > 0 {
+                format!(
+                    "; {} of them pending at a fresh login at the end: stuck in the store",
+                    c.found_at_final_login
+                )
+            } else {
+                String::new()
+            },
+        ),
+        "",
+    );
+    let _ = writeln!(
+        out,
+        "  {:>2} {:<8} {:<11} {:>8} {:>9} {:>8} {:>9} {:>9} {:>6}",
+        "#", "kind", "target", "at", "injected", "dropped", "online", "recovery", "lost"
+    );
+    let opt = |us: Option<u64>| us.map_or_else(|| "never".to_string(), fmt_us);
+    for (i, f) in c.faults.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:>2} {:<8} {:<11} {:>8} {:>9} {:>8} {:>9} {:>9} {:>6}",
+            i + 1,
+            f.kind.name(),
+            f.target,
+            format!("{:.1}s", f.at_us as f64 / 1e6),
+            fmt_us(f.injected_us),
+            f.dropped,
+            opt(f.online_us),
+            opt(f.recovery_us),
+            f.lost,
+        );
+        if let Some(e) = &f.error {
+            wrap(out, &format!("injection failed: {e}"), "       ");
+        }
+    }
+    let h = &c.delivery_outside_faults;
+    if h.is_empty() {
+        out.push_str("  delivery outside faults: no data\n");
+    } else {
+        wrap(
+            out,
+            &format!(
+                "delivery outside faults (corrected): {} messages, p50 {}, p99 {}, p99.9 {}, \
+                 max {}",
+                h.len(),
+                fmt_us(quantile(h, 0.5)),
+                fmt_us(quantile(h, 0.99)),
+                fmt_us(quantile(h, 0.999)),
+                fmt_us(h.max())
+            ),
+            "  ",
+        );
+    }
+    wrap(
+        out,
+        "at: since the run's start; injected: until the process served again (stop: until \
+         resumed and its lease lapse counted); dropped: connections closed until the recovery; \
+         online: until every user was logged in again; recovery: until, besides, the receipts \
+         due were back under 250 ms of traffic; lost: receipts of acknowledged sends intended \
+         from this fault to the next that never came.",
+        "  ",
+    );
 }
 
 /// CPU µs (fractional) as `85.3µs` or `1.25ms`.
@@ -384,6 +466,28 @@ mod tests {
             "reconnects:",
             "delivered_after_reconnect (pending",
             "unconfirmed:",
+        ] {
+            assert!(text.contains(part), "{part:?} not in\n{text}");
+        }
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+    }
+
+    #[test]
+    fn a_chaos_run_lists_its_faults_within_the_width() {
+        let mut o = fixture::outcome();
+        assert!(
+            !render(&o).contains("chaos:"),
+            "no chaos section by default"
+        );
+        o.chaos = Some(fixture::chaos());
+        let text = render(&o);
+        for part in [
+            "chaos: 2 faults, one every 30s, lease 10s; acknowledged receipts lost 3",
+            "kill     node-1",
+            "stop     node-0",
+            "never",
+            "injection failed: boom",
+            "delivery outside faults (corrected): 3 messages",
         ] {
             assert!(text.contains(part), "{part:?} not in\n{text}");
         }
