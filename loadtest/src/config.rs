@@ -229,6 +229,11 @@ pub struct RunConfig {
     /// are summed into the server's cost.
     #[serde(default)]
     pub server_metrics: Vec<String>,
+    /// `--balancer-pid`: the proxy in front of the servers (chat-balancer,
+    /// nginx, HAProxy), whose CPU and memory, with its child processes', are
+    /// read from `/proc` into the balancer's cost.
+    #[serde(default)]
+    pub balancer_pid: Option<u32>,
     /// `--chaos`: faults injected into the local cluster (see
     /// [`crate::chaos`]); implies `reconnect`.
     #[serde(default)]
@@ -461,6 +466,9 @@ pub struct Args {
     )]
     #[serde(default)]
     pub server_metrics: Vec<String>,
+    /// Process id of the proxy in front of the servers (chat-balancer, nginx, HAProxy) on this machine: its CPU and memory, with its child processes' (nginx's workers), between the start and the end of the measured window give the balancer's cost per message, as --server-metrics gives the servers'. Example: --balancer-pid "$(cat /run/nginx.pid)".
+    #[arg(long, env = "CHAT_LOADTEST_BALANCER_PID")]
+    pub balancer_pid: Option<u32>,
     /// --local: the nodes' --lease-ttl, how long a dead or stalled node keeps its users claimed [default: 10s].
     #[arg(long, env = "CHAT_LOADTEST_LOCAL_LEASE_TTL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
@@ -584,7 +592,8 @@ impl Args {
             local_lease_ttl,
             chaos,
             chaos_every,
-            chaos_faults
+            chaos_faults,
+            balancer_pid
         )
     }
 
@@ -644,7 +653,8 @@ impl Args {
     /// The checked run, with `target` filled in by the caller for `--local`.
     pub fn resolve(&self, local_target: Option<Target>) -> Result<RunConfig, ConfigError> {
         let scenario = self.scenario.unwrap_or(ScenarioKind::Direct);
-        let chaos = self.chaos(scenario, local_target.is_some())?;
+        let is_local = local_target.is_some();
+        let chaos = self.chaos(scenario, is_local)?;
         let target = match (local_target, &self.redirect, self.target.is_empty()) {
             (Some(t), None, true) => t,
             (None, Some(r), true) => Target::Redirect(r.clone()),
@@ -728,6 +738,15 @@ impl Args {
             crate::server::MetricsUrl::parse(url)
                 .map_err(|e| invalid(format!("--server-metrics: {e}")))?;
         }
+        if let Some(pid) = self.balancer_pid {
+            if is_local {
+                return Err(invalid(
+                    "--balancer-pid is for --target runs: --local samples its own balancer",
+                ));
+            }
+            crate::server::proc_tree_usage(pid)
+                .map_err(|e| invalid(format!("--balancer-pid {pid}: {e}")))?;
+        }
         let source_addrs = self
             .source_addrs
             .unwrap_or(users.div_ceil(25_000).max(1) as u32)
@@ -762,6 +781,7 @@ impl Args {
             connect_only,
             reconnect: self.reconnect.unwrap_or(false) || chaos.is_some(),
             server_metrics: self.server_metrics.clone(),
+            balancer_pid: self.balancer_pid,
             chaos,
         })
     }
@@ -1058,6 +1078,22 @@ mod tests {
             .resolve(None)
             .unwrap_err();
         assert!(err.to_string().contains("connect scenario"), "{err}");
+    }
+
+    #[test]
+    fn a_balancer_pid_must_be_a_live_process_and_not_with_local() {
+        let me = std::process::id().to_string();
+        let c = parse(&["--target", "x:1", "--balancer-pid", &me])
+            .resolve(None)
+            .unwrap();
+        assert_eq!(c.balancer_pid, Some(std::process::id()));
+        let err = parse(&["--target", "x:1", "--balancer-pid", "4294967295"])
+            .resolve(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("--balancer-pid"), "{err}");
+        let local = Some(Target::Addrs(vec!["127.0.0.1:1".into()]));
+        let err = parse(&["--balancer-pid", &me]).resolve(local).unwrap_err();
+        assert!(err.to_string().contains("--local"), "{err}");
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn coordinator(args: Args) -> anyhow::Result<ExitCode> {
     let probe = match &local {
         Some(_) if config.chaos.is_some() => None,
         Some(l) => Some(l.probe()),
-        None => Probe::metrics(&config.server_metrics)?,
+        None => Probe::metrics(&config.server_metrics, config.balancer_pid)?,
     };
     let injector = match (&local, &config.chaos) {
         (Some(l), Some(c)) => {
@@ -369,7 +369,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let index = a.share.index;
             // The first worker samples the servers; the others count.
             let probe = if index == 0 {
-                Probe::metrics(&a.config.server_metrics).map_err(|e| e.to_string())?
+                Probe::metrics(&a.config.server_metrics, a.config.balancer_pid)
+                    .map_err(|e| e.to_string())?
             } else {
                 None
             };

@@ -129,13 +129,18 @@ pub enum Probe {
         nodes: Vec<u32>,
         balancer: Option<u32>,
     },
-    /// Prometheus endpoints (`--server-metrics`), summed.
-    Metrics(Vec<MetricsUrl>),
+    /// Prometheus endpoints (`--server-metrics`), summed, and the proxy in
+    /// front of them by pid (`--balancer-pid`; with its children).
+    Metrics {
+        urls: Vec<MetricsUrl>,
+        balancer: Option<u32>,
+    },
 }
 
 impl Probe {
-    /// A probe of `urls`; `None` when there are none.
-    pub fn metrics(urls: &[String]) -> Result<Option<Probe>, ProbeError> {
+    /// A probe of `urls` and the proxy `balancer`; `None` when there are
+    /// no URLs.
+    pub fn metrics(urls: &[String], balancer: Option<u32>) -> Result<Option<Probe>, ProbeError> {
         if urls.is_empty() {
             return Ok(None);
         }
@@ -143,14 +148,17 @@ impl Probe {
             .iter()
             .map(|u| MetricsUrl::parse(u))
             .collect::<Result<_, _>>()?;
-        Ok(Some(Probe::Metrics(parsed)))
+        Ok(Some(Probe::Metrics {
+            urls: parsed,
+            balancer,
+        }))
     }
 
     /// `local` or `metrics`: the `source` of the report.
     pub fn source(&self) -> &'static str {
         match self {
             Probe::Local { .. } => "local",
-            Probe::Metrics(_) => "metrics",
+            Probe::Metrics { .. } => "metrics",
         }
     }
 
@@ -158,7 +166,7 @@ impl Probe {
     pub fn node_count(&self) -> u32 {
         match self {
             Probe::Local { nodes, .. } => nodes.len() as u32,
-            Probe::Metrics(urls) => urls.len() as u32,
+            Probe::Metrics { urls, .. } => urls.len() as u32,
         }
     }
 
@@ -177,9 +185,13 @@ impl Probe {
                 }
                 text
             }
-            Probe::Metrics(urls) => {
+            Probe::Metrics { urls, balancer } => {
                 let urls: Vec<&str> = urls.iter().map(|u| u.url.as_str()).collect();
-                urls.join(", ")
+                let mut text = urls.join(", ");
+                if let Some(b) = balancer {
+                    text.push_str(&format!(" and /proc of balancer {b} (with its children)"));
+                }
+                text
             }
         }
     }
@@ -197,14 +209,14 @@ impl Probe {
                     balancer: balancer.map(proc_usage).transpose()?,
                 })
             }
-            Probe::Metrics(urls) => {
+            Probe::Metrics { urls, balancer } => {
                 let mut sum = Usage::default();
                 for url in urls {
                     sum.add(url.sample()?);
                 }
                 Ok(Sample {
                     nodes: sum,
-                    balancer: None,
+                    balancer: balancer.map(proc_tree_usage).transpose()?,
                 })
             }
         }
@@ -223,6 +235,27 @@ pub fn proc_usage(pid: u32) -> Result<Usage, ProbeError> {
         cpu_seconds: (utime + stime) as f64 / ticks as f64,
         rss_bytes: parse_status_rss(&read("status")?)?,
     })
+}
+
+/// The usage of process `pid` and its children (nginx's master and its
+/// workers), from `/proc`: their CPU and resident memory summed.
+pub fn proc_tree_usage(pid: u32) -> Result<Usage, ProbeError> {
+    let mut sum = proc_usage(pid)?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|source| ProbeError::Proc { pid, source })?;
+    // Each thread's children (a process forks from any of its threads).
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            // A child that just exited is not counted.
+            if let Ok(u) = proc_usage(child) {
+                sum.add(u);
+            }
+        }
+    }
+    Ok(sum)
 }
 
 /// Clock ticks per second (`utime` and `stime` are counted in them).
@@ -306,6 +339,24 @@ mod tests {
     }
 
     #[test]
+    fn a_process_tree_sums_its_children() {
+        let me = std::process::id();
+        let alone = proc_tree_usage(me).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let with_child = proc_tree_usage(me).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let child_rss = with_child.rss_bytes as i64 - alone.rss_bytes as i64;
+        // sleep's resident memory (hundreds of KiB) is added; our own may
+        // move a little in between.
+        assert!(child_rss > 100 << 10, "{alone:?} then {with_child:?}");
+        assert!(proc_tree_usage(u32::MAX).is_err());
+    }
+
+    #[test]
     fn this_process_can_be_read() {
         let u = proc_usage(std::process::id()).unwrap();
         assert!(u.rss_bytes > 1_000_000, "{u:?}");
@@ -384,7 +435,7 @@ chat_node_connections{shard=\"0\",protocol=\"fb\"} 3
             }
         });
         let url = format!("http://{addr}/metrics");
-        let probe = Probe::metrics(&[url.clone(), url]).unwrap().unwrap();
+        let probe = Probe::metrics(&[url.clone(), url], None).unwrap().unwrap();
         assert_eq!(probe.source(), "metrics");
         assert_eq!(probe.node_count(), 2);
         let s = probe.sample().unwrap();

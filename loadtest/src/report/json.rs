@@ -91,7 +91,7 @@
 //! (pids or URLs, in words), `"node_count"`, `"sampled_us"` (between the
 //! window's start and end samples), `"deliveries"` (receipts between them),
 //! `"connections"` (open at the end sample), `"error"` (why a sample
-//! failed, or `null`), `"nodes"` and `"balancer"` (`null` unless `--local`):
+//! failed, or `null`), `"nodes"` and `"balancer"` (`null` unless `--local` or `--balancer-pid`):
 //! each `null` or `{"cpu_seconds", "cpu_cores", "cpu_us_per_delivered",
 //! "rss_before_bytes", "rss_start_bytes", "rss_end_bytes",
 //! "rss_bytes_per_connection"}`}. `cpu_seconds` is spent between the start
