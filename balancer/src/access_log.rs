@@ -41,6 +41,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::metric_names;
+
 /// Buffered bytes that trigger a write.
 pub const FLUSH_BYTES: usize = 16 * 1024;
 /// Longest a line waits in the buffer.
@@ -184,7 +186,7 @@ impl Writer {
         }
         if let Err(e) = self.out.borrow_mut().write_all(text.as_bytes()) {
             let lines = text.lines().count() as u64;
-            metrics::counter!("chat_balancer_access_log_errors_total").increment(lines);
+            metrics::counter!(metric_names::ACCESS_LOG_ERRORS_TOTAL).increment(lines);
             let quiet = self
                 .last_warning
                 .get()

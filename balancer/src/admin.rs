@@ -23,6 +23,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
 use serde_json::{Value, json};
 
+use crate::metric_names;
 use crate::pool::{Override, Pool, Snapshot};
 
 /// Said in every answer that shows or makes an override.
@@ -46,121 +47,121 @@ const ANSWER: &[f64] = &[
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = chat_ops::exporter::install(&[
         (
-            Matcher::Full(crate::redirect::ANSWER_SECONDS.into()),
+            Matcher::Full(metric_names::REDIRECT_ANSWER_SECONDS.into()),
             ANSWER,
         ),
         (Matcher::Suffix("_seconds".into()), SECONDS),
     ])?;
     describe();
     for name in [
-        "chat_balancer_accepted_total",
-        "chat_balancer_accept_errors_total",
-        "chat_balancer_no_upstream_total",
-        "chat_balancer_fail_fast_total",
-        "chat_balancer_panic_total",
-        "chat_balancer_fallback_picks_total",
+        metric_names::ACCEPTED_TOTAL,
+        metric_names::ACCEPT_ERRORS_TOTAL,
+        metric_names::NO_UPSTREAM_TOTAL,
+        metric_names::FAIL_FAST_TOTAL,
+        metric_names::PANIC_TOTAL,
+        metric_names::FALLBACK_PICKS_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }
     for end in crate::proxy::relay::End::ALL {
-        metrics::counter!("chat_balancer_closed_total", "end" => end.name()).increment(0);
+        metrics::counter!(metric_names::CLOSED_TOTAL, "end" => end.name()).increment(0);
     }
     Ok(handle)
 }
 
 fn describe() {
     describe_counter!(
-        "chat_balancer_accepted_total",
+        metric_names::ACCEPTED_TOTAL,
         "Client connections accepted (proxy mode)."
     );
     describe_counter!(
-        "chat_balancer_picks_total",
+        metric_names::PICKS_TOTAL,
         "Connections (and redirects) sent to each node."
     );
     describe_gauge!(
-        "chat_balancer_open_connections",
+        metric_names::OPEN_CONNECTIONS,
         "Open relayed connections, by node."
     );
     describe_counter!(
-        "chat_balancer_connect_failures_total",
+        metric_names::CONNECT_FAILURES_TOTAL,
         "Failed connects to each node."
     );
     describe_histogram!(
-        "chat_balancer_connect_seconds",
+        metric_names::CONNECT_SECONDS,
         Unit::Seconds,
         "Time to connect to a node, by node."
     );
     describe_histogram!(
-        crate::redirect::ANSWER_SECONDS,
+        metric_names::REDIRECT_ANSWER_SECONDS,
         Unit::Seconds,
         "Redirect mode: time from a whole request frame to its reply written."
     );
     describe_counter!(
-        "chat_balancer_closed_total",
+        metric_names::CLOSED_TOTAL,
         "Relayed connections ended, by how."
     );
     describe_counter!(
-        "chat_balancer_no_upstream_total",
+        metric_names::NO_UPSTREAM_TOTAL,
         "Client connections closed because no node accepted."
     );
     describe_counter!(
-        "chat_balancer_fail_fast_total",
+        metric_names::FAIL_FAST_TOTAL,
         "Client connections closed at once, no node tried, because none was available (with --panic only when every node is set down); also in chat_balancer_no_upstream_total."
     );
     describe_gauge!(
-        "chat_balancer_upstream_down",
+        metric_names::UPSTREAM_DOWN,
         "1 while a node gets no new connections, by reason."
     );
     describe_gauge!(
-        "chat_balancer_report_age_seconds",
+        metric_names::REPORT_AGE_SECONDS,
         "Age of each node's last load report (-1: none yet)."
     );
     describe_gauge!(
-        "chat_balancer_reported_connections",
+        metric_names::REPORTED_CONNECTIONS,
         "Open connections in each node's last report."
     );
     describe_gauge!(
-        "chat_balancer_reported_capacity",
+        metric_names::REPORTED_CAPACITY,
         "Capacity in each node's last report."
     );
     describe_gauge!(
-        "chat_balancer_reported_busy_ratio",
+        metric_names::REPORTED_BUSY_RATIO,
         "Mean executor busy fraction in each node's last report."
     );
     describe_gauge!(
-        "chat_balancer_reported_outbound_bytes",
+        metric_names::REPORTED_OUTBOUND_BYTES,
         "Queued outbound bytes in each node's last report."
     );
     describe_counter!(
-        "chat_balancer_probe_failures_total",
+        metric_names::PROBE_FAILURES_TOTAL,
         "Failed load probes, by node."
     );
     describe_counter!(
-        "chat_balancer_panic_total",
+        metric_names::PANIC_TOTAL,
         "Picks made with every node unavailable (panic mode, --panic)."
     );
     describe_counter!(
-        "chat_balancer_fallback_picks_total",
+        metric_names::FALLBACK_PICKS_TOTAL,
         "Picks made without fresh load reports (weight and own open connections)."
     );
     describe_counter!(
-        "chat_balancer_reloads_total",
+        metric_names::RELOADS_TOTAL,
         "Configuration reloads, by result."
     );
     describe_counter!(
-        "chat_balancer_redirects_total",
+        metric_names::REDIRECTS_TOTAL,
         "Redirect-mode answers, by node."
     );
     describe_counter!(
-        "chat_balancer_bad_input_total",
+        metric_names::BAD_INPUT_TOTAL,
         "Garbage from clients, by port."
     );
     describe_counter!(
-        "chat_balancer_accept_errors_total",
+        metric_names::ACCEPT_ERRORS_TOTAL,
         "Failed accepts (usually out of file descriptors)."
     );
     describe_gauge!(
-        "chat_balancer_upstream_override",
+        metric_names::UPSTREAM_OVERRIDE,
         "Runtime overrides from the admin API, by node: drain and down 1 while set, weight the weight in use (0: none); cleared by a reload."
     );
 }
@@ -299,9 +300,9 @@ fn update_gauges(pool: &Pool) {
         // Each node's counters exist from its first scrape on, at 0: a
         // series that appears only with its first event breaks `rate()`.
         for name in [
-            "chat_balancer_picks_total",
-            "chat_balancer_connect_failures_total",
-            "chat_balancer_probe_failures_total",
+            metric_names::PICKS_TOTAL,
+            metric_names::CONNECT_FAILURES_TOTAL,
+            metric_names::PROBE_FAILURES_TOTAL,
         ] {
             metrics::counter!(name, "upstream" => label.clone()).increment(0);
         }
@@ -315,7 +316,7 @@ fn update_gauges(pool: &Pool) {
             "max_conns",
         ] {
             let on = s.unavailable.as_ref().is_some_and(|u| u.name() == reason);
-            metrics::gauge!("chat_balancer_upstream_down", "upstream" => label.clone(), "reason" => reason)
+            metrics::gauge!(metric_names::UPSTREAM_DOWN, "upstream" => label.clone(), "reason" => reason)
                 .set(if on { 1.0 } else { 0.0 });
         }
         let (age, conns, cap, busy, outbound) = match &s.health.report {
@@ -334,15 +335,14 @@ fn update_gauges(pool: &Pool) {
             ("down", f64::from(u8::from(o.down))),
             ("weight", f64::from(o.weight.unwrap_or(0))),
         ] {
-            metrics::gauge!("chat_balancer_upstream_override", "upstream" => label.clone(), "override" => kind)
+            metrics::gauge!(metric_names::UPSTREAM_OVERRIDE, "upstream" => label.clone(), "override" => kind)
                 .set(value);
         }
-        metrics::gauge!("chat_balancer_report_age_seconds", "upstream" => label.clone()).set(age);
-        metrics::gauge!("chat_balancer_reported_connections", "upstream" => label.clone())
-            .set(conns);
-        metrics::gauge!("chat_balancer_reported_capacity", "upstream" => label.clone()).set(cap);
-        metrics::gauge!("chat_balancer_reported_busy_ratio", "upstream" => label.clone()).set(busy);
-        metrics::gauge!("chat_balancer_reported_outbound_bytes", "upstream" => label).set(outbound);
+        metrics::gauge!(metric_names::REPORT_AGE_SECONDS, "upstream" => label.clone()).set(age);
+        metrics::gauge!(metric_names::REPORTED_CONNECTIONS, "upstream" => label.clone()).set(conns);
+        metrics::gauge!(metric_names::REPORTED_CAPACITY, "upstream" => label.clone()).set(cap);
+        metrics::gauge!(metric_names::REPORTED_BUSY_RATIO, "upstream" => label.clone()).set(busy);
+        metrics::gauge!(metric_names::REPORTED_OUTBOUND_BYTES, "upstream" => label).set(outbound);
     }
 }
 

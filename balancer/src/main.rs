@@ -4,7 +4,8 @@
 //! Modules, in the order data flows: [`config`] (flags, env, TOML) →
 //! [`pool`] (nodes, health, the choice) ← [`probe`] (load reports, active
 //! health) ; [`proxy`] (accept, connect, relay) and [`redirect`] ("which
-//! node?") ask the pool ; [`admin`] shows it all.
+//! node?") ask the pool ; [`admin`] shows it all; [`metric_names`] names every
+//! metric.
 //!
 //! This file: parse the settings, start the pieces, then handle signals —
 //! SIGHUP reloads the config (refused with a log line if invalid, the old one
@@ -15,6 +16,7 @@ mod access_log;
 mod admin;
 mod config;
 mod log_limit;
+mod metric_names;
 mod pool;
 mod probe;
 mod proxy;
@@ -142,11 +144,11 @@ fn reload(args: &config::Args, running: &config::Config, pool: &pool::Pool) {
                 );
             }
             pool.reload(new.upstreams, new.tuning);
-            metrics::counter!("chat_balancer_reloads_total", "result" => "ok").increment(1);
+            metrics::counter!(metric_names::RELOADS_TOTAL, "result" => "ok").increment(1);
             tracing::info!("reload: configuration applied");
         }
         Err(e) => {
-            metrics::counter!("chat_balancer_reloads_total", "result" => "refused").increment(1);
+            metrics::counter!(metric_names::RELOADS_TOTAL, "result" => "refused").increment(1);
             tracing::error!(error = %e, "reload refused: invalid configuration, keeping the old one");
         }
     }

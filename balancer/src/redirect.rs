@@ -13,7 +13,9 @@
 //!
 //! Cost: an answer is a pick from the pool (no I/O), a FlatBuffers reply of
 //! a few dozen bytes and one `send`; its time from the whole request frame to
-//! the reply written is the histogram [`ANSWER_SECONDS`] (buckets from 5 µs).
+//! the reply written is the histogram
+//! [`REDIRECT_ANSWER_SECONDS`](crate::metric_names::REDIRECT_ANSWER_SECONDS)
+//! (buckets from 5 µs).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -26,10 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
+use crate::metric_names;
 use crate::pool::Pool;
-
-/// Time from a whole request frame to its reply written, in seconds.
-pub const ANSWER_SECONDS: &str = "chat_balancer_redirect_answer_seconds";
 
 /// Largest request accepted: "which node?" is a few dozen bytes.
 const MAX_FRAME: usize = 4096;
@@ -87,7 +87,8 @@ async fn answer(mut stream: TcpStream, pool: &Pool) {
             ) {
                 return;
             }
-            metrics::histogram!(ANSWER_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(metric_names::REDIRECT_ANSWER_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
         match timeout(READ_WITHIN, stream.read(&mut chunk)).await {
             Ok(Ok(0) | Err(_)) | Err(_) => return,
@@ -98,7 +99,7 @@ async fn answer(mut stream: TcpStream, pool: &Pool) {
 
 /// Answers garbage with an `ErrorReply` and closes.
 async fn refuse(stream: &mut TcpStream, peer: Option<std::net::SocketAddr>, why: &str) {
-    metrics::counter!("chat_balancer_bad_input_total", "port" => "redirect").increment(1);
+    metrics::counter!(metric_names::BAD_INPUT_TOTAL, "port" => "redirect").increment(1);
     tracing::info!(?peer, %why, "redirect: not a request frame; closing");
     let reply = error_reply(0, fb::ErrorCode::BadRequest, why);
     let _ = timeout(READ_WITHIN, stream.write_all(&reply)).await;
@@ -112,7 +113,7 @@ fn reply_to(envelope: fb::Envelope<'_>, pool: &Pool) -> Vec<u8> {
             let Some(pick) = pool.pick(&[]) else {
                 return error_reply(id, fb::ErrorCode::Overloaded, "no node available");
             };
-            metrics::counter!("chat_balancer_redirects_total", "upstream" => pick.upstream.label.clone())
+            metrics::counter!(metric_names::REDIRECTS_TOTAL, "upstream" => pick.upstream.label.clone())
                 .increment(1);
             let snap = pick
                 .upstream
@@ -145,7 +146,7 @@ fn reply_to(envelope: fb::Envelope<'_>, pool: &Pool) -> Vec<u8> {
             })
         }
         other => {
-            metrics::counter!("chat_balancer_bad_input_total", "port" => "redirect").increment(1);
+            metrics::counter!(metric_names::BAD_INPUT_TOTAL, "port" => "redirect").increment(1);
             error_reply(
                 id,
                 fb::ErrorCode::BadRequest,

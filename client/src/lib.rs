@@ -34,7 +34,8 @@
 //!
 //! Modules by concept:
 //! - [`connection`]: [`Client`], one connection with many requests in flight;
-//! - [`request`]: [`Request`], every request with every field, and its encoding;
+//! - [`request`]: [`Request`], every request with every field, and its encoding
+//!   (re-exported from `chat-schema`, where the node's tests use it too);
 //! - [`model`]: the owned values the node sends back ([`Reply`], [`Event`], ...);
 //! - [`error`]: [`ClientError`] and the protocol's [`ErrorCode`];
 //! - [`dedup`]: dropping re-sent messages by id;
@@ -50,10 +51,12 @@ pub mod duration;
 pub mod error;
 pub mod model;
 pub mod reconnect;
-pub mod request;
 pub mod seed_json;
 
 pub use chat_schema::fb;
+/// The requests as values and their encoding into frames, shared with the
+/// node's tests (they live in `chat-schema`).
+pub use chat_schema::request;
 pub use connection::{Client, ClientConfig, DEFAULT_MAX_REPLY_FRAME, PendingReply};
 pub use dedup::Dedup;
 pub use error::{ClientError, ErrorCode, Result};

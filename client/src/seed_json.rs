@@ -11,54 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-/// The seed's message ids.
-pub mod msgid {
-    pub const LOGIN: i64 = 1;
-    pub const LOGIN_ACK: i64 = 2;
-    pub const LOGINOUT: i64 = 3;
-    pub const REG: i64 = 4;
-    pub const REG_ACK: i64 = 5;
-    pub const ONE_CHAT: i64 = 6;
-    pub const ADD_FRIEND: i64 = 7;
-    pub const CREATE_GROUP: i64 = 8;
-    pub const ADD_GROUP: i64 = 9;
-    pub const GROUP_CHAT: i64 = 10;
-
-    // Ours, not the seed's: friend and group management.
-
-    /// Remove a friend: `id` (optional), `friendid`.
-    pub const REMOVE_FRIEND: i64 = 30;
-    pub const REMOVE_FRIEND_ACK: i64 = 31;
-    /// Leave a group: `id` (optional), `groupid`.
-    pub const LEAVE_GROUP: i64 = 32;
-    pub const LEAVE_GROUP_ACK: i64 = 33;
-    /// Remove a member from a group one created: `id` (optional),
-    /// `groupid`, `userid`.
-    pub const REMOVE_MEMBER: i64 = 34;
-    pub const REMOVE_MEMBER_ACK: i64 = 35;
-    /// A group's details: `id` (optional), `groupid`.
-    pub const GROUP_INFO: i64 = 36;
-    pub const GROUP_INFO_ACK: i64 = 37;
-    /// Look a user up by name: `name`.
-    pub const FIND_USER: i64 = 38;
-    pub const FIND_USER_ACK: i64 = 39;
-    /// Message history.
-    pub const HISTORY: i64 = 40;
-    pub const HISTORY_ACK: i64 = 41;
-    /// Mark messages read.
-    pub const MARK_READ: i64 = 42;
-    pub const MARK_READ_ACK: i64 = 43;
-    /// Who has read a message.
-    pub const READERS: i64 = 44;
-    pub const READERS_ACK: i64 = 45;
-    /// Push: a read receipt.
-    pub const READ_RECEIPT: i64 = 46;
-    /// Push: the group's creator removed this user,
-    /// `{"msgid":47,"groupid":G}`.
-    pub const REMOVED_FROM_GROUP: i64 = 47;
-    /// Push: a friend ended the friendship, `{"msgid":48,"friendid":U}`.
-    pub const FRIEND_REMOVED: i64 = 48;
-}
+/// The seed JSON protocol's message ids (one table, in `chat-schema`).
+pub use chat_schema::json_msgid as msgid;
 
 /// Largest JSON object accepted from the server.
 pub const MAX_OBJECT: usize = 16 * 1024 * 1024;
@@ -159,9 +113,9 @@ impl<R: AsyncRead + Unpin> JsonReader<R> {
     }
 
     /// The next value whose `msgid` is `id`, skipping others; `None` on close.
-    pub async fn recv_msgid(&mut self, id: i64) -> io::Result<Option<Value>> {
+    pub async fn recv_msgid(&mut self, id: u64) -> io::Result<Option<Value>> {
         while let Some(v) = self.recv().await? {
-            if v.get("msgid").and_then(Value::as_i64) == Some(id) {
+            if v.get("msgid").and_then(Value::as_u64) == Some(id) {
                 return Ok(Some(v));
             }
         }
@@ -230,7 +184,7 @@ impl JsonConnection {
         self.reader.recv().await
     }
 
-    pub async fn recv_msgid(&mut self, id: i64) -> io::Result<Option<Value>> {
+    pub async fn recv_msgid(&mut self, id: u64) -> io::Result<Option<Value>> {
         self.reader.recv_msgid(id).await
     }
 
@@ -238,10 +192,10 @@ impl JsonConnection {
     /// which the seed's forks disagree on) and returns the reply (msgid 5).
     pub async fn register(&mut self, name: &str, password: &str) -> io::Result<Value> {
         self.send(&serde_json::json!({
-            "msgid": msgid::REG, "name": name, "pwd": password, "password": password,
+            "msgid": msgid::REGISTER, "name": name, "pwd": password, "password": password,
         }))
         .await?;
-        self.expect(msgid::REG_ACK).await
+        self.expect(msgid::REGISTER_ACK).await
     }
 
     /// Logs in and returns the reply (msgid 2).
@@ -253,7 +207,7 @@ impl JsonConnection {
         self.expect(msgid::LOGIN_ACK).await
     }
 
-    async fn expect(&mut self, id: i64) -> io::Result<Value> {
+    async fn expect(&mut self, id: u64) -> io::Result<Value> {
         self.recv_msgid(id).await?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -276,47 +230,6 @@ pub fn errno(v: &Value) -> i64 {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn msgids_are_distinct() {
-        use msgid::*;
-        let all = [
-            LOGIN,
-            LOGIN_ACK,
-            LOGINOUT,
-            REG,
-            REG_ACK,
-            ONE_CHAT,
-            ADD_FRIEND,
-            CREATE_GROUP,
-            ADD_GROUP,
-            GROUP_CHAT,
-            REMOVE_FRIEND,
-            REMOVE_FRIEND_ACK,
-            LEAVE_GROUP,
-            LEAVE_GROUP_ACK,
-            REMOVE_MEMBER,
-            REMOVE_MEMBER_ACK,
-            GROUP_INFO,
-            GROUP_INFO_ACK,
-            FIND_USER,
-            FIND_USER_ACK,
-            HISTORY,
-            HISTORY_ACK,
-            MARK_READ,
-            MARK_READ_ACK,
-            READERS,
-            READERS_ACK,
-            READ_RECEIPT,
-            REMOVED_FROM_GROUP,
-            FRIEND_REMOVED,
-        ];
-        let mut sorted = all.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), all.len());
-        assert_eq!(sorted[10..], (30..=48).collect::<Vec<i64>>());
-    }
 
     #[test]
     fn splits_on_nul_newline_and_back_to_back() {
@@ -371,7 +284,7 @@ mod tests {
         let recv = async {
             let first = r.recv().await.unwrap().unwrap();
             assert_eq!(first["msg"].as_str().unwrap().len(), 1000);
-            let five = r.recv_msgid(msgid::REG_ACK).await.unwrap().unwrap();
+            let five = r.recv_msgid(msgid::REGISTER_ACK).await.unwrap().unwrap();
             assert_eq!(five["id"], 3);
             assert!(r.recv().await.unwrap().is_none());
         };

@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Push;
 use crate::event::RouterEvent;
+use crate::metric_names;
 use crate::model::{GroupId, UserId};
 
 /// How long a starting node waits for NATS before it starts without it.
@@ -176,7 +177,7 @@ impl Publisher {
         match self.tx.try_send((node_subject(node), payload)) {
             Ok(()) => {}
             Err(_) => {
-                metrics::counter!("chat_node_nats_dropped_total").increment(1);
+                metrics::counter!(metric_names::NATS_DROPPED_TOTAL).increment(1);
             }
         }
     }
@@ -319,10 +320,10 @@ async fn run(
         tokio::spawn(async move {
             while let Ok((subject, payload)) = outgoing.recv_async().await {
                 match client.publish(subject, payload.into()).await {
-                    Ok(()) => metrics::counter!("chat_node_nats_published_total").increment(1),
+                    Ok(()) => metrics::counter!(metric_names::NATS_PUBLISHED_TOTAL).increment(1),
                     Err(e) => {
                         tracing::debug!(error = %e, "NATS publish failed");
-                        metrics::counter!("chat_node_nats_dropped_total").increment(1);
+                        metrics::counter!(metric_names::NATS_DROPPED_TOTAL).increment(1);
                     }
                 }
             }
@@ -331,7 +332,7 @@ async fn run(
 
     let mut inbox = Inbox::new(routers, config.heartbeat_every);
     crate::metrics::zero_nats();
-    let connected = metrics::gauge!("chat_node_nats_connected");
+    let connected = metrics::gauge!(metric_names::NATS_CONNECTED);
     connected.set(if joined { 1.0 } else { 0.0 });
     let mut was_down = !joined;
     let mut tick = tokio::time::interval(config.heartbeat_every);
@@ -405,14 +406,14 @@ impl Inbox {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable message on this node's subject");
-                metrics::counter!("chat_node_nats_bad_messages_total").increment(1);
+                metrics::counter!(metric_names::NATS_BAD_MESSAGES_TOTAL).increment(1);
                 return;
             }
         };
-        metrics::counter!("chat_node_nats_received_total").increment(1);
+        metrics::counter!(metric_names::NATS_RECEIVED_TOTAL).increment(1);
         if envelope.sent_us > 0 {
             let latency_us = now_us().saturating_sub(envelope.sent_us);
-            metrics::histogram!("chat_node_nats_latency_seconds").record(latency_us as f64 / 1e6);
+            metrics::histogram!(metric_names::NATS_LATENCY_SECONDS).record(latency_us as f64 / 1e6);
         }
         if let Some(reason) = self.track(&envelope) {
             self.resync(reason).await;
@@ -523,8 +524,8 @@ impl Inbox {
 
     /// Wakes every online session of every shard.
     async fn resync(&mut self, reason: &'static str) {
-        metrics::counter!("chat_node_nats_gaps_total", "reason" => reason).increment(1);
-        metrics::counter!("chat_node_resyncs_total").increment(1);
+        metrics::counter!(metric_names::NATS_GAPS_TOTAL, "reason" => reason).increment(1);
+        metrics::counter!(metric_names::RESYNCS_TOTAL).increment(1);
         tracing::debug!(reason, "resync: every session reads the store");
         for router in &self.routers {
             let _ = router.send_async(vec![RouterEvent::Resync]).await;

@@ -17,70 +17,127 @@ pub struct Request {
     pub command: Command,
 }
 
-/// What a client asks for. `actor` is the sender id the client wrote
-/// (`id` in the seed's JSON, `user_id` in FlatBuffers); `None` means "the
-/// session's user". A present actor that is not the session's user is refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+/// Declares the request kinds once. Each entry is a variant of [`Command`]
+/// with its fields and its metrics label; the macro writes [`Command`],
+/// [`RequestKind`] (the same variants without fields, plus `Unknown`),
+/// [`RequestKind::ALL`], [`RequestKind::name`] and `From<&Command>`. A new
+/// request is one entry here; then its decoding in each protocol, its reply
+/// encoding and its handler (the compiler points at the exhaustive matches:
+/// `service::handle`, `reply_msgid`). `docs/architecture.md`, "Adding a
+/// request", lists every step.
+macro_rules! request_kinds {
+    ($(
+        $(#[$attr:meta])*
+        $kind:ident $({ $($field:ident: $ty:ty),* $(,)? })? => $name:literal,
+    )*) => {
+        /// What a client asks for. `actor` is the sender id the client wrote
+        /// (`id` in the seed's JSON, `user_id` in FlatBuffers); `None` means
+        /// "the session's user". A present actor that is not the session's
+        /// user is refused.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Command {
+            $(
+                $(#[$attr])*
+                $kind $({ $($field: $ty),* })?,
+            )*
+        }
+
+        /// The kind of request a reply answers; lets an encoder pick the
+        /// right reply shape for an error (the seed's JSON answers a failed
+        /// login with msgid 2).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RequestKind {
+            $($kind,)*
+            /// A request that could not be decoded far enough to know its
+            /// kind.
+            Unknown,
+        }
+
+        impl RequestKind {
+            /// Every kind of [`Command`], in declaration order (`Unknown`
+            /// is not one).
+            pub const ALL: &[RequestKind] = &[$(RequestKind::$kind),*];
+
+            /// A short stable name, used as a metrics label ("unknown" for
+            /// `Unknown`, which is never counted under a name).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(RequestKind::$kind => $name,)*
+                    RequestKind::Unknown => "unknown",
+                }
+            }
+        }
+
+        impl From<&Command> for RequestKind {
+            fn from(c: &Command) -> Self {
+                match c {
+                    $(Command::$kind { .. } => RequestKind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+request_kinds! {
     Register {
         name: String,
         password: String,
-    },
+    } => "register",
     Login {
         user: UserId,
         password: String,
-    },
+    } => "login",
     Logout {
         actor: Option<UserId>,
-    },
+    } => "logout",
     AddFriend {
         actor: Option<UserId>,
         friend: UserId,
-    },
+    } => "add_friend",
     CreateGroup {
         actor: Option<UserId>,
         name: String,
         description: String,
-    },
+    } => "create_group",
     JoinGroup {
         actor: Option<UserId>,
         group: GroupId,
-    },
+    } => "join_group",
     DirectMessage {
         actor: Option<UserId>,
         to: UserId,
         text: String,
-    },
+    } => "direct_message",
     GroupMessage {
         actor: Option<UserId>,
         group: GroupId,
         text: String,
-    },
+    } => "group_message",
     /// Ends the friendship with `friend`, both ways.
     RemoveFriend {
         actor: Option<UserId>,
         friend: UserId,
-    },
+    } => "remove_friend",
     /// Leaves `group` (a creator hands the role on; an empty group is deleted).
     LeaveGroup {
         actor: Option<UserId>,
         group: GroupId,
-    },
+    } => "leave_group",
     /// The creator of `group` removes `member` from it.
     RemoveMember {
         actor: Option<UserId>,
         group: GroupId,
         member: UserId,
-    },
+    } => "remove_member",
     /// A group's name, description and members; members only.
     GroupInfo {
         actor: Option<UserId>,
         group: GroupId,
-    },
+    } => "group_info",
     /// The user named exactly `name`.
     FindUser {
         name: String,
-    },
+    } => "find_user",
     /// A page of `conversation`'s history, ids below `before` (`None`: from
     /// the newest), at most `limit` (`None`: the default).
     History {
@@ -88,105 +145,32 @@ pub enum Command {
         conversation: Conversation,
         before: Option<MessageId>,
         limit: Option<u32>,
-    },
+    } => "history",
     /// Marks `conversation` read up to `up_to`.
     MarkRead {
         actor: Option<UserId>,
         conversation: Conversation,
         up_to: MessageId,
-    },
+    } => "mark_read",
     /// How many members of `group` read it up to `message`.
     Readers {
         actor: Option<UserId>,
         group: GroupId,
         message: MessageId,
-    },
+    } => "readers",
     /// Acknowledges every message pushed to this session up to `up_to`.
     DeliveryAck {
         up_to: MessageId,
-    },
-    Ping,
+    } => "delivery_ack",
+    Ping => "ping",
     /// The node's load report (a balancer's probe; no login needed).
-    Load,
+    Load => "load",
 }
 
 impl Command {
     /// A short stable name, used as a metrics label.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Command::Register { .. } => "register",
-            Command::Login { .. } => "login",
-            Command::Logout { .. } => "logout",
-            Command::AddFriend { .. } => "add_friend",
-            Command::CreateGroup { .. } => "create_group",
-            Command::JoinGroup { .. } => "join_group",
-            Command::DirectMessage { .. } => "direct_message",
-            Command::GroupMessage { .. } => "group_message",
-            Command::RemoveFriend { .. } => "remove_friend",
-            Command::LeaveGroup { .. } => "leave_group",
-            Command::RemoveMember { .. } => "remove_member",
-            Command::GroupInfo { .. } => "group_info",
-            Command::FindUser { .. } => "find_user",
-            Command::History { .. } => "history",
-            Command::MarkRead { .. } => "mark_read",
-            Command::Readers { .. } => "readers",
-            Command::DeliveryAck { .. } => "delivery_ack",
-            Command::Ping => "ping",
-            Command::Load => "load",
-        }
-    }
-}
-
-/// The kind of request a reply answers; lets an encoder pick the right reply
-/// shape for an error (the seed's JSON answers a failed login with msgid 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    Register,
-    Login,
-    Logout,
-    AddFriend,
-    CreateGroup,
-    JoinGroup,
-    DirectMessage,
-    GroupMessage,
-    RemoveFriend,
-    LeaveGroup,
-    RemoveMember,
-    GroupInfo,
-    FindUser,
-    History,
-    MarkRead,
-    Readers,
-    DeliveryAck,
-    Ping,
-    Load,
-    /// A request that could not be decoded far enough to know its kind.
-    Unknown,
-}
-
-impl From<&Command> for RequestKind {
-    fn from(c: &Command) -> Self {
-        match c {
-            Command::Register { .. } => RequestKind::Register,
-            Command::Login { .. } => RequestKind::Login,
-            Command::Logout { .. } => RequestKind::Logout,
-            Command::AddFriend { .. } => RequestKind::AddFriend,
-            Command::CreateGroup { .. } => RequestKind::CreateGroup,
-            Command::JoinGroup { .. } => RequestKind::JoinGroup,
-            Command::DirectMessage { .. } => RequestKind::DirectMessage,
-            Command::GroupMessage { .. } => RequestKind::GroupMessage,
-            Command::RemoveFriend { .. } => RequestKind::RemoveFriend,
-            Command::LeaveGroup { .. } => RequestKind::LeaveGroup,
-            Command::RemoveMember { .. } => RequestKind::RemoveMember,
-            Command::GroupInfo { .. } => RequestKind::GroupInfo,
-            Command::FindUser { .. } => RequestKind::FindUser,
-            Command::History { .. } => RequestKind::History,
-            Command::MarkRead { .. } => RequestKind::MarkRead,
-            Command::Readers { .. } => RequestKind::Readers,
-            Command::DeliveryAck { .. } => RequestKind::DeliveryAck,
-            Command::Ping => RequestKind::Ping,
-            Command::Load => RequestKind::Load,
-        }
+        RequestKind::from(self).name()
     }
 }
 
@@ -310,5 +294,37 @@ impl Push {
             Push::Message(m) => m.id,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_distinct_snake_case_labels() {
+        let mut names: Vec<&str> = RequestKind::ALL.iter().map(|k| k.name()).collect();
+        assert!(!RequestKind::ALL.contains(&RequestKind::Unknown));
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+            "{names:?}"
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), RequestKind::ALL.len());
+    }
+
+    #[test]
+    fn a_command_is_counted_under_its_kinds_name() {
+        let command = Command::DirectMessage {
+            actor: None,
+            to: 2,
+            text: "hi".into(),
+        };
+        assert_eq!(RequestKind::from(&command), RequestKind::DirectMessage);
+        assert_eq!(command.kind(), "direct_message");
+        assert_eq!(Command::Ping.kind(), "ping");
     }
 }

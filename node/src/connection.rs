@@ -24,6 +24,7 @@ use glommio::net::TcpStream;
 use crate::admission::TokenBucket;
 use crate::command::{ErrorCode, Failure, Reply, Request, RequestKind};
 use crate::engine::Op;
+use crate::metric_names;
 use crate::model::MessageId;
 use crate::outbound::CloseReason;
 use crate::protocol::{Decoded, Decoder, Encoder, Wire};
@@ -125,11 +126,11 @@ async fn open(shard: &Shard, mut stream: TcpStream) -> Option<Opened> {
             Ok((version, source)) => {
                 tracing::debug!(target: LOG, %peer, %version, source = ?source, "PROXY header");
                 client = source.or(Some(peer));
-                metrics::counter!("chat_node_proxied_connections_total").increment(1);
+                metrics::counter!(metric_names::PROXIED_CONNECTIONS_TOTAL).increment(1);
             }
             Err(reason) => {
                 tracing::warn!(target: LOG, %peer, %reason, "bad PROXY protocol header; closing");
-                metrics::counter!("chat_node_proxy_header_errors_total").increment(1);
+                metrics::counter!(metric_names::PROXY_HEADER_ERRORS_TOTAL).increment(1);
                 return None;
             }
         }
@@ -227,7 +228,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         None | Some(Ok(None)) => None,
         Some(Ok(slot)) => slot,
         Some(Err(limit)) => {
-            metrics::counter!("chat_node_connections_refused_total", "reason" => "per_ip")
+            metrics::counter!(metric_names::CONNECTIONS_REFUSED_TOTAL, "reason" => "per_ip")
                 .increment(1);
             let ip = opened.client.map(|c| c.ip());
             tracing::debug!(
@@ -255,8 +256,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let budget = TokenBucket::new(shard.config.send_rate, shard.config.send_burst);
     let session = Rc::new(Session::new(conn, wire, shard.config.max_outbound, budget));
     shard.add_session(session.clone());
-    metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).increment(1.0);
-    metrics::counter!("chat_node_connections_accepted_total", "protocol" => wire.name())
+    metrics::gauge!(metric_names::CONNECTIONS, "shard" => shard.label.clone(), "protocol" => wire.name()).increment(1.0);
+    metrics::counter!(metric_names::CONNECTIONS_ACCEPTED_TOTAL, "protocol" => wire.name())
         .increment(1);
 
     let mut connection = Connection::new(&shard, &session, stream, first);
@@ -289,9 +290,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = connection.stream.close().await;
     drop(connection);
     if reason == CloseReason::SlowConsumer {
-        metrics::counter!("chat_node_slow_consumer_disconnects_total").increment(1);
+        metrics::counter!(metric_names::SLOW_CONSUMER_DISCONNECTS_TOTAL).increment(1);
     }
-    metrics::counter!("chat_node_connections_closed_total", "reason" => reason.name()).increment(1);
+    metrics::counter!(metric_names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason.name())
+        .increment(1);
     tracing::debug!(target: LOG, conn, client = ?client, reason = reason.name(), "connection closed");
 
     if reason == CloseReason::ClientClosed && session.wire == Wire::Json {
@@ -314,7 +316,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             .await;
     }
     shard.remove_session(conn);
-    metrics::gauge!("chat_node_connections", "shard" => shard.label.clone(), "protocol" => wire.name()).decrement(1.0);
+    metrics::gauge!(metric_names::CONNECTIONS, "shard" => shard.label.clone(), "protocol" => wire.name()).decrement(1.0);
 }
 
 /// Units decoded and handled (or bytes moved) in one poll before the
@@ -478,7 +480,7 @@ impl Connection {
                 ),
             ),
         };
-        metrics::counter!("chat_node_bad_input_total", "protocol" => self.session.wire.name(), "code" => code.label()).increment(1);
+        metrics::counter!(metric_names::BAD_INPUT_TOTAL, "protocol" => self.session.wire.name(), "code" => code.label()).increment(1);
         self.session
             .close_with_error(Failure::new(code, message), reason);
         Some(reason)
@@ -518,11 +520,11 @@ impl Connection {
                 kind,
                 failure,
             } => {
-                metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
+                metrics::counter!(metric_names::BAD_INPUT_TOTAL, "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
                 session.reply(request_id, kind, &Reply::Error(failure));
             }
             Decoded::Fatal(failure) => {
-                metrics::counter!("chat_node_bad_input_total", "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
+                metrics::counter!(metric_names::BAD_INPUT_TOTAL, "protocol" => session.wire.name(), "code" => failure.code.label()).increment(1);
                 session.close_with_error(failure, CloseReason::ProtocolError);
             }
         }
@@ -613,11 +615,11 @@ async fn handle(shard: Rc<Shard>, session: Rc<Session>, request: Request) {
         _ => "ok",
     };
     crate::metrics::counter(
-        "chat_node_requests_total",
+        metric_names::REQUESTS_TOTAL,
         &[("kind", label), ("outcome", outcome)],
     )
     .increment(1);
-    crate::metrics::histogram("chat_node_request_duration_seconds", &[("kind", label)])
+    crate::metrics::histogram(metric_names::REQUEST_DURATION_SECONDS, &[("kind", label)])
         .record(started.elapsed().as_secs_f64());
     session.reply(request.id, kind, &reply);
     session.catch_up(&shard.store, &shard.config).await;

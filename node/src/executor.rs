@@ -21,6 +21,7 @@ use crate::connection;
 use crate::engine::StoreClient;
 use crate::event::RouterEvent;
 use crate::load::{self, NodeLoad};
+use crate::metric_names;
 use crate::outbound::CloseReason;
 use crate::router;
 use crate::shard::{Forward, Shard};
@@ -94,7 +95,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
                 if shard.load.connections() >= shard.load.capacity {
                     // Over --max-connections: an `Overloaded` error in the
                     // client's protocol, then closed; counted.
-                    metrics::counter!("chat_node_connections_refused_total", "reason" => "max_connections").increment(1);
+                    metrics::counter!(metric_names::CONNECTIONS_REFUSED_TOTAL, "reason" => "max_connections").increment(1);
                     if shard.refusing.get() < MAX_REFUSING {
                         let capacity = shard.load.capacity;
                         glommio::spawn_local(connection::refuse(
@@ -110,7 +111,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
             }
             Some(Err(e)) => {
                 // Typically out of file descriptors: back off instead of spinning.
-                metrics::counter!("chat_node_accept_errors_total").increment(1);
+                metrics::counter!(metric_names::ACCEPT_ERRORS_TOTAL).increment(1);
                 tracing::warn!(target: LOG, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
@@ -135,7 +136,7 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
 /// yields promptly, large when something blocks the thread.
 async fn measure_lag(shard: String) {
     const TICK: Duration = Duration::from_millis(10);
-    let lag = metrics::histogram!("chat_node_event_loop_lag_seconds", "shard" => shard);
+    let lag = metrics::histogram!(metric_names::EVENT_LOOP_LAG_SECONDS, "shard" => shard);
     loop {
         let started = std::time::Instant::now();
         glommio::timer::sleep(TICK).await;

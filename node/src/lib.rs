@@ -19,8 +19,8 @@
 //! `engine` (the store thread) runs `Op`s against `store` and publishes on
 //! the `bus`; `protocol` decodes both wire protocols into `command` and
 //! encodes back. At the bottom, the vocabulary: `event` (what travels
-//! between threads), `command`, `model` (the domain records), which import
-//! nothing above them.
+//! between threads), `command`, `model` (the domain records), and `metric_names`
+//! (every metric's name), which import nothing above them.
 
 pub mod admission;
 pub mod bus;
@@ -31,6 +31,7 @@ pub mod engine;
 pub mod event;
 pub mod executor;
 pub mod load;
+pub mod metric_names;
 pub mod metrics;
 pub mod model;
 pub mod node;

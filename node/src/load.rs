@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::command::LoadReport;
+use crate::metric_names;
 
 /// One shard's figures.
 #[derive(Debug, Default)]
@@ -58,7 +59,7 @@ impl NodeLoad {
     /// Marks the node as taking no new connections (or again taking them).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
-        metrics::gauge!("chat_node_draining").set(if draining { 1.0 } else { 0.0 });
+        metrics::gauge!(metric_names::DRAINING).set(if draining { 1.0 } else { 0.0 });
     }
 
     pub fn draining(&self) -> bool {
@@ -102,8 +103,8 @@ impl ShardLoad {
 /// have queued (`queued` computes them).
 pub async fn sample(load: &NodeLoad, shard: usize, label: String, queued: impl Fn() -> u64) {
     const EVERY: Duration = Duration::from_secs(1);
-    let busy = metrics::gauge!("chat_node_shard_busy_ratio", "shard" => label.clone());
-    let outbound = metrics::gauge!("chat_node_outbound_bytes", "shard" => label);
+    let busy = metrics::gauge!(metric_names::SHARD_BUSY_RATIO, "shard" => label.clone());
+    let outbound = metrics::gauge!(metric_names::OUTBOUND_BYTES, "shard" => label);
     let mine = &load.shards[shard];
     let mut last = Instant::now();
     let _ = glommio::executor().executor_stats();

@@ -14,6 +14,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::metric_names;
+
 /// Buckets for latencies in seconds: 25 µs to 10 s.
 const SECONDS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -81,7 +83,7 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let buckets = [
                 (Matcher::Suffix("_seconds".into()), SECONDS),
-                (Matcher::Full("chat_node_store_batch_ops".into()), BATCH),
+                (Matcher::Full(metric_names::STORE_BATCH_OPS.into()), BATCH),
             ];
             let handle = match chat_ops::exporter::install(&buckets) {
                 Ok(handle) => handle,
@@ -103,27 +105,27 @@ pub fn install() -> PrometheusHandle {
 /// like a metric the node does not export.
 fn zero() {
     for name in [
-        "chat_node_accept_errors_total",
-        "chat_node_logins_total",
-        "chat_node_messages_stored_total",
-        "chat_node_messages_compacted_total",
-        "chat_node_slow_consumer_disconnects_total",
-        "chat_node_store_errors_total",
-        "chat_node_lease_lapses_total",
+        metric_names::ACCEPT_ERRORS_TOTAL,
+        metric_names::LOGINS_TOTAL,
+        metric_names::MESSAGES_STORED_TOTAL,
+        metric_names::MESSAGES_COMPACTED_TOTAL,
+        metric_names::SLOW_CONSUMER_DISCONNECTS_TOTAL,
+        metric_names::STORE_ERRORS_TOTAL,
+        metric_names::LEASE_LAPSES_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }
     for reason in ["rate_limited", "mailbox_full", "limit_reached"] {
-        metrics::counter!("chat_node_refused_total", "reason" => reason).increment(0);
+        metrics::counter!(metric_names::REFUSED_TOTAL, "reason" => reason).increment(0);
     }
     for reason in ["max_connections", "per_ip"] {
-        metrics::counter!("chat_node_connections_refused_total", "reason" => reason).increment(0);
+        metrics::counter!(metric_names::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
     }
     for kind in ["direct", "group"] {
-        metrics::counter!("chat_node_messages_delivered_total", "kind" => kind).increment(0);
+        metrics::counter!(metric_names::MESSAGES_DELIVERED_TOTAL, "kind" => kind).increment(0);
     }
     for reason in crate::outbound::CloseReason::ALL {
-        metrics::counter!("chat_node_connections_closed_total", "reason" => reason.name())
+        metrics::counter!(metric_names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason.name())
             .increment(0);
     }
 }
@@ -142,155 +144,158 @@ pub const GAP_REASONS: [&str; 5] = [
 /// none).
 pub fn zero_nats() {
     for name in [
-        "chat_node_nats_published_total",
-        "chat_node_nats_received_total",
-        "chat_node_nats_dropped_total",
-        "chat_node_nats_bad_messages_total",
-        "chat_node_resyncs_total",
-        "chat_node_expired_leases_total",
+        metric_names::NATS_PUBLISHED_TOTAL,
+        metric_names::NATS_RECEIVED_TOTAL,
+        metric_names::NATS_DROPPED_TOTAL,
+        metric_names::NATS_BAD_MESSAGES_TOTAL,
+        metric_names::RESYNCS_TOTAL,
+        metric_names::EXPIRED_LEASES_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }
     for reason in GAP_REASONS {
-        metrics::counter!("chat_node_nats_gaps_total", "reason" => reason).increment(0);
+        metrics::counter!(metric_names::NATS_GAPS_TOTAL, "reason" => reason).increment(0);
     }
 }
 
 fn describe() {
-    describe_gauge!("chat_node_connections", "Open client connections.");
+    describe_gauge!(metric_names::CONNECTIONS, "Open client connections.");
     describe_counter!(
-        "chat_node_connections_accepted_total",
+        metric_names::CONNECTIONS_ACCEPTED_TOTAL,
         "Client connections accepted."
     );
     describe_counter!(
-        "chat_node_connections_closed_total",
+        metric_names::CONNECTIONS_CLOSED_TOTAL,
         "Client connections closed, by reason."
     );
     describe_counter!(
-        "chat_node_requests_total",
+        metric_names::REQUESTS_TOTAL,
         "Requests handled, by kind and outcome."
     );
     describe_histogram!(
-        "chat_node_request_duration_seconds",
+        metric_names::REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "Time from decoding a request to queueing its reply."
     );
     describe_counter!(
-        "chat_node_bad_input_total",
+        metric_names::BAD_INPUT_TOTAL,
         "Undecodable or invalid input, by protocol and error code."
     );
-    describe_counter!("chat_node_messages_stored_total", "Chat messages stored.");
+    describe_counter!(metric_names::MESSAGES_STORED_TOTAL, "Chat messages stored.");
     describe_counter!(
-        "chat_node_messages_delivered_total",
+        metric_names::MESSAGES_DELIVERED_TOTAL,
         "Chat messages pushed to clients, by kind."
     );
     describe_counter!(
-        "chat_node_messages_compacted_total",
+        metric_names::MESSAGES_COMPACTED_TOTAL,
         "Acknowledged messages deleted by compaction."
     );
     describe_gauge!(
-        "chat_node_pending_messages",
+        metric_names::PENDING_MESSAGES,
         "Stored deliveries not yet acknowledged by their recipient."
     );
     describe_counter!(
-        "chat_node_slow_consumer_disconnects_total",
+        metric_names::SLOW_CONSUMER_DISCONNECTS_TOTAL,
         "Clients disconnected because their outbound queue overflowed."
     );
-    describe_counter!("chat_node_logins_total", "Successful logins.");
+    describe_counter!(metric_names::LOGINS_TOTAL, "Successful logins.");
     describe_counter!(
-        "chat_node_accept_errors_total",
+        metric_names::ACCEPT_ERRORS_TOTAL,
         "Failed accepts (usually out of file descriptors)."
     );
     describe_counter!(
-        "chat_node_store_ops_total",
+        metric_names::STORE_OPS_TOTAL,
         "Operations run by the store thread, by op."
     );
     describe_counter!(
-        "chat_node_store_errors_total",
+        metric_names::STORE_ERRORS_TOTAL,
         "Failed store commits and maintenance runs."
     );
-    describe_histogram!("chat_node_store_batch_ops", "Operations per group commit.");
     describe_histogram!(
-        "chat_node_event_loop_lag_seconds",
+        metric_names::STORE_BATCH_OPS,
+        "Operations per group commit."
+    );
+    describe_histogram!(
+        metric_names::EVENT_LOOP_LAG_SECONDS,
         Unit::Seconds,
         "How late a 10 ms timer fires on each shard: time an executor was kept from its tasks."
     );
     describe_histogram!(
-        "chat_node_store_commit_seconds",
+        metric_names::STORE_COMMIT_SECONDS,
         Unit::Seconds,
         "Time to run and commit one batch."
     );
     describe_counter!(
-        "chat_node_lease_lapses_total",
+        metric_names::LEASE_LAPSES_TOTAL,
         "Times this node found its lease had run out before it renewed it (a stall past --lease-ttl); it closed its sessions then."
     );
     describe_counter!(
-        "chat_node_refused_total",
+        metric_names::REFUSED_TOTAL,
         "Requests refused before anything was stored, by reason: the sender over --send-rate (rate_limited), a direct message's recipient at --max-pending-per-user (mailbox_full), a friend, group or member limit (limit_reached)."
     );
     describe_counter!(
-        "chat_node_connections_refused_total",
+        metric_names::CONNECTIONS_REFUSED_TOTAL,
         "Connections refused (answered Overloaded, then closed), by reason: the node at --max-connections, or the client address at --max-connections-per-ip."
     );
     describe_counter!(
-        "chat_node_expired_leases_total",
+        metric_names::EXPIRED_LEASES_TOTAL,
         "Expired leases of crashed nodes this node reaped (their users set offline)."
     );
     describe_gauge!(
-        "chat_node_nats_connected",
+        metric_names::NATS_CONNECTED,
         "1 while connected to NATS, 0 while not (absent on a node without NATS)."
     );
     describe_counter!(
-        "chat_node_nats_published_total",
+        metric_names::NATS_PUBLISHED_TOTAL,
         "Envelopes published to other nodes."
     );
     describe_counter!(
-        "chat_node_nats_received_total",
+        metric_names::NATS_RECEIVED_TOTAL,
         "Envelopes received from other nodes."
     );
     describe_counter!(
-        "chat_node_nats_dropped_total",
+        metric_names::NATS_DROPPED_TOTAL,
         "Envelopes dropped because NATS did not take them (recovered by gap detection)."
     );
     describe_counter!(
-        "chat_node_nats_bad_messages_total",
+        metric_names::NATS_BAD_MESSAGES_TOTAL,
         "Undecodable envelopes on this node's subject."
     );
     describe_counter!(
-        "chat_node_nats_gaps_total",
+        metric_names::NATS_GAPS_TOTAL,
         "Gaps in another node's envelope sequence, by reason (recovered from the store)."
     );
     describe_counter!(
-        "chat_node_resyncs_total",
+        metric_names::RESYNCS_TOTAL,
         "Reads of the store to recover from a gap."
     );
     describe_gauge!(
-        "chat_node_outbound_bytes",
+        metric_names::OUTBOUND_BYTES,
         "Bytes queued for clients and not yet written, by shard."
     );
     describe_gauge!(
-        "chat_node_shard_busy_ratio",
+        metric_names::SHARD_BUSY_RATIO,
         "Share of the last second each shard's executor was busy."
     );
     describe_gauge!(
-        "chat_node_draining",
+        metric_names::DRAINING,
         "1 while the node drains (refuses new sessions), else 0."
     );
     describe_counter!(
-        "chat_node_proxied_connections_total",
+        metric_names::PROXIED_CONNECTIONS_TOTAL,
         "Connections that came with an accepted PROXY header (v1 or v2)."
     );
     describe_counter!(
-        "chat_node_proxy_header_errors_total",
+        metric_names::PROXY_HEADER_ERRORS_TOTAL,
         "Connections refused for a missing or bad PROXY header (v1 or v2)."
     );
     describe_histogram!(
-        "chat_node_delivery_latency_seconds",
+        metric_names::DELIVERY_LATENCY_SECONDS,
         Unit::Seconds,
         "Time from a message's commit to its push being queued on the recipient's connection, by kind."
     );
     describe_histogram!(
-        "chat_node_nats_latency_seconds",
+        metric_names::NATS_LATENCY_SECONDS,
         Unit::Seconds,
         "Time from publishing an envelope to another node to its receipt there (clocks must agree)."
     );

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use crate::command::{Command, ErrorCode, Failure, Push, Reply};
 use crate::engine::Op;
+use crate::metric_names;
 use crate::model::{GroupId, NewMessage, Target, UserId, now_ms};
 use crate::password;
 use crate::session::{Identity, Session};
@@ -425,7 +426,7 @@ async fn login(
         ))
         .detach();
     }
-    metrics::counter!("chat_node_logins_total").increment(1);
+    metrics::counter!(metric_names::LOGINS_TOTAL).increment(1);
     Ok(Reply::LoggedIn(Box::new(info)))
 }
 
@@ -553,7 +554,7 @@ async fn send(
 ) -> Outcome {
     let who = acting(session, actor)?;
     if let Err(wait_ms) = session.take_send_token() {
-        crate::metrics::counter("chat_node_refused_total", &[("reason", "rate_limited")])
+        crate::metrics::counter(metric_names::REFUSED_TOTAL, &[("reason", "rate_limited")])
             .increment(1);
         let config = &shard.config;
         return Err(Failure::new(

@@ -31,6 +31,7 @@ use crate::command::{ErrorCode, Failure, Push, Reply, RequestKind};
 use crate::config::Config;
 use crate::engine::{Op, StoreClient};
 use crate::event::ConnId;
+use crate::metric_names;
 use crate::model::{MessageId, UserId, now_ms};
 use crate::outbound::{CloseReason, Outbound};
 use crate::protocol::{Encoder, Wire};
@@ -506,11 +507,11 @@ impl Session {
 fn count_delivery(push: &Push, since_ms: u64) {
     if let Push::Message(m) = push {
         let kind = if m.group_id == 0 { "direct" } else { "group" };
-        crate::metrics::counter("chat_node_messages_delivered_total", &[("kind", kind)])
+        crate::metrics::counter(metric_names::MESSAGES_DELIVERED_TOTAL, &[("kind", kind)])
             .increment(1);
         if m.time_ms >= since_ms {
             let age_ms = now_ms().saturating_sub(m.time_ms);
-            crate::metrics::histogram("chat_node_delivery_latency_seconds", &[("kind", kind)])
+            crate::metrics::histogram(metric_names::DELIVERY_LATENCY_SECONDS, &[("kind", kind)])
                 .record(age_ms as f64 / 1e3);
         }
     }

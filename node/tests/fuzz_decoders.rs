@@ -17,10 +17,11 @@
 //! The seed is fixed so a failure reproduces; `FUZZ_CASES` and `FUZZ_SEED`
 //! override the defaults.
 
-use chat_node::command::{Command, Push, Reply, Request, RequestKind};
+use chat_node::command::{Push, Reply, RequestKind};
 use chat_node::protocol::flatbuf::FrameEncoder;
 use chat_node::protocol::{Decoded, Decoder, Wire};
 use chat_node::store::{Contact, StoredMessage};
+use chat_schema::request::{Request as WireRequest, encode_request};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,61 +33,54 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn flatbuffer_seeds() -> Vec<Vec<u8>> {
-    let commands = [
-        Command::Register {
-            name: "alice".into(),
-            password: "123456".into(),
+    let long = "x".repeat(600);
+    let requests = [
+        WireRequest::Register {
+            name: "alice",
+            password: "123456",
         },
-        Command::Login {
-            user: 1,
-            password: "123456".into(),
+        WireRequest::Login {
+            user_id: 1,
+            password: "123456",
         },
-        Command::Logout { actor: None },
-        Command::Logout { actor: Some(7) },
-        Command::AddFriend {
-            actor: Some(1),
-            friend: 2,
+        WireRequest::Logout { user_id: 0 },
+        WireRequest::Logout { user_id: 7 },
+        WireRequest::AddFriend {
+            user_id: 1,
+            friend_id: 2,
         },
-        Command::CreateGroup {
-            actor: None,
-            name: "rustaceans".into(),
-            description: "crabs".into(),
+        WireRequest::CreateGroup {
+            user_id: 0,
+            name: "rustaceans",
+            description: "crabs",
         },
-        Command::JoinGroup {
-            actor: Some(1),
-            group: 9,
+        WireRequest::JoinGroup {
+            user_id: 1,
+            group_id: 9,
         },
-        Command::DirectMessage {
-            actor: None,
-            to: 2,
-            text: "hello \"bob\" 你好 🦀".into(),
+        WireRequest::DirectMessage {
+            user_id: 0,
+            to_id: 2,
+            text: "hello \"bob\" 你好 🦀",
         },
-        Command::DirectMessage {
-            actor: Some(1),
-            to: u64::MAX,
-            text: "x".repeat(600),
+        WireRequest::DirectMessage {
+            user_id: 1,
+            to_id: u64::MAX,
+            text: &long,
         },
-        Command::GroupMessage {
-            actor: None,
-            group: 9,
-            text: "hi all".into(),
+        WireRequest::GroupMessage {
+            user_id: 0,
+            group_id: 9,
+            text: "hi all",
         },
-        Command::DeliveryAck { up_to: 12345 },
-        Command::Ping,
+        WireRequest::DeliveryAck { message_id: 12345 },
+        WireRequest::Ping,
     ];
     let mut e = FrameEncoder::new();
-    let mut seeds: Vec<Vec<u8>> = commands
-        .into_iter()
+    let mut seeds: Vec<Vec<u8>> = requests
+        .iter()
         .enumerate()
-        .map(|(i, command)| {
-            let mut out = Vec::new();
-            let request = Request {
-                id: i as u64 + 1,
-                command,
-            };
-            e.request(&request, &mut out);
-            out
-        })
+        .map(|(i, request)| encode_request(i as u64 + 1, request))
         .collect();
     // Replies and pushes are valid envelopes that are not requests.
     let mut out = Vec::new();

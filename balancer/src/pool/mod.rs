@@ -22,6 +22,7 @@ pub use choice::Tier;
 pub use upstream::{Override, Snapshot, Unavailable, Upstream};
 
 use crate::config::{Tuning, UpstreamSpec};
+use crate::metric_names;
 
 /// Every node and the settings the choice and the probes use.
 #[derive(Debug)]
@@ -78,13 +79,13 @@ impl Pool {
             choice::choose(&snaps, &exclude, tuning.panic, &mut rand::rng())?;
         let upstream = list[i].clone();
         upstream.picks.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("chat_balancer_picks_total", "upstream" => upstream.label.clone())
+        metrics::counter!(metric_names::PICKS_TOTAL, "upstream" => upstream.label.clone())
             .increment(1);
         if !by_report {
-            metrics::counter!("chat_balancer_fallback_picks_total").increment(1);
+            metrics::counter!(metric_names::FALLBACK_PICKS_TOTAL).increment(1);
         }
         if tier == Tier::Panic {
-            metrics::counter!("chat_balancer_panic_total").increment(1);
+            metrics::counter!(metric_names::PANIC_TOTAL).increment(1);
             // In panic mode every connection gets here.
             if let Some(held) = crate::log_limit::allow("panic", "") {
                 tracing::warn!(upstream = %upstream.label, "no node available: --panic, trying one anyway{}", crate::log_limit::More(held));

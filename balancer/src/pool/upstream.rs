@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chat_client::LoadReport;
 
 use crate::config::UpstreamSpec;
+use crate::metric_names;
 
 /// A node in the pool. Shared by the proxy (through open connections, which
 /// keep it alive after a reload removed it), the probes and the admin.
@@ -309,7 +310,7 @@ impl Upstream {
 
     /// A probe failed (no connection, no answer in time, an error or junk).
     pub fn probe_failed(&self, error: String, probe_fails: u32) {
-        metrics::counter!("chat_balancer_probe_failures_total", "upstream" => self.label.clone())
+        metrics::counter!(metric_names::PROBE_FAILURES_TOTAL, "upstream" => self.label.clone())
             .increment(1);
         let mut h = self.health();
         h.probe_failures = h.probe_failures.saturating_add(1);
@@ -330,7 +331,7 @@ impl Upstream {
 
     /// A connect failed: nginx `max_fails`/`fail_timeout` accounting.
     pub fn connect_failed(&self, error: String) {
-        metrics::counter!("chat_balancer_connect_failures_total", "upstream" => self.label.clone())
+        metrics::counter!(metric_names::CONNECT_FAILURES_TOTAL, "upstream" => self.label.clone())
             .increment(1);
         let spec = self.spec();
         let now = Instant::now();

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Tuning;
 use crate::log_limit::{self, More};
+use crate::metric_names;
 use crate::pool::{Pool, Upstream};
 
 /// A connected node and the PROXY header to send it first (empty if none).
@@ -72,7 +73,7 @@ pub async fn connect(
                 Ok(connected) => connected,
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             };
-        metrics::histogram!("chat_balancer_connect_seconds", "upstream" => upstream.label.clone())
+        metrics::histogram!(metric_names::CONNECT_SECONDS, "upstream" => upstream.label.clone())
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(stream) => {

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::access_log::{Entry, Writer as AccessLog};
+use crate::metric_names;
 use crate::pool::Pool;
 
 /// Connections the kernel queues per listener before they are accepted.
@@ -206,7 +207,7 @@ async fn run(
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
-                metrics::counter!("chat_balancer_accepted_total").increment(1);
+                metrics::counter!(metric_names::ACCEPTED_TOTAL).increment(1);
                 let pool = wiring.pool.clone();
                 let guard = Open::new(&open);
                 let log = log.clone();
@@ -217,7 +218,7 @@ async fn run(
             }
             Some(Err(e)) => {
                 // Typically out of file descriptors: back off instead of spinning.
-                metrics::counter!("chat_balancer_accept_errors_total").increment(1);
+                metrics::counter!(metric_names::ACCEPT_ERRORS_TOTAL).increment(1);
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -262,10 +263,10 @@ impl Drop for Open {
 /// connection that no node took; the caller closes it.
 fn no_node(peer: SocketAddr, why: &connect::NoNode) {
     use crate::log_limit::{More, allow};
-    metrics::counter!("chat_balancer_no_upstream_total").increment(1);
+    metrics::counter!(metric_names::NO_UPSTREAM_TOTAL).increment(1);
     match why {
         connect::NoNode::NoneAvailable => {
-            metrics::counter!("chat_balancer_fail_fast_total").increment(1);
+            metrics::counter!(metric_names::FAIL_FAST_TOTAL).increment(1);
             if let Some(held) = allow("no_node", "") {
                 tracing::warn!(%peer, "no node available: closing the connection at once (--panic would try them anyway){}", More(held));
             }
@@ -314,7 +315,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, pool: &Pool, log: Option<&Rc
     }
     upstream.open.fetch_add(1, Ordering::Relaxed);
     let gauge =
-        metrics::gauge!("chat_balancer_open_connections", "upstream" => upstream.label.clone());
+        metrics::gauge!(metric_names::OPEN_CONNECTIONS, "upstream" => upstream.label.clone());
     gauge.increment(1.0);
     tracing::trace!(%peer, upstream = %upstream.label, ?phase, "relaying");
     let relayed = relay::relay(
@@ -332,7 +333,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, pool: &Pool, log: Option<&Rc
     upstream.open.fetch_sub(1, Ordering::Relaxed);
     gauge.decrement(1.0);
     let end = relayed.end;
-    metrics::counter!("chat_balancer_closed_total", "end" => end.name()).increment(1);
+    metrics::counter!(metric_names::CLOSED_TOTAL, "end" => end.name()).increment(1);
     tracing::trace!(%peer, upstream = %upstream.label, end = end.name(), "connection closed");
     if let (Some(log), Some(mut entry)) = (log, entry) {
         entry.to_client = relayed.to_client;

@@ -23,35 +23,24 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Ack, Failure, Page, Received};
 
-const LOGOUT_ACK: i64 = 11;
-const ONE_CHAT_ACK: i64 = 12;
-const ADD_FRIEND_ACK: i64 = 13;
-const CREATE_GROUP_ACK: i64 = 14;
-const ADD_GROUP_ACK: i64 = 15;
-const GROUP_CHAT_ACK: i64 = 16;
-const PING: i64 = 18;
-const PING_ACK: i64 = 19;
-const LOAD: i64 = 20;
-const LOAD_ACK: i64 = 21;
-
 /// Whether the JSON server at the other end of `stream` answers requests
 /// the seed left unanswered: a ping (msgid 18) answered within `wait` means
 /// our node, silence the seed's server.
 pub async fn server_replies_to_chat(stream: TcpStream, wait: Duration) -> bool {
     let (r, mut w) = stream.into_split();
-    let mut ping = json!({ "msgid": PING }).to_string().into_bytes();
+    let mut ping = json!({ "msgid": msgid::PING }).to_string().into_bytes();
     ping.push(0);
     if w.write_all(&ping).await.is_err() {
         return false;
     }
     let mut reader = JsonReader::new(r);
     matches!(
-        tokio::time::timeout(wait, reader.recv_msgid(PING_ACK)).await,
+        tokio::time::timeout(wait, reader.recv_msgid(msgid::PING_ACK)).await,
         Ok(Ok(Some(_)))
     )
 }
 
-type Waiters = Mutex<VecDeque<(i64, oneshot::Sender<Value>)>>;
+type Waiters = Mutex<VecDeque<(u64, oneshot::Sender<Value>)>>;
 
 pub struct JsonSession {
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -95,12 +84,12 @@ impl PendingJson {
     }
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, VecDeque<(i64, oneshot::Sender<Value>)>> {
+fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, VecDeque<(u64, oneshot::Sender<Value>)>> {
     w.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn push_of(v: &Value) -> Option<Received> {
-    let id = v.get("msgid")?.as_i64()?;
+    let id = v.get("msgid")?.as_u64()?;
     if id != msgid::ONE_CHAT && id != msgid::GROUP_CHAT {
         return None;
     }
@@ -149,7 +138,7 @@ impl JsonSession {
                         let _ = inbox_tx.send(m);
                         continue;
                     }
-                    let Some(id) = v.get("msgid").and_then(Value::as_i64) else {
+                    let Some(id) = v.get("msgid").and_then(Value::as_u64) else {
                         continue;
                     };
                     let waiter = {
@@ -179,7 +168,7 @@ impl JsonSession {
     }
 
     /// Queues `v`; with `reply` set, registers a waiter for that msgid first.
-    fn send(&self, v: &Value, reply: Option<i64>) -> Result<Option<PendingJson>, Failure> {
+    fn send(&self, v: &Value, reply: Option<u64>) -> Result<Option<PendingJson>, Failure> {
         if self.is_closed() {
             return Err(Failure("closed".into()));
         }
@@ -198,7 +187,7 @@ impl JsonSession {
         Ok(pending)
     }
 
-    async fn request(&self, v: Value, reply: i64) -> Result<Value, Failure> {
+    async fn request(&self, v: Value, reply: u64) -> Result<Value, Failure> {
         let pending = self
             .send(&v, Some(reply))?
             .expect("a waiter was registered");
@@ -207,7 +196,7 @@ impl JsonSession {
 
     /// Sends a request the seed leaves unanswered: awaited only when the
     /// server answers such requests.
-    async fn maybe_request(&self, v: Value, reply: i64) -> Result<Option<Value>, Failure> {
+    async fn maybe_request(&self, v: Value, reply: u64) -> Result<Option<Value>, Failure> {
         if self.chat_replies {
             self.request(v, reply).await.map(Some)
         } else {
@@ -218,8 +207,8 @@ impl JsonSession {
     pub async fn register(&self, name: &str, password: &str) -> Result<UserId, Failure> {
         let v = self
             .request(
-                json!({"msgid": msgid::REG, "name": name, "pwd": password, "password": password}),
-                msgid::REG_ACK,
+                json!({"msgid": msgid::REGISTER, "name": name, "pwd": password, "password": password}),
+                msgid::REGISTER_ACK,
             )
             .await?;
         v.get("id")
@@ -248,7 +237,7 @@ impl JsonSession {
     }
 
     pub async fn logout(&self) -> Result<(), Failure> {
-        self.maybe_request(json!({"msgid": msgid::LOGINOUT}), LOGOUT_ACK)
+        self.maybe_request(json!({"msgid": msgid::LOGOUT}), msgid::LOGOUT_ACK)
             .await
             .map(|_| ())
     }
@@ -256,7 +245,7 @@ impl JsonSession {
     pub async fn add_friend(&self, friend: UserId) -> Result<(), Failure> {
         self.maybe_request(
             json!({"msgid": msgid::ADD_FRIEND, "friendid": friend}),
-            ADD_FRIEND_ACK,
+            msgid::ADD_FRIEND_ACK,
         )
         .await
         .map(|_| ())
@@ -266,7 +255,7 @@ impl JsonSession {
         let v = self
             .maybe_request(
                 json!({"msgid": msgid::CREATE_GROUP, "groupname": name, "groupdesc": "load test"}),
-                CREATE_GROUP_ACK,
+                msgid::CREATE_GROUP_ACK,
             )
             .await?
             // The seed does not say which id the new group got.
@@ -278,14 +267,14 @@ impl JsonSession {
 
     pub async fn join_group(&self, group: GroupId) -> Result<(), Failure> {
         self.maybe_request(
-            json!({"msgid": msgid::ADD_GROUP, "groupid": group}),
-            ADD_GROUP_ACK,
+            json!({"msgid": msgid::JOIN_GROUP, "groupid": group}),
+            msgid::JOIN_GROUP_ACK,
         )
         .await
         .map(|_| ())
     }
 
-    fn chat(&self, v: Value, reply: i64) -> Result<Ack, Failure> {
+    fn chat(&self, v: Value, reply: u64) -> Result<Ack, Failure> {
         if self.chat_replies {
             Ok(Ack::Json(self.send(&v, Some(reply))?.expect("a waiter")))
         } else {
@@ -296,14 +285,14 @@ impl JsonSession {
     pub fn send_direct(&self, to: UserId, text: &str) -> Result<Ack, Failure> {
         self.chat(
             json!({"msgid": msgid::ONE_CHAT, "toid": to, "msg": text}),
-            ONE_CHAT_ACK,
+            msgid::ONE_CHAT_ACK,
         )
     }
 
     pub fn send_group(&self, group: GroupId, text: &str) -> Result<Ack, Failure> {
         self.chat(
             json!({"msgid": msgid::GROUP_CHAT, "groupid": group, "msg": text}),
-            GROUP_CHAT_ACK,
+            msgid::GROUP_CHAT_ACK,
         )
     }
 
@@ -366,7 +355,7 @@ impl JsonSession {
     /// Pings the server (msgid 18); the seed does not answer, so against
     /// it the ping is only written.
     pub async fn ping(&self) -> Result<(), Failure> {
-        self.maybe_request(json!({"msgid": PING}), PING_ACK)
+        self.maybe_request(json!({"msgid": msgid::PING}), msgid::PING_ACK)
             .await
             .map(|_| ())
     }
@@ -375,7 +364,9 @@ impl JsonSession {
         if !self.chat_replies {
             return Err(Failure("no_load_probe".into()));
         }
-        let v = self.request(json!({"msgid": LOAD}), LOAD_ACK).await?;
+        let v = self
+            .request(json!({"msgid": msgid::LOAD}), msgid::LOAD_ACK)
+            .await?;
         v.get("nodeid")
             .and_then(Value::as_str)
             .map(str::to_string)

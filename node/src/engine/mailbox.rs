@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::metric_names;
 use crate::model::UserId;
 use crate::store::{Store, StoreError};
 
@@ -94,7 +95,7 @@ impl Mailboxes {
             }
         };
         if count.at_most >= self.cap {
-            crate::metrics::counter("chat_node_refused_total", &[("reason", "mailbox_full")])
+            crate::metrics::counter(metric_names::REFUSED_TOTAL, &[("reason", "mailbox_full")])
                 .increment(1);
             tracing::debug!(user = to, "direct message refused: mailbox full");
             return Err(StoreError::MailboxFull {

@@ -48,6 +48,7 @@ use self::mailbox::Mailboxes;
 use crate::bus::{self, Publisher};
 use crate::command::{LoginInfo, Push};
 use crate::event::{ConnId, RouterEvent};
+use crate::metric_names;
 use crate::store::{
     Contact, Conversation, GroupId, GroupInfo, HistoryPage, MessageId, NewMessage, Store,
     StoreError, StoredMessage, Target, Unread, UserId, UserRecord,
@@ -303,7 +304,7 @@ pub struct Limits {
 /// `LimitReached` when `count` is at `limit` (0 = none).
 fn within(count: u64, limit: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
     if limit > 0 && count >= limit {
-        crate::metrics::counter("chat_node_refused_total", &[("reason", "limit_reached")])
+        crate::metrics::counter(metric_names::REFUSED_TOTAL, &[("reason", "limit_reached")])
             .increment(1);
         return Err(StoreError::LimitReached {
             what: what(),
@@ -340,13 +341,14 @@ pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: u
     loop {
         let stopping = take_batch(&ops, None, max_batch, &mut batch);
         for op in batch.drain(..) {
-            crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
+            crate::metrics::counter(metric_names::STORE_OPS_TOTAL, &[("op", op.kind())])
+                .increment(1);
             replies.push(read(&mut store, op));
         }
         let failed = store.commit().err();
         if let Some(e) = &failed {
             tracing::error!(error = %e, "store read failed");
-            metrics::counter!("chat_node_store_errors_total").increment(1);
+            metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
             store.rollback();
         }
         for reply in replies.drain(..) {
@@ -599,7 +601,7 @@ impl<S: Store> Writer<S> {
             return;
         }
         let started = Instant::now();
-        crate::metrics::histogram("chat_node_store_batch_ops", &[]).record(batch.len() as f64);
+        crate::metrics::histogram(metric_names::STORE_BATCH_OPS, &[]).record(batch.len() as f64);
         let mut step = Step {
             store: &mut self.store,
             out: &mut self.out,
@@ -609,11 +611,12 @@ impl<S: Store> Writer<S> {
             limits: self.config.limits,
         };
         for op in batch.drain(..) {
-            crate::metrics::counter("chat_node_store_ops_total", &[("op", op.kind())]).increment(1);
+            crate::metrics::counter(metric_names::STORE_OPS_TOTAL, &[("op", op.kind())])
+                .increment(1);
             self.replies.push(step.run(op));
         }
         let failed = commit(&mut self.store, &mut self.out, "batch");
-        crate::metrics::histogram("chat_node_store_commit_seconds", &[])
+        crate::metrics::histogram(metric_names::STORE_COMMIT_SECONDS, &[])
             .record(started.elapsed().as_secs_f64());
         self.out.send_routes(&self.routers, self.inline);
         for reply in self.replies.drain(..) {
@@ -650,7 +653,7 @@ impl<S: Store> Writer<S> {
                     ttl = ?self.config.lease_ttl,
                     "this node's lease ran out; closing its sessions"
                 );
-                metrics::counter!("chat_node_lease_lapses_total").increment(1);
+                metrics::counter!(metric_names::LEASE_LAPSES_TOTAL).increment(1);
                 self.out.broadcast(RouterEvent::LeaseLost);
             }
             let attempt = Instant::now();
@@ -697,7 +700,7 @@ fn commit<S: Store>(store: &mut S, out: &mut Outbox, what: &str) -> Option<Store
     let failed = store.commit().err();
     if let Some(e) = &failed {
         tracing::error!(error = %e, what, "store commit failed; answered with errors");
-        metrics::counter!("chat_node_store_errors_total").increment(1);
+        metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
         store.rollback();
         out.clear();
     }
@@ -722,7 +725,7 @@ fn lease_tick<S: Store>(store: &mut S, out: &mut Outbox, config: &WriterConfig) 
         .and_then(|()| step.reap());
     if let Err(e) = done {
         tracing::warn!(error = %e, "renewing the lease failed");
-        metrics::counter!("chat_node_store_errors_total").increment(1);
+        metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
         store.rollback();
         out.clear();
         return false;
@@ -853,12 +856,12 @@ fn compact_slice<S: Store>(store: &mut S) -> bool {
         .and_then(|n| store.commit().map(|()| n))
     {
         Ok(deleted) => {
-            metrics::counter!("chat_node_messages_compacted_total").increment(deleted);
+            metrics::counter!(metric_names::MESSAGES_COMPACTED_TOTAL).increment(deleted);
             deleted as usize == COMPACT_SLICE
         }
         Err(e) => {
             tracing::warn!(error = %e, "compaction failed");
-            metrics::counter!("chat_node_store_errors_total").increment(1);
+            metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
             store.rollback();
             false
         }
@@ -883,11 +886,13 @@ pub fn run_gauges<S: Store>(mut store: S, every: Duration, stop: flume::Receiver
             .pending_total()
             .and_then(|n| store.commit().map(|()| n))
         {
-            Ok(Some(pending)) => metrics::gauge!("chat_node_pending_messages").set(pending as f64),
+            Ok(Some(pending)) => {
+                metrics::gauge!(metric_names::PENDING_MESSAGES).set(pending as f64)
+            }
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "counting pending messages failed");
-                metrics::counter!("chat_node_store_errors_total").increment(1);
+                metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
                 store.rollback();
             }
         }
@@ -1014,7 +1019,7 @@ impl<S: Store> Step<'_, S> {
             }
             let users = self.store.release_node(&node)?;
             tracing::info!(%node, users = users.len(), "lease expired; released its users");
-            metrics::counter!("chat_node_expired_leases_total").increment(1);
+            metrics::counter!(metric_names::EXPIRED_LEASES_TOTAL).increment(1);
             for user in users {
                 if let Some(record) = self.store.user(user)? {
                     self.tell_friends(user, &record.name.into(), false)?;
@@ -1287,7 +1292,7 @@ impl<S: Store> Step<'_, S> {
         if let (Target::User(to), Some(m)) = (message.target, self.mailboxes.as_deref_mut()) {
             m.stored(to);
         }
-        crate::metrics::counter("chat_node_messages_stored_total", &[]).increment(1);
+        crate::metrics::counter(metric_names::MESSAGES_STORED_TOTAL, &[]).increment(1);
         match message.target {
             Target::User(to) => self.notify(
                 to,

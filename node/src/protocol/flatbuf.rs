@@ -641,225 +641,6 @@ impl FrameEncoder {
             (fb::Body::MessagePush, p.as_union_value())
         });
     }
-
-    /// Appends `request` as a request frame: what a client sends. The node
-    /// never sends requests; clients, tests and fuzzers use this. An actor of
-    /// `None` is written as `user_id` 0.
-    pub fn request(&mut self, request: &Request, out: &mut Vec<u8>) {
-        self.frame(request.id, out, |b, _| {
-            let a = |actor: &Option<UserId>| actor.unwrap_or(0);
-            match &request.command {
-                Command::Register { name, password } => {
-                    let name = b.create_string(name);
-                    let password = b.create_string(password);
-                    let r = fb::RegisterRequest::create(
-                        b,
-                        &fb::RegisterRequestArgs {
-                            name: Some(name),
-                            password: Some(password),
-                        },
-                    );
-                    (fb::Body::RegisterRequest, r.as_union_value())
-                }
-                Command::Login { user, password } => {
-                    let password = b.create_string(password);
-                    let r = fb::LoginRequest::create(
-                        b,
-                        &fb::LoginRequestArgs {
-                            user_id: *user,
-                            password: Some(password),
-                        },
-                    );
-                    (fb::Body::LoginRequest, r.as_union_value())
-                }
-                Command::Logout { actor } => {
-                    let r =
-                        fb::LogoutRequest::create(b, &fb::LogoutRequestArgs { user_id: a(actor) });
-                    (fb::Body::LogoutRequest, r.as_union_value())
-                }
-                Command::AddFriend { actor, friend } => {
-                    let r = fb::AddFriendRequest::create(
-                        b,
-                        &fb::AddFriendRequestArgs {
-                            user_id: a(actor),
-                            friend_id: *friend,
-                        },
-                    );
-                    (fb::Body::AddFriendRequest, r.as_union_value())
-                }
-                Command::CreateGroup {
-                    actor,
-                    name,
-                    description,
-                } => {
-                    let name = b.create_string(name);
-                    let description = b.create_string(description);
-                    let r = fb::CreateGroupRequest::create(
-                        b,
-                        &fb::CreateGroupRequestArgs {
-                            user_id: a(actor),
-                            name: Some(name),
-                            description: Some(description),
-                        },
-                    );
-                    (fb::Body::CreateGroupRequest, r.as_union_value())
-                }
-                Command::JoinGroup { actor, group } => {
-                    let r = fb::JoinGroupRequest::create(
-                        b,
-                        &fb::JoinGroupRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                        },
-                    );
-                    (fb::Body::JoinGroupRequest, r.as_union_value())
-                }
-                Command::DirectMessage { actor, to, text } => {
-                    let text = b.create_string(text);
-                    let r = fb::DirectMessageRequest::create(
-                        b,
-                        &fb::DirectMessageRequestArgs {
-                            user_id: a(actor),
-                            to_id: *to,
-                            text: Some(text),
-                        },
-                    );
-                    (fb::Body::DirectMessageRequest, r.as_union_value())
-                }
-                Command::GroupMessage { actor, group, text } => {
-                    let text = b.create_string(text);
-                    let r = fb::GroupMessageRequest::create(
-                        b,
-                        &fb::GroupMessageRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                            text: Some(text),
-                        },
-                    );
-                    (fb::Body::GroupMessageRequest, r.as_union_value())
-                }
-                Command::RemoveFriend { actor, friend } => {
-                    let r = fb::RemoveFriendRequest::create(
-                        b,
-                        &fb::RemoveFriendRequestArgs {
-                            user_id: a(actor),
-                            friend_id: *friend,
-                        },
-                    );
-                    (fb::Body::RemoveFriendRequest, r.as_union_value())
-                }
-                Command::LeaveGroup { actor, group } => {
-                    let r = fb::LeaveGroupRequest::create(
-                        b,
-                        &fb::LeaveGroupRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                        },
-                    );
-                    (fb::Body::LeaveGroupRequest, r.as_union_value())
-                }
-                Command::RemoveMember {
-                    actor,
-                    group,
-                    member,
-                } => {
-                    let r = fb::RemoveMemberRequest::create(
-                        b,
-                        &fb::RemoveMemberRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                            member_id: *member,
-                        },
-                    );
-                    (fb::Body::RemoveMemberRequest, r.as_union_value())
-                }
-                Command::GroupInfo { actor, group } => {
-                    let r = fb::GroupInfoRequest::create(
-                        b,
-                        &fb::GroupInfoRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                        },
-                    );
-                    (fb::Body::GroupInfoRequest, r.as_union_value())
-                }
-                Command::FindUser { name } => {
-                    let name = b.create_string(name);
-                    let r = fb::FindUserRequest::create(
-                        b,
-                        &fb::FindUserRequestArgs { name: Some(name) },
-                    );
-                    (fb::Body::FindUserRequest, r.as_union_value())
-                }
-                Command::History {
-                    actor,
-                    conversation,
-                    before,
-                    limit,
-                } => {
-                    let (peer_id, group_id) = conversation_ids(*conversation);
-                    let r = fb::HistoryRequest::create(
-                        b,
-                        &fb::HistoryRequestArgs {
-                            user_id: a(actor),
-                            peer_id,
-                            group_id,
-                            before: before.unwrap_or(0),
-                            limit: limit.unwrap_or(0),
-                        },
-                    );
-                    (fb::Body::HistoryRequest, r.as_union_value())
-                }
-                Command::MarkRead {
-                    actor,
-                    conversation,
-                    up_to,
-                } => {
-                    let (peer_id, group_id) = conversation_ids(*conversation);
-                    let r = fb::MarkReadRequest::create(
-                        b,
-                        &fb::MarkReadRequestArgs {
-                            user_id: a(actor),
-                            peer_id,
-                            group_id,
-                            up_to: *up_to,
-                        },
-                    );
-                    (fb::Body::MarkReadRequest, r.as_union_value())
-                }
-                Command::Readers {
-                    actor,
-                    group,
-                    message,
-                } => {
-                    let r = fb::ReadersRequest::create(
-                        b,
-                        &fb::ReadersRequestArgs {
-                            user_id: a(actor),
-                            group_id: *group,
-                            message_id: *message,
-                        },
-                    );
-                    (fb::Body::ReadersRequest, r.as_union_value())
-                }
-                Command::DeliveryAck { up_to } => {
-                    let r = fb::DeliveryAckRequest::create(
-                        b,
-                        &fb::DeliveryAckRequestArgs { message_id: *up_to },
-                    );
-                    (fb::Body::DeliveryAckRequest, r.as_union_value())
-                }
-                Command::Ping => {
-                    let r = fb::PingRequest::create(b, &fb::PingRequestArgs {});
-                    (fb::Body::PingRequest, r.as_union_value())
-                }
-                Command::Load => {
-                    let r = fb::LoadRequest::create(b, &fb::LoadRequestArgs {});
-                    (fb::Body::LoadRequest, r.as_union_value())
-                }
-            }
-        });
-    }
 }
 
 fn message(
@@ -953,6 +734,7 @@ mod tests {
     use std::sync::Arc;
 
     use chat_schema::frame::DEFAULT_MAX_FRAME;
+    use chat_schema::request::{Request as WireRequest, encode_request};
 
     use super::*;
     use crate::command::LoginInfo;
@@ -964,11 +746,112 @@ mod tests {
         Request { id, command }
     }
 
-    /// The bytes a client sends for `request`.
+    /// The bytes a client sends for `request`, from the shared encoder.
     fn wire(request: &Request) -> Vec<u8> {
-        let mut out = Vec::new();
-        FrameEncoder::new().request(request, &mut out);
-        out
+        encode_request(request.id, &wire_request(&request.command))
+    }
+
+    /// `command` as a client writes it: an actor of `None` is `user_id` 0,
+    /// a conversation is a peer id or a group id, an absent option is 0.
+    fn wire_request(command: &Command) -> WireRequest<'_> {
+        let a = |actor: &Option<UserId>| actor.unwrap_or(0);
+        match command {
+            Command::Register { name, password } => WireRequest::Register { name, password },
+            Command::Login { user, password } => WireRequest::Login {
+                user_id: *user,
+                password,
+            },
+            Command::Logout { actor } => WireRequest::Logout { user_id: a(actor) },
+            Command::AddFriend { actor, friend } => WireRequest::AddFriend {
+                user_id: a(actor),
+                friend_id: *friend,
+            },
+            Command::CreateGroup {
+                actor,
+                name,
+                description,
+            } => WireRequest::CreateGroup {
+                user_id: a(actor),
+                name,
+                description,
+            },
+            Command::JoinGroup { actor, group } => WireRequest::JoinGroup {
+                user_id: a(actor),
+                group_id: *group,
+            },
+            Command::DirectMessage { actor, to, text } => WireRequest::DirectMessage {
+                user_id: a(actor),
+                to_id: *to,
+                text,
+            },
+            Command::GroupMessage { actor, group, text } => WireRequest::GroupMessage {
+                user_id: a(actor),
+                group_id: *group,
+                text,
+            },
+            Command::RemoveFriend { actor, friend } => WireRequest::RemoveFriend {
+                user_id: a(actor),
+                friend_id: *friend,
+            },
+            Command::LeaveGroup { actor, group } => WireRequest::LeaveGroup {
+                user_id: a(actor),
+                group_id: *group,
+            },
+            Command::RemoveMember {
+                actor,
+                group,
+                member,
+            } => WireRequest::RemoveMember {
+                user_id: a(actor),
+                group_id: *group,
+                member_id: *member,
+            },
+            Command::GroupInfo { actor, group } => WireRequest::GroupInfo {
+                user_id: a(actor),
+                group_id: *group,
+            },
+            Command::FindUser { name } => WireRequest::FindUser { name },
+            Command::History {
+                actor,
+                conversation,
+                before,
+                limit,
+            } => {
+                let (peer_id, group_id) = conversation_ids(*conversation);
+                WireRequest::History {
+                    user_id: a(actor),
+                    peer_id,
+                    group_id,
+                    before: before.unwrap_or(0),
+                    limit: limit.unwrap_or(0),
+                }
+            }
+            Command::MarkRead {
+                actor,
+                conversation,
+                up_to,
+            } => {
+                let (peer_id, group_id) = conversation_ids(*conversation);
+                WireRequest::MarkRead {
+                    user_id: a(actor),
+                    peer_id,
+                    group_id,
+                    up_to: *up_to,
+                }
+            }
+            Command::Readers {
+                actor,
+                group,
+                message,
+            } => WireRequest::Readers {
+                user_id: a(actor),
+                group_id: *group,
+                message_id: *message,
+            },
+            Command::DeliveryAck { up_to } => WireRequest::DeliveryAck { message_id: *up_to },
+            Command::Ping => WireRequest::Ping,
+            Command::Load => WireRequest::Load,
+        }
     }
 
     /// A frame holding whatever `build` puts in the envelope's body.

@@ -14,56 +14,12 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use chat_schema::json_msgid as msgid;
 use chat_schema::time::UtcTime;
 
 use super::decoded::{Decoded, Refusal, refuse};
 use crate::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, Request, RequestKind};
 use crate::model::{Contact, Conversation, GroupInfo, Role, StoredMessage, UserId};
-
-/// The seed's message ids, and the ones we added (11 and up).
-pub mod msgid {
-    pub const LOGIN: u64 = 1;
-    pub const LOGIN_ACK: u64 = 2;
-    pub const LOGOUT: u64 = 3;
-    pub const REGISTER: u64 = 4;
-    pub const REGISTER_ACK: u64 = 5;
-    pub const ONE_CHAT: u64 = 6;
-    pub const ADD_FRIEND: u64 = 7;
-    pub const CREATE_GROUP: u64 = 8;
-    pub const JOIN_GROUP: u64 = 9;
-    pub const GROUP_CHAT: u64 = 10;
-    pub const LOGOUT_ACK: u64 = 11;
-    pub const ONE_CHAT_ACK: u64 = 12;
-    pub const ADD_FRIEND_ACK: u64 = 13;
-    pub const CREATE_GROUP_ACK: u64 = 14;
-    pub const JOIN_GROUP_ACK: u64 = 15;
-    pub const GROUP_CHAT_ACK: u64 = 16;
-    pub const GENERIC_ACK: u64 = 17;
-    pub const PING: u64 = 18;
-    pub const PING_ACK: u64 = 19;
-    pub const LOAD: u64 = 20;
-    pub const LOAD_ACK: u64 = 21;
-    pub const REMOVE_FRIEND: u64 = 30;
-    pub const REMOVE_FRIEND_ACK: u64 = 31;
-    pub const LEAVE_GROUP: u64 = 32;
-    pub const LEAVE_GROUP_ACK: u64 = 33;
-    pub const REMOVE_MEMBER: u64 = 34;
-    pub const REMOVE_MEMBER_ACK: u64 = 35;
-    pub const GROUP_INFO: u64 = 36;
-    pub const GROUP_INFO_ACK: u64 = 37;
-    pub const FIND_USER: u64 = 38;
-    pub const FIND_USER_ACK: u64 = 39;
-    pub const HISTORY: u64 = 40;
-    pub const HISTORY_ACK: u64 = 41;
-    pub const MARK_READ: u64 = 42;
-    pub const MARK_READ_ACK: u64 = 43;
-    pub const READERS: u64 = 44;
-    pub const READERS_ACK: u64 = 45;
-    pub const READ_RECEIPT: u64 = 46;
-    pub const REMOVED_FROM_GROUP: u64 = 47;
-    pub const FRIEND_REMOVED: u64 = 48;
-    pub const GROUP: u64 = 49;
-}
 
 /// Where the scanner is between calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

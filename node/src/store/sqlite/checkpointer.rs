@@ -41,6 +41,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::metric_names;
+
 /// How often the thread checkpoints.
 pub const PERIOD: Duration = Duration::from_millis(20);
 /// WAL size, in frames (pages), at which the writer checkpoints itself.
@@ -86,7 +88,7 @@ fn run(conn: &Connection, name: &str, stopped: &flume::Receiver<()>) {
         let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         if let Err(e) = done {
             tracing::warn!(error = %e, db = name, "WAL checkpoint failed; retried");
-            metrics::counter!("chat_node_store_errors_total").increment(1);
+            metrics::counter!(metric_names::STORE_ERRORS_TOTAL).increment(1);
         }
         if stopping {
             return;

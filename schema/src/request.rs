@@ -1,13 +1,20 @@
 //! The requests a client can send, as plain values with every protocol field
 //! settable (tests use this to send, say, a message with someone else's
 //! `user_id`), and their encoding into size-prefixed `Envelope` frames.
+//!
+//! This is the one request encoder: the client library sends with it, and
+//! the node's tests and fuzzers build their input with it (the node only
+//! decodes requests).
 
 use std::cell::RefCell;
 
-use chat_schema::fb;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
-use crate::model::{GroupId, MessageId, UserId};
+use crate::fb;
+
+type UserId = u64;
+type GroupId = u64;
+type MessageId = u64;
 
 /// One request with all its fields. `user_id` 0 means "the session's user";
 /// any other value must be the logged-in user or the node answers
@@ -329,7 +336,7 @@ pub fn with_encoded<R>(request_id: u64, request: &Request<'_>, f: impl FnOnce(&[
                 body: Some(body),
             },
         );
-        let out = f(chat_schema::frame::finish(&mut b, env));
+        let out = f(crate::frame::finish(&mut b, env));
         if b.mut_finished_buffer().0.len() > KEEP_BUILDER_CAPACITY {
             *b = FlatBufferBuilder::with_capacity(1024);
         }
@@ -339,7 +346,7 @@ pub fn with_encoded<R>(request_id: u64, request: &Request<'_>, f: impl FnOnce(&[
 
 /// Encodes `request` as one frame (length prefix included).
 pub fn encode_request(request_id: u64, request: &Request<'_>) -> Vec<u8> {
-    chat_schema::frame::encode(request_id, |b| (request.body_type(), request.build(b)))
+    crate::frame::encode(request_id, |b| (request.body_type(), request.build(b)))
 }
 
 /// Whether `frame`, sent as the first bytes of a connection, would make the
@@ -352,7 +359,7 @@ pub fn needs_leading_ping(frame: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_schema::frame::{DEFAULT_MAX_FRAME, PREFIX_LEN, frame_len};
+    use crate::frame::{DEFAULT_MAX_FRAME, PREFIX_LEN, frame_len};
 
     /// Verifies a frame the standard way (aligned with its size prefix).
     fn envelope(frame: &[u8]) -> fb::Envelope<'_> {
