@@ -22,7 +22,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::admission::TokenBucket;
-use crate::command::{ErrorCode, Failure, Reply, Request, RequestKind};
+use crate::command::{Command, ErrorCode, Failure, Reply, Request, RequestKind};
 use crate::engine::Op;
 use crate::metric_names;
 use crate::model::MessageId;
@@ -502,10 +502,17 @@ impl Connection {
             return false;
         };
         let session = &self.session;
-        if session.wire == Wire::Json
-            && let Some((user, up_to)) = session.proved_reading()
-        {
-            self.shard.note_written(user, up_to);
+        if session.wire == Wire::Json {
+            // An acknowledgement of its own switches the client off the
+            // implicit rule before it could count as proof of reading.
+            if let Decoded::Request(r) = &unit
+                && matches!(r.command, Command::DeliveryAck { .. })
+            {
+                session.acknowledges_itself();
+            }
+            if let Some((user, up_to)) = session.proved_reading() {
+                self.shard.note_written(user, up_to);
+            }
         }
         match unit {
             Decoded::Request(request) => {

@@ -78,6 +78,9 @@ pub struct Session {
     phase: RefCell<Phase>,
     /// Highest message id a JSON client has been sent and the store told of.
     json_acked: Cell<MessageId>,
+    /// The JSON client acknowledges messages itself (msgid 50): its other
+    /// requests no longer count as proof of reading.
+    json_explicit: Cell<bool>,
     /// Highest message id written to a JSON client that has not yet shown
     /// it read on (see [`Session::proved_reading`]).
     json_written: Cell<MessageId>,
@@ -111,6 +114,7 @@ impl Session {
             outbound: Outbound::new(max_outbound),
             phase: RefCell::new(Phase::Anonymous),
             json_acked: Cell::new(0),
+            json_explicit: Cell::new(false),
             json_written: Cell::new(0),
             user_change: Cell::new(0),
             catch_up_running: Cell::new(false),
@@ -179,19 +183,31 @@ impl Session {
     /// what a client that then stopped reading or died had not read (issue
     /// 17). A client that only listens has its messages delivered again at
     /// its next login until it sends something.
+    ///
+    /// A client that acknowledges itself (msgid 50, see
+    /// [`Session::acknowledges_itself`]) is never credited this way: a
+    /// request it sent before a push reached it would count that push as
+    /// read.
     pub fn proved_reading(&self) -> Option<(UserId, MessageId)> {
         self.proved_reading_up_to(self.json_written.get())
     }
 
     /// [`Session::proved_reading`] for what was written up to `written`.
     pub fn proved_reading_up_to(&self, written: MessageId) -> Option<(UserId, MessageId)> {
-        if written > self.json_acked.get()
+        if !self.json_explicit.get()
+            && written > self.json_acked.get()
             && let Some(who) = self.identity()
         {
             self.json_acked.set(written);
             return Some((who.user, written));
         }
         None
+    }
+
+    /// The JSON client sent an acknowledgement of its own (msgid 50): from
+    /// now on, on this connection, only those acknowledge its messages.
+    pub fn acknowledges_itself(&self) {
+        self.json_explicit.set(true);
     }
 
     /// Highest message id written to a JSON client (taken to be delivered

@@ -768,6 +768,49 @@ fn a_json_client_that_stopped_reading_loses_nothing() {
     );
 }
 
+/// A JSON client that acknowledges messages itself (msgid 50) is credited
+/// only by its acknowledgements: a request it sends after a push, or a clean
+/// close, no longer counts as proof of reading (a request that crossed a
+/// push in flight would count that push as read).
+#[test]
+fn a_json_client_that_acknowledges_itself_is_credited_only_by_its_acknowledgements() {
+    let node = node_with(&["--send-rate", "0"]);
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let (mut b, _) = json_login(node.addr, bob);
+    let r = b.ask(r#"{"msgid":50,"messageid":0}"#);
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errno"].as_u64()),
+        (Some(17), Some(0)),
+        "{r}"
+    );
+    let r = a.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{bob},"msg":"first"}}"#
+    ));
+    let first = r["messageid"].as_u64().expect("message id");
+    assert_eq!(b.recv()["messageid"], first);
+    // A request after the push: the implicit rule would take it as read.
+    assert_eq!(b.ask(r#"{"msgid":18}"#)["msgid"], 19);
+    // Acknowledging what was not pushed is refused.
+    let r = b.ask(&format!(r#"{{"msgid":50,"messageid":{}}}"#, first + 1000));
+    assert_eq!(r["errcode"], 13, "{r}");
+    // A clean close, unacknowledged: it comes again.
+    drop(b);
+    let (mut b, login) = json_login_again(node.addr, bob);
+    let again: Vec<u64> = strings(&login, "offlinemsg")
+        .iter()
+        .map(|m| m["messageid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(again, [first], "{login}");
+    // Acknowledged: not again.
+    let r = b.ask(&format!(r#"{{"msgid":50,"messageid":{first}}}"#));
+    assert_eq!(r["errno"], 0, "{r}");
+    drop(b);
+    let (_b, login) = json_login_again(node.addr, bob);
+    assert!(strings(&login, "offlinemsg").is_empty(), "{login}");
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.

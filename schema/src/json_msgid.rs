@@ -94,6 +94,11 @@ pub const REMOVED_FROM_GROUP: u64 = 47;
 pub const FRIEND_REMOVED: u64 = 48;
 /// ← node, push: one of your groups that did not fit in the login reply.
 pub const GROUP: u64 = 49;
+/// → node: delivery acknowledgement (`messageid`: everything pushed to this
+/// session up to it has arrived); answered by [`GENERIC_ACK`]. From the
+/// first one on, the session's messages count as delivered only by these,
+/// no longer by the client's next request.
+pub const DELIVERY_ACK: u64 = 50;
 
 #[cfg(test)]
 mod tests {
@@ -143,12 +148,13 @@ mod tests {
             REMOVED_FROM_GROUP,
             FRIEND_REMOVED,
             GROUP,
+            DELIVERY_ACK,
         ];
         let mut sorted = all.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), all.len());
-        let expected: Vec<u64> = (1..=21).chain(30..=49).collect();
+        let expected: Vec<u64> = (1..=21).chain(30..=50).collect();
         assert_eq!(sorted, expected);
     }
 }

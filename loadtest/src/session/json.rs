@@ -223,7 +223,7 @@ impl JsonSession {
                 msgid::LOGIN_ACK,
             )
             .await?;
-        let pending = v
+        let pending: Vec<Received> = v
             .get("offlinemsg")
             .and_then(Value::as_array)
             .map(|list| {
@@ -233,7 +233,24 @@ impl JsonSession {
                     .collect()
             })
             .unwrap_or_default();
+        // Our node: acknowledge explicitly from the start (msgid 50), before
+        // any other request could be taken as proof of reading a push that
+        // crossed it.
+        let highest = pending.iter().filter_map(|m| m.message_id).max();
+        self.ack(highest.unwrap_or(0));
         Ok(pending)
+    }
+
+    /// Tells our node everything pushed up to `message_id` arrived (msgid
+    /// 50, not waited for). The seed's server has no acknowledgement: there
+    /// this does nothing, and its next request stands for one.
+    pub fn ack(&self, message_id: MessageId) {
+        if self.chat_replies {
+            let _ = self.send(
+                &json!({"msgid": msgid::DELIVERY_ACK, "messageid": message_id}),
+                None,
+            );
+        }
     }
 
     pub async fn logout(&self) -> Result<(), Failure> {

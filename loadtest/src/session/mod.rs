@@ -7,7 +7,10 @@
 //! node pushes come out of [`Session::next_received`]. History pages and
 //! read marks ([`Session::history`], [`Session::mark_read`]) go as msgids
 //! 40 and 42 over JSON: our node answers them, the seed's server has
-//! neither (they fail as `unsupported` there).
+//! neither (they fail as `unsupported` there). Over JSON to our node, users
+//! acknowledge what they receive with msgid 50, from right after login, so
+//! that no request of theirs is taken for proof of reading a push it
+//! crossed (see docs/protocol.md).
 
 mod fb;
 mod json;
@@ -207,11 +210,13 @@ impl Session {
         }
     }
 
-    /// Tells the node everything up to `message_id` arrived (FlatBuffers;
-    /// the JSON protocol has no acknowledgement). Does not wait.
+    /// Tells the node everything up to `message_id` arrived (FlatBuffers,
+    /// or our JSON msgid 50; the seed's JSON server has no acknowledgement).
+    /// Does not wait.
     pub fn ack(&self, message_id: MessageId) {
-        if let Session::Fb(s) = self {
-            s.ack(message_id);
+        match self {
+            Session::Fb(s) => s.ack(message_id),
+            Session::Json(s) => s.ack(message_id),
         }
     }
 

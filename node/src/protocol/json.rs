@@ -498,6 +498,14 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
                 message: f.id(&["messageid"])?,
             }
         }
+        msgid::DELIVERY_ACK => Command::DeliveryAck {
+            up_to: Fields {
+                kind: RequestKind::DeliveryAck,
+                map,
+            }
+            .optional_id(&["messageid"])?
+            .unwrap_or(0),
+        },
         msgid::PING => Command::Ping,
         msgid::LOAD => Command::Load,
         _ => return Err(refuse(unknown, format!("unknown msgid {id}"))),
