@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::process::{find_binary, free_port, wait_until};
+use crate::process::{REBIND_WITHIN, find_binary, free_port, start_retrying, wait_until};
 use crate::{LocalError, http_get};
 
 /// How to start a local balancer.
@@ -50,9 +50,6 @@ pub struct LocalBalancer {
     log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
-
-/// How long a restart keeps trying to bind the old ports.
-const REBIND_WITHIN: Duration = Duration::from_secs(10);
 
 impl LocalBalancer {
     /// Starts a balancer on free ports and waits until its admin endpoint
@@ -129,22 +126,14 @@ impl LocalBalancer {
     /// the start is tried again, for up to 10 s.
     pub fn restart(&mut self) -> Result<(), LocalError> {
         self.kill9();
-        let started = std::time::Instant::now();
-        loop {
-            match self.spawn() {
-                Err(LocalError::NotReady {
-                    status: Some(_), ..
-                }) if started.elapsed() < REBIND_WITHIN => {
-                    self.child = None;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    self.kill9();
-                    return Err(e);
-                }
-                Ok(()) => return Ok(()),
-            }
+        let result = start_retrying(REBIND_WITHIN, || {
+            self.child = None;
+            self.spawn()
+        });
+        if result.is_err() {
+            self.kill9();
         }
+        result
     }
 
     /// Whether the process has been started and not killed through this

@@ -55,3 +55,20 @@ pub enum LocalError {
     #[error("node {node} did not subscribe to its NATS subject within {secs} s")]
     NotJoined { node: String, secs: u64 },
 }
+
+impl LocalError {
+    /// A process that exited before it was ready (typically: its port is
+    /// still taken by the process it replaces).
+    pub fn exited_before_ready(&self) -> bool {
+        matches!(
+            self,
+            LocalError::NotReady {
+                status: Some(_),
+                ..
+            } | LocalError::NatsNotReady {
+                status: Some(_),
+                ..
+            }
+        )
+    }
+}

@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::process::{free_port, wait_until};
+use crate::process::{REBIND_WITHIN, free_port, start_retrying, wait_until};
 use crate::{LocalError, http_get};
 
 /// Where `nats-server` is looked for after `$CHAT_NATS_SERVER_BIN` and `$PATH`.
@@ -17,10 +17,6 @@ const FIXED_PATHS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
 
 /// How long a start waits for the server's `INFO` line.
 const READY_WITHIN: Duration = Duration::from_secs(10);
-
-/// How long a restart keeps trying to bind the old port (the previous
-/// process's socket may linger for a moment after SIGKILL).
-const REBIND_WITHIN: Duration = Duration::from_secs(10);
 
 /// A `nats-server` process on loopback.
 pub struct LocalNats {
@@ -145,8 +141,7 @@ impl LocalNats {
     /// Starts the process; when it exits before it is ready (a port still
     /// taken) starts it again until `retry_for` has passed.
     fn spawn(&mut self, retry_for: Duration) -> Result<(), LocalError> {
-        let started = Instant::now();
-        loop {
+        let result = start_retrying(retry_for, || {
             let child = Command::new(&self.binary)
                 .args(["-a", "127.0.0.1", "-p"])
                 .arg(self.addr.port().to_string())
@@ -156,20 +151,12 @@ impl LocalNats {
                 .stdout(Stdio::null())
                 .spawn()?;
             self.child = Some(child);
-            match self.wait_ready() {
-                Err(LocalError::NatsNotReady {
-                    status: Some(_), ..
-                }) if started.elapsed() < retry_for => {
-                    self.child = None;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    self.kill9();
-                    return Err(e);
-                }
-                Ok(()) => return Ok(()),
-            }
+            self.wait_ready()
+        });
+        if result.is_err() {
+            self.kill9();
         }
+        result
     }
 
     fn wait_ready(&mut self) -> Result<(), LocalError> {

@@ -6,13 +6,10 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::LocalError;
-use crate::process::{find_binary, free_port, wait_until};
-
-/// How long a restart after a crash keeps trying to bind the old ports.
-const REBIND_WITHIN: Duration = Duration::from_secs(10);
+use crate::process::{REBIND_WITHIN, find_binary, free_port, start_retrying, wait_until};
 
 /// How to start a local node.
 #[derive(Debug, Clone)]
@@ -227,18 +224,10 @@ impl LocalNode {
     /// [`REBIND_WITHIN`].
     pub fn kill9_and_restart(&mut self) -> Result<(), LocalError> {
         self.kill9();
-        let started = Instant::now();
-        loop {
-            match self.spawn() {
-                Err(LocalError::NotReady {
-                    status: Some(_), ..
-                }) if started.elapsed() < REBIND_WITHIN => {
-                    self.child = None;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                result => return result,
-            }
-        }
+        start_retrying(REBIND_WITHIN, || {
+            self.child = None;
+            self.spawn()
+        })
     }
 
     /// Pauses the process with SIGSTOP, as a stalled machine would: it keeps

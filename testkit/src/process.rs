@@ -59,3 +59,26 @@ pub(crate) fn wait_until(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// How long a restart keeps trying while a port of the killed process is
+/// not yet free.
+pub const REBIND_WITHIN: Duration = Duration::from_secs(10);
+
+/// Calls `start` until it succeeds, fails otherwise than by the process
+/// exiting before it was ready (a port of the process it replaces still
+/// taken), or `within` has passed; `start` clears what the failed attempt
+/// left.
+pub fn start_retrying(
+    within: Duration,
+    mut start: impl FnMut() -> Result<(), LocalError>,
+) -> Result<(), LocalError> {
+    let started = Instant::now();
+    loop {
+        match start() {
+            Err(e) if e.exited_before_ready() && started.elapsed() < within => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
