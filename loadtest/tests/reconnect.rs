@@ -4,94 +4,14 @@
 //! themselves, and every message acknowledged arrives once, in order.
 //! Without `--reconnect`, a user whose connection dies stays offline.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use chat_testkit::{LocalNode, NodeOptions};
+use chat_testkit::{LocalNode, NodeOptions, Relay};
 use serde_json::Value;
-
-/// A TCP relay in front of a node: [`Relay::cut`] closes every relayed
-/// connection on both sides, as when a network path goes away.
-struct Relay {
-    addr: SocketAddr,
-    state: Arc<RelayState>,
-}
-
-struct RelayState {
-    upstream: SocketAddr,
-    /// Accepted connections are closed at once while this is false.
-    accepting: AtomicBool,
-    conns: Mutex<Vec<(TcpStream, TcpStream)>>,
-}
-
-impl Relay {
-    fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(RelayState {
-            upstream,
-            accepting: AtomicBool::new(true),
-            conns: Mutex::new(Vec::new()),
-        });
-        let s = state.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if !s.accepting.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(s.upstream) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                s.conns
-                    .lock()
-                    .unwrap()
-                    .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
-                let (c, sv) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pump(c, sv));
-                std::thread::spawn(move || pump(server, client));
-            }
-        });
-        Relay { addr, state }
-    }
-
-    /// Closes every relayed connection (both sides); with `refuse`, new
-    /// connections are closed at once from now on.
-    fn cut(&self, refuse: bool) {
-        if refuse {
-            self.state.accepting.store(false, Ordering::SeqCst);
-        }
-        for (c, s) in self.state.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
 
 fn node() -> LocalNode {
     LocalNode::start(NodeOptions::default()).unwrap()
@@ -216,9 +136,9 @@ fn cut_connections_are_resumed(protocol: &str) {
     );
     run.wait_for_traffic();
     std::thread::sleep(Duration::from_secs(1));
-    a.cut(true);
+    a.cut();
     std::thread::sleep(Duration::from_millis(1500));
-    b.cut(false);
+    b.drop_connections();
     let (table, s) = run.finish(&json);
     assert_resumed(&s, &table);
     assert!(
@@ -272,7 +192,7 @@ fn without_reconnect_a_cut_user_stays_offline() {
     );
     run.wait_for_traffic();
     std::thread::sleep(Duration::from_secs(1));
-    relay.cut(true);
+    relay.cut();
     let (table, s) = run.finish(&json);
     let c = |name| counter(&s, name);
     assert_eq!(c("disconnects"), 10, "every user was cut:\n{table}");

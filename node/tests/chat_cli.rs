@@ -123,7 +123,7 @@ fn two_chat_clients_register_befriend_chat_and_group_chat() {
 #[test]
 fn chat_reconnects_by_itself_and_prints_what_came_meanwhile_once() {
     let node = common::node();
-    let relay = common::relay::Relay::start(node.addr);
+    let relay = chat_testkit::Relay::start(node.addr);
     let mut alice = Chat::start(node.addr);
     let mut bob = Chat::start(relay.addr);
     for (c, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
@@ -168,7 +168,7 @@ fn chat_reconnects_by_itself_and_prints_what_came_meanwhile_once() {
 #[test]
 fn chat_reconnects_before_login_too() {
     let node = common::node();
-    let relay = common::relay::Relay::start(node.addr);
+    let relay = chat_testkit::Relay::start(node.addr);
     let mut carol = Chat::start(relay.addr);
     carol.expect("3. quit");
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chat_client::reconnect::{Backoff, Endpoint, ReconnectingClient, SessionEvent};
 use chat_client::{Client, ClientConfig, Event, Message};
-use common::relay::Relay;
+use chat_testkit::Relay;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -22,6 +22,7 @@
 //! - [`prometheus`]: [`LocalPrometheus`], a real Prometheus to query;
 //! - [`scrape`](mod@scrape): reading a process's `/metrics` (and other plain HTTP GETs);
 //! - [`process`]: free ports, finding binaries, waiting for readiness;
+//! - [`relay`]: [`Relay`], a TCP relay whose connections a test cuts;
 //! - [`error`]: [`LocalError`], why something could not be started.
 
 pub mod balancer;
@@ -31,6 +32,7 @@ pub mod nats;
 pub mod node;
 pub mod process;
 pub mod prometheus;
+pub mod relay;
 pub mod scrape;
 
 pub use balancer::{BalancerOptions, LocalBalancer};
@@ -40,4 +42,5 @@ pub use nats::LocalNats;
 pub use node::{LocalNode, NodeOptions};
 pub use process::{find_binary, free_port};
 pub use prometheus::LocalPrometheus;
+pub use relay::Relay;
 pub use scrape::{http_get, metric_value, scrape};

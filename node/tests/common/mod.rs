@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
-pub mod relay;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,6 +1,6 @@
 //! A TCP relay in front of a node, to cut client connections for real: both
 //! sides see their connection end, as when a network path or a balancer
-//! goes away.
+//! goes away. Threads, blocking sockets: a test tool, not a proxy.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -28,7 +28,7 @@ impl Relay {
     /// A relay on a free loopback port to `upstream`.
     pub fn start(upstream: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let addr = listener.local_addr().unwrap();
+        let addr = listener.local_addr().expect("the relay's address");
         let state = Arc::new(State {
             upstream,
             accepting: AtomicBool::new(true),
@@ -48,16 +48,24 @@ impl Relay {
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(s.upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
+                let (Ok(c), Ok(sv), Ok(c2), Ok(sv2)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
                 s.conns
                     .lock()
-                    .unwrap()
-                    .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((c2, sv2));
                 let up = s.clone();
-                let (c, sv) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || pump(c, sv, Some(up)));
                 std::thread::spawn(move || pump(server, client, None));
             }
@@ -69,7 +77,18 @@ impl Relay {
     /// until [`Relay::resume`].
     pub fn cut(&self) {
         self.state.accepting.store(false, Ordering::SeqCst);
-        for (c, s) in self.state.conns.lock().unwrap().drain(..) {
+        self.drop_connections();
+    }
+
+    /// Closes every relayed connection (both sides); new ones are relayed.
+    pub fn drop_connections(&self) {
+        for (c, s) in self
+            .state
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             let _ = c.shutdown(Shutdown::Both);
             let _ = s.shutdown(Shutdown::Both);
         }
