@@ -3,7 +3,7 @@
 # one run on this machine: chat-loadtest (open model, USERS users with 4
 # friends each) at each of RATES against
 #   direct         the node itself
-#   chat-balancer  --threads 2 (release build)
+#   chat-balancer  --threads 2 (BALANCER_THREADS; release build)
 #   nginx          stream module, worker_processes 2, the seed's settings
 #   haproxy        mode tcp, nbthread 2
 # ROUNDS times in rotating order. For each target it prints the delivery
@@ -25,6 +25,7 @@
 #   TARGETS="direct chat-balancer nginx haproxy"
 #   BASELINE_BALANCER=PATH       also measure this chat-balancer binary (e.g.
 #                                a build before a change) as target "baseline"
+#   BALANCER_THREADS=2           chat-balancer --threads (nginx and HAProxy run 2)
 #   BASE_PORT=18500              node BASE_PORT (+1 metrics), proxies +10..+13
 #   OUT=target/chat-bench/<date> results (one JSON report per run)
 set -euo pipefail
@@ -38,6 +39,7 @@ ROUNDS=${ROUNDS:-3}
 PROTOCOL=${PROTOCOL:-fb}
 BASELINE_BALANCER=${BASELINE_BALANCER:-}
 TARGETS=${TARGETS:-"direct chat-balancer nginx haproxy${BASELINE_BALANCER:+ baseline}"}
+BALANCER_THREADS=${BALANCER_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18500}
 OUT=${OUT:-target/chat-bench/$(date +%Y%m%d-%H%M%S)}
 
@@ -66,6 +68,7 @@ fi
 
 cargo build --release --locked -p chat-node -p chat-balancer -p chat-loadtest >&2
 
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 work=$(mktemp -d)
@@ -102,7 +105,7 @@ for t in $TARGETS; do
   chat-balancer | baseline)
     bin=./target/release/chat-balancer
     [[ $t == baseline ]] && bin=$BASELINE_BALANCER
-    "$bin" --listen "127.0.0.1:${PORT[$t]}" --upstream "127.0.0.1:$NODE" --threads 2 \
+    "$bin" --listen "127.0.0.1:${PORT[$t]}" --upstream "127.0.0.1:$NODE" --threads "$BALANCER_THREADS" \
       --redirect-listen off --admin-listen off 2>"$OUT/$t.log" &
     pids+=($!)
     PID[$t]=$!
@@ -139,7 +142,7 @@ EOF
     cat >"$work/haproxy.cfg" <<EOF
 global
     nbthread 2
-    maxconn 20000
+    maxconn 9000
 defaults
     mode tcp
     timeout connect 1s
