@@ -75,10 +75,11 @@ pub struct Relayed {
 /// How the relay ends at EOF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtEof {
-    /// Close both sides at the first EOF (nginx's default).
+    /// Close both sides at the first EOF (`--half-close false`, nginx's
+    /// default).
     CloseBoth,
     /// Shut down the other side's write half and keep relaying the other
-    /// way (`--half-close`).
+    /// way (`--half-close`, the default).
     HalfClose,
 }
 
