@@ -560,6 +560,13 @@ impl SqliteStore {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread counted pending messages (tests: the
+    /// writer must never, issue 17).
+    pub(crate) static PENDING_TOTAL_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 impl Store for SqliteStore {
     fn create_user(&mut self, name: &str, password_hash: &str) -> Result<UserId> {
         let c = self.tx()?;
@@ -1414,6 +1421,8 @@ impl Store for SqliteStore {
     /// (users outside, messages inside) so the cost does not grow with the
     /// number of stored messages that are already acknowledged.
     fn pending_total(&mut self) -> Result<Option<u64>> {
+        #[cfg(test)]
+        PENDING_TOTAL_CALLS.with(|n| n.set(n.get() + 1));
         let c = self.tx()?;
         let direct: i64 = c
             .prepare_cached(
