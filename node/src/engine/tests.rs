@@ -85,6 +85,28 @@ impl Rig {
         assert_eq!(self.run_one_batch(), 1);
         rx.try_recv().unwrap().unwrap().unwrap()
     }
+
+    /// Queues a direct message from `from` (named "ann") to `to`; returns
+    /// where its answer comes.
+    fn queue_direct(
+        &self,
+        from: UserId,
+        to: UserId,
+        text: &str,
+    ) -> oneshot::Receiver<Result<Arc<StoredMessage>, StoreError>> {
+        let (answer, rx) = oneshot::channel();
+        self.queue(Op::Append {
+            message: NewMessage {
+                sender_id: from,
+                sender_name: "ann".into(),
+                target: Target::User(to),
+                time_ms: 1,
+                text: text.into(),
+            },
+            answer,
+        });
+        rx
+    }
 }
 
 /// What the other handle sees of `name` now (a read transaction of its own).
@@ -148,18 +170,7 @@ fn messages_are_sequenced_and_delivered_to_the_home_shard_in_commit_order() {
     });
     let mut sent = Vec::new();
     for text in ["one", "two", "three"] {
-        let (answer, rx) = oneshot::channel();
-        rig.queue(Op::Append {
-            message: NewMessage {
-                sender_id: ann,
-                sender_name: "ann".into(),
-                target: Target::User(bob),
-                time_ms: 1,
-                text: text.into(),
-            },
-            answer,
-        });
-        sent.push(rx);
+        sent.push(rig.queue_direct(ann, bob, text));
     }
     assert_eq!(rig.run_one_batch(), 4);
     assert!(login.try_recv().unwrap().unwrap().is_ok());
@@ -237,17 +248,7 @@ fn the_writer_never_counts_pending_messages_the_gauges_thread_does() {
     let mut rig = rig(1);
     let ann = rig.register("ann");
     let bob = rig.register("bob");
-    let (answer, mut sent) = oneshot::channel();
-    rig.queue(Op::Append {
-        message: NewMessage {
-            sender_id: ann,
-            sender_name: "ann".into(),
-            target: Target::User(bob),
-            time_ms: 1,
-            text: "pending".into(),
-        },
-        answer,
-    });
+    let mut sent = rig.queue_direct(ann, bob, "pending");
     rig.run_one_batch();
     assert!(sent.try_recv().unwrap().unwrap().is_ok());
 
