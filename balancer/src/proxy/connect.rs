@@ -35,6 +35,9 @@ pub enum NoNode {
         last: String,
         error: Cow<'static, str>,
     },
+    /// The client's socket failed (its local address, needed for the PROXY
+    /// header, could not be read): nothing to relay, no node at fault.
+    ClientGone,
 }
 
 /// Tries candidates until one accepts.
@@ -82,7 +85,7 @@ pub async fn connect(
                 let mut header = Vec::new();
                 if let Some(version) = spec.proxy_protocol.version() {
                     let Ok(local) = client.local_addr() else {
-                        return Err(failed(&tried, Cow::Borrowed("client gone")));
+                        return Err(NoNode::ClientGone);
                     };
                     chat_schema::proxy::encode(version, peer, local, &mut header);
                 }

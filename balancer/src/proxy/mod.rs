@@ -263,6 +263,10 @@ impl Drop for Open {
 /// connection that no node took; the caller closes it.
 fn no_node(peer: SocketAddr, why: &connect::NoNode) {
     use crate::log_limit::{More, allow};
+    if *why == connect::NoNode::ClientGone {
+        tracing::debug!(%peer, "the client's socket failed before relaying; closing it");
+        return;
+    }
     metrics::counter!(metric_names::NO_UPSTREAM_TOTAL).increment(1);
     match why {
         connect::NoNode::NoneAvailable => {
@@ -276,6 +280,7 @@ fn no_node(peer: SocketAddr, why: &connect::NoNode) {
                 tracing::warn!(%peer, tried, last = %last, %error, "no node accepted the connection; closing it{}", More(held));
             }
         }
+        connect::NoNode::ClientGone => {}
     }
 }
 
