@@ -217,6 +217,12 @@ impl JsonSession {
     }
 
     pub async fn login(&self, id: UserId, password: &str) -> Result<Vec<Received>, Failure> {
+        // Our node: switch the connection to explicit acknowledgements
+        // before the login (answered `NotLoggedIn`, ignored here). A login
+        // this session abandons (timeout, failure) then closes its socket
+        // cleanly without that close crediting the reply's `offlinemsg`
+        // page, which the implicit rule would count as read.
+        self.ack(0);
         let v = self
             .request(
                 json!({"msgid": msgid::LOGIN, "id": id, "pwd": password, "password": password}),
