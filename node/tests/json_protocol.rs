@@ -811,6 +811,44 @@ fn a_json_client_that_acknowledges_itself_is_credited_only_by_its_acknowledgemen
     assert!(strings(&login, "offlinemsg").is_empty(), "{login}");
 }
 
+/// A msgid 50 sent before logging in (answered `NotLoggedIn`) already
+/// switches the connection to explicit acknowledgements: a clean close right
+/// after the login reply does not count its `offlinemsg` page as read (the
+/// load tester's JSON users do this; a login they abandon closes cleanly).
+#[test]
+fn a_json_acknowledgement_before_login_keeps_the_offline_page_unread_at_a_clean_close() {
+    let node = node_with(&["--send-rate", "0"]);
+    let alice = json_register(node.addr, "alice");
+    let bob = json_register(node.addr, "bob");
+    let (mut a, _) = json_login(node.addr, alice);
+    let r = a.ask(&format!(
+        r#"{{"msgid":6,"id":{alice},"toid":{bob},"msg":"waiting"}}"#
+    ));
+    let waiting = r["messageid"].as_u64().expect("message id");
+    let mut b = Json::connect(node.addr);
+    let r = b.ask(r#"{"msgid":50,"messageid":0}"#);
+    assert_eq!(
+        (r["msgid"].as_u64(), r["errcode"].as_u64()),
+        (Some(17), Some(4)),
+        "NotLoggedIn: {r}"
+    );
+    let login = b.ask(&format!(r#"{{"msgid":1,"id":{bob},"pwd":"123456"}}"#));
+    assert_eq!(login["errno"], 0, "{login}");
+    let page: Vec<u64> = strings(&login, "offlinemsg")
+        .iter()
+        .map(|m| m["messageid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, [waiting], "{login}");
+    // A clean close before any acknowledgement: the page comes again.
+    drop(b);
+    let (_b, login) = json_login_again(node.addr, bob);
+    let again: Vec<u64> = strings(&login, "offlinemsg")
+        .iter()
+        .map(|m| m["messageid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(again, [waiting], "{login}");
+}
+
 /// Names are normalized (PRECIS Nickname): a trailing space or fullwidth
 /// letters make the same name, not a look-alike second one; characters that
 /// do not show are refused.
