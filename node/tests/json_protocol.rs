@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Json, json_login, json_login_again, json_register, node, node_with, strings};
+use common::{
+    Json, json_login, json_login_again, json_register, node, node_with, offline_ids, strings,
+};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -798,10 +800,7 @@ fn a_json_client_that_acknowledges_itself_is_credited_only_by_its_acknowledgemen
     // A clean close, unacknowledged: it comes again.
     drop(b);
     let (mut b, login) = json_login_again(node.addr, bob);
-    let again: Vec<u64> = strings(&login, "offlinemsg")
-        .iter()
-        .map(|m| m["messageid"].as_u64().unwrap())
-        .collect();
+    let again = offline_ids(&login);
     assert_eq!(again, [first], "{login}");
     // Acknowledged: not again.
     let r = b.ask(&format!(r#"{{"msgid":50,"messageid":{first}}}"#));
@@ -834,18 +833,12 @@ fn a_json_acknowledgement_before_login_keeps_the_offline_page_unread_at_a_clean_
     );
     let login = b.ask(&format!(r#"{{"msgid":1,"id":{bob},"pwd":"123456"}}"#));
     assert_eq!(login["errno"], 0, "{login}");
-    let page: Vec<u64> = strings(&login, "offlinemsg")
-        .iter()
-        .map(|m| m["messageid"].as_u64().unwrap())
-        .collect();
+    let page = offline_ids(&login);
     assert_eq!(page, [waiting], "{login}");
     // A clean close before any acknowledgement: the page comes again.
     drop(b);
     let (_b, login) = json_login_again(node.addr, bob);
-    let again: Vec<u64> = strings(&login, "offlinemsg")
-        .iter()
-        .map(|m| m["messageid"].as_u64().unwrap())
-        .collect();
+    let again = offline_ids(&login);
     assert_eq!(again, [waiting], "{login}");
 }
 

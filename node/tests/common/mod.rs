@@ -171,6 +171,14 @@ pub async fn login_again(
     }
 }
 
+/// The message ids of a login reply's `offlinemsg` page, in order.
+pub fn offline_ids(login: &Value) -> Vec<u64> {
+    strings(login, "offlinemsg")
+        .iter()
+        .map(|m| m["messageid"].as_u64().expect("message id"))
+        .collect()
+}
+
 /// Parses one of the login reply's arrays of JSON-encoded strings.
 pub fn strings(reply: &Value, field: &str) -> Vec<Value> {
     reply[field]
