@@ -5,8 +5,10 @@
 #
 # The advisory database is taken from the first of:
 #   1. upstream: `cargo deny fetch db` (clones or updates it; needs GitHub);
-#   2. a snapshot written by scripts/update-advisories.sh, at $CHAT_ADVISORY_DB
-#      or ../shared/advisory-db (beside this repository; CI has a copy there);
+#   2. a snapshot written by scripts/update-advisories.sh, at $CHAT_ADVISORY_DB,
+#      ../shared/advisory-db (beside this repository), or the pruned one
+#      committed in deny/advisory-db (what CI, which can't reach GitHub, uses;
+#      refresh it with `scripts/update-advisories.sh --prune deny/advisory-db`);
 #   3. the copy left in target/advisory-dbs by an earlier run, if cargo-deny
 #      still finds it fresh (maximum-db-staleness, 90 days by default).
 # Then the whole check runs with `--offline`, which is cargo-deny's only
@@ -68,6 +70,9 @@ warn_age() {
 
 if [ -z "$snapshot" ] && [ -f ../shared/advisory-db/SNAPSHOT ]; then
   snapshot=../shared/advisory-db
+fi
+if [ -z "$snapshot" ] && [ -f deny/advisory-db/SNAPSHOT ]; then
+  snapshot=deny/advisory-db
 fi
 
 mkdir -p "$dbs"
