@@ -418,13 +418,10 @@ async fn login(
     );
     if info.more_groups > 0 {
         let after = info.groups.last().map_or(0, |g| g.id);
-        glommio::spawn_local(send_remaining_groups(
-            shard.clone(),
-            session.clone(),
-            user,
-            after,
-        ))
-        .detach();
+        let (shard, task_session) = (shard.clone(), session.clone());
+        session.after_reply(move || {
+            glommio::spawn_local(send_remaining_groups(shard, task_session, user, after)).detach();
+        });
     }
     metrics::counter!(metric_names::LOGINS_TOTAL).increment(1);
     Ok(Reply::LoggedIn(Box::new(info)))

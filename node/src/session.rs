@@ -98,6 +98,8 @@ pub struct Session {
     last_heard: Cell<Instant>,
     /// The sends this connection may still make (`--send-rate`).
     send_budget: RefCell<Option<TokenBucket>>,
+    /// Started once the reply to the request being handled is queued.
+    after_reply: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 impl Session {
@@ -121,6 +123,7 @@ impl Session {
             login_backlog: Cell::new(false),
             last_heard: Cell::new(Instant::now()),
             send_budget: RefCell::new(send_budget),
+            after_reply: RefCell::new(None),
         }
     }
 
@@ -330,6 +333,19 @@ impl Session {
                 .borrow_mut()
                 .reply(request_id, kind, reply, buf)
         });
+        let after = self.after_reply.borrow_mut().take();
+        if let Some(start) = after {
+            start();
+        }
+    }
+
+    /// Runs `start` right after the reply to the request being handled is
+    /// queued: what a handler sends after its reply (a login's remaining
+    /// groups) never reaches the client before it, however the executor
+    /// orders the tasks. A connection handles one request at a time, so
+    /// the next reply queued is that request's.
+    pub fn after_reply(&self, start: impl FnOnce() + 'static) {
+        *self.after_reply.borrow_mut() = Some(Box::new(start));
     }
 
     /// Writes a stored message found while catching up; the caller paces
