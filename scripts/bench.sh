@@ -17,6 +17,9 @@
 #   scripts/bench.sh                 # defaults below
 #   USERS=200 RATES="10000" DURATION=20s SLO=p99=10ms scripts/bench.sh
 #   BASELINE=/tmp/old/target/release/chat-node scripts/bench.sh
+# NODE_ARGS are extra chat-node flags; BASELINE_ARGS those of the baseline
+# (default: NODE_ARGS), e.g. the same build with and without a flag:
+#   BASELINE=./target/release/chat-node BASELINE_ARGS= NODE_ARGS="--commit-window 300us" scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-100}
@@ -29,6 +32,7 @@ OUT=${OUT:-target/bench}
 NODE=${NODE:-./target/release/chat-node}
 BASELINE=${BASELINE:-}
 NODE_ARGS=${NODE_ARGS:-}
+BASELINE_ARGS=${BASELINE_ARGS-$NODE_ARGS}
 IDLE=${IDLE:-2000}
 
 cargo build --release --locked >&2
@@ -48,7 +52,7 @@ start_node() {
   data=$(mktemp -d)
   # shellcheck disable=SC2086
   "$1" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
-    --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 $NODE_ARGS 2>"$data/node.log" &
+    --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 $node_args 2>"$data/node.log" &
   node=$!
   for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
@@ -69,9 +73,10 @@ run() {
     --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
 }
 
-# One binary's whole set; $1 the binary, $2 a row prefix ("" or "baseline, ").
+# One binary's whole set; $1 the binary, $2 a row prefix ("" or "baseline, "),
+# $3 its extra flags (start_node reads node_args).
 bench() {
-  local bin=$1 tag=$2 key=${2:+base-}
+  local bin=$1 tag=$2 key=${2:+base-} node_args=$3
   for protocol in fb json; do
     local label
     label=$([ "$protocol" = fb ] && echo FlatBuffers || echo "seed JSON")
@@ -102,9 +107,9 @@ bench() {
   stop_node
 }
 
-bench "$NODE" ""
+bench "$NODE" "" "$NODE_ARGS"
 if [ -n "$BASELINE" ]; then
-  bench "$BASELINE" "baseline, "
+  bench "$BASELINE" "baseline, " "$BASELINE_ARGS"
 fi
 scripts/loadtest-table.py one-node "\
 \`USERS=$USERS RATES=\"$RATES\" DURATION=$DURATION SLO=$SLO${BASELINE:+ BASELINE=…} scripts/bench.sh\`: one
@@ -119,4 +124,4 @@ node's capacity at that latency. Memory rows: $IDLE connections that only connec
 users that register, log in and stay idle. Server columns: the node's CPU time per delivered
 message and its resident memory gained per connection (since before the users connected), from
 its \`/metrics\` at the start and the end of each measured window (a ramp: of all its steps).${BASELINE:+ Rows
-marked baseline ran the binary \`BASELINE\` names in the same script run.}" "${runs[@]}"
+marked baseline ran the binary \`BASELINE\` names in the same script run${BASELINE_ARGS:+, with \`$BASELINE_ARGS\`}.}" "${runs[@]}"

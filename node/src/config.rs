@@ -17,6 +17,9 @@ use crate::store::sqlite::SyncPolicy;
 /// `--history-retention` when not given: 30 days.
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
+/// The longest `--commit-window` accepted.
+const MAX_COMMIT_WINDOW: Duration = Duration::from_millis(100);
+
 const EXAMPLES: &str = "\
 Examples:
   chat-node                                   # 127.0.0.1:6000, data in ./chat-data
@@ -83,6 +86,13 @@ pub struct Args {
     /// Most requests the store commits in one transaction [default: 1024].
     #[arg(long, env = "CHAT_NODE_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// How long the store's writer waits after a batch's first write for
+    /// more to share its commit, e.g. 300us: less CPU per message under
+    /// steady load, that much more latency for each (see docs/architecture.md,
+    /// "Group commit window"). 0 commits at once [default: 0].
+    #[arg(long, env = "CHAT_NODE_COMMIT_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub commit_window: Option<Duration>,
     /// How long an idle executor spins before it sleeps, e.g. 50us; 0
     /// sleeps at once [default: 0]. Spinning spends CPU to spare a sleep and
     /// wake-up (see docs/architecture.md, "Threads").
@@ -221,6 +231,7 @@ pub struct Config {
     pub max_outbound: usize,
     pub sync: SyncPolicy,
     pub max_batch: usize,
+    pub commit_window: Duration,
     pub spin_before_park: Duration,
     pub store_on_shard: bool,
     pub pending_page: usize,
@@ -301,6 +312,7 @@ impl Args {
                 SyncArg::Full => SyncPolicy::Full,
             },
             max_batch: pick!(max_batch, 1024),
+            commit_window: pick!(commit_window, Duration::ZERO),
             spin_before_park: pick!(spin_before_park, Duration::ZERO),
             // One shard running alone: its executor also runs the writer, so
             // a message's whole path is one thread (30 % less CPU per
@@ -348,6 +360,10 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.shards == 0 {
             return bad("--shards must be at least 1");
+        }
+        if self.commit_window > MAX_COMMIT_WINDOW {
+            // Every write waits this long: more is a stall, not a batch.
+            return bad("--commit-window must be at most 100ms");
         }
         if self.max_frame < 64 || self.max_frame > u32::MAX as usize {
             return bad("--max-frame must be between 64 and 4294967295");
@@ -406,6 +422,7 @@ impl Config {
             max_outbound: 1 << 20,
             sync: SyncPolicy::Normal,
             max_batch: 1024,
+            commit_window: Duration::ZERO,
             spin_before_park: Duration::ZERO,
             store_on_shard: false,
             pending_page: 1000,
@@ -495,6 +512,20 @@ mod tests {
         ));
         let args = Args::parse_from(["chat-node", "--shards", "0"]);
         assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn the_commit_window_is_off_by_default_and_bounded() {
+        let c = Args::parse_from(["chat-node"]).resolve().unwrap();
+        assert_eq!(c.commit_window, Duration::ZERO);
+        let c = Args::parse_from(["chat-node", "--commit-window", "300us"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.commit_window, Duration::from_micros(300));
+        let args = Args::parse_from(["chat-node", "--commit-window", "1s"]);
+        assert!(
+            matches!(args.resolve(), Err(ConfigError::Invalid(m)) if m.contains("--commit-window"))
+        );
     }
 
     #[test]

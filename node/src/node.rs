@@ -173,6 +173,7 @@ impl Node {
             node_id: config.node_id.clone(),
             shards,
             max_batch: config.max_batch,
+            commit_window: config.commit_window,
             maintenance_every: writer_maintenance,
             lease_ttl: config.lease_ttl,
             lease_every: config.lease_every(),

@@ -275,6 +275,9 @@ pub struct WriterConfig {
     pub node_id: String,
     pub shards: usize,
     pub max_batch: usize,
+    /// How long a batch waits after its first op for more (`--commit-window`;
+    /// zero commits at once).
+    pub commit_window: Duration,
     /// How often acknowledged messages are compacted.
     pub maintenance_every: Duration,
     /// The node's lease: how long it lasts, how often it is renewed.
@@ -339,7 +342,7 @@ pub fn run_reader<S: Store>(mut store: S, ops: flume::Receiver<Op>, max_batch: u
     let mut batch = Vec::with_capacity(max_batch);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_batch);
     loop {
-        let stopping = take_batch(&ops, None, max_batch, &mut batch);
+        let stopping = take_batch(&ops, None, Duration::ZERO, max_batch, &mut batch);
         for op in batch.drain(..) {
             crate::metrics::counter(metric_names::STORE_OPS_TOTAL, &[("op", op.kind())])
                 .increment(1);
@@ -419,11 +422,13 @@ fn group_as_member<S: Store>(
 }
 
 /// Waits up to `wait` (forever with `None`) for a first op, then takes the
-/// ops already waiting, up to `max` in `batch`; returns true once `Op::Stop`
+/// ops already waiting, and those that come within `window` of the first
+/// (`--commit-window`), up to `max` in `batch`; returns true once `Op::Stop`
 /// came or every sender is gone.
 fn take_batch(
     ops: &flume::Receiver<Op>,
     wait: Option<Duration>,
+    window: Duration,
     max: usize,
     batch: &mut Vec<Op>,
 ) -> bool {
@@ -436,13 +441,20 @@ fn take_batch(
     match first {
         Ok(Op::Stop) | Err(true) => return true,
         Ok(op) => batch.push(op),
-        Err(false) => {}
+        Err(false) => return false,
     }
+    let until = Instant::now() + window;
     while batch.len() < max {
-        match ops.try_recv() {
-            Ok(Op::Stop) => return true,
+        let next = match ops.try_recv() {
+            Err(flume::TryRecvError::Empty) if !window.is_zero() => ops
+                .recv_deadline(until)
+                .map_err(|e| matches!(e, flume::RecvTimeoutError::Disconnected)),
+            next => next.map_err(|e| matches!(e, flume::TryRecvError::Disconnected)),
+        };
+        match next {
+            Ok(Op::Stop) | Err(true) => return true,
             Ok(op) => batch.push(op),
-            Err(_) => break,
+            Err(false) => break,
         }
     }
     false
@@ -487,6 +499,7 @@ pub fn run<S: Store>(
         stopping = take_batch(
             &ops,
             Some(writer.wait()),
+            writer.config.commit_window,
             writer.config.max_batch,
             &mut batch,
         );
@@ -527,6 +540,12 @@ pub async fn run_on_executor<S: Store>(
             Some(Ok(Op::Stop)) | Some(Err(_)) => stopping = true,
             Some(Ok(op)) => batch.push(op),
             None => {}
+        }
+        let window = writer.config.commit_window;
+        if !stopping && !batch.is_empty() && !window.is_zero() {
+            // The connections run meanwhile, and their writes join this
+            // batch (senders that find the channel full wait for it).
+            glommio::timer::sleep(window).await;
         }
         while !stopping && batch.len() < max {
             match ops.try_recv() {

@@ -29,6 +29,7 @@ fn rig(shards: usize) -> Rig {
         node_id: NODE.into(),
         shards,
         max_batch: 64,
+        commit_window: Duration::ZERO,
         maintenance_every: Duration::from_secs(3600),
         lease_ttl: Duration::from_secs(30),
         lease_every: Duration::from_secs(10),
@@ -57,7 +58,13 @@ impl Rig {
     /// how many ops the batch held.
     fn run_one_batch(&mut self) -> usize {
         let mut batch = Vec::new();
-        let stopping = take_batch(&self.queues.writes, Some(Duration::ZERO), 64, &mut batch);
+        let stopping = take_batch(
+            &self.queues.writes,
+            Some(Duration::ZERO),
+            Duration::ZERO,
+            64,
+            &mut batch,
+        );
         assert!(!stopping);
         let ops = batch.len();
         self.writer.run_batch(&mut batch);
@@ -117,6 +124,37 @@ fn visible(store: &mut SqliteStore, name: &str) -> bool {
 }
 
 #[test]
+fn a_commit_window_lets_later_ops_join_the_batch() {
+    let rig = rig(1);
+    let take = |window: Duration, batch: &mut Vec<Op>| {
+        take_batch(&rig.queues.writes, Some(Duration::ZERO), window, 2, batch)
+    };
+    // Without a window, a batch is what waits when the first op is taken.
+    rig.queue(Op::Takeover { user: 1 });
+    let mut batch = Vec::new();
+    assert!(!take(Duration::ZERO, &mut batch));
+    assert_eq!(batch.len(), 1);
+    // With one, an op sent after the first was taken still joins it (the
+    // batch is full at 2, so this returns once the second op is there, not
+    // after the minute).
+    batch.clear();
+    rig.queue(Op::Takeover { user: 1 });
+    let late = rig.client.tx.clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        late.send(Op::Takeover { user: 2 }).unwrap();
+    });
+    assert!(!take(Duration::from_secs(60), &mut batch));
+    sender.join().unwrap();
+    assert_eq!(batch.len(), 2, "the later op joined the batch");
+    // A Stop within the window still ends the writer.
+    batch.clear();
+    rig.queue(Op::Takeover { user: 1 });
+    rig.queue(Op::Stop);
+    assert!(take(Duration::from_secs(60), &mut batch));
+}
+
+#[test]
 fn queued_ops_run_as_one_batch_answered_after_one_commit() {
     let mut rig = rig(1);
     let mut answers = Vec::new();
@@ -134,7 +172,13 @@ fn queued_ops_run_as_one_batch_answered_after_one_commit() {
 
     // The three waiting ops are one batch: one transaction, one commit.
     let mut batch = Vec::new();
-    take_batch(&rig.queues.writes, Some(Duration::ZERO), 64, &mut batch);
+    take_batch(
+        &rig.queues.writes,
+        Some(Duration::ZERO),
+        Duration::ZERO,
+        64,
+        &mut batch,
+    );
     assert_eq!(batch.len(), 3);
     for rx in &mut answers {
         assert_eq!(rx.try_recv().unwrap(), None, "answered before the commit");
