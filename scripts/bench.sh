@@ -34,6 +34,10 @@ BASELINE=${BASELINE:-}
 NODE_ARGS=${NODE_ARGS:-}
 BASELINE_ARGS=${BASELINE_ARGS-$NODE_ARGS}
 IDLE=${IDLE:-2000}
+# JSON users acknowledge as the seed's client does (not at all: the node
+# counts a push read at the user's next request), so the "seed JSON" rows
+# measure what that client costs; JSON_ACKS=explicit sends msgid 50 instead.
+export CHAT_LOADTEST_JSON_ACKS=${JSON_ACKS:-implicit}
 
 cargo build --release --locked >&2
 mkdir -p "$OUT"
@@ -123,5 +127,7 @@ from 5 000/s until a step's delivery p99 exceeds the objective; its highest rate
 node's capacity at that latency. Memory rows: $IDLE connections that only connect and ping, or
 users that register, log in and stay idle. Server columns: the node's CPU time per delivered
 message and its resident memory gained per connection (since before the users connected), from
-its \`/metrics\` at the start and the end of each measured window (a ramp: of all its steps).${BASELINE:+ Rows
+its \`/metrics\` at the start and the end of each measured window (a ramp: of all its steps).
+FlatBuffers users acknowledge what they receive (\`DeliveryAck\`) every 32 messages and whenever
+their inbox runs dry; seed JSON users \`--json-acks $CHAT_LOADTEST_JSON_ACKS\`.${BASELINE:+ Rows
 marked baseline ran the binary \`BASELINE\` names in the same script run${BASELINE_ARGS:+, with \`$BASELINE_ARGS\`}.}" "${runs[@]}"

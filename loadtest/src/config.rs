@@ -75,6 +75,19 @@ pub enum Protocol {
     Json,
 }
 
+/// How JSON users acknowledge what is pushed to them (`--json-acks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonAcks {
+    /// msgid 50, our node's acknowledgement (sent before login too), as
+    /// FlatBuffers users acknowledge: exact across dropped connections.
+    #[default]
+    Explicit,
+    /// None, as the seed's client: our node counts a push read once the
+    /// user sends its next request or closes cleanly (docs/protocol.md).
+    Implicit,
+}
+
 /// What the users do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -213,6 +226,8 @@ pub struct RunConfig {
     /// FlatBuffers users acknowledge deliveries every this many messages
     /// (and whenever their inbox runs dry).
     pub ack_every: u64,
+    #[serde(default)]
+    pub json_acks: JsonAcks,
     pub password: String,
     /// User names are `<prefix>-<worker>-<n>`.
     pub prefix: String,
@@ -428,6 +443,11 @@ pub struct Args {
     /// FlatBuffers users acknowledge deliveries every this many messages [default: 32].
     #[arg(long, env = "CHAT_LOADTEST_ACK_EVERY")]
     pub ack_every: Option<u64>,
+    /// JSON users acknowledge with msgid 50 (`explicit`), or not at all, as
+    /// the seed's client (`implicit`: the node counts a push read at the
+    /// user's next request) [default: explicit].
+    #[arg(long, env = "CHAT_LOADTEST_JSON_ACKS")]
+    pub json_acks: Option<JsonAcks>,
     /// Password of the virtual users [default: loadtest-pw].
     #[arg(long, env = "CHAT_LOADTEST_PASSWORD")]
     pub password: Option<String>,
@@ -583,6 +603,7 @@ impl Args {
             late_threshold,
             request_timeout,
             ack_every,
+            json_acks,
             password,
             prefix,
             local_shards,
@@ -773,6 +794,7 @@ impl Args {
             late_threshold: self.late_threshold.unwrap_or(Duration::from_millis(10)),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(10)),
             ack_every: self.ack_every.unwrap_or(32).max(1),
+            json_acks: self.json_acks.unwrap_or_default(),
             password: self
                 .password
                 .clone()

@@ -590,6 +590,7 @@ async fn arrive(
         config.protocol,
         config.request_timeout,
         chat_replies,
+        config.json_acks,
     ) {
         Ok(s) => s,
         Err(f) => {
@@ -777,6 +778,7 @@ impl Redial {
                 config.protocol,
                 config.request_timeout,
                 self.chat_replies,
+                config.json_acks,
             ) {
                 Ok(s) => Arc::new(s),
                 Err(f) => {

@@ -434,6 +434,39 @@ fn the_json_protocol_drives_our_node() {
         "our node answers JSON chat requests (msgid 12)"
     );
     assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
+    assert!(
+        delivery_acks(&node) > 0.0,
+        "JSON users acknowledge with msgid 50 by default"
+    );
+
+    // As the seed's client: no msgid 50, every message still delivered (the
+    // node counts a push read at the user's next request).
+    let node = self::node(1);
+    let addr = node.addr.to_string();
+    let (out, s) = run(
+        &format!(
+            "--target {addr} --protocol json --json-acks implicit --users 20 --rate 200 --duration 2s --warmup 0s"
+        ),
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = counter(&s, "sent");
+    assert!(sent >= 300, "{sent}");
+    assert_eq!(counter(&s, "delivered"), sent);
+    assert_eq!(s["errors_total"], 0, "{}", s["errors"]);
+    assert_eq!(delivery_acks(&node), 0.0, "--json-acks implicit sends none");
+}
+
+/// The acknowledgement requests `node` handled (msgid 50, FlatBuffers'
+/// `DeliveryAck`).
+fn delivery_acks(node: &LocalNode) -> f64 {
+    let text = chat_testkit::scrape(node.metrics_addr).unwrap();
+    chat_testkit::metric_value(&text, r#"chat_node_requests_total{kind="delivery_ack"}"#)
+        .unwrap_or(0.0)
 }
 
 #[test]

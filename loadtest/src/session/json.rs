@@ -50,6 +50,8 @@ pub struct JsonSession {
     reader: tokio::task::AbortHandle,
     timeout: Duration,
     chat_replies: bool,
+    /// Acknowledges with msgid 50 (`--json-acks explicit` to our node).
+    explicit_acks: bool,
 }
 
 impl Drop for JsonSession {
@@ -100,7 +102,12 @@ fn push_of(v: &Value) -> Option<Received> {
 }
 
 impl JsonSession {
-    pub fn start(stream: TcpStream, timeout: Duration, chat_replies: bool) -> JsonSession {
+    pub fn start(
+        stream: TcpStream,
+        timeout: Duration,
+        chat_replies: bool,
+        explicit_acks: bool,
+    ) -> JsonSession {
         let (r, mut w) = stream.into_split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
@@ -164,6 +171,7 @@ impl JsonSession {
             reader,
             timeout,
             chat_replies,
+            explicit_acks,
         }
     }
 
@@ -248,10 +256,11 @@ impl JsonSession {
     }
 
     /// Tells our node everything pushed up to `message_id` arrived (msgid
-    /// 50, not waited for). The seed's server has no acknowledgement: there
-    /// this does nothing, and its next request stands for one.
+    /// 50, not waited for). The seed's server has no acknowledgement, nor
+    /// do users with `--json-acks implicit`: there this does nothing, and
+    /// the next request stands for one.
     pub fn ack(&self, message_id: MessageId) {
-        if self.chat_replies {
+        if self.explicit_acks {
             let _ = self.send(
                 &json!({"msgid": msgid::DELIVERY_ACK, "messageid": message_id}),
                 None,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chat_client::{ClientError, Conversation, GroupId, MessageId, UserId};
 use tokio::net::TcpStream;
 
-use crate::config::Protocol;
+use crate::config::{JsonAcks, Protocol};
 use crate::target::io_kind;
 
 pub use json::server_replies_to_chat;
@@ -95,18 +95,23 @@ impl Ack {
 impl Session {
     /// Starts speaking `protocol` on a connected stream. `chat_replies`:
     /// whether a JSON server answers chat requests (ours does, the seed
-    /// does not; see [`server_replies_to_chat`]).
+    /// does not; see [`server_replies_to_chat`]); `json_acks`: whether a
+    /// JSON user sends msgid 50 to such a server.
     pub fn start(
         stream: TcpStream,
         protocol: Protocol,
         timeout: Duration,
         chat_replies: bool,
+        json_acks: JsonAcks,
     ) -> Result<Session, Failure> {
         Ok(match protocol {
             Protocol::Fb => Session::Fb(fb::FbSession::start(stream, timeout)?),
-            Protocol::Json => {
-                Session::Json(json::JsonSession::start(stream, timeout, chat_replies))
-            }
+            Protocol::Json => Session::Json(json::JsonSession::start(
+                stream,
+                timeout,
+                chat_replies,
+                chat_replies && json_acks == JsonAcks::Explicit,
+            )),
         })
     }
 
