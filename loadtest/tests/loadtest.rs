@@ -38,6 +38,17 @@ fn run(args: &str, json: &Path) -> (Output, Value) {
     (out, serde_json::from_str(&summary).unwrap())
 }
 
+/// [`run`], which must succeed; returns the JSON summary.
+fn run_ok(args: &str, json: &Path) -> Value {
+    let (out, summary) = run(args, json);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary
+}
+
 /// Starts the load tester with `args` (split at spaces) and its JSON
 /// summary in `json`, output captured.
 fn spawn(args: &str, json: &Path) -> Child {
@@ -415,14 +426,9 @@ fn the_json_protocol_drives_our_node() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let addr = node.addr.to_string();
-    let (out, s) = run(
+    let s = run_ok(
         &format!("--target {addr} --protocol json --users 20 --rate 200 --duration 2s --warmup 0s"),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(s["protocol"], "json");
     let sent = counter(&s, "sent");
@@ -443,16 +449,11 @@ fn the_json_protocol_drives_our_node() {
     // node counts a push read at the user's next request).
     let node = self::node(1);
     let addr = node.addr.to_string();
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--target {addr} --protocol json --json-acks implicit --users 20 --rate 200 --duration 2s --warmup 0s"
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let sent = counter(&s, "sent");
     assert!(sent >= 300, "{sent}");
@@ -475,16 +476,11 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let addr = node.addr.to_string();
     let json = dir.path().join("group.json");
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--target {addr} --scenario group --users 30 --group-size 10 --rate 100 --duration 2s --warmup 0s"
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let sent = counter(&s, "sent");
     assert!(sent > 0);
@@ -496,16 +492,11 @@ fn group_and_mixed_scenarios_deliver_to_every_member() {
     assert_eq!(counter(&s, "delivered"), counter(&s, "expected"));
 
     let json = dir.path().join("mixed.json");
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--target {addr} --scenario mixed --users 40 --active 0.5 --mix direct=60,group=20,relogin=20 --rate 200 --duration 3s --warmup 0s"
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(counter(&s, "logouts") > 0, "mixed logs users out and in");
     assert_eq!(
@@ -555,16 +546,11 @@ fn history_browses_and_read_marks_are_measured() {
     assert!(table.contains("history   corrected"), "{table}");
 
     let json = dir.path().join("read.json");
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--target {addr} --scenario mixed --users 40 --active 0.5 --mix direct=60,group=20,relogin=10,read=10 --rate 200 --duration 3s --warmup 0s"
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(counter(&s, "marked_read") > 0, "{}", s["errors"]);
     assert!(p99_us(&s, "mark_read", "corrected") > 0);
@@ -581,16 +567,11 @@ fn history_browses_and_read_marks_are_measured() {
 
     // The same over our node's JSON protocol (msgids 40 and 42).
     let json = dir.path().join("history-json.json");
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--target {addr} --protocol json --scenario history --mix direct=40,read=10,history=50 --users 30 --rate 200 --duration 3s --warmup 0s"
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let requests = counter(&s, "history_requests");
     assert!(requests > 0);
@@ -619,7 +600,7 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
         })
         .collect();
     let addr = node.addr.to_string();
-    let (out, s) = run(
+    let s = run_ok(
         &format!(
             "--workers 2 --nats {} --target {} --users 30 --rate 300 --duration 2s --warmup 0s \
              --server-metrics http://{}/metrics",
@@ -628,11 +609,6 @@ fn two_workers_and_a_coordinator_merge_into_one_report() {
             node.metrics_addr
         ),
         &json,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let mut per_worker_sent = 0;
     for w in workers {
