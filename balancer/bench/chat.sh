@@ -27,6 +27,14 @@
 #                                a build before a change) as target "baseline"
 #   BALANCER_THREADS=2           chat-balancer --threads (nginx and HAProxy run 2)
 #   BASE_PORT=18500              node BASE_PORT (+1 metrics), proxies +10..+13
+#   SYSCALLS=0                   1 (or auto): count the proxy's system calls and context
+#                                switches per delivered message with
+#                                `perf stat` over the measured window (auto:
+#                                when perf can read the syscall tracepoints).
+#                                Off by default: the tracepoints slow every
+#                                system call of the proxy a little, which
+#                                direct does not pay, so measure the latency
+#                                ratios without them
 #   OUT=target/chat-bench/<date> results (one JSON report per run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,6 +49,7 @@ BASELINE_BALANCER=${BASELINE_BALANCER:-}
 TARGETS=${TARGETS:-"direct chat-balancer nginx haproxy${BASELINE_BALANCER:+ baseline}"}
 BALANCER_THREADS=${BALANCER_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18500}
+SYSCALLS=${SYSCALLS:-0}
 OUT=${OUT:-target/chat-bench/$(date +%Y%m%d-%H%M%S)}
 
 NODE=$BASE_PORT
@@ -163,6 +172,13 @@ EOF
   wait_port "${PORT[$t]}"
 done
 log "targets: $TARGETS; results in $OUT"
+if [[ $SYSCALLS == auto ]]; then
+  SYSCALLS=0
+  perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && SYSCALLS=1
+fi
+seconds() { python3 -c 'import re,sys; v=sys.argv[1]; m=re.fullmatch(r"([0-9.]+)(ms|s|m)?", v); n=float(m[1]); print({"ms": n/1000, "m": n*60}.get(m[2], n))' "$1"; }
+warmup_s=$(seconds "$WARMUP")
+duration_s=$(seconds "$DURATION")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 read -r -a order <<<"$TARGETS"
@@ -174,12 +190,22 @@ for ((round = 0; round < ROUNDS; round++)); do
       extra=()
       [[ -n ${PID[$t]:-} ]] && extra=(--balancer-pid "${PID[$t]}")
       log "round $round, $rate msg/s, $t"
+      counting=
+      if [[ $SYSCALLS == 1 && -n ${PID[$t]:-} ]]; then
+        # The proxy and its children (nginx's workers), over the measured window.
+        procs=$(pgrep -d, -P "${PID[$t]}" || true)
+        (sleep "$warmup_s" && perf stat -x, -e raw_syscalls:sys_enter,context-switches \
+          -p "${procs:+$procs,}${PID[$t]}" -o "$OUT/$t-$rate-$round.perf" -- sleep "$duration_s") \
+          >/dev/null 2>&1 &
+        counting=$!
+      fi
       ./target/release/chat-loadtest --metrics-listen off --progress off \
         --target "127.0.0.1:${PORT[$t]}" --protocol "$PROTOCOL" \
         --server-metrics "http://127.0.0.1:$METRICS/metrics" "${extra[@]}" \
         --users "$USERS" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" \
         --json "$OUT/$t-$rate-$round.json" >/dev/null 2>>"$OUT/loadtest.log" ||
         log "chat-loadtest against $t at $rate failed (see $OUT/loadtest.log)"
+      [[ -n $counting ]] && wait "$counting" || true
     done
   done
 done
@@ -188,11 +214,12 @@ done
   echo "$(date -u +%Y-%m-%d) · $(nproc) cores shared by the load generator, the node and the proxies · load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "RATES=\"$RATES\" USERS=$USERS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS PROTOCOL=$PROTOCOL · $(nginx -v 2>&1) · $(haproxy -v | head -1 | cut -d' ' -f1-3) · chat-balancer $(git rev-parse --short HEAD)"
   echo
-  python3 - "$OUT" "$RATES" "$TARGETS" <<'EOF'
+  python3 - "$OUT" "$RATES" "$TARGETS" "$duration_s" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 
 out, rates, targets = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
+duration_s = float(sys.argv[4])
 names = {"direct": "direct (no proxy)", "nginx": "nginx stream", "haproxy": "HAProxy"}
 
 def runs(t, rate):
@@ -201,6 +228,25 @@ def runs(t, rate):
             yield json.loads(f.read_text())
         except ValueError:
             pass
+
+def counted(t, rate):
+    """Per round: the proxy's (system calls, context switches) per delivered
+    message over the measured window, from perf stat, if it ran."""
+    for f in sorted(out.glob(f"{t}-{rate}-*.perf")):
+        round_ = f.stem.rsplit("-", 1)[1]
+        report = out / f"{t}-{rate}-{round_}.json"
+        counts = {}
+        for line in f.read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[0].isdigit():
+                counts[parts[2]] = int(parts[0])
+        try:
+            achieved = json.loads(report.read_text())["rate"]["achieved_per_s"]
+        except (OSError, ValueError, KeyError):
+            continue
+        messages = achieved * duration_s
+        if messages and "raw_syscalls:sys_enter" in counts:
+            yield counts["raw_syscalls:sys_enter"] / messages, counts.get("context-switches", 0) / messages
 
 def med(values):
     values = [v for v in values if v is not None]
@@ -225,6 +271,8 @@ for rate in rates:
             "p99": med([delivery(r, "p99") for r in rs]),
             "node": med([cpu(r, "nodes") for r in rs]),
             "proxy": med([cpu(r, "balancer") for r in rs]),
+            "syscalls": med([c[0] for c in counted(t, rate)]),
+            "switches": med([c[1] for c in counted(t, rate)]),
         }
 
 def f(v, fmt):
@@ -233,8 +281,9 @@ def f(v, fmt):
 ms = lambda us: f"{us / 1000:.2f} ms"
 mu = lambda us: f"{us:.1f} µs"
 x = lambda r: f"{r:.2f}×"
-print("| rate | target | rounds | delivery p50 | p99 | p99 ÷ direct | node CPU per message | proxy CPU per message | ÷ nginx's | ÷ HAProxy's | lost |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+one = lambda v: f"{v:.2f}"
+print("| rate | target | rounds | delivery p50 | p99 | p99 ÷ direct | node CPU per message | proxy CPU per message | ÷ nginx's | ÷ HAProxy's | proxy system calls per message | proxy context switches per message | lost |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for rate in rates:
     direct = fig.get(("direct", rate), {}).get("p99")
     nginx = fig.get(("nginx", rate), {}).get("proxy")
@@ -247,7 +296,8 @@ for rate in rates:
             f"{ratio(g['p99'], direct) if t != 'direct' else '1.00×'} | {f(g['node'], mu)} | "
             f"{f(g['proxy'], mu) if t != 'direct' else '–'} | "
             f"{ratio(g['proxy'], nginx) if t != 'direct' else '–'} | "
-            f"{ratio(g['proxy'], haproxy) if t != 'direct' else '–'} | {g['lost']} |".replace(",", " ")
+            f"{ratio(g['proxy'], haproxy) if t != 'direct' else '–'} | "
+            f"{f(g['syscalls'], one)} | {f(g['switches'], one)} | {g['lost']} |".replace(",", " ")
         )
 EOF
 } | tee "$OUT/table.md"

@@ -2,7 +2,7 @@
 //! real balancer processes: several processes on one port (`--reuse-port`)
 //! and a binary upgrade that drops no open connection, checking a
 //! configuration without running it (`-t`), the access log, and nginx's
-//! `proxy_half_close` (`--half-close`).
+//! `proxy_half_close` (`--half-close`), and bulk transfers relayed whole.
 
 mod common;
 
@@ -350,4 +350,55 @@ fn half_close_keeps_the_other_direction_open_unless_turned_off() {
     // The default (nginx's proxy_half_close on): the node's answer after the
     // client's EOF arrives.
     assert_eq!(hello_then_eof(half.addr), b"bye");
+}
+
+/// An upstream that echoes every byte back, one thread per connection.
+fn echo_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_bulk_transfer_and_the_small_messages_after_it_are_relayed_whole() {
+    use std::io::{Read, Write};
+    // The relay's buffers grow while reads fill them and shrink at the
+    // first short read: nothing may be lost, repeated or reordered across
+    // either change.
+    let balancer = chat_testkit::LocalBalancer::start(chat_testkit::BalancerOptions {
+        upstreams: vec![echo_upstream().to_string()],
+        args: vec!["--panic".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut client = TcpStream::connect(balancer.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let bulk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut writer = client.try_clone().unwrap();
+    let sent = bulk.clone();
+    let sending = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; bulk.len()];
+    client
+        .read_exact(&mut back)
+        .expect("the whole transfer echoed");
+    sending.join().unwrap().unwrap();
+    assert!(back == bulk, "the echoed bytes differ from those sent");
+    for i in 0..20 {
+        let small = format!("message {i}");
+        client.write_all(small.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; small.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, small.as_bytes());
+    }
 }

@@ -1,7 +1,9 @@
 //! Moving bytes between a client and its node once both are connected.
 //!
-//! Two copy loops, one per direction, each reading into its own 16 KiB
-//! buffer and writing all of it to the other side, both polled by the
+//! Two copy loops, one per direction, each reading into its own buffer
+//! (16 KiB; it doubles up to 64 KiB while reads fill it, as in a bulk
+//! transfer, and goes back to 16 KiB at the first read under 8 KiB) and
+//! writing all of it to the other side, both polled by the
 //! connection's one task (so no wake-up can be lost between a reading task
 //! and a writing task, the failure issue 18 found in the node when its
 //! reader and writer were two tasks on one stream). The connection ends on
@@ -36,8 +38,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-/// Bytes read per chunk in each direction.
+/// Bytes read per chunk in each direction, at first.
 const CHUNK: usize = 16 * 1024;
+/// What a direction's buffer grows to, doubling at each read that fills it.
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// How a relayed connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +187,13 @@ impl Copy<'_> {
             self.last.set(Instant::now());
             self.to.write_all(&buf).await?;
             self.moved.set(self.moved.get() + n as u64);
+            // A full read means a bulk transfer: read more per call. A
+            // short one after that means it is over: give the memory back.
+            if n == buf.capacity() && buf.capacity() < MAX_CHUNK {
+                buf.reserve_exact(buf.capacity());
+            } else if n < CHUNK / 2 && buf.capacity() > CHUNK {
+                buf = Vec::with_capacity(CHUNK);
+            }
         }
     }
 }
