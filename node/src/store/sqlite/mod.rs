@@ -1692,12 +1692,14 @@ mod tests {
         let a = store.create_user("a", "x").unwrap();
         let b = store.create_user("b", "x").unwrap();
         store.commit().unwrap();
-        // About 3 pages a commit: 12 000 commits write over twice the
-        // wrap size to the WAL, which must wrap instead of growing (a
-        // passive checkpoint alone never wraps it under constant commits).
+        // About 3 pages a commit: as many commits as the wrap size has
+        // frames write three times the wrap size to the WAL, which must
+        // wrap instead of growing (a passive checkpoint alone never wraps
+        // it under constant commits).
+        let commits = checkpointer::WRAP_FRAMES as usize;
         let wal = dir.path().join("chat.db-wal");
         let mut largest = 0;
-        for i in 0..12_000 {
+        for i in 0..commits {
             store
                 .append(&NewMessage {
                     sender_id: a,
@@ -1716,7 +1718,7 @@ mod tests {
         );
         drop(store);
         let mut store = SqliteStore::open(&path, SyncPolicy::Normal).unwrap();
-        assert_eq!(store.pending(b, 0, 20_000).unwrap().len(), 12_000);
+        assert_eq!(store.pending(b, 0, commits + 1).unwrap().len(), commits);
         store.commit().unwrap();
     }
 }
