@@ -58,6 +58,14 @@
 #                                      127.0.0.1..N (one caps new connections
 #                                      at ~14 000/s: TIME_WAIT ports)
 #   BALANCER_ARGS=""                   extra chat-balancer flags
+#   SYSCALLS=0                         1 (or auto): during conn-rate, count each
+#                                      proxy's CPU time, system calls,
+#                                      epoll_ctl calls and context switches per
+#                                      connection with `perf stat` over the
+#                                      measured window, in a table of their own
+#                                      (auto: when perf can read the syscall
+#                                      tracepoints). Off by default: the
+#                                      tracepoints slow the proxies a little
 #   BASELINE_BALANCER=PATH             also measure this chat-balancer binary
 #                                      (another build, e.g. before a change) as
 #                                      target "baseline", in the same run
@@ -84,6 +92,7 @@ BASE_PORT=${BASE_PORT:-18190}
 ECHO_PROBES=${ECHO_PROBES:-answer}
 SOURCE_IPS=${SOURCE_IPS:-16}
 BALANCER_ARGS=${BALANCER_ARGS:-}
+SYSCALLS=${SYSCALLS:-0}
 OUT=${OUT:-target/tcp-bench/$(date +%Y%m%d-%H%M%S)}
 
 UP1=$((BASE_PORT))
@@ -102,6 +111,10 @@ declare -A REDIRECT=(
   [chat-balancer]="$REDIRECT_PORT $ADMIN_PORT"
   [baseline]="$((BASE_PORT + 17)) $((BASE_PORT + 16))"
 )
+
+# Process ids of the proxies (nginx: its master; its workers are found
+# when counting).
+declare -A PID=()
 
 log() { echo "run.sh: $*" >&2; }
 
@@ -205,6 +218,7 @@ EOF
     cp "$work/nginx/nginx.conf" "$OUT/nginx.conf"
     nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>>"$OUT/nginx-error.log" &
     pids+=($!)
+    PID[nginx]=$!
     if wait_port "${PORT[nginx]}" 10; then active+=(nginx); else log "nginx did not start (see $OUT/nginx-error.log)"; fi
     ;;
   haproxy)
@@ -234,6 +248,7 @@ EOF
     cp "$work/haproxy.cfg" "$OUT/haproxy.cfg"
     haproxy -db -f "$work/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
     pids+=($!)
+    PID[haproxy]=$!
     if wait_port "${PORT[haproxy]}" 10; then active+=(haproxy); else log "haproxy did not start (see $OUT/haproxy.log)"; fi
     ;;
   chat-balancer)
@@ -245,6 +260,7 @@ EOF
         --admin-listen "127.0.0.1:$ADMIN_PORT" --redirect-listen "127.0.0.1:$REDIRECT_PORT" \
         $BALANCER_ARGS >"$OUT/chat-balancer.log" 2>&1 &
       pids+=($!)
+      PID[chat-balancer]=$!
       if wait_port "${PORT[chat-balancer]}" 10; then
         active+=(chat-balancer)
       else
@@ -260,6 +276,7 @@ EOF
       --admin-listen "127.0.0.1:$((BASE_PORT + 16))" --redirect-listen "127.0.0.1:$((BASE_PORT + 17))" \
       $BALANCER_ARGS >"$OUT/baseline.log" 2>&1 &
     pids+=($!)
+    PID[baseline]=$!
     if wait_port "${PORT[baseline]}" 10; then active+=(baseline); else log "baseline did not start (see $OUT/baseline.log)"; fi
     ;;
   *) log "unknown target $t"; exit 2 ;;
@@ -273,6 +290,11 @@ sleep 1 # let probes and health checks settle
 # ---- measurements -------------------------------------------------------------
 results="$OUT/results.jsonl"
 : >"$results"
+if [[ $SYSCALLS == auto ]]; then
+  SYSCALLS=0
+  perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && SYSCALLS=1
+fi
+seconds() { python3 -c 'import re,sys; v=sys.argv[1]; m=re.fullmatch(r"([0-9.]+)(ms|s|m)?", v); n=float(m[1]); print({"ms": n/1000, "m": n*60}.get(m[2], n))' "$1"; }
 common=(--warmup "$WARMUP" --threads "$LOADGEN_THREADS")
 n=${#active[@]}
 for ((round = 0; round < ROUNDS; round++)); do
@@ -294,8 +316,19 @@ for ((round = 0; round < ROUNDS; round++)); do
       latency) extra=(--connections "$CONNECTIONS" --rate "$RATE") dur=(--duration "$LATENCY_DURATION") ;;
       bulk) extra=(--connections "$BULK_CONNECTIONS") ;;
       esac
+      counting=
+      if [[ $bench == conn-rate && $SYSCALLS == 1 && -n ${PID[$t]:-} ]]; then
+        # The proxy and its children (nginx's workers), over the measured window.
+        procs=$(pgrep -d, -P "${PID[$t]}" || true)
+        (sleep "$(seconds "$WARMUP")" && perf stat -x, \
+          -e task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_ctl,context-switches \
+          -p "${procs:+$procs,}${PID[$t]}" -o "$OUT/conn-rate-$t-$round.perf" -- sleep "$(seconds "$DURATION")") \
+          >/dev/null 2>&1 &
+        counting=$!
+      fi
       "$BENCH" "$bench" --target "127.0.0.1:${PORT[$t]}" --label "$t" "${common[@]}" "${dur[@]}" "${extra[@]}" \
         >>"$results" || log "$bench against $t failed"
+      [[ -n $counting ]] && wait "$counting" || true
       sleep 0.5
     done
   done
@@ -328,4 +361,48 @@ fi
   fi
   echo
   "$BENCH" table "$results"
+  if ((SYSCALLS == 1)); then
+    echo
+    echo "What each proxy spent per connection during conn-rate (perf stat over the measured window, medians of the rounds; the tracepoints slowed the proxies a little in this run):"
+    echo
+    python3 - "$OUT" "$results" "$(seconds "$DURATION")" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+out, results, duration = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+rate = {}
+for line in results.read_text().splitlines():
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    if j.get("bench") == "conn-rate":
+        rate.setdefault(j["label"], []).append(j["conn_per_s"])
+rows = {}
+for f in sorted(out.glob("conn-rate-*.perf")):
+    target, round_ = f.stem[len("conn-rate-"):].rsplit("-", 1)
+    counts = {}
+    for line in f.read_text().splitlines():
+        parts = line.split(",")
+        if len(parts) > 2:
+            try:
+                counts[parts[2]] = float(parts[0])
+            except ValueError:
+                pass
+    rates = rate.get(target, [])
+    if int(round_) >= len(rates) or not rates[int(round_)]:
+        continue
+    conns = rates[int(round_)] * duration
+    rows.setdefault(target, []).append((
+        counts.get("task-clock", 0) * 1e3 / conns,
+        counts.get("raw_syscalls:sys_enter", 0) / conns,
+        counts.get("syscalls:sys_enter_epoll_ctl", 0) / conns,
+        counts.get("context-switches", 0) / conns,
+    ))
+print("| proxy | CPU µs per connection | system calls per connection | of which epoll_ctl | context switches per connection |")
+print("|---|---:|---:|---:|---:|")
+for target, vals in rows.items():
+    med = [statistics.median(v[i] for v in vals) for i in range(4)]
+    print(f"| {target} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.1f} | {med[3]:.2f} |")
+PY
+  fi
 } | tee "$OUT/table.md"
