@@ -290,25 +290,31 @@ fn the_access_log_has_one_line_per_connection() {
     );
 }
 
-/// An upstream that reads until EOF, then answers "bye" and closes: what
-/// it gets back tells whether the balancer kept the reverse direction open
-/// after the client's EOF.
-fn bye_after_eof() -> SocketAddr {
-    use std::io::{Read, Write};
+/// An upstream on a free port serving each connection with `serve` on a
+/// thread of its own.
+fn raw_upstream(serve: fn(TcpStream)) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut sink = Vec::new();
-                if stream.read_to_end(&mut sink).is_ok() {
-                    let _ = stream.write_all(b"bye");
-                }
-            });
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || serve(stream));
         }
     });
     addr
+}
+
+/// An upstream that reads until EOF, then answers "bye" and closes: what
+/// it gets back tells whether the balancer kept the reverse direction open
+/// after the client's EOF.
+fn bye_after_eof() -> SocketAddr {
+    raw_upstream(|mut stream| {
+        use std::io::{Read, Write};
+        let mut sink = Vec::new();
+        if stream.read_to_end(&mut sink).is_ok() {
+            let _ = stream.write_all(b"bye");
+        }
+    })
 }
 
 /// Sends "hello", shuts down its write half, and returns what comes back
@@ -352,20 +358,12 @@ fn half_close_keeps_the_other_direction_open_unless_turned_off() {
     assert_eq!(hello_then_eof(half.addr), b"bye");
 }
 
-/// An upstream that echoes every byte back, one thread per connection.
+/// An upstream that echoes every byte back.
 fn echo_upstream() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = stream.try_clone().unwrap();
-                let _ = std::io::copy(&mut reader, &mut stream);
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| {
+        let mut reader = stream.try_clone().unwrap();
+        let _ = std::io::copy(&mut reader, &mut stream);
+    })
 }
 
 #[test]
