@@ -18,7 +18,8 @@
 //! Each measurement prints one JSON line on stdout (machine-readable, with
 //! the `--label` given) and one human line on stderr. One module per
 //! subcommand: [`echo`], [`conn_rate`], [`latency`], [`bulk`], [`redirect`],
-//! [`table`]; what they share is in [`request`] (the bytes sent),
+//! [`table`], [`mio_relay`] (a minimal relay, the yardstick for a proxy's
+//! per-connection cost); what they share is in [`request`] (the bytes sent),
 //! [`open_loop`] (the fixed-rate sender), [`report`] (percentiles and the
 //! JSON/human output) and [`scrape`] (a Prometheus histogram off /metrics).
 
@@ -26,6 +27,7 @@ mod bulk;
 mod conn_rate;
 mod echo;
 mod latency;
+mod mio_relay;
 mod open_loop;
 mod redirect;
 mod report;
@@ -67,6 +69,9 @@ enum Cmd {
     Redirect(redirect::RedirectArgs),
     /// Markdown tables (with ratios) from JSON lines of earlier runs.
     Table(table::TableArgs),
+    /// A minimal relay on one mio event loop per thread: the yardstick for
+    /// a proxy's per-connection cost (not a proxy to deploy).
+    MioRelay(mio_relay::MioRelayArgs),
 }
 
 /// Arguments every measurement of one target takes.
@@ -126,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Table(args) => table::print(&args),
+        Cmd::MioRelay(args) => mio_relay::run(args),
     }
 }
 

@@ -1,0 +1,300 @@
+//! `tcp-bench mio-relay`: the least a relaying proxy can do on this
+//! machine, as a yardstick for chat-balancer's per-connection cost.
+//!
+//! One `mio` event loop per thread, every thread accepting on the same
+//! listener; each client is connected to the next upstream in turn and
+//! relayed both ways with half-close (EOF on one side shuts down the write
+//! half of the other), as chat-balancer does by default. What chat-balancer
+//! does and this does not: no tokio runtime (no task per connection, no
+//! waker, no deregistering a socket before closing it), no connect or idle
+//! timeout, no health or load-aware choice, no metrics, no PROXY header, no
+//! access log. So its CPU per connection under `conn-rate` is what an event
+//! loop of our own could at best bring chat-balancer down to; it is a
+//! measurement tool, not a proxy to deploy.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+/// Bytes read per chunk in each direction (chat-balancer's starting size).
+const CHUNK: usize = 16 * 1024;
+const LISTENER: Token = Token(usize::MAX);
+
+#[derive(Debug, clap::Args)]
+pub struct MioRelayArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Upstreams, used in turn (repeat the flag).
+    #[arg(long = "upstream", required = true)]
+    pub upstreams: Vec<SocketAddr>,
+    /// Event-loop threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Runs until killed.
+pub fn run(args: MioRelayArgs) -> anyhow::Result<()> {
+    let mut addr = args.listen;
+    let mut threads = Vec::new();
+    for i in 0..args.threads {
+        // A listener per thread on the same port (SO_REUSEPORT), as
+        // chat-balancer's proxy threads have.
+        let listener = reuseport_listener(addr)?;
+        addr = listener.local_addr()?;
+        let upstreams = args.upstreams.clone();
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = event_loop(TcpListener::from_std(listener), &upstreams, i) {
+                eprintln!("mio-relay thread {i}: {e}");
+            }
+        }));
+    }
+    eprintln!("mio-relay listening on {addr}");
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// A non-blocking listener on `addr` with SO_REUSEADDR and SO_REUSEPORT.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::other("mio-relay listens on IPv4 only"));
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; it is
+    // handed to a TcpListener (which closes it) or closed on error.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) < 0
+            || libc::listen(fd, 1024) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+/// One direction's bytes read and not yet written (`buf[start..end]`),
+/// and whether its source has ended. The buffer is allocated at the first
+/// read and never zeroed again.
+struct Pipe {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// Writes what is buffered; `Ok(false)`: the direction goes on.
+    fn flush(&mut self, to: &mut TcpStream) -> io::Result<bool> {
+        while self.start < self.end {
+            match to.write(&self.buf[self.start..self.end]) {
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves bytes from `from` to `to` until one would block; shuts down
+    /// `to`'s write half at `from`'s EOF. `Ok(true)` once the direction is
+    /// done.
+    /// `readable` says whether `from` may have bytes (set by a readable
+    /// event, cleared once a read drains it), so that no read is made just
+    /// to hear WouldBlock.
+    fn pump(
+        &mut self,
+        from: &mut TcpStream,
+        readable: &mut bool,
+        to: &mut TcpStream,
+    ) -> io::Result<bool> {
+        loop {
+            while self.start < self.end {
+                match to.write(&self.buf[self.start..self.end]) {
+                    Ok(n) => self.start += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.eof {
+                return Ok(true);
+            }
+            if !*readable {
+                return Ok(false);
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; CHUNK];
+            }
+            self.start = 0;
+            self.end = 0;
+            match from.read(&mut self.buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    let _ = to.shutdown(Shutdown::Write);
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    self.end = n;
+                    if n < self.buf.len() {
+                        *readable = false;
+                        // A short read drained the socket: write it out and
+                        // wait for the next edge instead of reading again
+                        // for a WouldBlock (tokio does the same).
+                        return self.flush(to);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *readable = false;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+struct Conn {
+    client: TcpStream,
+    upstream: TcpStream,
+    connected: bool,
+    client_readable: bool,
+    upstream_readable: bool,
+    up: Pipe,
+    down: Pipe,
+}
+
+fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut events = Events::with_capacity(1024);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next_id = 0usize;
+    let mut next_upstream = seed;
+    loop {
+        poll.poll(&mut events, None)?;
+        for event in &events {
+            if event.token() == LISTENER {
+                loop {
+                    let (mut client, _) = match listener.accept() {
+                        Ok(accepted) => accepted,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    };
+                    let upstream = upstreams[next_upstream % upstreams.len()];
+                    next_upstream += 1;
+                    let Ok(mut up) = TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1) & (usize::MAX >> 2);
+                    let both = Interest::READABLE | Interest::WRITABLE;
+                    poll.registry()
+                        .register(&mut client, Token(id << 1), both)?;
+                    poll.registry()
+                        .register(&mut up, Token(id << 1 | 1), both)?;
+                    conns.insert(
+                        id,
+                        Conn {
+                            client,
+                            upstream: up,
+                            connected: false,
+                            client_readable: false,
+                            upstream_readable: false,
+                            up: Pipe::new(),
+                            down: Pipe::new(),
+                        },
+                    );
+                }
+                continue;
+            }
+            let id = event.token().0 >> 1;
+            let Some(conn) = conns.get_mut(&id) else {
+                continue;
+            };
+            let from_client = event.token().0 & 1 == 0;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if from_client {
+                    conn.client_readable = true;
+                } else {
+                    conn.upstream_readable = true;
+                }
+            }
+            if !conn.connected {
+                if from_client || !event.is_writable() {
+                    continue;
+                }
+                match conn.upstream.take_error() {
+                    Ok(None) => conn.connected = true,
+                    _ => {
+                        conns.remove(&id);
+                        continue;
+                    }
+                }
+            }
+            let up = conn.up.pump(
+                &mut conn.client,
+                &mut conn.client_readable,
+                &mut conn.upstream,
+            );
+            let down = conn.down.pump(
+                &mut conn.upstream,
+                &mut conn.upstream_readable,
+                &mut conn.client,
+            );
+            match (up, down) {
+                (Ok(true), Ok(true)) | (Err(_), _) | (_, Err(_)) => {
+                    // Dropping closes both sockets, which also takes them
+                    // out of the epoll set.
+                    conns.remove(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+}
