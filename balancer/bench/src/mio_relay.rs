@@ -142,11 +142,15 @@ impl Pipe {
     /// done.
     /// `readable` says whether `from` may have bytes (set by a readable
     /// event, cleared once a read drains it), so that no read is made just
-    /// to hear WouldBlock.
+    /// to hear WouldBlock. `closed`: an event said the peer has closed its
+    /// side; its EOF may have come with the last bytes, in the same edge,
+    /// so a short read does not end the reading then (tokio keeps that
+    /// state the same way).
     fn pump(
         &mut self,
         from: &mut TcpStream,
         readable: &mut bool,
+        closed: bool,
         to: &mut TcpStream,
     ) -> io::Result<bool> {
         loop {
@@ -177,7 +181,7 @@ impl Pipe {
                 }
                 Ok(n) => {
                     self.end = n;
-                    if n < self.buf.len() {
+                    if n < self.buf.len() && !closed {
                         *readable = false;
                         // A short read drained the socket: write it out and
                         // wait for the next edge instead of reading again
@@ -202,6 +206,8 @@ struct Conn {
     connected: bool,
     client_readable: bool,
     upstream_readable: bool,
+    client_closed: bool,
+    upstream_closed: bool,
     up: Pipe,
     down: Pipe,
 }
@@ -246,6 +252,8 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
                             connected: false,
                             client_readable: false,
                             upstream_readable: false,
+                            client_closed: false,
+                            upstream_closed: false,
                             up: Pipe::new(),
                             down: Pipe::new(),
                         },
@@ -259,10 +267,13 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
             };
             let from_client = event.token().0 & 1 == 0;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
+                let closed = event.is_read_closed() || event.is_error();
                 if from_client {
                     conn.client_readable = true;
+                    conn.client_closed |= closed;
                 } else {
                     conn.upstream_readable = true;
+                    conn.upstream_closed |= closed;
                 }
             }
             if !conn.connected {
@@ -280,11 +291,13 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
             let up = conn.up.pump(
                 &mut conn.client,
                 &mut conn.client_readable,
+                conn.client_closed,
                 &mut conn.upstream,
             );
             let down = conn.down.pump(
                 &mut conn.upstream,
                 &mut conn.upstream_readable,
+                conn.upstream_closed,
                 &mut conn.client,
             );
             match (up, down) {
@@ -296,5 +309,81 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// The yardstick must relay like a proxy for its figures to mean
+    /// anything: a bulk transfer and small messages after it come back
+    /// whole and in order, and a client's EOF reaches the upstream, whose
+    /// answer after it still reaches the client (half-close).
+    #[test]
+    fn it_relays_both_ways_with_half_close() {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in upstream.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    // Echo until EOF, then say how many bytes came.
+                    let mut buf = [0u8; 4096];
+                    let mut total = 0usize;
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                total += n;
+                                if stream.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = stream.write_all(format!("bye {total}").as_bytes());
+                });
+            }
+        });
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        std::thread::spawn(move || {
+            run(MioRelayArgs {
+                listen,
+                upstreams: vec![upstream_addr],
+                threads: 1,
+            })
+        });
+        let mut client = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                std::net::TcpStream::connect(listen).ok()
+            })
+            .expect("mio-relay listens");
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let bulk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut writer = client.try_clone().unwrap();
+        let sent = bulk.clone();
+        let sending = std::thread::spawn(move || writer.write_all(&sent));
+        let mut back = vec![0u8; bulk.len()];
+        client.read_exact(&mut back).unwrap();
+        sending.join().unwrap().unwrap();
+        assert!(back == bulk, "the echoed bytes differ from those sent");
+        client.write_all(b"small").unwrap();
+        let mut small = [0u8; 5];
+        client.read_exact(&mut small).unwrap();
+        assert_eq!(&small, b"small");
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, format!("bye {}", bulk.len() + 5));
     }
 }
