@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::LocalError;
 use crate::process::{REBIND_WITHIN, find_binary, free_port, start_retrying, wait_until};
@@ -232,15 +232,41 @@ impl LocalNode {
 
     /// Pauses the process with SIGSTOP, as a stalled machine would: it keeps
     /// its sockets (the kernel still accepts connections) but answers
-    /// nothing and renews no lease until [`LocalNode::cont`].
+    /// nothing and renews no lease until [`LocalNode::cont`]. Returns once
+    /// every thread of it is stopped (kill(2) returns before that; a busy
+    /// machine can leave a thread running long enough to answer a request
+    /// sent right after), or after [`STOP_WITHIN`].
     pub fn stop(&mut self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + STOP_WITHIN;
+        while !all_threads_stopped(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Resumes a process paused by [`LocalNode::stop`] (SIGCONT).
     pub fn cont(&mut self) {
         self.signal(libc::SIGCONT);
     }
+}
+
+/// How long [`LocalNode::stop`] waits for every thread to be stopped.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/PID/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
 
 /// Whether a node at `addr` answers a seed-JSON ping: the end-to-end sign
