@@ -124,7 +124,8 @@ impl Pipe {
         }
     }
 
-    /// Writes what is buffered; `Ok(false)`: the direction goes on.
+    /// Writes what is buffered: `Ok(true)` once all of it is written,
+    /// `Ok(false)` if `to` would block first.
     fn flush(&mut self, to: &mut TcpStream) -> io::Result<bool> {
         while self.start < self.end {
             match to.write(&self.buf[self.start..self.end]) {
@@ -134,12 +135,13 @@ impl Pipe {
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(true)
     }
 
     /// Moves bytes from `from` to `to` until one would block; shuts down
     /// `to`'s write half at `from`'s EOF. `Ok(true)` once the direction is
     /// done.
+    ///
     /// `readable` says whether `from` may have bytes (set by a readable
     /// event, cleared once a read drains it), so that no read is made just
     /// to hear WouldBlock. `closed`: an event said the peer has closed its
@@ -154,13 +156,8 @@ impl Pipe {
         to: &mut TcpStream,
     ) -> io::Result<bool> {
         loop {
-            while self.start < self.end {
-                match to.write(&self.buf[self.start..self.end]) {
-                    Ok(n) => self.start += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            if !self.flush(to)? {
+                return Ok(false);
             }
             if self.eof {
                 return Ok(true);
@@ -186,7 +183,8 @@ impl Pipe {
                         // A short read drained the socket: write it out and
                         // wait for the next edge instead of reading again
                         // for a WouldBlock (tokio does the same).
-                        return self.flush(to);
+                        self.flush(to)?;
+                        return Ok(false);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
