@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::LocalError;
 use crate::process::{REBIND_WITHIN, find_binary, free_port, start_retrying, wait_until};
@@ -239,10 +239,7 @@ impl LocalNode {
     pub fn stop(&mut self) {
         self.signal(libc::SIGSTOP);
         let Some(pid) = self.pid() else { return };
-        let deadline = Instant::now() + STOP_WITHIN;
-        while !all_threads_stopped(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let _ = wait_until(&mut self.child, STOP_WITHIN, || all_threads_stopped(pid));
     }
 
     /// Resumes a process paused by [`LocalNode::stop`] (SIGCONT).
