@@ -172,11 +172,8 @@ EOF
   wait_port "${PORT[$t]}"
 done
 log "targets: $TARGETS; results in $OUT"
-if [[ $SYSCALLS == auto ]]; then
-  SYSCALLS=0
-  perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && SYSCALLS=1
-fi
-seconds() { python3 -c 'import re,sys; v=sys.argv[1]; m=re.fullmatch(r"([0-9.]+)(ms|s|m)?", v); n=float(m[1]); print({"ms": n/1000, "m": n*60}.get(m[2], n))' "$1"; }
+source balancer/bench/perf-count.sh
+SYSCALLS=$(counting_on "$SYSCALLS")
 warmup_s=$(seconds "$WARMUP")
 duration_s=$(seconds "$DURATION")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -192,11 +189,8 @@ for ((round = 0; round < ROUNDS; round++)); do
       log "round $round, $rate msg/s, $t"
       counting=
       if [[ $SYSCALLS == 1 && -n ${PID[$t]:-} ]]; then
-        # The proxy and its children (nginx's workers), over the measured window.
-        procs=$(pgrep -d, -P "${PID[$t]}" || true)
-        (sleep "$warmup_s" && perf stat -x, -e raw_syscalls:sys_enter,context-switches \
-          -p "${procs:+$procs,}${PID[$t]}" -o "$OUT/$t-$rate-$round.perf" -- sleep "$duration_s") \
-          >/dev/null 2>&1 &
+        count_proxy "${PID[$t]}" "$OUT/$t-$rate-$round.perf" "$warmup_s" "$duration_s" \
+          raw_syscalls:sys_enter,context-switches
         counting=$!
       fi
       ./target/release/chat-loadtest --metrics-listen off --progress off \
@@ -263,6 +257,7 @@ fig = {}
 for rate in rates:
     for t in targets:
         rs = list(runs(t, rate))
+        counts = list(counted(t, rate))
         fig[(t, rate)] = {
             "rounds": len(rs),
             "rate": med([r.get("rate", {}).get("achieved_per_s") for r in rs]),
@@ -271,8 +266,8 @@ for rate in rates:
             "p99": med([delivery(r, "p99") for r in rs]),
             "node": med([cpu(r, "nodes") for r in rs]),
             "proxy": med([cpu(r, "balancer") for r in rs]),
-            "syscalls": med([c[0] for c in counted(t, rate)]),
-            "switches": med([c[1] for c in counted(t, rate)]),
+            "syscalls": med([c[0] for c in counts]),
+            "switches": med([c[1] for c in counts]),
         }
 
 def f(v, fmt):

@@ -290,11 +290,10 @@ sleep 1 # let probes and health checks settle
 # ---- measurements -------------------------------------------------------------
 results="$OUT/results.jsonl"
 : >"$results"
-if [[ $SYSCALLS == auto ]]; then
-  SYSCALLS=0
-  perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && SYSCALLS=1
-fi
-seconds() { python3 -c 'import re,sys; v=sys.argv[1]; m=re.fullmatch(r"([0-9.]+)(ms|s|m)?", v); n=float(m[1]); print({"ms": n/1000, "m": n*60}.get(m[2], n))' "$1"; }
+source balancer/bench/perf-count.sh
+SYSCALLS=$(counting_on "$SYSCALLS")
+warmup_s=$(seconds "$WARMUP")
+duration_s=$(seconds "$DURATION")
 common=(--warmup "$WARMUP" --threads "$LOADGEN_THREADS")
 n=${#active[@]}
 for ((round = 0; round < ROUNDS; round++)); do
@@ -318,12 +317,8 @@ for ((round = 0; round < ROUNDS; round++)); do
       esac
       counting=
       if [[ $bench == conn-rate && $SYSCALLS == 1 && -n ${PID[$t]:-} ]]; then
-        # The proxy and its children (nginx's workers), over the measured window.
-        procs=$(pgrep -d, -P "${PID[$t]}" || true)
-        (sleep "$(seconds "$WARMUP")" && perf stat -x, \
-          -e task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_ctl,context-switches \
-          -p "${procs:+$procs,}${PID[$t]}" -o "$OUT/conn-rate-$t-$round.perf" -- sleep "$(seconds "$DURATION")") \
-          >/dev/null 2>&1 &
+        count_proxy "${PID[$t]}" "$OUT/conn-rate-$t-$round.perf" "$warmup_s" "$duration_s" \
+          task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_ctl,context-switches
         counting=$!
       fi
       "$BENCH" "$bench" --target "127.0.0.1:${PORT[$t]}" --label "$t" "${common[@]}" "${dur[@]}" "${extra[@]}" \
@@ -365,7 +360,7 @@ fi
     echo
     echo "What each proxy spent per connection during conn-rate (perf stat over the measured window, medians of the rounds; the tracepoints slowed the proxies a little in this run):"
     echo
-    python3 - "$OUT" "$results" "$(seconds "$DURATION")" <<'PY'
+    python3 - "$OUT" "$results" "$duration_s" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 out, results, duration = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
