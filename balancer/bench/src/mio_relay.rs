@@ -1,8 +1,9 @@
 //! `tcp-bench mio-relay`: the least a relaying proxy can do on this
 //! machine, as a yardstick for chat-balancer's per-connection cost.
 //!
-//! One `mio` event loop per thread, every thread accepting on the same
-//! listener; each client is connected to the next upstream in turn and
+//! One `mio` event loop per thread, each with its own listener on the same
+//! port (SO_REUSEPORT, as chat-balancer's proxy threads); each client is
+//! connected to the next upstream in turn and
 //! relayed both ways with half-close (EOF on one side shuts down the write
 //! half of the other), as chat-balancer does by default. What chat-balancer
 //! does and this does not: no tokio runtime (no task per connection, no
@@ -61,47 +62,14 @@ pub fn run(args: MioRelayArgs) -> anyhow::Result<()> {
 
 /// A non-blocking listener on `addr` with SO_REUSEADDR and SO_REUSEPORT.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        return Err(io::Error::other("mio-relay listens on IPv4 only"));
-    };
-    // SAFETY: plain socket calls on a descriptor this function owns; it is
-    // handed to a TcpListener (which closes it) or closed on error.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let listener = std::net::TcpListener::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        if libc::bind(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ) < 0
-            || libc::listen(fd, 1024) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(listener)
-    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// One direction's bytes read and not yet written (`buf[start..end]`),
@@ -142,19 +110,9 @@ impl Pipe {
     /// `to`'s write half at `from`'s EOF. `Ok(true)` once the direction is
     /// done.
     ///
-    /// `readable` says whether `from` may have bytes (set by a readable
-    /// event, cleared once a read drains it), so that no read is made just
-    /// to hear WouldBlock. `closed`: an event said the peer has closed its
-    /// side; its EOF may have come with the last bytes, in the same edge,
-    /// so a short read does not end the reading then (tokio keeps that
-    /// state the same way).
-    fn pump(
-        &mut self,
-        from: &mut TcpStream,
-        readable: &mut bool,
-        closed: bool,
-        to: &mut TcpStream,
-    ) -> io::Result<bool> {
+    /// Reads only while `from.readable` (see [`Side`]), so that no read is
+    /// made just to hear WouldBlock.
+    fn pump(&mut self, from: &mut Side, to: &mut TcpStream) -> io::Result<bool> {
         loop {
             if !self.flush(to)? {
                 return Ok(false);
@@ -162,7 +120,7 @@ impl Pipe {
             if self.eof {
                 return Ok(true);
             }
-            if !*readable {
+            if !from.readable {
                 return Ok(false);
             }
             if self.buf.is_empty() {
@@ -170,7 +128,7 @@ impl Pipe {
             }
             self.start = 0;
             self.end = 0;
-            match from.read(&mut self.buf) {
+            match from.stream.read(&mut self.buf) {
                 Ok(0) => {
                     self.eof = true;
                     let _ = to.shutdown(Shutdown::Write);
@@ -178,8 +136,8 @@ impl Pipe {
                 }
                 Ok(n) => {
                     self.end = n;
-                    if n < self.buf.len() && !closed {
-                        *readable = false;
+                    if n < self.buf.len() && !from.closed {
+                        from.readable = false;
                         // A short read drained the socket: write it out and
                         // wait for the next edge instead of reading again
                         // for a WouldBlock (tokio does the same).
@@ -188,7 +146,7 @@ impl Pipe {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    *readable = false;
+                    from.readable = false;
                     return Ok(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -198,14 +156,39 @@ impl Pipe {
     }
 }
 
+/// One socket of a connection and what its events have said.
+struct Side {
+    stream: TcpStream,
+    /// It may have bytes to read: set by a readable event, cleared once a
+    /// read drains it.
+    readable: bool,
+    /// Its peer has closed its sending half. The EOF may have come in the
+    /// same edge as the last bytes, so a short read does not end the
+    /// reading then (tokio keeps this state the same way).
+    closed: bool,
+}
+
+impl Side {
+    fn new(stream: TcpStream) -> Side {
+        Side {
+            stream,
+            readable: false,
+            closed: false,
+        }
+    }
+
+    fn note(&mut self, event: &mio::event::Event) {
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.readable = true;
+            self.closed |= event.is_read_closed() || event.is_error();
+        }
+    }
+}
+
 struct Conn {
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Side,
+    upstream: Side,
     connected: bool,
-    client_readable: bool,
-    upstream_readable: bool,
-    client_closed: bool,
-    upstream_closed: bool,
     up: Pipe,
     down: Pipe,
 }
@@ -245,13 +228,9 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
                     conns.insert(
                         id,
                         Conn {
-                            client,
-                            upstream: up,
+                            client: Side::new(client),
+                            upstream: Side::new(up),
                             connected: false,
-                            client_readable: false,
-                            upstream_readable: false,
-                            client_closed: false,
-                            upstream_closed: false,
                             up: Pipe::new(),
                             down: Pipe::new(),
                         },
@@ -264,21 +243,16 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
                 continue;
             };
             let from_client = event.token().0 & 1 == 0;
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                let closed = event.is_read_closed() || event.is_error();
-                if from_client {
-                    conn.client_readable = true;
-                    conn.client_closed |= closed;
-                } else {
-                    conn.upstream_readable = true;
-                    conn.upstream_closed |= closed;
-                }
+            if from_client {
+                conn.client.note(event);
+            } else {
+                conn.upstream.note(event);
             }
             if !conn.connected {
                 if from_client || !event.is_writable() {
                     continue;
                 }
-                match conn.upstream.take_error() {
+                match conn.upstream.stream.take_error() {
                     Ok(None) => conn.connected = true,
                     _ => {
                         conns.remove(&id);
@@ -286,18 +260,8 @@ fn event_loop(mut listener: TcpListener, upstreams: &[SocketAddr], seed: usize) 
                     }
                 }
             }
-            let up = conn.up.pump(
-                &mut conn.client,
-                &mut conn.client_readable,
-                conn.client_closed,
-                &mut conn.upstream,
-            );
-            let down = conn.down.pump(
-                &mut conn.upstream,
-                &mut conn.upstream_readable,
-                conn.upstream_closed,
-                &mut conn.client,
-            );
+            let up = conn.up.pump(&mut conn.client, &mut conn.upstream.stream);
+            let down = conn.down.pump(&mut conn.upstream, &mut conn.client.stream);
             match (up, down) {
                 (Ok(true), Ok(true)) | (Err(_), _) | (_, Err(_)) => {
                     // Dropping closes both sockets, which also takes them
