@@ -79,6 +79,13 @@ fn soak(protocol: &str) {
         .filter(|l| l.starts_with("chaos"))
         .map(|l| format!("{l}\n"))
         .collect();
+    // The nodes' and the load tester's warnings and errors (they share its
+    // stderr), the last ones, to tell a loss's cause when one fails.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    let warnings = warnings[warnings.len().saturating_sub(80)..].join("\n");
     assert!(
         out.status.success(),
         "status {:?}\n{table}\n{stderr}",
@@ -89,12 +96,17 @@ fn soak(protocol: &str) {
     let c = |name| counter(&s, name);
 
     for zero in ["lost", "duplicated", "out_of_order"] {
-        assert_eq!(c(zero), 0, "{zero}:\n{table}\n{}", s["errors"]);
+        assert_eq!(
+            c(zero),
+            0,
+            "{zero}:\n{table}\n{}\nwarnings:\n{warnings}",
+            s["errors"]
+        );
     }
     let chaos = &s["chaos"];
     assert_eq!(
         chaos["acked_lost"], 0,
-        "acknowledged and never received ({} of them pending at a fresh login at the end):\n{table}",
+        "acknowledged and never received ({} of them pending at a fresh login at the end):\n{table}\nwarnings:\n{warnings}",
         chaos["found_at_final_login"]
     );
     assert!(c("reconnects") > 0, "users came back:\n{table}");
