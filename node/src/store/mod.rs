@@ -281,8 +281,10 @@ pub trait Store: Send + 'static {
     fn pending_total(&mut self) -> Result<Option<u64>>;
 
     /// Deletes at most `limit` messages every recipient has acknowledged;
-    /// returns how many. Small slices keep each transaction short. Backends
-    /// whose messages expire by table TTL delete nothing here (ScyllaDB).
+    /// returns how many. Small slices keep each transaction short. SQLite
+    /// keeps the newest message until a newer one is stored (its id is the
+    /// next id's base). Backends whose messages expire by table TTL delete
+    /// nothing here (ScyllaDB).
     fn compact(&mut self, limit: usize) -> Result<u64>;
 
     /// Makes every write since the last commit durable.

@@ -170,11 +170,12 @@ macro_rules! live_session {
 }
 
 /// SQL for the highest message id ever allocated (0 before the first
-/// message); unlike `MAX(id)` it does not go down when `compact` deletes the
-/// newest rows. A macro so that statements are `concat!`ed at compile time.
+/// message): `compact` never deletes the row with the highest id (see
+/// [`newest_id`]), so this never goes down and an id is never given twice.
+/// A macro so that statements are `concat!`ed at compile time.
 macro_rules! last_message_id {
     () => {
-        "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)"
+        "COALESCE((SELECT MAX(id) FROM messages), 0)"
     };
 }
 
@@ -398,14 +399,38 @@ fn first_id_since(c: &Connection, keep: Duration) -> Result<i64> {
 
 /// Deletes at most `limit` messages of deleted groups, and forgets each
 /// deleted group once none are left; returns how many messages.
-fn compact_deleted_groups(c: &Connection, limit: i64) -> Result<i64> {
+/// The highest message id stored (0 if none). New messages take the next
+/// one, so `compact` deletes only rows below it: the id of a deleted newest
+/// row would be given again.
+fn newest_id(c: &Connection) -> Result<i64> {
+    c.prepare_cached(concat!("SELECT ", last_message_id!()))
+        .db()?
+        .query_row([], |r| r.get(0))
+        .db()
+}
+
+/// Deletes up to `limit` messages of deleted groups (all but the row with
+/// id `newest`, which goes once a newer message is stored); forgets a
+/// deleted group once none of its messages is left.
+fn compact_deleted_groups(c: &Connection, limit: i64, newest: i64) -> Result<i64> {
     if limit <= 0 {
         return Ok(0);
     }
+    c.prepare_cached(
+        "DELETE FROM deleted_groups WHERE NOT EXISTS (
+             SELECT 1 FROM messages m WHERE m.group_id = deleted_groups.id AND m.group_id != 0)",
+    )
+    .db()?
+    .execute([])
+    .db()?;
     let Some(g) = c
-        .prepare_cached("SELECT id FROM deleted_groups LIMIT 1")
+        .prepare_cached(
+            "SELECT d.id FROM deleted_groups d WHERE EXISTS (
+                 SELECT 1 FROM messages m WHERE m.group_id = d.id AND m.group_id != 0 AND m.id < ?1)
+             LIMIT 1",
+        )
         .db()?
-        .query_row([], |r| r.get::<_, i64>(0))
+        .query_row([newest], |r| r.get::<_, i64>(0))
         .optional()
         .db()?
     else {
@@ -414,17 +439,11 @@ fn compact_deleted_groups(c: &Connection, limit: i64) -> Result<i64> {
     let n = c
         .prepare_cached(
             "DELETE FROM messages WHERE id IN (
-                 SELECT id FROM messages WHERE group_id = ?1 AND group_id != 0 LIMIT ?2)",
+                 SELECT id FROM messages WHERE group_id = ?1 AND group_id != 0 AND id < ?3 LIMIT ?2)",
         )
         .db()?
-        .execute([g, limit])
+        .execute([g, limit, newest])
         .db()? as i64;
-    if n < limit {
-        c.prepare_cached("DELETE FROM deleted_groups WHERE id = ?1")
-            .db()?
-            .execute([g])
-            .db()?;
-    }
     Ok(n)
 }
 
@@ -1476,11 +1495,13 @@ impl Store for SqliteStore {
         let retention = self.retention;
         let c = self.tx()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut done = compact_deleted_groups(c, limit)?;
+        let newest = newest_id(c)?;
+        let mut done = compact_deleted_groups(c, limit, newest)?;
+        // Every deletion stays below the newest row (see `newest_id`).
         let below: i64 = match retention {
             None => return Ok(done as u64),
-            Some(Duration::ZERO) => i64::MAX,
-            Some(keep) => first_id_since(c, keep)?,
+            Some(Duration::ZERO) => newest,
+            Some(keep) => first_id_since(c, keep)?.min(newest),
         };
         if done >= limit {
             return Ok(done as u64);
@@ -1683,10 +1704,64 @@ mod tests {
         assert_eq!(store.compact(100).unwrap(), 1);
         store.commit().unwrap();
         assert_eq!(kept(&mut store), vec!["new"]);
+        // The newest message stays (its id is the sequence's high-water
+        // mark) until a newer one is stored.
         store.set_history_retention(Some(Duration::ZERO));
+        assert_eq!(store.compact(100).unwrap(), 0);
+        store.commit().unwrap();
+        assert_eq!(kept(&mut store), vec!["new"]);
+        let newer = send(&mut store, now_ms, "newer");
+        assert_eq!(newer, new + 1);
         assert_eq!(store.compact(100).unwrap(), 1);
         store.commit().unwrap();
-        assert!(kept(&mut store).is_empty());
+        assert_eq!(kept(&mut store), vec!["newer"]);
+        store.commit().unwrap();
+    }
+
+    /// Ids are never given twice: compaction deletes every acknowledged
+    /// message but the newest, so the next id is above every id given.
+    #[test]
+    fn compaction_never_lets_an_id_be_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("chat.db"), SyncPolicy::Normal).unwrap();
+        store.set_history_retention(Some(Duration::ZERO));
+        let a = store.create_user("a", "x").unwrap();
+        let b = store.create_user("b", "x").unwrap();
+        let g = store.create_group(a, "g", "").unwrap();
+        store.join_group(g, b).unwrap();
+        let mut last = 0;
+        for target in [Target::User(b), Target::Group(g), Target::User(b)] {
+            last = store
+                .append(&NewMessage {
+                    sender_id: a,
+                    sender_name: "a".into(),
+                    target,
+                    time_ms: 1,
+                    text: "m".into(),
+                })
+                .unwrap()
+                .id;
+        }
+        store.ack(a, last).unwrap();
+        store.ack(b, last).unwrap();
+        // The group is deleted too: its messages go with the others.
+        store.leave_group(g, b).unwrap();
+        store.leave_group(g, a).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.compact(100).unwrap(), 2);
+        store.commit().unwrap();
+        assert_eq!(store.compact(100).unwrap(), 0);
+        store.commit().unwrap();
+        let next = store
+            .append(&NewMessage {
+                sender_id: b,
+                sender_name: "b".into(),
+                target: Target::User(a),
+                time_ms: 1,
+                text: "next".into(),
+            })
+            .unwrap();
+        assert_eq!(next.id, last + 1);
         store.commit().unwrap();
     }
 
