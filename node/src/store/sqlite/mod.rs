@@ -47,6 +47,7 @@
 
 mod checkpointer;
 mod schema;
+mod wal_writes;
 
 use std::path::Path;
 use std::time::Duration;
@@ -90,7 +91,9 @@ fn wait_for_lock(calls: i32) -> bool {
 /// A connection on `path` in WAL mode with `sync`, waiting for other
 /// processes' locks with [`wait_for_lock`].
 fn connect(path: &Path, sync: SyncPolicy) -> Result<Connection> {
-    let conn = Connection::open(path).db()?;
+    let vfs = wal_writes::register().map_err(StoreError::Backend)?;
+    let conn =
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs).db()?;
     conn.busy_handler(Some(wait_for_lock)).db()?;
     // Only a new file takes it (before WAL mode is set), see [`PAGE_SIZE`].
     conn.pragma_update(None, "page_size", PAGE_SIZE).db()?;
