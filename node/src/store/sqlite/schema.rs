@@ -202,6 +202,12 @@ mod tests {
             .unwrap()
     }
 
+    /// The texts of `user`'s waiting messages (the first ten).
+    fn pending_texts(store: &mut SqliteStore, user: u64) -> Vec<String> {
+        let page = store.pending(user, 0, 10).unwrap();
+        page.into_iter().map(|m| m.text).collect()
+    }
+
     fn texts(page: &crate::store::HistoryPage) -> Vec<&str> {
         page.messages.iter().map(|m| m.text.as_str()).collect()
     }
@@ -237,13 +243,7 @@ mod tests {
         assert!(store.mark_read(2, Conversation::Direct(1), 1).unwrap());
         // What was there before is unchanged: b's cursor, a's waiting message.
         assert_eq!(store.cursor(2).unwrap(), 2);
-        let waiting: Vec<String> = store
-            .pending(1, 0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        assert_eq!(waiting, vec!["b to a".to_owned()]);
+        assert_eq!(pending_texts(&mut store, 1), vec!["b to a".to_owned()]);
         store.commit().unwrap();
         drop(store);
         let latest = migrations_count();
@@ -285,13 +285,7 @@ mod tests {
             .unwrap();
         }
         let mut store = SqliteStore::open(&path, SyncPolicy::Normal).unwrap();
-        let waiting: Vec<String> = store
-            .pending(2, 0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        assert_eq!(waiting, vec!["kept".to_owned()]);
+        assert_eq!(pending_texts(&mut store, 2), vec!["kept".to_owned()]);
         let page = store.history(2, Conversation::Direct(1), None, 10).unwrap();
         assert_eq!(texts(&page), vec!["kept"]);
         let next = store
