@@ -354,8 +354,8 @@ fn group_info(c: &Connection, id: i64) -> Result<Option<GroupInfo>> {
 /// nothing next to a retention). About 20 index seeks however many messages
 /// are stored; walking them from the oldest instead would read every
 /// message that outlived the retention undelivered, at every compaction
-/// slice, on the writer.
-fn first_id_since(c: &Connection, keep: Duration) -> Result<i64> {
+/// slice, on the writer. `newest` is the highest id stored ([`newest_id`]).
+fn first_id_since(c: &Connection, keep: Duration, newest: i64) -> Result<i64> {
     let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     let cutoff: i64 = c
         .prepare_cached(concat!("SELECT ", now_ms!(), " - ?1"))
@@ -380,12 +380,7 @@ fn first_id_since(c: &Connection, keep: Duration) -> Result<i64> {
     // Invariant: the message at `lo` is older than the cutoff; the answer is
     // above it, at most `hi` (MAX: no message is recent enough).
     let mut hi = i64::MAX;
-    let last: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM messages")
-        .db()?
-        .query_row([], |r| r.get(0))
-        .db()?;
-    let mut top = last;
+    let mut top = newest;
     while lo < top {
         let mid = lo + (top - lo) / 2 + 1;
         match first_at(mid)? {
@@ -400,8 +395,6 @@ fn first_id_since(c: &Connection, keep: Duration) -> Result<i64> {
     Ok(hi)
 }
 
-/// Deletes at most `limit` messages of deleted groups, and forgets each
-/// deleted group once none are left; returns how many messages.
 /// The highest message id stored (0 if none). New messages take the next
 /// one, so `compact` deletes only rows below it: the id of a deleted newest
 /// row would be given again.
@@ -1504,7 +1497,7 @@ impl Store for SqliteStore {
         let below: i64 = match retention {
             None => return Ok(done as u64),
             Some(Duration::ZERO) => newest,
-            Some(keep) => first_id_since(c, keep)?.min(newest),
+            Some(keep) => first_id_since(c, keep, newest)?.min(newest),
         };
         if done >= limit {
             return Ok(done as u64);
@@ -1663,7 +1656,8 @@ mod tests {
         };
         for hours in [1u64, 2, 7, 24, 49, 50, 51, 1000] {
             let keep = Duration::from_millis(hours * hour);
-            let found = first_id_since(&store.conn, keep).unwrap();
+            let newest = newest_id(&store.conn).unwrap();
+            let found = first_id_since(&store.conn, keep, newest).unwrap();
             assert_eq!(found, walk(&store.conn, (hours * hour) as i64), "{hours} h");
         }
     }
