@@ -22,23 +22,22 @@
 //! connection was accepted, in UTC. Status 200: relayed; 502: no node
 //! accepted it.
 //!
-//! Costs and failure semantics: each executor appends its lines to a buffer
-//! of its own and writes whole lines with one `write` (the file is opened
-//! with `O_APPEND` by each executor, so executors never interleave inside a
-//! line) when the buffer passes [`FLUSH_BYTES`] or [`FLUSH_EVERY`] after its
-//! first line, and when the executor stops. A failed write drops those
+//! Costs and failure semantics: each proxy thread appends its lines to a
+//! buffer of its own and writes whole lines with one `write` (the file is
+//! opened with `O_APPEND` by each thread, so threads never interleave inside
+//! a line) when the buffer passes [`FLUSH_BYTES`] or [`FLUSH_EVERY`] after
+//! its first line (the thread's event loop wakes for it), and when the
+//! thread stops. A failed write drops those
 //! lines, counts them in `chat_balancer_access_log_errors_total` and warns
 //! once a minute at most; it never holds a connection. Rotation: the file is
 //! opened once; use `copytruncate` (logrotate), which `O_APPEND` writers
 //! follow.
 
-use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::metric_names;
@@ -141,61 +140,59 @@ impl Entry {
     }
 }
 
-/// One executor's log: lines buffered, written whole.
+/// One proxy thread's log: lines buffered, written whole. The thread's event
+/// loop calls [`Writer::flush`] once [`Writer::due`] has passed.
 pub struct Writer {
-    out: RefCell<Output>,
-    buf: RefCell<String>,
-    flush_due: Cell<bool>,
-    last_warning: Cell<Option<Instant>>,
+    out: Output,
+    buf: String,
+    due: Option<Instant>,
+    last_warning: Option<Instant>,
 }
 
 impl Writer {
-    pub fn new(out: Output) -> Rc<Writer> {
-        Rc::new(Writer {
-            out: RefCell::new(out),
-            buf: RefCell::new(String::new()),
-            flush_due: Cell::new(false),
-            last_warning: Cell::new(None),
-        })
+    pub fn new(out: Output) -> Writer {
+        Writer {
+            out,
+            buf: String::new(),
+            due: None,
+            last_warning: None,
+        }
     }
 
-    /// Logs one connection (on the executor that served it).
-    pub fn log(self: &Rc<Self>, entry: &Entry) {
-        let full = {
-            let mut buf = self.buf.borrow_mut();
-            entry.format(&mut buf);
-            buf.len() >= FLUSH_BYTES
-        };
-        if full {
+    /// Logs one connection (on the thread that served it); `now` is the
+    /// event loop's clock.
+    pub fn log(&mut self, entry: &Entry, now: Instant) {
+        entry.format(&mut self.buf);
+        if self.buf.len() >= FLUSH_BYTES {
             self.flush();
-        } else if !self.flush_due.replace(true) {
-            let writer = self.clone();
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(FLUSH_EVERY).await;
-                writer.flush();
-            });
+        } else if self.due.is_none() {
+            self.due = Some(now + FLUSH_EVERY);
         }
+    }
+
+    /// When the buffered lines must be written, if any are buffered.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
     }
 
     /// Writes what is buffered.
-    pub fn flush(&self) {
-        self.flush_due.set(false);
-        let text = std::mem::take(&mut *self.buf.borrow_mut());
-        if text.is_empty() {
+    pub fn flush(&mut self) {
+        self.due = None;
+        if self.buf.is_empty() {
             return;
         }
-        if let Err(e) = self.out.borrow_mut().write_all(text.as_bytes()) {
-            let lines = text.lines().count() as u64;
+        if let Err(e) = self.out.write_all(self.buf.as_bytes()) {
+            let lines = self.buf.lines().count() as u64;
             metrics::counter!(metric_names::ACCESS_LOG_ERRORS_TOTAL).increment(lines);
             let quiet = self
                 .last_warning
-                .get()
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
             if !quiet {
-                self.last_warning.set(Some(Instant::now()));
+                self.last_warning = Some(Instant::now());
                 tracing::warn!(error = %e, lines, "access log write failed; lines dropped");
             }
         }
+        self.buf.clear();
     }
 }
 

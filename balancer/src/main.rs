@@ -52,6 +52,8 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     probe::start(pool.clone()).context("starting the probe thread")?;
+    // Before any port listens: a signal from then on is handled, not fatal.
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let executors = proxy::Executors::start(
         proxy::Wiring {
             pool: pool.clone(),
@@ -73,7 +75,6 @@ fn main() -> anyhow::Result<()> {
     );
 
     let stop = executors.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let running = config;
     std::thread::Builder::new()
         .name("signals".into())
@@ -88,9 +89,7 @@ fn main() -> anyhow::Result<()> {
                     grace = ?running.shutdown_grace,
                     "stopping: no new connections, open ones may finish"
                 );
-                for tx in &stop {
-                    let _ = tx.try_send(());
-                }
+                stop.stop();
                 break;
             }
         })?;

@@ -37,8 +37,63 @@ const MAX_FRAME: usize = 4096;
 /// How long a connection may stay silent, and a reply may take to write.
 const READ_WITHIN: Duration = Duration::from_secs(10);
 
+/// Starts redirect thread `i`: a single-threaded tokio runtime with its own
+/// listener on `addr` (shared with the other redirect threads through
+/// SO_REUSEPORT). Returns the bound address once it listens. On `stop` it
+/// stops accepting and lets open connections finish within `grace`.
+pub fn start(
+    i: usize,
+    addr: std::net::SocketAddr,
+    pool: Arc<Pool>,
+    grace: Duration,
+    stop: flume::Receiver<()>,
+) -> anyhow::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("redirect-{i}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(anyhow::anyhow!("runtime: {e}")));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let listener = match crate::proxy::listen(addr).and_then(TcpListener::from_std) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(anyhow::anyhow!(
+                            "binding --redirect-listen {addr}: {e}"
+                        )));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(Ok(listener.local_addr().expect("bound")));
+                let open = Rc::new(Cell::new(0usize));
+                tokio::select! {
+                    () = serve(listener, pool, open.clone()) => {}
+                    _ = stop.recv_async() => {}
+                }
+                let deadline = Instant::now() + grace;
+                while open.get() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("starting redirect thread {i}: {e}"))?;
+    let bound = bound_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("redirect thread {i} exited while binding"))??;
+    Ok((bound, handle))
+}
+
 /// Accepts redirect clients on `listener` until dropped.
-pub async fn serve(listener: TcpListener, pool: Arc<Pool>, open: Rc<Cell<usize>>) {
+async fn serve(listener: TcpListener, pool: Arc<Pool>, open: Rc<Cell<usize>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {

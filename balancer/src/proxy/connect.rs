@@ -3,25 +3,23 @@
 //! not yet tried, up to `next_upstream_tries` (nginx `proxy_next_upstream`).
 //! Without `--panic` only available nodes are picked, so with none
 //! available no node is tried at all ([`NoNode::NoneAvailable`]).
+//!
+//! Connects never block the thread: [`Search::next`] starts a non-blocking
+//! connect, and the connection's state machine reports its outcome
+//! ([`Search::connected`], [`Search::failed`]) when the socket turns
+//! writable or the connect timeout passes.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use mio::net::TcpStream;
 
 use crate::config::Tuning;
 use crate::log_limit::{self, More};
 use crate::metric_names;
 use crate::pool::{Pool, Upstream};
-
-/// A connected node and the PROXY header to send it first (empty if none).
-pub struct Connected {
-    pub stream: TcpStream,
-    pub upstream: Arc<Upstream>,
-    pub header: Vec<u8>,
-}
 
 /// Why a client connection got no node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,73 +38,102 @@ pub enum NoNode {
     ClientGone,
 }
 
-/// Tries candidates until one accepts.
-/// `client` is the client's connection, `peer` its address; its local
-/// address is read only for a PROXY header.
-pub async fn connect(
-    pool: &Pool,
-    tuning: &Tuning,
-    client: &TcpStream,
-    peer: SocketAddr,
-) -> Result<Connected, NoNode> {
-    let mut tried: Vec<Arc<Upstream>> = Vec::new();
-    let mut last_error = Cow::Borrowed("");
-    let failed = |tried: &[Arc<Upstream>], error: Cow<'static, str>| match tried.last() {
-        None => NoNode::NoneAvailable,
-        Some(last) => NoNode::AllFailed {
-            tried: tried.len(),
-            last: last.label.clone(),
-            error,
-        },
-    };
-    loop {
-        if tuning.next_upstream_tries > 0 && tried.len() >= tuning.next_upstream_tries {
-            return Err(failed(&tried, last_error));
-        }
-        let Some(pick) = pool.pick(&tried) else {
-            return Err(failed(&tried, last_error));
-        };
-        let upstream = pick.upstream;
-        tracing::trace!(upstream = %upstream.label, tier = ?pick.tier, "picked");
-        let spec = upstream.spec();
-        let started = Instant::now();
-        let result =
-            match tokio::time::timeout(tuning.connect_timeout, TcpStream::connect(spec.addr)).await
-            {
-                Ok(connected) => connected,
-                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-            };
-        metrics::histogram!(metric_names::CONNECT_SECONDS, "upstream" => upstream.label.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                upstream.connect_ok();
-                let mut header = Vec::new();
-                if let Some(version) = spec.proxy_protocol.version() {
-                    let Ok(local) = client.local_addr() else {
-                        return Err(NoNode::ClientGone);
-                    };
-                    chat_schema::proxy::encode(version, peer, local, &mut header);
-                }
-                return Ok(Connected {
-                    stream,
-                    upstream,
-                    header,
-                });
+/// A connect under way to one node.
+pub struct Attempt {
+    pub stream: TcpStream,
+    pub upstream: Arc<Upstream>,
+    pub started: Instant,
+}
+
+/// The nodes tried so far for one client connection.
+#[derive(Default)]
+pub struct Search {
+    tried: Vec<Arc<Upstream>>,
+    last_error: Cow<'static, str>,
+}
+
+impl Search {
+    /// Starts a connect to the next candidate; a connect that fails at once
+    /// counts as that candidate's failure and the next one is tried.
+    pub fn next(&mut self, pool: &Pool, tuning: &Tuning) -> Result<Attempt, NoNode> {
+        loop {
+            if tuning.next_upstream_tries > 0 && self.tried.len() >= tuning.next_upstream_tries {
+                return Err(self.no_node());
             }
-            Err(error) => {
-                last_error = kind(&error);
-                // Once per upstream every few seconds: with a dead node,
-                // every client may get here.
-                if let Some(held) = log_limit::allow("connect", &upstream.label) {
-                    tracing::warn!(upstream = %upstream.label, error = %last_error, "connect failed{}", More(held));
+            let Some(pick) = pool.pick(&self.tried) else {
+                return Err(self.no_node());
+            };
+            let upstream = pick.upstream;
+            tracing::trace!(upstream = %upstream.label, tier = ?pick.tier, "picked");
+            let started = Instant::now();
+            match TcpStream::connect(upstream.spec().addr) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Attempt {
+                        stream,
+                        upstream,
+                        started,
+                    });
                 }
-                upstream.connect_failed(error.to_string());
-                tried.push(upstream);
+                Err(error) => self.fail(upstream, started, &error),
             }
         }
     }
+
+    /// The attempt's node accepted: records it and returns the PROXY header
+    /// to send it first (empty if none). `client` is the client's socket,
+    /// `peer` its address; its local address is read only for the header.
+    pub fn connected(
+        &self,
+        attempt: &Attempt,
+        client: &TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Vec<u8>, NoNode> {
+        record_time(&attempt.upstream, attempt.started);
+        attempt.upstream.connect_ok();
+        let mut header = Vec::new();
+        if let Some(version) = attempt.upstream.spec().proxy_protocol.version() {
+            let Ok(local) = client.local_addr() else {
+                return Err(NoNode::ClientGone);
+            };
+            chat_schema::proxy::encode(version, peer, local, &mut header);
+        }
+        Ok(header)
+    }
+
+    /// The attempt failed with `error` (refused, timed out, ...): records
+    /// it against its node, which is not tried again for this client.
+    pub fn failed(&mut self, attempt: Attempt, error: &std::io::Error) {
+        self.fail(attempt.upstream, attempt.started, error);
+    }
+
+    fn fail(&mut self, upstream: Arc<Upstream>, started: Instant, error: &std::io::Error) {
+        record_time(&upstream, started);
+        self.last_error = kind(error);
+        // Once per upstream every few seconds: with a dead node, every
+        // client may get here.
+        if let Some(held) = log_limit::allow("connect", &upstream.label) {
+            tracing::warn!(upstream = %upstream.label, error = %self.last_error, "connect failed{}", More(held));
+        }
+        upstream.connect_failed(error.to_string());
+        self.tried.push(upstream);
+    }
+
+    fn no_node(&self) -> NoNode {
+        match self.tried.last() {
+            None => NoNode::NoneAvailable,
+            Some(last) => NoNode::AllFailed {
+                tried: self.tried.len(),
+                last: last.label.clone(),
+                error: self.last_error.clone(),
+            },
+        }
+    }
+}
+
+fn record_time(upstream: &Upstream, started: Instant) {
+    metrics::histogram!(metric_names::CONNECT_SECONDS, "upstream" => upstream.label.clone())
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// A short name for a failed connect's error, for log lines (the whole

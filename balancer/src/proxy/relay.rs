@@ -1,14 +1,16 @@
 //! Moving bytes between a client and its node once both are connected.
 //!
-//! Two copy loops, one per direction, each reading into its own buffer
-//! (16 KiB; it doubles up to 64 KiB while reads fill it, as in a bulk
+//! Each direction is a [`Pipe`]: bytes read from one socket into its own
+//! buffer (16 KiB; it doubles up to 64 KiB while reads fill it, as in a bulk
 //! transfer, and goes back to 16 KiB at the first read under 8 KiB) and
-//! writing all of it to the other side, both polled by the
-//! connection's one task (so no wake-up can be lost between a reading task
-//! and a writing task, the failure issue 18 found in the node when its
-//! reader and writer were two tasks on one stream). The connection ends on
-//! an error in either direction, after `idle_timeout` without a byte either
-//! way, or at EOF:
+//! written whole to the other before the next read, so a slow reader holds
+//! back its writer (at most one buffer per direction is in the balancer).
+//! Both directions are pumped by the connection's event handler at every
+//! readiness event on either socket, so no wake-up can be lost between a
+//! reading side and a writing side (the failure issue 18 found in the node
+//! when its reader and writer were two tasks on one stream).
+//!
+//! At EOF:
 //! - by default (`--half-close`, nginx's `proxy_half_close on`, HAProxy's
 //!   behaviour): the write half towards the other side is shut down and the
 //!   reverse direction keeps flowing until it ends too, so a client that
@@ -19,24 +21,19 @@
 //!   bytes the other side was still sending are dropped.
 //!
 //! Cost per chunk: the readiness event, one `recv` into user space, one
-//! `send` out. A `recv` that fills less than the buffer marks the socket not
-//! ready (tokio does this for edge-triggered epoll, as nginx does), so a
-//! small chat frame costs no extra `recv` that would return EAGAIN. Closing
-//! at the first EOF would save, per connection, the two `shutdown`s and the
-//! wait for the node's own EOF that half-close needs; in the conn-rate
-//! benchmark that was within noise, so half-close stays the default.
-//! splice(2) through a pipe
-//! would save the copies but costs a pipe (two more fds) per direction,
-//! which at the 20,000-fd ceiling would halve the connections a process can
-//! hold; see docs/balancer.md.
+//! `send` out. A `recv` that fills less than the buffer means the socket is
+//! drained (the events are edge-triggered: a byte arriving later makes a new
+//! event), so a small chat frame costs no extra `recv` that would return
+//! EAGAIN; tokio and nginx do the same. splice(2) through a pipe would save
+//! the copies but costs a pipe (two more fds) per direction, which at the
+//! 20,000-fd ceiling would halve the connections a process can hold; see
+//! docs/balancer.md.
 
-use std::cell::Cell;
-use std::io;
-use std::time::{Duration, Instant};
+use std::io::{self, Write};
+use std::net::Shutdown;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use mio::event::Event;
+use mio::net::TcpStream;
 
 /// Bytes read per chunk in each direction, at first.
 const CHUNK: usize = 16 * 1024;
@@ -66,16 +63,6 @@ impl End {
     }
 }
 
-/// What a relayed connection did.
-#[derive(Debug, Clone, Copy)]
-pub struct Relayed {
-    pub end: End,
-    /// Bytes read from the client (and written to the node).
-    pub from_client: u64,
-    /// Bytes read from the node (and written to the client).
-    pub to_client: u64,
-}
-
 /// How the relay ends at EOF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtEof {
@@ -87,113 +74,155 @@ pub enum AtEof {
     HalfClose,
 }
 
-/// Relays until the connection ends; `first` is sent to the node before
-/// anything from the client (the PROXY header, if any).
-pub async fn relay(
-    mut client: TcpStream,
-    mut node: TcpStream,
-    first: &[u8],
-    idle: Duration,
-    at_eof: AtEof,
-) -> Relayed {
-    let from_client = Cell::new(0);
-    let to_client = Cell::new(0);
-    let end = if !first.is_empty() && node.write_all(first).await.is_err() {
-        End::Error
-    } else {
-        let last = Cell::new(Instant::now());
-        let (client_r, client_w) = client.split();
-        let (node_r, node_w) = node.split();
-        let up = Copy {
-            from: client_r,
-            to: node_w,
-            moved: &from_client,
-            last: &last,
-        };
-        let down = Copy {
-            from: node_r,
-            to: client_w,
-            moved: &to_client,
-            last: &last,
-        };
-        let ended = |r: io::Result<()>| if r.is_ok() { End::Closed } else { End::Error };
-        match at_eof {
-            AtEof::CloseBoth => tokio::select! {
-                r = up.run() => ended(r),
-                r = down.run() => ended(r),
-                () = idle_for(&last, idle) => End::Idle,
-            },
-            // An error in one direction ends both (try_join returns at the
-            // first error): the other copy may be waiting for a peer that
-            // is gone.
-            AtEof::HalfClose => tokio::select! {
-                r = async { tokio::try_join!(up.run_then_shut(), down.run_then_shut()) } => {
-                    ended(r.map(|_| ()))
-                }
-                () = idle_for(&last, idle) => End::Idle,
-            },
+/// One socket of a connection and what its readiness events have said.
+pub struct Side {
+    pub stream: TcpStream,
+    /// It may have bytes to read: set by a readable event, cleared once a
+    /// read drains it.
+    readable: bool,
+    /// Its peer has closed its sending half (or the socket failed). The EOF
+    /// may have come in the same event as the last bytes, so then a short
+    /// read does not mean drained: reading goes on until EOF.
+    closed: bool,
+}
+
+impl Side {
+    pub fn new(stream: TcpStream) -> Side {
+        Side {
+            stream,
+            readable: false,
+            closed: false,
         }
-    };
-    Relayed {
-        end,
-        from_client: from_client.get(),
-        to_client: to_client.get(),
     }
-}
 
-/// Returns once `idle` has passed since `last`.
-async fn idle_for(last: &Cell<Instant>, idle: Duration) {
-    loop {
-        let since = last.get().elapsed();
-        if since >= idle {
-            return;
+    /// Notes what a readiness event on this socket says.
+    pub fn note(&mut self, event: &Event) {
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.readable = true;
+            self.closed |= event.is_read_closed() || event.is_error();
         }
-        tokio::time::sleep(idle - since).await;
     }
 }
 
-/// One direction: bytes read from `from` are written to `to`, counted in
-/// `moved`, and each read notes the time in `last`.
-struct Copy<'a> {
-    from: ReadHalf<'a>,
-    to: WriteHalf<'a>,
-    moved: &'a Cell<u64>,
-    last: &'a Cell<Instant>,
+/// Whether a direction is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Waiting for its source to become readable or its destination
+    /// writable.
+    Open,
+    /// Its source ended and everything read was written.
+    Ended,
 }
 
-impl Copy<'_> {
-    /// Copies until EOF (Ok) or an error.
-    async fn run(mut self) -> io::Result<()> {
-        self.copy().await
+/// One direction: bytes read and not yet written are `buf[start..]`.
+pub struct Pipe {
+    /// Its capacity is the read size; it is never zeroed (reads go into
+    /// its spare capacity).
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+    /// Bytes read from the source so far.
+    pub moved: u64,
+}
+
+impl Pipe {
+    /// A direction whose first bytes out are `first` (the PROXY header, if
+    /// any; it is not counted in `moved`).
+    pub fn new(first: Vec<u8>) -> Pipe {
+        Pipe {
+            buf: first,
+            start: 0,
+            eof: false,
+            moved: 0,
+        }
     }
 
-    /// Copies until EOF, then shuts down the write half of `to` (the peer
-    /// sees EOF, the other direction stays open).
-    async fn run_then_shut(mut self) -> io::Result<()> {
-        self.copy().await?;
-        let _ = self.to.shutdown().await;
-        Ok(())
-    }
-
-    async fn copy(&mut self) -> io::Result<()> {
-        // Read into spare capacity: the buffer is never zeroed.
-        let mut buf = Vec::with_capacity(CHUNK);
+    /// Moves bytes from `from` to `to` until one would block or `from`
+    /// ends; at its end, with [`AtEof::HalfClose`], shuts down `to`'s write
+    /// half, unless `other_ended` (the other direction is over too, so the
+    /// connection closes and the close sends the FIN: one system call less).
+    /// Reads only while `from` may be readable, so that no read is made just
+    /// to hear EAGAIN.
+    pub fn pump(
+        &mut self,
+        from: &mut Side,
+        to: &mut TcpStream,
+        at_eof: AtEof,
+        other_ended: bool,
+    ) -> io::Result<Flow> {
         loop {
-            buf.clear();
-            let n = self.from.read_buf(&mut buf).await?;
-            if n == 0 {
-                return Ok(());
+            if !self.flush(to)? {
+                return Ok(Flow::Open);
             }
-            self.last.set(Instant::now());
-            self.to.write_all(&buf).await?;
-            self.moved.set(self.moved.get() + n as u64);
-            // A full read means a bulk transfer: read more per call. A
-            // short one after that means it is over: give the memory back.
-            if n == buf.capacity() && buf.capacity() < MAX_CHUNK {
-                buf.reserve_exact(buf.capacity());
-            } else if n < CHUNK / 2 && buf.capacity() > CHUNK {
-                buf = Vec::with_capacity(CHUNK);
+            if self.eof {
+                return Ok(Flow::Ended);
+            }
+            if !from.readable {
+                return Ok(Flow::Open);
+            }
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() < CHUNK {
+                // The first read (or the first after the PROXY header).
+                self.buf = Vec::with_capacity(CHUNK);
+            }
+            let size = self.buf.capacity();
+            match socket2::SockRef::from(&from.stream).recv(self.buf.spare_capacity_mut()) {
+                Ok(0) => {
+                    self.eof = true;
+                    if at_eof == AtEof::HalfClose && !other_ended {
+                        let _ = to.shutdown(Shutdown::Write);
+                    }
+                    return Ok(Flow::Ended);
+                }
+                Ok(n) => {
+                    // SAFETY: recv(2) initialized the first n bytes of the
+                    // spare capacity it was given.
+                    unsafe { self.buf.set_len(n) };
+                    self.moved += n as u64;
+                    let drained = n < size && !from.closed;
+                    // A full read means a bulk transfer: read more per
+                    // call. A short one after that means it is over: give
+                    // the memory back (once this chunk is written).
+                    if n == size && size < MAX_CHUNK {
+                        self.buf.reserve_exact(size);
+                    }
+                    if drained {
+                        from.readable = false;
+                        let flushed = self.flush(to)?;
+                        if flushed && n < CHUNK / 2 && size > CHUNK {
+                            self.buf = Vec::with_capacity(CHUNK);
+                        }
+                        return Ok(Flow::Open);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    from.readable = false;
+                    return Ok(Flow::Open);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Its source ended and everything read from it was written.
+    pub fn ended(&self) -> bool {
+        self.eof && self.start == self.buf.len()
+    }
+
+    /// Writes what is buffered: `Ok(true)` once all of it is written,
+    /// `Ok(false)` if `to` would block first (its writable event resumes).
+    fn flush(&mut self, to: &mut TcpStream) -> io::Result<bool> {
+        while self.start < self.buf.len() {
+            match to.write(&self.buf[self.start..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 }
