@@ -89,11 +89,11 @@ impl EventLoop {
                 .min()
                 .map(|at| at.saturating_duration_since(now))
             };
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "epoll_wait failed; this proxy thread stops");
-                    break;
-                }
+            if let Err(e) = poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "epoll_wait failed; this proxy thread stops");
+                break;
             }
             let mut ctx = Ctx {
                 registry: poll.registry(),

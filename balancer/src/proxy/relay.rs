@@ -15,6 +15,8 @@
 //!   behaviour): the write half towards the other side is shut down and the
 //!   reverse direction keeps flowing until it ends too, so a client that
 //!   sends its last request and shuts down its side still gets the replies.
+//!   When the second direction ends, the connection closes at once: the
+//!   close sends the FIN, so no `shutdown` is made for it.
 //! - with `--half-close false` (nginx's default, `proxy_half_close off`):
 //!   when one side stops sending, both connections are closed. Bytes
 //!   already read from that side have been written whole to the other;
