@@ -375,6 +375,11 @@ fn no_node(peer: SocketAddr, why: &NoNode) {
     }
     metrics::counter!(metric_names::NO_UPSTREAM_TOTAL).increment(1);
     match why {
+        NoNode::OutOfFds => {
+            if let Some(held) = allow("out_of_fds", "") {
+                tracing::warn!(%peer, "out of file descriptors: no socket to a node, closing the client (raise the open-files limit or lower the load){}", More(held));
+            }
+        }
         NoNode::NoneAvailable => {
             metrics::counter!(metric_names::FAIL_FAST_TOTAL).increment(1);
             if let Some(held) = allow("no_node", "") {

@@ -36,6 +36,10 @@ pub enum NoNode {
     /// The client's socket failed (its local address, needed for the PROXY
     /// header, could not be read): nothing to relay, no node at fault.
     ClientGone,
+    /// The balancer could not open a socket to a node: it is out of file
+    /// descriptors (its own limit or the system's). No node is at fault, so
+    /// none is marked failed; the client is closed.
+    OutOfFds,
 }
 
 /// A connect under way to one node.
@@ -75,6 +79,7 @@ impl Search {
                         started,
                     });
                 }
+                Err(error) if out_of_fds(&error) => return Err(NoNode::OutOfFds),
                 Err(error) => self.fail(upstream, started, &error),
             }
         }
@@ -134,6 +139,11 @@ impl Search {
 fn record_time(upstream: &Upstream, started: Instant) {
     metrics::histogram!(metric_names::CONNECT_SECONDS, "upstream" => upstream.label.clone())
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Whether `socket(2)` failed for want of a file descriptor.
+fn out_of_fds(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// A short name for a failed connect's error, for log lines (the whole

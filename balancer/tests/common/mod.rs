@@ -107,6 +107,10 @@ pub struct Json {
 impl Json {
     pub fn connect(addr: SocketAddr) -> Json {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        Json::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Json {
         stream.set_nodelay(true).unwrap();
         Json {
             stream,
