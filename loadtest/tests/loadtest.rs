@@ -336,8 +336,23 @@ fn a_node_killed_mid_run_shows_as_lost_messages_and_errors() {
         ),
         &json,
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    // A hung node (messages pile up unprocessed), then killed.
+    // Once messages flow (setting up 20 users can take seconds on a loaded
+    // machine): a hung node (messages pile up unprocessed), then killed.
+    let flowing = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < flowing
+        && chat_testkit::scrape(node.metrics_addr)
+            .ok()
+            .and_then(|m| {
+                chat_testkit::metric_value(
+                    &m,
+                    r#"chat_node_requests_total{kind="direct_message",outcome="ok"}"#,
+                )
+            })
+            .unwrap_or(0.0)
+            < 50.0
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     signal(&node, libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(500));
     node.kill9();
