@@ -83,7 +83,7 @@ pub struct Args {
     )]
     #[serde(default)]
     pub upstream: Vec<String>,
-    /// Proxy threads (one per core), each with its own event loop accepting on the same port [default: number of cores].
+    /// Proxy threads (one per core), each with its own event loop accepting on the same port, and as many redirect threads when the redirect port is on [default: number of cores].
     #[arg(long, env = "CHAT_BALANCER_THREADS")]
     pub threads: Option<usize>,
     /// How long a connect to a node may take before the next one is tried [default: 1s].
