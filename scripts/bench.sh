@@ -128,6 +128,6 @@ node's capacity at that latency. Memory rows: $IDLE connections that only connec
 users that register, log in and stay idle. Server columns: the node's CPU time per delivered
 message and its resident memory gained per connection (since before the users connected), from
 its \`/metrics\` at the start and the end of each measured window (a ramp: of all its steps).
-FlatBuffers users acknowledge what they receive (\`DeliveryAck\`) every 32 messages and whenever
-their inbox runs dry; seed JSON users \`--json-acks $CHAT_LOADTEST_JSON_ACKS\`.${BASELINE:+ Rows
+FlatBuffers users acknowledge what they receive (\`DeliveryAck\`, quiet: no reply) every 32
+messages and whenever their inbox runs dry; seed JSON users \`--json-acks $CHAT_LOADTEST_JSON_ACKS\`.${BASELINE:+ Rows
 marked baseline ran the binary \`BASELINE\` names in the same script run${BASELINE_ARGS:+, with \`$BASELINE_ARGS\`}.}" "${runs[@]}"

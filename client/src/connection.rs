@@ -194,6 +194,25 @@ impl Shared {
         lock(&self.waiters).map.remove(&id);
     }
 
+    /// Sends `request`, which gets no reply on success, under a fresh id no
+    /// waiter holds: an error reply to it arrives as
+    /// [`Event::Unsolicited`] instead of reaching another request's waiter.
+    fn send_unanswered(&self, request: &Request<'_>) -> Result<()> {
+        let id = {
+            let w = lock(&self.waiters);
+            if let Some(reason) = &w.closed {
+                return Err(reason.to_error());
+            }
+            loop {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                if id != 0 && !w.map.contains_key(&id) {
+                    break id;
+                }
+            }
+        };
+        with_encoded(id, request, |frame| self.enqueue(frame, true))
+    }
+
     /// Ends the connection for every waiter: records why (the first reason
     /// wins) and drops their senders.
     fn fail_all(&self, reason: CloseReason) {
@@ -699,10 +718,25 @@ impl Client {
 
     /// Acknowledges every message pushed to this session up to `message_id`.
     pub async fn ack(&self, message_id: MessageId) -> Result<()> {
-        match self.request(&Request::DeliveryAck { message_id }).await? {
+        let request = Request::DeliveryAck {
+            message_id,
+            quiet: false,
+        };
+        match self.request(&request).await? {
             Reply::DeliveryAck => Ok(()),
             other => Err(other.unexpected("DeliveryAckReply")),
         }
+    }
+
+    /// Acknowledges up to `message_id` without asking for a reply
+    /// (`DeliveryAckRequest.quiet`): nothing to wait for, and the node
+    /// writes one frame less. An error (not logged in, an id not delivered)
+    /// comes as an [`Event::Unsolicited`].
+    pub fn ack_quietly(&self, message_id: MessageId) -> Result<()> {
+        self.inner.shared.send_unanswered(&Request::DeliveryAck {
+            message_id,
+            quiet: true,
+        })
     }
 
     /// Asks the node for its load (no login needed): what a balancer's probe

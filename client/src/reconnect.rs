@@ -40,8 +40,8 @@
 //!   delivers a session's messages in id order, stored ones before live ones,
 //!   so what is handed out stays in id order, and so in order per
 //!   conversation. The window is [`Dedup::default`]'s (65 536 ids).
-//! - **Acknowledgement.** A message is acknowledged (`DeliveryAck`, without
-//!   waiting for the reply) on the connection it came on when it is handed
+//! - **Acknowledgement.** A message is acknowledged (`DeliveryAck` with
+//!   `quiet`, so the node sends no reply) on the connection it came on when it is handed
 //!   to the application: returned by [`ReconnectingClient::next_event`], or
 //!   in the `pending` of the [`Login`] returned by a login. A duplicate that
 //!   is dropped is acknowledged too, so a re-login does not get everything
@@ -102,7 +102,6 @@ use crate::connection::{Client, ClientConfig};
 use crate::dedup::Dedup;
 use crate::error::{ClientError, ErrorCode, Result};
 use crate::model::{Event, GroupId, Login, Message, MessageId, Reply, Sent, UserId};
-use crate::request::Request;
 
 /// How long to wait before reconnection attempt `k`: exponential growth with
 /// full jitter.
@@ -431,7 +430,7 @@ impl ReconnectingClient {
     /// Acknowledges `m` on `client` (without waiting) and says whether it
     /// is new to the application.
     fn accept(&mut self, client: &Client, m: &Message) -> bool {
-        let _ = client.start_request(&Request::DeliveryAck { message_id: m.id });
+        let _ = client.ack_quietly(m.id);
         self.dedup.first_time(m.id)
     }
 

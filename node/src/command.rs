@@ -158,9 +158,12 @@ request_kinds! {
         group: GroupId,
         message: MessageId,
     } => "readers",
-    /// Acknowledges every message pushed to this session up to `up_to`.
+    /// Acknowledges every message pushed to this session up to `up_to`;
+    /// `quiet`: no reply when it succeeds (FlatBuffers'
+    /// `DeliveryAckRequest.quiet`).
     DeliveryAck {
         up_to: MessageId,
+        quiet: bool,
     } => "delivery_ack",
     Ping => "ping",
     /// The node's load report (a balancer's probe; no login needed).

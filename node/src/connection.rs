@@ -616,6 +616,7 @@ async fn handle(shard: Rc<Shard>, session: Rc<Session>, request: Request) {
     let kind = RequestKind::from(&request.command);
     let label = request.command.kind();
     let started = Instant::now();
+    let quiet = matches!(request.command, Command::DeliveryAck { quiet: true, .. });
     let reply = service::handle(&shard, &session, request.command).await;
     let outcome = match &reply {
         Reply::Error(f) => f.code.label(),
@@ -628,6 +629,9 @@ async fn handle(shard: Rc<Shard>, session: Rc<Session>, request: Request) {
     .increment(1);
     crate::metrics::histogram(metric_names::REQUEST_DURATION_SECONDS, &[("kind", label)])
         .record(started.elapsed().as_secs_f64());
-    session.reply(request.id, kind, &reply);
+    // A quiet acknowledgement is answered only when it fails.
+    if !quiet || matches!(reply, Reply::Error(_)) {
+        session.reply(request.id, kind, &reply);
+    }
     session.catch_up(&shard.store, &shard.config).await;
 }

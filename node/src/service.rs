@@ -183,7 +183,7 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
                 .map(|(readers, members)| Reply::Readers { readers, members })
                 .map_err(failure)
         }
-        Command::DeliveryAck { up_to } => ack(shard, session, up_to).await,
+        Command::DeliveryAck { up_to, .. } => ack(shard, session, up_to).await,
         Command::Ping => Ok(Reply::Pong { time_ms: now_ms() }),
         Command::Load => Ok(Reply::Load(shard.load.report())),
     }

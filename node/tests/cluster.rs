@@ -602,7 +602,10 @@ fn receive(
         record(ledger, m, session, &mut last);
     }
     if let Some(m) = login.pending.last() {
-        let _ = client.start_request(&Request::DeliveryAck { message_id: m.id });
+        let _ = client.start_request(&Request::DeliveryAck {
+            message_id: m.id,
+            quiet: false,
+        });
     }
     let client = client.clone();
     let ledger = Arc::clone(ledger);
@@ -613,7 +616,10 @@ fn receive(
                 record(&ledger, &m, session, &mut last);
                 count += 1;
                 if count.is_multiple_of(10) {
-                    let _ = client.start_request(&Request::DeliveryAck { message_id: m.id });
+                    let _ = client.start_request(&Request::DeliveryAck {
+                        message_id: m.id,
+                        quiet: false,
+                    });
                 }
             }
         }

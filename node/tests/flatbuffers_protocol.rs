@@ -152,6 +152,48 @@ async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
     assert!(bob.login(b, "pw").await.unwrap().pending.is_empty());
 }
 
+/// `DeliveryAckRequest.quiet`: no reply when the acknowledgement succeeds
+/// (the cursor moves all the same), an `ErrorReply` when it fails.
+#[tokio::test]
+async fn a_quiet_acknowledgement_is_answered_only_when_it_fails() {
+    let node = node_with(&[]);
+    let (alice, _) = user(node.addr, "alice").await;
+    let (bob, b) = user(node.addr, "bob").await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let sent = alice.send_direct(b, &format!("m{i}")).await.unwrap();
+        ids.push(sent.message_id);
+    }
+    for id in &ids {
+        assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().id, *id);
+    }
+    bob.ack_quietly(ids[0]).unwrap();
+    // Requests are answered in order: once the ping's reply is here, a
+    // reply to the acknowledgement would have come before it.
+    bob.ping().await.unwrap();
+    assert!(
+        bob.try_next_event().is_none(),
+        "no reply to a quiet acknowledgement that succeeded"
+    );
+    bob.ack_quietly(ids[1] + 1000).unwrap();
+    bob.ping().await.unwrap();
+    match bob.try_next_event() {
+        Some(Event::Unsolicited {
+            reply: chat_client::Reply::Error { code, .. },
+            ..
+        }) => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("a failed quiet acknowledgement is answered: {other:?}"),
+    }
+    drop(bob);
+    let (_bob, login) = common::login_again(node.addr, b, "pw").await;
+    let again: Vec<u64> = login.pending.iter().map(|m| m.id).collect();
+    assert_eq!(
+        again,
+        vec![ids[1]],
+        "the quiet acknowledgement moved the cursor"
+    );
+}
+
 #[tokio::test]
 async fn one_session_per_user_and_credentials() {
     let node = node_with(&[]);

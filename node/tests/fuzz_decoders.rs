@@ -73,7 +73,10 @@ fn flatbuffer_seeds() -> Vec<Vec<u8>> {
             group_id: 9,
             text: "hi all",
         },
-        WireRequest::DeliveryAck { message_id: 12345 },
+        WireRequest::DeliveryAck {
+            message_id: 12345,
+            quiet: true,
+        },
         WireRequest::Ping,
     ];
     let mut e = FrameEncoder::new();

@@ -55,9 +55,11 @@ pub enum Request<'a> {
         group_id: GroupId,
         text: &'a str,
     },
-    /// Acknowledges every message pushed to this session up to `message_id`.
+    /// Acknowledges every message pushed to this session up to `message_id`;
+    /// `quiet`: no reply on success (errors are still answered).
     DeliveryAck {
         message_id: MessageId,
+        quiet: bool,
     },
     Ping,
     /// Ends the friendship with `friend_id`, both ways.
@@ -219,8 +221,8 @@ impl Request<'_> {
                 )
                 .as_union_value()
             }
-            Request::DeliveryAck { message_id } => {
-                fb::DeliveryAckRequest::create(b, &fb::DeliveryAckRequestArgs { message_id })
+            Request::DeliveryAck { message_id, quiet } => {
+                fb::DeliveryAckRequest::create(b, &fb::DeliveryAckRequestArgs { message_id, quiet })
                     .as_union_value()
             }
             Request::Ping => fb::PingRequest::create(b, &fb::PingRequestArgs {}).as_union_value(),
@@ -400,7 +402,14 @@ mod tests {
                 group_id: 3,
                 text: "hi all",
             },
-            Request::DeliveryAck { message_id: 42 },
+            Request::DeliveryAck {
+                message_id: 42,
+                quiet: false,
+            },
+            Request::DeliveryAck {
+                message_id: 43,
+                quiet: true,
+            },
             Request::Ping,
             Request::RemoveFriend {
                 user_id: 0,
@@ -527,9 +536,13 @@ mod tests {
                     text: s(r.text()),
                 }
             }
-            fb::Body::DeliveryAckRequest => Request::DeliveryAck {
-                message_id: env.body_as_delivery_ack_request().unwrap().message_id(),
-            },
+            fb::Body::DeliveryAckRequest => {
+                let r = env.body_as_delivery_ack_request().unwrap();
+                Request::DeliveryAck {
+                    message_id: r.message_id(),
+                    quiet: r.quiet(),
+                }
+            }
             fb::Body::PingRequest => {
                 env.body_as_ping_request().unwrap();
                 Request::Ping

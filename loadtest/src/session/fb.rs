@@ -122,10 +122,9 @@ impl FbSession {
     }
 
     pub fn ack(&self, message_id: MessageId) {
-        // The reply is not awaited: dropping the pending reply discards it.
-        let _ = self
-            .client
-            .start_request(&Request::DeliveryAck { message_id });
+        // Quiet: the node sends no reply to a good acknowledgement, so the
+        // node writes one frame less per acknowledgement (docs/protocol.md).
+        let _ = self.client.ack_quietly(message_id);
     }
 
     pub async fn ping(&self) -> Result<(), Failure> {

@@ -306,6 +306,7 @@ fn command(envelope: &fb::Envelope<'_>) -> Result<Command, Refusal> {
                 .ok_or_else(|| missing_body(RequestKind::DeliveryAck))?;
             Ok(Command::DeliveryAck {
                 up_to: r.message_id(),
+                quiet: r.quiet(),
             })
         }
         fb::Body::PingRequest => {
@@ -848,7 +849,10 @@ mod tests {
                 group_id: *group,
                 message_id: *message,
             },
-            Command::DeliveryAck { up_to } => WireRequest::DeliveryAck { message_id: *up_to },
+            Command::DeliveryAck { up_to, quiet } => WireRequest::DeliveryAck {
+                message_id: *up_to,
+                quiet: *quiet,
+            },
             Command::Ping => WireRequest::Ping,
             Command::Load => WireRequest::Load,
         }
@@ -965,7 +969,20 @@ mod tests {
                     text: String::new(),
                 },
             ),
-            req(u64::MAX, Command::DeliveryAck { up_to: 41 }),
+            req(
+                u64::MAX,
+                Command::DeliveryAck {
+                    up_to: 41,
+                    quiet: false,
+                },
+            ),
+            req(
+                7,
+                Command::DeliveryAck {
+                    up_to: 42,
+                    quiet: true,
+                },
+            ),
             req(11, Command::Ping),
             req(
                 12,

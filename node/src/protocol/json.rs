@@ -505,6 +505,8 @@ fn command(map: &mut Map<String, Value>) -> Result<Command, Refusal> {
             }
             .optional_id(&["messageid"])?
             .unwrap_or(0),
+            // The seed's JSON has no way to say it; its reply is msgid 17.
+            quiet: false,
         },
         msgid::PING => Command::Ping,
         msgid::LOAD => Command::Load,

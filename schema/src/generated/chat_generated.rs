@@ -2105,6 +2105,8 @@ pub enum DeliveryAckRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// Acknowledges every message pushed to this session with an id <= `message_id`.
+/// With `quiet` the node sends no reply when it succeeds (an error is still
+/// answered under the request's id): for clients that do not wait for it.
 pub struct DeliveryAckRequest<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2119,6 +2121,7 @@ impl<'a> ::flatbuffers::Follow<'a> for DeliveryAckRequest<'a> {
 
 impl<'a> DeliveryAckRequest<'a> {
   pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_QUIET: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2131,6 +2134,7 @@ impl<'a> DeliveryAckRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<DeliveryAckRequest<'bldr>> {
     let mut builder = DeliveryAckRequestBuilder::new(_fbb);
     builder.add_message_id(args.message_id);
+    builder.add_quiet(args.quiet);
     builder.finish()
   }
 
@@ -2142,6 +2146,13 @@ impl<'a> DeliveryAckRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(DeliveryAckRequest::VT_MESSAGE_ID, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn quiet(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(DeliveryAckRequest::VT_QUIET, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for DeliveryAckRequest<'_> {
@@ -2151,18 +2162,21 @@ impl ::flatbuffers::Verifiable for DeliveryAckRequest<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
+     .visit_field::<bool>("quiet", Self::VT_QUIET, false)?
      .finish();
     Ok(())
   }
 }
 pub struct DeliveryAckRequestArgs {
     pub message_id: u64,
+    pub quiet: bool,
 }
 impl<'a> Default for DeliveryAckRequestArgs {
   #[inline]
   fn default() -> Self {
     DeliveryAckRequestArgs {
       message_id: 0,
+      quiet: false,
     }
   }
 }
@@ -2175,6 +2189,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeliveryAckRequestBuilder<'a,
   #[inline]
   pub fn add_message_id(&mut self, message_id: u64) {
     self.fbb_.push_slot::<u64>(DeliveryAckRequest::VT_MESSAGE_ID, message_id, 0);
+  }
+  #[inline]
+  pub fn add_quiet(&mut self, quiet: bool) {
+    self.fbb_.push_slot::<bool>(DeliveryAckRequest::VT_QUIET, quiet, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeliveryAckRequestBuilder<'a, 'b, A> {
@@ -2195,6 +2213,7 @@ impl ::core::fmt::Debug for DeliveryAckRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("DeliveryAckRequest");
       ds.field("message_id", &self.message_id());
+      ds.field("quiet", &self.quiet());
       ds.finish()
   }
 }
