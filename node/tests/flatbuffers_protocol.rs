@@ -118,24 +118,26 @@ async fn friends_presence_and_direct_messages() {
     );
 }
 
-#[tokio::test]
-async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
-    let node = node_with(&[]);
-    let (alice, _) = user(node.addr, "alice").await;
-    let (bob, b) = user(node.addr, "bob").await;
+/// Bob (his client and id) once he has received `n` messages from Alice,
+/// not acknowledged; their ids.
+async fn bob_received(addr: std::net::SocketAddr, n: usize) -> (Client, u64, Vec<u64>) {
+    let (alice, _) = user(addr, "alice").await;
+    let (bob, b) = user(addr, "bob").await;
     let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            alice
-                .send_direct(b, &format!("m{i}"))
-                .await
-                .unwrap()
-                .message_id,
-        );
+    for i in 0..n {
+        let sent = alice.send_direct(b, &format!("m{i}")).await.unwrap();
+        ids.push(sent.message_id);
     }
     for id in &ids {
         assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().id, *id);
     }
+    (bob, b, ids)
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
+    let node = node_with(&[]);
+    let (bob, b, ids) = bob_received(node.addr, 3).await;
     // Acking a message never pushed here is refused and moves nothing.
     assert_eq!(code(bob.ack(ids[2] + 1000).await), ErrorCode::BadRequest);
     bob.ack(ids[0]).await.unwrap();
@@ -157,16 +159,7 @@ async fn unacknowledged_messages_come_again_and_acked_ones_do_not() {
 #[tokio::test]
 async fn a_quiet_acknowledgement_is_answered_only_when_it_fails() {
     let node = node_with(&[]);
-    let (alice, _) = user(node.addr, "alice").await;
-    let (bob, b) = user(node.addr, "bob").await;
-    let mut ids = Vec::new();
-    for i in 0..2 {
-        let sent = alice.send_direct(b, &format!("m{i}")).await.unwrap();
-        ids.push(sent.message_id);
-    }
-    for id in &ids {
-        assert_eq!(bob.next_message_timeout(WAIT).await.unwrap().id, *id);
-    }
+    let (bob, b, ids) = bob_received(node.addr, 2).await;
     bob.ack_quietly(ids[0]).unwrap();
     // Requests are answered in order: once the ping's reply is here, a
     // reply to the acknowledgement would have come before it.
