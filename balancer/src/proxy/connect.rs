@@ -47,6 +47,9 @@ pub struct Attempt {
     pub stream: TcpStream,
     pub upstream: Arc<Upstream>,
     pub started: Instant,
+    /// The PROXY header to send once connected, from the same reading of
+    /// the node's spec as the address (a reload in between changes neither).
+    proxy: Option<chat_schema::proxy::Version>,
 }
 
 /// The nodes tried so far for one client connection.
@@ -70,13 +73,15 @@ impl Search {
             let upstream = pick.upstream;
             tracing::trace!(upstream = %upstream.label, tier = ?pick.tier, "picked");
             let started = Instant::now();
-            match TcpStream::connect(upstream.spec().addr) {
+            let spec = upstream.spec();
+            match TcpStream::connect(spec.addr) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(Attempt {
                         stream,
                         upstream,
                         started,
+                        proxy: spec.proxy_protocol.version(),
                     });
                 }
                 Err(error) if out_of_fds(&error) => return Err(NoNode::OutOfFds),
@@ -97,7 +102,7 @@ impl Search {
         record_time(&attempt.upstream, attempt.started);
         attempt.upstream.connect_ok();
         let mut header = Vec::new();
-        if let Some(version) = attempt.upstream.spec().proxy_protocol.version() {
+        if let Some(version) = attempt.proxy {
             let Ok(local) = client.local_addr() else {
                 return Err(NoNode::ClientGone);
             };
