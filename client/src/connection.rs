@@ -179,15 +179,20 @@ impl Shared {
                 return Err(ClientError::RequestIdInUse(id));
             }
             Some(id) => id,
-            None => loop {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                if id != 0 && !w.map.contains_key(&id) {
-                    break id;
-                }
-            },
+            None => self.fresh_id(&w),
         };
         w.map.insert(id, tx);
         Ok((id, rx))
+    }
+
+    /// The next request id no waiter in `w` holds (never 0).
+    fn fresh_id(&self, w: &Waiters) -> u64 {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 && !w.map.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn unregister(&self, id: u64) {
@@ -203,12 +208,7 @@ impl Shared {
             if let Some(reason) = &w.closed {
                 return Err(reason.to_error());
             }
-            loop {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                if id != 0 && !w.map.contains_key(&id) {
-                    break id;
-                }
-            }
+            self.fresh_id(&w)
         };
         with_encoded(id, request, |frame| self.enqueue(frame, true))
     }
