@@ -300,11 +300,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         // The client closed its side cleanly after reading (one that dies
         // with unread bytes resets the connection instead).
         if let Some((user, up_to)) = session.proved_reading_up_to(written_before_close) {
-            shard.note_written(user, up_to);
+            shard.note_delivered(user, up_to);
         }
     }
     if let Some(who) = session.close() {
-        shard.flush_written(who.user).await;
+        shard.flush_delivered(who.user).await;
         shard
             .store
             .tell(Op::Logout {
@@ -511,7 +511,7 @@ impl Connection {
                 session.acknowledges_itself();
             }
             if let Some((user, up_to)) = session.proved_reading() {
-                self.shard.note_written(user, up_to);
+                self.shard.note_delivered(user, up_to);
             }
         }
         match unit {

@@ -183,7 +183,7 @@ async fn run(shard: &Rc<Shard>, session: &Rc<Session>, command: Command) -> Outc
                 .map(|(readers, members)| Reply::Readers { readers, members })
                 .map_err(failure)
         }
-        Command::DeliveryAck { up_to, .. } => ack(shard, session, up_to).await,
+        Command::DeliveryAck { up_to, quiet } => ack(shard, session, up_to, quiet).await,
         Command::Ping => Ok(Reply::Pong { time_ms: now_ms() }),
         Command::Load => Ok(Reply::Load(shard.load.report())),
     }
@@ -430,7 +430,7 @@ async fn login(
 async fn logout(shard: &Rc<Shard>, session: &Rc<Session>, actor: Option<UserId>) -> Outcome {
     let who = acting(session, actor)?;
     session.log_out();
-    shard.flush_written(who.user).await;
+    shard.flush_delivered(who.user).await;
     shard
         .store
         .call(|answer| Op::Logout {
@@ -587,7 +587,14 @@ async fn send(
     })
 }
 
-async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
+/// A quiet acknowledgement (no reply when it succeeds) is stored the way a
+/// JSON client's writes are ([`Shard::note_delivered`]): within the shard's
+/// acknowledgement delay, one store op per user for all of them meanwhile,
+/// at once when the connection closes or logs out. A crash inside the
+/// delay delivers those messages again at the next login, as it would any
+/// unacknowledged message; one answered acknowledgement is committed before
+/// its reply.
+async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64, quiet: bool) -> Outcome {
     let Some((who, last_pushed)) = session.delivered() else {
         return Err(Failure::new(ErrorCode::NotLoggedIn, "log in first"));
     };
@@ -598,6 +605,10 @@ async fn ack(shard: &Rc<Shard>, session: &Rc<Session>, up_to: u64) -> Outcome {
                 "message {up_to} was not delivered to this session (last delivered: {last_pushed})"
             ),
         ));
+    }
+    if quiet {
+        shard.note_delivered(who.user, up_to);
+        return Ok(Reply::Acked);
     }
     shard
         .store

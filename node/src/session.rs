@@ -181,7 +181,7 @@ impl Session {
     /// A JSON client showed it reads on (it sent a request, or closed its
     /// side cleanly): what was written to it before counts as delivered.
     /// Returns the user and message id the store must be told of (batched,
-    /// see `Shard::note_written`), if any. The seed's client can not
+    /// see `Shard::note_delivered`), if any. The seed's client can not
     /// acknowledge; counting the bytes the kernel took as delivered lost
     /// what a client that then stopped reading or died had not read (issue
     /// 17). A client that only listens has its messages delivered again at

@@ -51,8 +51,8 @@ pub struct Route {
 /// Bytes read from a socket at a time (into the shard's scratch buffer).
 pub const READ_CHUNK: usize = 16 * 1024;
 
-/// How long what JSON connections wrote may wait before the store is told
-/// (see [`Shard::note_written`]).
+/// How long what JSON connections wrote, and quiet acknowledgements, may
+/// wait before the store is told (see [`Shard::note_delivered`]).
 pub const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// The state of one executor. Only touched from its own thread.
@@ -76,7 +76,7 @@ pub struct Shard {
     /// connection holds no read buffer.
     pub scratch: RefCell<Vec<u8>>,
     /// What JSON connections have written and the store has not been told
-    /// yet: the highest message id per user (see [`Shard::note_written`]).
+    /// yet: the highest message id per user (see [`Shard::note_delivered`]).
     acks: RefCell<HashMap<UserId, MessageId>>,
     acks_due: Cell<bool>,
     next_conn: Cell<u64>,
@@ -166,15 +166,15 @@ impl Shard {
         self.epochs.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A JSON connection of `user` has written messages up to `up_to` (the
-    /// seed's client can not acknowledge, so written counts as delivered).
-    /// The store is told within [`ACK_DELAY`], one op per user for all the
+    /// `user` has messages up to `up_to` (a JSON connection wrote them: the
+    /// seed's client can not acknowledge, so written counts as delivered; or
+    /// a client acknowledged them quietly). The store is told within [`ACK_DELAY`], one op per user for all the
     /// shard's writes meanwhile, instead of one store op (and one store
     /// thread wake-up and commit) per write; a connection that closes tells
-    /// its own at once ([`Shard::flush_written`]). A crash inside the delay
+    /// its own at once ([`Shard::flush_delivered`]). A crash inside the delay
     /// delivers those messages again at the next login, as it would any
     /// message written and not yet read.
-    pub fn note_written(self: &Rc<Self>, user: UserId, up_to: MessageId) {
+    pub fn note_delivered(self: &Rc<Self>, user: UserId, up_to: MessageId) {
         let mut acks = self.acks.borrow_mut();
         let last = acks.entry(user).or_insert(0);
         *last = (*last).max(up_to);
@@ -196,10 +196,10 @@ impl Shard {
         }
     }
 
-    /// Tells the store at once what [`Shard::note_written`] holds for
+    /// Tells the store at once what [`Shard::note_delivered`] holds for
     /// `user` (the user is leaving this connection), ahead of any op sent
     /// after this returns.
-    pub async fn flush_written(&self, user: UserId) {
+    pub async fn flush_delivered(&self, user: UserId) {
         let held = self.acks.borrow_mut().remove(&user);
         if let Some(up_to) = held {
             self.store

@@ -187,6 +187,38 @@ async fn a_quiet_acknowledgement_is_answered_only_when_it_fails() {
     );
 }
 
+/// A quiet acknowledgement is stored within the shard's acknowledgement
+/// delay while the connection stays open (not only when it closes): the
+/// store file, read beside the node, shows the cursor move.
+#[tokio::test]
+async fn a_quiet_acknowledgement_reaches_the_store_while_the_connection_stays() {
+    let node = node_with(&[]);
+    let (bob, b, ids) = bob_received(node.addr, 2).await;
+    bob.ack_quietly(ids[0]).unwrap();
+    let db = node.data_dir().join("chat.db");
+    let cursor = move || -> u64 {
+        let c = rusqlite::Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.query_row("SELECT cursor FROM users WHERE id = ?1", [b as i64], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as u64
+    };
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = tokio::task::spawn_blocking(cursor.clone()).await.unwrap();
+        if stored == ids[0] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored, ids[0], "the cursor is stored, the connection open");
+    bob.ping().await.unwrap();
+}
+
 #[tokio::test]
 async fn one_session_per_user_and_credentials() {
     let node = node_with(&[]);
