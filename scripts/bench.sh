@@ -42,28 +42,15 @@ export CHAT_LOADTEST_JSON_ACKS=${JSON_ACKS:-implicit}
 cargo build --release --locked >&2
 mkdir -p "$OUT"
 
-node=""
-data=""
-stop_node() {
-  if [ -n "$node" ]; then kill "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; fi
-  if [ -n "$data" ]; then rm -rf "$data"; fi
-  node=""
-  data=""
-}
-trap stop_node EXIT
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
 start_node() {
-  stop_node
+  server_stop
   data=$(mktemp -d)
   # shellcheck disable=SC2086
   "$1" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
-    --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 $node_args 2>"$data/node.log" &
-  node=$!
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
-    sleep 0.1
-  done
-  echo "chat-node did not start: $(cat "$data/node.log")" >&2
-  exit 1
+    --data-dir "$data" --argon2-memory-kib 1024 --argon2-iterations 1 $node_args 2>"$data/log" &
+  server_started chat-node "$PORT"
 }
 
 runs=()
@@ -108,7 +95,7 @@ bench() {
       --users "$IDLE" --rate 2000 --duration 3s --warmup 0s
     runs+=("$tag$label, $IDLE logged-in idle users (memory)::$OUT/$key$protocol-online.json")
   done
-  stop_node
+  server_stop
 }
 
 bench "$NODE" "" "$NODE_ARGS"
