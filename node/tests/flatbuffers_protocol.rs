@@ -197,11 +197,9 @@ async fn a_quiet_acknowledgement_reaches_the_store_while_the_connection_stays() 
     bob.ack_quietly(ids[0]).unwrap();
     let db = node.data_dir().join("chat.db");
     let cursor = move || -> u64 {
-        let c = rusqlite::Connection::open_with_flags(
-            &db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
         c.query_row("SELECT cursor FROM users WHERE id = ?1", [b as i64], |r| {
             r.get::<_, i64>(0)
         })
