@@ -1,33 +1,8 @@
-//! A yardstick for the node's message path: the same exchange with a client
-//! (FlatBuffers frames decoded and encoded by `chat_node::protocol`; a
-//! direct message answered to its sender and pushed to its recipient, a
-//! group message to every other member; quiet
-//! acknowledgements read and dropped) on the leanest loop there is: one
-//! thread, one `mio` poll (epoll), every connection's replies written once
-//! per wake-up. With `--store DIR` each message is also appended to the
-//! node's SQLite store, one commit per wake-up before anything is written
-//! (the node's group commit, and its promise: committed before the sender
-//! hears of it); without it nothing is stored.
-//!
-//! It is not a chat server: any password logs in, users live in memory,
-//! every request but register, login, logout, add friend (not remembered),
-//! create and join group, direct and group message, delivery
-//! acknowledgement and ping is refused, a client that stops reading makes it
-//! buffer without limit. It only answers "what does this machine charge for
-//! the exchange itself?", beside the node, under the same load generator
-//! (`docs/benchmarks.md`, "The floor"):
-//!
-//! ```text
-//! cargo build --release -p chat-node --example floor
-//! target/release/examples/floor --listen 127.0.0.1:7000 --metrics-listen 127.0.0.1:7001 [--store /tmp/floor]
-//! chat-loadtest --target 127.0.0.1:7000 --server-metrics http://127.0.0.1:7001/metrics \
-//!     --protocol fb --users 100 --rate 5000 --duration 8s --warmup 2s
-//! ```
+//! The exchange itself, with no sockets: what a connection sent goes in
+//! ([`Floor::received`]), replies and pushes come out as bytes per
+//! connection, written by the driver after [`Floor::commit`].
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use chat_node::command::{Command, ErrorCode, Failure, LoginInfo, Push, Reply, RequestKind};
@@ -35,30 +10,13 @@ use chat_node::model::{
     Contact, GroupId, GroupInfo, NewMessage, StoredMessage, Target, UserId, now_ms,
 };
 use chat_node::protocol::{Decoded, Decoder, Encoder, Wire};
-use chat_node::store::sqlite::{SqliteStore, SyncPolicy};
+use chat_node::store::sqlite::SqliteStore;
 use chat_node::store::{Store, StoreError};
-use clap::Parser;
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
 
-#[derive(Parser)]
-#[command(about = "The node's message exchange on one epoll thread, with or without its store")]
-struct Args {
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    metrics_listen: SocketAddr,
-    /// Append every message to a SQLite store in this directory (the node's
-    /// own, `--sync normal`), one commit per wake-up.
-    #[arg(long)]
-    store: Option<PathBuf>,
-}
-
-const LISTENER: Token = Token(usize::MAX);
 const MAX_FRAME: usize = 64 * 1024;
 
+/// What the exchange keeps per connection (the driver keeps its socket).
 struct Conn {
-    stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
     decoder: Decoder,
@@ -66,7 +24,8 @@ struct Conn {
     user: Option<(UserId, String)>,
 }
 
-struct Floor {
+/// The whole server's state: connections by token, users, groups, store.
+pub struct Floor {
     conns: HashMap<usize, Conn>,
     online: HashMap<UserId, usize>,
     names: Vec<String>,
@@ -74,98 +33,45 @@ struct Floor {
     groups: Vec<Vec<UserId>>,
     next_message: u64,
     store: Option<SqliteStore>,
-    /// Connections with bytes to write after this wake-up's commit.
+    /// Connections with bytes to write once the store has committed.
     dirty: Vec<usize>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    chat_node::metrics::serve(
-        chat_node::metrics::bind(args.metrics_listen)?,
-        chat_node::metrics::install(),
-    );
-    let store = match &args.store {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            Some(SqliteStore::open(&dir.join("chat.db"), SyncPolicy::Normal)?)
-        }
-        None => None,
-    };
-    let mut floor = Floor {
-        conns: HashMap::new(),
-        online: HashMap::new(),
-        names: Vec::new(),
-        groups: Vec::new(),
-        next_message: 0,
-        store,
-        dirty: Vec::new(),
-    };
-    let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(args.listen)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let mut events = Events::with_capacity(1024);
-    let mut next_token = 0usize;
-    let mut scratch = vec![0u8; 64 * 1024];
-    loop {
-        poll.poll(&mut events, None)?;
-        for event in events.iter() {
-            if event.token() == LISTENER {
-                while let Ok((mut stream, _)) = listener.accept() {
-                    stream.set_nodelay(true)?;
-                    let token = next_token;
-                    next_token += 1;
-                    poll.registry().register(
-                        &mut stream,
-                        Token(token),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    floor.conns.insert(
-                        token,
-                        Conn {
-                            stream,
-                            input: Vec::new(),
-                            output: Vec::new(),
-                            decoder: Decoder::new(Wire::FlatBuffers, MAX_FRAME),
-                            encoder: Encoder::new(Wire::FlatBuffers),
-                            user: None,
-                        },
-                    );
-                }
-                continue;
-            }
-            let token = event.token().0;
-            if event.is_readable() && !floor.read(token, &mut scratch) {
-                floor.close(token);
-                continue;
-            }
-            if event.is_writable() {
-                floor.dirty.push(token);
-            }
-        }
-        if let Some(store) = &mut floor.store {
-            store.commit()?;
-        }
-        floor.flush();
-    }
-}
-
 impl Floor {
-    /// Reads what `token` sent and handles every whole frame; false when the
-    /// connection ended.
-    fn read(&mut self, token: usize, scratch: &mut [u8]) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return true;
-        };
-        loop {
-            match conn.stream.read(scratch) {
-                Ok(0) => return false,
-                Ok(n) => conn.input.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
+    /// An empty server; every message goes to `store` when there is one.
+    pub fn new(store: Option<SqliteStore>) -> Floor {
+        Floor {
+            conns: HashMap::new(),
+            online: HashMap::new(),
+            names: Vec::new(),
+            groups: Vec::new(),
+            next_message: 0,
+            store,
+            dirty: Vec::new(),
         }
+    }
+
+    /// A connection was accepted.
+    pub fn open(&mut self, token: usize) {
+        self.conns.insert(
+            token,
+            Conn {
+                input: Vec::new(),
+                output: Vec::new(),
+                decoder: Decoder::new(Wire::FlatBuffers, MAX_FRAME),
+                encoder: Encoder::new(Wire::FlatBuffers),
+                user: None,
+            },
+        );
+    }
+
+    /// Handles every whole frame of what `token` sent so far plus `bytes`;
+    /// false when the connection must close.
+    pub fn received(&mut self, token: usize, bytes: &[u8]) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        conn.input.extend_from_slice(bytes);
         let mut at = 0;
         let mut requests = Vec::new();
         loop {
@@ -378,37 +284,26 @@ impl Floor {
         self.names.get(user.checked_sub(1)? as usize)
     }
 
-    /// Writes what each connection touched since the last flush has queued.
-    fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
+    /// Commits what was stored since the last call (nothing without a
+    /// store), then hands over the connections with bytes to write.
+    pub fn commit(&mut self, dirty: &mut Vec<usize>) -> Result<(), StoreError> {
+        if let Some(store) = &mut self.store {
+            store.commit()?;
+        }
+        dirty.append(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        for token in dirty.drain(..) {
-            let Some(conn) = self.conns.get_mut(&token) else {
-                continue;
-            };
-            let mut written = 0;
-            let mut failed = false;
-            while written < conn.output.len() {
-                match conn.stream.write(&conn.output[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            conn.output.drain(..written);
-            if failed {
-                self.close(token);
-            }
-        }
-        self.dirty = dirty;
+        Ok(())
     }
 
-    fn close(&mut self, token: usize) {
+    /// The bytes waiting to be written to `token`; the driver drains what it
+    /// wrote.
+    pub fn output(&mut self, token: usize) -> Option<&mut Vec<u8>> {
+        self.conns.get_mut(&token).map(|c| &mut c.output)
+    }
+
+    /// A connection ended.
+    pub fn close(&mut self, token: usize) {
         if let Some(conn) = self.conns.remove(&token)
             && let Some((user, _)) = conn.user
             && self.online.get(&user) == Some(&token)
