@@ -99,7 +99,11 @@ fn a_killed_node_is_failed_over_marked_down_and_used_again() {
             format!("{} max_fails=1 fail_timeout=2s", n0.addr),
             format!("{} max_fails=1 fail_timeout=2s", n1.addr),
         ],
-        &["--probe-interval", "300ms"],
+        // Ten failed probes in a row (3 s) before a probe marks a node
+        // down: a loaded test machine that stalls the live node for a
+        // second must not make it look dead (the killed one is marked down
+        // by its failed connects).
+        &["--probe-interval", "300ms", "--probe-fails", "10"],
     );
     wait_reports(&b, &[n0.addr, n1.addr]);
     n0.kill9();
@@ -549,7 +553,12 @@ fn the_seeds_nginx_config_translated_runs_in_front_of_two_nodes() {
 fn chat_connects_through_the_redirect_port() {
     let n0 = node(&[]);
     let n1 = node(&[]);
-    let b = balancer(&addrs(&[&n0, &n1]), &["--probe-interval", "200ms"]);
+    // A loaded test machine may stall the nodes past three 200 ms probes;
+    // ten let them be slow without being taken for down.
+    let b = balancer(
+        &addrs(&[&n0, &n1]),
+        &["--probe-interval", "200ms", "--probe-fails", "10"],
+    );
     wait_reports(&b, &[n0.addr, n1.addr]);
     let chat = chat_testkit::find_binary("chat", "CHAT_BIN").unwrap_or_else(|e| panic!("{e}"));
     let mut child = std::process::Command::new(chat)
