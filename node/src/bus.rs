@@ -25,9 +25,9 @@
 //! NATS ──▶ subscription ──▶ tokio task: check sequence ──▶ router inbox of the user's home shard
 //! ```
 //!
-//! async-nats needs tokio, the shards run glommio: the bus runs a
-//! current-thread tokio runtime on a thread of its own and meets the rest of
-//! the node only through flume channels, which both sides can use. The store
+//! The bus runs a current-thread tokio runtime on a thread of its own (not
+//! on a shard, whose runtime must not wait on NATS) and meets the rest of
+//! the node only through flume channels. The store
 //! thread never blocks on NATS: when the outgoing channel is full (NATS down,
 //! the client's buffer full) the wake-up is dropped and counted.
 //!

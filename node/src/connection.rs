@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use chat_schema::proxy;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use crate::admission::TokenBucket;
 use crate::command::{Command, ErrorCode, Failure, Reply, Request, RequestKind};
@@ -31,6 +30,7 @@ use crate::protocol::{Decoded, Decoder, Encoder, Wire};
 use crate::service;
 use crate::session::Session;
 use crate::shard::Shard;
+use crate::socket::Socket as TcpStream;
 
 /// Its logs keep the target they had when this code was in `session` (log
 /// filters name it: the PROXY protocol tests read these).
@@ -176,7 +176,7 @@ async fn linger(stream: &mut TcpStream) {
             let mut sink = [0u8; 512];
             while let Ok(1..) = stream.read(&mut sink).await {}
         },
-        glommio::timer::sleep(LINGER),
+        tokio::time::sleep(LINGER),
     )
     .await;
 }
@@ -278,7 +278,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         _ => FLUSH_GRACE,
     };
     futures_lite::future::or(connection.flush(), async {
-        glommio::timer::sleep(grace).await;
+        tokio::time::sleep(grace).await;
     })
     .await;
     if matches!(
@@ -357,7 +357,7 @@ struct Connection {
     /// Since when `inbuf` holds part of a request (the frame deadline).
     partial_since: Option<Instant>,
     /// The timer of the nearest deadline, while one applies.
-    deadline: Option<(Instant, glommio::timer::Timer)>,
+    deadline: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl Connection {
@@ -457,9 +457,9 @@ impl Connection {
         if now < at {
             let timer = match &mut self.deadline {
                 Some((armed, timer)) if *armed == at => timer,
-                slot => &mut slot.insert((at, glommio::timer::Timer::new(at - now))).1,
+                slot => &mut slot.insert((at, Box::pin(tokio::time::sleep(at - now)))).1,
             };
-            if Pin::new(timer).poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 return None;
             }
         }

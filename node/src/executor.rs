@@ -1,6 +1,7 @@
-//! Runs one shard on its executor: joins the channel mesh, starts the
-//! shard's router, its event-loop lag probe and load sampler, and accepts
-//! connections until shutdown.
+//! Runs one shard on its executor (a current-thread tokio runtime on a
+//! thread of its own): starts the shard's router and the receiver of
+//! pushes other shards forward, its event-loop lag probe and load sampler,
+//! and accepts connections until shutdown.
 //!
 //! Every shard binds the client port with SO_REUSEPORT, so the kernel spreads
 //! new connections over the shards; a connection then lives on the shard that
@@ -12,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
+use tokio::net::TcpListener;
 
 use crate::admission::PerAddress;
 use crate::config::Config;
@@ -25,6 +25,7 @@ use crate::metric_names;
 use crate::outbound::CloseReason;
 use crate::router;
 use crate::shard::{Forward, Shard};
+use crate::socket::Socket;
 
 /// Its logs keep the target they had when this code was in `shard` (log
 /// filters name it).
@@ -35,8 +36,9 @@ const LOG: &str = "chat_node::shard";
 pub struct Wiring {
     pub config: Arc<Config>,
     pub store: StoreClient,
-    pub mesh: MeshBuilder<Forward, glommio::channels::channel_mesh::Full>,
-    /// Router inbox of each shard, indexed by mesh peer id.
+    /// Every shard's inbox of pushes forwarded by the others, by shard id.
+    pub forward: Arc<Vec<(flume::Sender<Forward>, flume::Receiver<Forward>)>>,
+    /// Router inbox of each shard, indexed by shard id.
     pub routers: Arc<Vec<flume::Receiver<Vec<RouterEvent>>>>,
     pub epochs: Arc<AtomicU64>,
     pub load: Arc<NodeLoad>,
@@ -50,15 +52,19 @@ const MAX_REFUSING: usize = 256;
 
 /// Runs one shard: accepts on `listener` until `shutdown` fires, then closes its
 /// sessions (they release their users) and returns.
-pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receiver<()>) {
-    let (senders, receivers) = match wiring.mesh.join().await {
-        Ok(mesh) => mesh,
-        Err(_) => {
-            tracing::error!(target: LOG, "joining the shard mesh failed");
+pub async fn run(
+    id: usize,
+    listener: std::net::TcpListener,
+    wiring: Wiring,
+    shutdown: flume::Receiver<()>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(target: LOG, error = %e, "registering the listener failed");
             return;
         }
     };
-    let id = senders.peer_id();
     let shard = Rc::new(Shard::new(
         id,
         wiring.config.clone(),
@@ -67,16 +73,17 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         wiring.per_address.clone(),
         wiring.epochs.clone(),
     ));
-    router::receive(shard.clone(), receivers);
+    let senders: Vec<_> = wiring.forward.iter().map(|(tx, _)| tx.clone()).collect();
+    let receiver = router::receive(shard.clone(), wiring.forward[id].1.clone());
     let router_task = {
         let shard = shard.clone();
         let events = wiring.routers[id].clone();
-        glommio::spawn_local(async move { router::run(&shard, events, &senders).await })
+        tokio::task::spawn_local(async move { router::run(&shard, events, &senders).await })
     };
-    let lag_probe = glommio::spawn_local(measure_lag(shard.label.clone()));
+    let lag_probe = tokio::task::spawn_local(measure_lag(shard.label.clone()));
     let sampler = {
         let s = shard.clone();
-        glommio::spawn_local(async move {
+        tokio::task::spawn_local(async move {
             let queued = || -> u64 { s.queued() };
             load::sample(&s.load, s.id, s.label.clone(), queued).await
         })
@@ -91,29 +98,31 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Ok((stream, _))) => {
+                let stream = Socket::new(stream);
                 if shard.load.connections() >= shard.load.capacity {
                     // Over --max-connections: an `Overloaded` error in the
                     // client's protocol, then closed; counted.
                     metrics::counter!(metric_names::CONNECTIONS_REFUSED_TOTAL, "reason" => "max_connections").increment(1);
                     if shard.refusing.get() < MAX_REFUSING {
                         let capacity = shard.load.capacity;
-                        glommio::spawn_local(connection::refuse(
+                        tokio::task::spawn_local(connection::refuse(
                             shard.clone(),
                             stream,
-                            format!("max number of connections reached ({capacity}); try another node or later"),
-                        ))
-                        .detach();
+                            format!(
+                                "max number of connections reached ({capacity}); try another node or later"
+                            ),
+                        ));
                     }
                     continue;
                 }
-                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                tokio::task::spawn_local(connection::serve(shard.clone(), stream));
             }
             Some(Err(e)) => {
                 // Typically out of file descriptors: back off instead of spinning.
                 metrics::counter!(metric_names::ACCEPT_ERRORS_TOTAL).increment(1);
                 tracing::warn!(target: LOG, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -125,11 +134,12 @@ pub async fn run(listener: TcpListener, wiring: Wiring, shutdown: flume::Receive
         if shard.has_no_sessions() {
             break;
         }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    drop(router_task);
-    drop(lag_probe);
-    drop(sampler);
+    // Dropping a tokio task's handle would leave it running.
+    for task in [router_task, lag_probe, sampler, receiver] {
+        task.abort();
+    }
 }
 
 /// How late a 10 ms timer fires on this executor: near zero while every task
@@ -139,13 +149,57 @@ async fn measure_lag(shard: String) {
     let lag = metrics::histogram!(metric_names::EVENT_LOOP_LAG_SECONDS, "shard" => shard);
     loop {
         let started = std::time::Instant::now();
-        glommio::timer::sleep(TICK).await;
+        tokio::time::sleep(TICK).await;
         lag.record(started.elapsed().saturating_sub(TICK).as_secs_f64());
     }
 }
 
-/// Binds the client port for one shard (glommio sets SO_REUSEPORT, so every
-/// shard can bind the same port).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+/// The shard's runtime: tokio's current-thread scheduler (epoll and its
+/// timer wheel), with the hooks that count the thread's busy time for the
+/// load report (`load::sample`), and one blocking thread for Argon2: a
+/// login storm queues its hashes there (memory-hard: each holds
+/// `--argon2-memory-kib` while it runs) instead of starting a thread, and
+/// an allocator arena, per concurrent login.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(1)
+        .on_thread_park(load::parked)
+        .on_thread_unpark(load::unparked)
+        .build()
 }
+
+/// Pins the calling thread to `core`, as one shard per core wants; a
+/// failure is logged and the shard runs unpinned.
+pub fn pin_to_core(core: usize) {
+    // SAFETY: `set` is a plain bit set, zeroed and then filled by CPU_SET
+    // within its size; sched_setaffinity only reads it.
+    let failed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+    };
+    if failed {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(target: LOG, core, %error, "pinning the shard to its core failed");
+    }
+}
+
+/// Binds the client port for one shard with SO_REUSEPORT, so that every
+/// shard can bind the same port and the kernel spreads new connections
+/// over them; the listener is non-blocking, for the shard's runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The listen queue of each shard's socket (the kernel caps it at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;

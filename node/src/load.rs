@@ -98,22 +98,54 @@ impl ShardLoad {
     }
 }
 
-/// Samples the running executor once a second: its busy fraction (glommio's
-/// executor statistics, which reset at each read) and the bytes its sessions
-/// have queued (`queued` computes them).
+thread_local! {
+    /// This shard thread's time spent running tasks since the last sample,
+    /// and since when it has been running (not parked).
+    static BUSY: std::cell::Cell<(Duration, Option<Instant>)> =
+        const { std::cell::Cell::new((Duration::ZERO, None)) };
+}
+
+/// The shard's runtime is about to park (nothing to run): ends a busy span.
+pub fn parked() {
+    BUSY.with(|b| {
+        let (busy, since) = b.get();
+        b.set((busy + since.map_or(Duration::ZERO, |s| s.elapsed()), None));
+    });
+}
+
+/// The shard's runtime woke up: starts a busy span.
+pub fn unparked() {
+    BUSY.with(|b| b.set((b.get().0, Some(Instant::now()))));
+}
+
+/// The busy time since the last call, on this thread (the sampler runs on
+/// the shard it samples, so its own span is still open and is split).
+fn take_busy() -> Duration {
+    BUSY.with(|b| {
+        let (busy, since) = b.get();
+        let now = Instant::now();
+        let open = since.map_or(Duration::ZERO, |s| now.duration_since(s));
+        b.set((Duration::ZERO, since.map(|_| now)));
+        busy + open
+    })
+}
+
+/// Samples the running shard once a second: its busy fraction (time spent
+/// running tasks, counted by the runtime's park and unpark hooks) and the
+/// bytes its sessions have queued (`queued` computes them).
 pub async fn sample(load: &NodeLoad, shard: usize, label: String, queued: impl Fn() -> u64) {
     const EVERY: Duration = Duration::from_secs(1);
     let busy = metrics::gauge!(metric_names::SHARD_BUSY_RATIO, "shard" => label.clone());
     let outbound = metrics::gauge!(metric_names::OUTBOUND_BYTES, "shard" => label);
     let mine = &load.shards[shard];
     let mut last = Instant::now();
-    let _ = glommio::executor().executor_stats();
+    let _ = take_busy();
     loop {
-        glommio::timer::sleep(EVERY).await;
-        let stats = glommio::executor().executor_stats();
+        tokio::time::sleep(EVERY).await;
+        let ran = take_busy();
         let window = last.elapsed();
         last = Instant::now();
-        busy.set(mine.set_busy(stats.total_runtime(), window));
+        busy.set(mine.set_busy(ran, window));
         let bytes = queued();
         mine.outbound_bytes.store(bytes, Ordering::Relaxed);
         outbound.set(bytes as f64);

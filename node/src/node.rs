@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
-
 use crate::bus::{self, Bus, BusConfig};
 use crate::config::{Config, StoreChoice};
 use crate::engine::{self, WriterConfig};
@@ -52,7 +49,7 @@ pub struct Node {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     stop: Vec<flume::Sender<()>>,
-    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    executors: Vec<std::thread::JoinHandle<()>>,
     store: engine::StoreClient,
     /// The store thread; `None` when the writer runs on shard 0's executor.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -226,7 +223,7 @@ impl Node {
         let wiring = executor::Wiring {
             config: config.clone(),
             store: store_client.clone(),
-            mesh: MeshBuilder::full(shards, 1024),
+            forward: Arc::new((0..shards).map(|_| flume::bounded(1024 * shards)).collect()),
             routers: Arc::new(router_rx),
             epochs: Arc::new(AtomicU64::new(first_epoch)),
             load: load.clone(),
@@ -236,47 +233,51 @@ impl Node {
         let mut addr = config.listen;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut executors = Vec::with_capacity(shards);
+        if !config.spin_before_park.is_zero() {
+            tracing::warn!(
+                "--spin-before-park has no effect: the shards run tokio, which parks at once"
+            );
+        }
         for (i, shutdown) in shutdown.into_iter().enumerate() {
             let wiring = wiring.clone();
             let inline_writer = inline_writer.take();
-            let placement = if shards <= cores {
-                Placement::Fixed(i)
-            } else {
-                Placement::Unbound
-            };
+            let pin = (shards <= cores).then_some(i);
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-            let mut builder = LocalExecutorBuilder::new(placement)
-                .name(&format!("shard-{i}"))
-                .io_memory(512 << 10)
-                .ring_depth(256);
-            if !config.spin_before_park.is_zero() {
-                builder = builder.spin_before_park(config.spin_before_park);
-            }
-            let executor = builder
-                .spawn(move || async move {
-                    // Shard 0 may also run the writer; it then outlives the
-                    // shard until `Node::wait` sends `Op::Stop`.
-                    let writer = inline_writer.map(|(store, ops, routers, config, closed)| {
-                        let task = engine::run_on_executor(store, ops, routers, config);
-                        (glommio::spawn_local(task), closed)
-                    });
-                    let listener = match executor::bind(addr) {
-                        Ok(l) => l,
+            let executor = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = pin {
+                        executor::pin_to_core(core);
+                    }
+                    let runtime = match executor::runtime() {
+                        Ok(runtime) => runtime,
                         Err(e) => {
                             let _ = bound_tx.send(Err(e));
                             return;
                         }
                     };
-                    let _ = bound_tx.send(
-                        listener
-                            .local_addr()
-                            .map_err(|e| std::io::Error::other(e.to_string())),
-                    );
-                    executor::run(listener, wiring, shutdown).await;
-                    if let Some((writer, closed)) = writer {
-                        let _ = closed.send(());
-                        writer.await;
-                    }
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        // Shard 0 may also run the writer; it then outlives the
+                        // shard until `Node::wait` sends `Op::Stop`.
+                        let writer = inline_writer.map(|(store, ops, routers, config, closed)| {
+                            let task = engine::run_on_executor(store, ops, routers, config);
+                            (tokio::task::spawn_local(task), closed)
+                        });
+                        let listener = match executor::bind(addr) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = bound_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let _ = bound_tx.send(listener.local_addr());
+                        executor::run(i, listener, wiring, shutdown).await;
+                        if let Some((writer, closed)) = writer {
+                            let _ = closed.send(());
+                            let _ = writer.await;
+                        }
+                    });
                 })
                 .map_err(|e| StartError::Executor(e.to_string()))?;
             executors.push(executor);

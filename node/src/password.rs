@@ -1,7 +1,7 @@
 //! Password hashing with Argon2id. Hashes are PHC strings, so each stored hash
 //! carries its own parameters and changing `--argon2-*` later keeps old
 //! passwords valid. Both calls are deliberately slow: the node runs them on
-//! glommio's blocking thread pool, never on an executor.
+//! the shard runtime's blocking thread pool, never on a shard's thread.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};

@@ -4,7 +4,8 @@
 //! event about a user to that shard's router, in commit order. The home shard
 //! keeps the user's route (which shard and connection serve them) and either
 //! hands the push to the session directly, when the session is local, or
-//! forwards it over glommio's channel mesh to the shard that holds it. Routes
+//! forwards it over that shard's inbox (a flume channel) to the shard that
+//! holds it. Routes
 //! are partitioned by user, so no state is shared between executors and no
 //! lock sits on the message path; every hop is a FIFO channel, so a user sees
 //! their messages in commit order.
@@ -14,8 +15,6 @@
 //! resync, sent to every shard, wakes every session the shard holds.
 
 use std::rc::Rc;
-
-use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::command::Push;
 use crate::event::RouterEvent;
@@ -27,7 +26,7 @@ use crate::shard::{Delivery, Forward, Route, Shard};
 pub async fn run(
     shard: &Rc<Shard>,
     events: flume::Receiver<Vec<RouterEvent>>,
-    mesh: &Senders<Forward>,
+    inboxes: &[flume::Sender<Forward>],
 ) {
     while let Ok(batch) = events.recv_async().await {
         for event in batch {
@@ -73,12 +72,17 @@ pub async fn run(
                     }),
                 ),
             };
-            send(shard, mesh, user, delivery).await;
+            send(shard, inboxes, user, delivery).await;
         }
     }
 }
 
-async fn send(shard: &Rc<Shard>, mesh: &Senders<Forward>, user: UserId, delivery: Delivery) {
+async fn send(
+    shard: &Rc<Shard>,
+    inboxes: &[flume::Sender<Forward>],
+    user: UserId,
+    delivery: Delivery,
+) {
     let route = shard.route(user);
     let Some(route) = route else {
         // Offline: the message waits in the store for the next login.
@@ -86,30 +90,27 @@ async fn send(shard: &Rc<Shard>, mesh: &Senders<Forward>, user: UserId, delivery
     };
     if route.shard == shard.id {
         shard.deliver(route.conn, delivery);
-    } else if mesh
-        .send_to(
-            route.shard,
-            Forward {
-                conn: route.conn,
-                delivery,
-            },
-        )
+    } else if inboxes[route.shard]
+        .send_async(Forward {
+            conn: route.conn,
+            delivery,
+        })
         .await
         .is_err()
     {
-        tracing::warn!(peer = route.shard, "mesh peer gone; push left in the store");
+        tracing::warn!(
+            peer = route.shard,
+            "shard inbox gone; push left in the store"
+        );
     }
 }
 
-/// Starts one task per peer that hands forwarded pushes to local sessions.
-pub fn receive(shard: Rc<Shard>, mut receivers: Receivers<Forward>) {
-    for (_, stream) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(Forward { conn, delivery }) = stream.recv().await {
-                shard.deliver(conn, delivery);
-            }
-        })
-        .detach();
-    }
+/// Starts the task that hands pushes other shards forwarded to local
+/// sessions; returns it (it runs until aborted).
+pub fn receive(shard: Rc<Shard>, inbox: flume::Receiver<Forward>) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_local(async move {
+        while let Ok(Forward { conn, delivery }) = inbox.recv_async().await {
+            shard.deliver(conn, delivery);
+        }
+    })
 }

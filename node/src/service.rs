@@ -2,8 +2,8 @@
 //!
 //! A handler checks the session (logged in, acting as itself), validates the
 //! input against the configured limits, asks the store thread to do the work
-//! and turns the outcome into a [`Reply`]. Password hashing runs on glommio's
-//! blocking thread pool so an executor never stalls on it.
+//! and turns the outcome into a [`Reply`]. Password hashing runs on the
+//! runtime's blocking thread pool so a shard never stalls on it.
 
 use std::rc::Rc;
 
@@ -291,9 +291,9 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome 
     }
     check_len("password", &password, MAX_PASSWORD, ErrorCode::BadRequest)?;
     let cost = cost(shard);
-    let password_hash = glommio::executor()
-        .spawn_blocking(move || password::hash(&password, cost))
+    let password_hash = tokio::task::spawn_blocking(move || password::hash(&password, cost))
         .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?;
     let user = shard
         .store
@@ -327,9 +327,9 @@ async fn login(
         .map_err(failure)?
         .ok_or_else(invalid)?;
     let hash = record.password_hash;
-    let matches = glommio::executor()
-        .spawn_blocking(move || password::verify(&password, &hash))
-        .await;
+    let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+        .await
+        .unwrap_or(false);
     if !matches {
         return Err(invalid());
     }
@@ -353,7 +353,7 @@ async fn login(
         // signal): it closes if so, and its logout frees the user.
         shard.store.tell(Op::Takeover { user }).await;
         for _ in 0..TAKEOVER_TRIES {
-            glommio::timer::sleep(TAKEOVER_POLL).await;
+            tokio::time::sleep(TAKEOVER_POLL).await;
             result = claim().await;
             if !matches!(result, Err(StoreError::AlreadyOnline(_))) {
                 break;
@@ -420,7 +420,7 @@ async fn login(
         let after = info.groups.last().map_or(0, |g| g.id);
         let (shard, task_session) = (shard.clone(), session.clone());
         session.after_reply(move || {
-            glommio::spawn_local(send_remaining_groups(shard, task_session, user, after)).detach();
+            tokio::task::spawn_local(send_remaining_groups(shard, task_session, user, after));
         });
     }
     metrics::counter!(metric_names::LOGINS_TOTAL).increment(1);

@@ -180,8 +180,8 @@ impl Shard {
         *last = (*last).max(up_to);
         if !self.acks_due.replace(true) {
             let shard = self.clone();
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(ACK_DELAY).await;
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(ACK_DELAY).await;
                 shard.acks_due.set(false);
                 let acks = std::mem::take(&mut *shard.acks.borrow_mut());
                 for (user, up_to) in acks {
@@ -191,8 +191,7 @@ impl Shard {
                         answer: None,
                     });
                 }
-            })
-            .detach();
+            });
         }
     }
 
@@ -229,10 +228,9 @@ impl Shard {
     fn wake(self: &Rc<Self>, session: &Rc<Session>) {
         if session.wake() {
             let (shard, session) = (self.clone(), session.clone());
-            glommio::spawn_local(
+            tokio::task::spawn_local(
                 async move { session.catch_up(&shard.store, &shard.config).await },
-            )
-            .detach();
+            );
         }
     }
 

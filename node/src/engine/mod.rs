@@ -259,7 +259,7 @@ impl StoreClient {
     pub fn tell_now(&self, op: Op) {
         if let Err(flume::TrySendError::Full(op)) = self.tx.try_send(op) {
             let store = self.clone();
-            glommio::spawn_local(async move { store.tell(op).await }).detach();
+            tokio::task::spawn_local(async move { store.tell(op).await });
         }
     }
 
@@ -532,7 +532,7 @@ pub async fn run_on_executor<S: Store>(
     while !stopping {
         let wait = writer.wait();
         let first = futures_lite::future::or(async { Some(ops.recv_async().await) }, async {
-            glommio::timer::sleep(wait).await;
+            tokio::time::sleep(wait).await;
             None
         })
         .await;
@@ -545,7 +545,7 @@ pub async fn run_on_executor<S: Store>(
         if !stopping && !batch.is_empty() && !window.is_zero() {
             // The connections run meanwhile, and their writes join this
             // batch (senders that find the channel full wait for it).
-            glommio::timer::sleep(window).await;
+            tokio::time::sleep(window).await;
         }
         while !stopping && batch.len() < max {
             match ops.try_recv() {
