@@ -93,9 +93,10 @@ pub struct Args {
     #[arg(long, env = "CHAT_NODE_COMMIT_WINDOW", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub commit_window: Option<Duration>,
-    /// How long an idle executor spins before it sleeps, e.g. 50us; 0
-    /// sleeps at once [default: 0]. Spinning spends CPU to spare a sleep and
-    /// wake-up (see docs/architecture.md, "Threads").
+    /// Deprecated, no effect: how long an idle glommio executor spun before
+    /// it slept. The shards run tokio since 2026-12-03 and park at once;
+    /// the flag is still accepted, with a warning, so that configurations
+    /// naming it keep starting (see docs/architecture.md, "Threads").
     #[arg(long, env = "CHAT_NODE_SPIN_BEFORE_PARK", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub spin_before_park: Option<Duration>,
