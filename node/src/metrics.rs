@@ -1,7 +1,7 @@
 //! Prometheus metrics: the recorder every module reports to through the
 //! `metrics` macros, and a small HTTP endpoint serving `/metrics` from a plain
-//! thread (the exporter's own listener needs tokio, which the executors do
-//! not run).
+//! thread (no shard's runtime serves it: a scrape must not wait behind a
+//! busy shard, nor a shard behind a scrape).
 
 use chat_ops::http::Response;
 use std::cell::RefCell;

@@ -5,7 +5,8 @@
 //!
 //! The recorder keeps every histogram sample until its upkeep folds them into
 //! the buckets; the exporter's own `install` runs that from a tokio task, which
-//! our binaries (glommio executors, plain threads) do not have. So
+//! our binaries (current-thread runtimes busy with their own work, plain
+//! threads) do not offer. So
 //! [`install`] starts a thread of its own that runs the upkeep every
 //! [`UPKEEP_EVERY`]: a process nobody scrapes holds at most that long's
 //! samples (the node's event-loop lag alone records about 100 a second per

@@ -11,7 +11,7 @@
 //! the data path.
 //!
 //! Why an event loop of our own, and not glommio (io_uring, which the node
-//! uses) or tokio: a relay does almost nothing per byte, so its cost is the
+//! also left) or tokio: a relay does almost nothing per byte, so its cost is the
 //! per-connection and per-readiness bookkeeping. With glommio every read
 //! was an io_uring operation armed, completed and reaped, and every
 //! connection several: the glommio relay opened 0.64x the connections per

@@ -13,7 +13,7 @@
 //! - `--runtime tokio` (`tokio.rs`): a current-thread tokio runtime, one task
 //!   per connection owning its socket and a flush task that commits and
 //!   wakes the connections with bytes to write, as the node's connections
-//!   and its writer on the shard do on glommio.
+//!   and its writer on the shard do (on tokio too since 2026-12-03).
 //!
 //! It is not a chat server: any password logs in, users live in memory,
 //! every request but register, login, logout, add friend (not remembered),

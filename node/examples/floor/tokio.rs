@@ -2,8 +2,8 @@
 //! task per connection owns its socket, reads and hands what it read to the
 //! exchange; one flush task, woken by any read, lets every ready connection
 //! read first, commits once and wakes the connections with bytes to write,
-//! each of which writes its own. The node's shape on glommio (connection
-//! tasks, the writer as a task of the shard), on another runtime.
+//! each of which writes its own: the node's shape (connection tasks, the
+//! writer as a task of the shard) with nothing else around it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
