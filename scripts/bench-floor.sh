@@ -46,31 +46,22 @@ start() {
   esac
   server_started "$1" "$PORT"
 }
-run() {
-  local name=$1
-  shift
-  echo "== $name: chat-loadtest $*" >&2
-  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" \
-    --server-metrics "http://127.0.0.1:$METRICS/metrics" --metrics-listen off --progress off \
-    --warmup 2s --protocol fb --duration "$DURATION" --json "$OUT/$name.json" "$@" \
-    | sed -n '/^server (/,/^$/p' >&2 || true
-}
-
 servers=(node floor-store floor tokio-store tokio)
 measure() {
   cargo build --release --locked >&2
   cargo build --release --locked -p chat-node --example floor >&2
   mkdir -p "$OUT"
   local round i s
+  local common=(--warmup 2s --protocol fb --duration "$DURATION")
   for round in $(seq "$ROUNDS"); do
     for i in "${!servers[@]}"; do
       s=${servers[$(((i + round - 1) % ${#servers[@]}))]}
       start "$s"
-      run "$s-5000-$round" --users 100 --rate 5000
+      run "$s-5000-$round" "${common[@]}" --users 100 --rate 5000
       start "$s"
-      run "$s-closed-$round" --users 100 --model closed --rate 1000000
+      run "$s-closed-$round" "${common[@]}" --users 100 --model closed --rate 1000000
       start "$s"
-      run "$s-group-$round" --users 100 --scenario group --group-size 100 --rate 1000
+      run "$s-group-$round" "${common[@]}" --users 100 --scenario group --group-size 100 --rate 1000
     done
   done
   server_stop

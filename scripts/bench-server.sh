@@ -1,5 +1,6 @@
-# One server process at a time for a benchmark script; sourced by
-# scripts/bench.sh and scripts/bench-floor.sh. `server_stop` ends the server
+# One server process at a time, and the load tester against it, for a
+# benchmark script; sourced by scripts/bench.sh and scripts/bench-floor.sh
+# (which set PORT, METRICS and OUT). `server_stop` ends the server
 # and removes its data directory (also at exit); a script makes `data`
 # (mktemp -d), starts its server in the background with its log in
 # "$data/log", then calls `server_started NAME PORT`, which waits until PORT
@@ -21,4 +22,15 @@ server_started() {
   done
   echo "$1 did not start: $(cat "$data/log")" >&2
   exit 1
+}
+# `run NAME ARGS...` runs chat-loadtest with ARGS against the server on
+# PORT (its /metrics on METRICS), its JSON summary into $OUT/NAME.json; the
+# server-cost lines of its table go to stderr.
+run() {
+  local name=$1
+  shift
+  echo "== $name: chat-loadtest $*" >&2
+  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" \
+    --server-metrics "http://127.0.0.1:$METRICS/metrics" --metrics-listen off --progress off \
+    --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
 }

@@ -54,15 +54,6 @@ start_node() {
 }
 
 runs=()
-run() {
-  local name=$1
-  shift
-  echo "== $name: chat-loadtest $*" >&2
-  # The table's server-cost lines go to stderr.
-  ./target/release/chat-loadtest --target "127.0.0.1:$PORT" \
-    --server-metrics "http://127.0.0.1:$METRICS/metrics" --metrics-listen off --progress off \
-    --json "$OUT/$name.json" "$@" | sed -n '/^server (/,/^$/p' >&2 || true
-}
 
 # One binary's whole set; $1 the binary, $2 a row prefix ("" or "baseline, "),
 # $3 its extra flags (start_node reads node_args).
