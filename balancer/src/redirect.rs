@@ -64,15 +64,16 @@ pub fn start(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                let listener = match crate::proxy::listen(addr).and_then(TcpListener::from_std) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(anyhow::anyhow!(
-                            "binding --redirect-listen {addr}: {e}"
-                        )));
-                        return;
-                    }
-                };
+                let listener =
+                    match chat_ops::listen::reuse_port(addr).and_then(TcpListener::from_std) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(anyhow::anyhow!(
+                                "binding --redirect-listen {addr}: {e}"
+                            )));
+                            return;
+                        }
+                    };
                 let _ = bound_tx.send(Ok(listener.local_addr().expect("bound")));
                 let open = Rc::new(Cell::new(0usize));
                 tokio::select! {

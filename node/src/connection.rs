@@ -217,7 +217,6 @@ async fn answer_and_close(mut opened: Opened, message: &str) {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _counted = Counted::new(&shard.load.shards[shard.id].connections);
-    let _ = stream.set_nodelay(true);
     let idle = shard.config.idle_timeout;
     let _ = stream.set_read_timeout(Some(idle));
     let _ = stream.set_write_timeout(Some(idle));

@@ -7,7 +7,6 @@
 //! new connections over the shards; a connection then lives on the shard that
 //! accepted it (`connection`).
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -185,21 +184,3 @@ pub fn pin_to_core(core: usize) {
         tracing::warn!(target: LOG, core, %error, "pinning the shard to its core failed");
     }
 }
-
-/// Binds the client port for one shard with SO_REUSEPORT, so that every
-/// shard can bind the same port and the kernel spreads new connections
-/// over them; the listener is non-blocking, for the shard's runtime.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// The listen queue of each shard's socket (the kernel caps it at
-/// `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 1024;

@@ -264,7 +264,7 @@ impl Node {
                             let task = engine::run_on_executor(store, ops, routers, config);
                             (tokio::task::spawn_local(task), closed)
                         });
-                        let listener = match executor::bind(addr) {
+                        let listener = match chat_ops::listen::reuse_port(addr) {
                             Ok(l) => l,
                             Err(e) => {
                                 let _ = bound_tx.send(Err(e));

@@ -1,5 +1,7 @@
-//! Refusing a port another process already listens on. Node and balancer
-//! bind their client ports with SO_REUSEPORT (one socket per executor);
+//! The listening socket node and balancer share a port with
+//! ([`reuse_port`]), and refusing a port another process already listens
+//! on. Node and balancer bind their client ports with SO_REUSEPORT (one
+//! socket per thread);
 //! the kernel then also lets a *second process* bind the same port, and
 //! that process silently takes part of the first one's connections. So
 //! before binding they look for a listening socket on the port in
@@ -15,6 +17,26 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const LISTEN: &str = "0A";
+
+/// Connections the kernel queues per listener before they are accepted.
+const BACKLOG: i32 = 1024;
+
+/// A non-blocking listener on `addr` with SO_REUSEPORT, so that every
+/// thread (and, when the caller allows it, another process) may bind the
+/// same port and the kernel spreads new connections over them. It has
+/// TCP_NODELAY, which Linux copies onto every accepted socket: one
+/// setsockopt per listener instead of one per client.
+pub fn reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// How long a listener may linger after its process ended.
 pub const LINGER: Duration = Duration::from_secs(2);

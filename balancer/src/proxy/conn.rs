@@ -122,7 +122,7 @@ impl Conn {
         serial: u64,
         ctx: &mut Ctx<'_>,
     ) -> Option<Conn> {
-        // TCP_NODELAY is inherited from the listener (see `proxy::listen`).
+        // TCP_NODELAY is inherited from the listener (see `chat_ops::listen::reuse_port`).
         let mut conn = Conn {
             serial,
             id,

@@ -35,9 +35,6 @@ use std::time::Duration;
 
 use crate::pool::Pool;
 
-/// Connections the kernel queues per listener before they are accepted.
-const BACKLOG: i32 = 1024;
-
 /// What every thread shares.
 #[derive(Clone)]
 pub struct Wiring {
@@ -169,8 +166,8 @@ fn proxy_thread(
     w: &Wiring,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(event_loop::EventLoop, SocketAddr, Arc<mio::Waker>)> {
-    let listener =
-        listen(w.listen).map_err(|e| anyhow::anyhow!("binding --listen {}: {e}", w.listen))?;
+    let listener = chat_ops::listen::reuse_port(w.listen)
+        .map_err(|e| anyhow::anyhow!("binding --listen {}: {e}", w.listen))?;
     let addr = listener.local_addr()?;
     let mut listener = mio::net::TcpListener::from_std(listener);
     let poll = mio::Poll::new().map_err(|e| anyhow::anyhow!("epoll: {e}"))?;
@@ -193,20 +190,4 @@ fn proxy_thread(
         addr,
         waker,
     ))
-}
-
-/// A non-blocking listener on `addr` that other threads (and, with
-/// `--reuse-port`, other processes) may share.
-pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
-    // setsockopt per listener instead of one per client.
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
 }
