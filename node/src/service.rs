@@ -293,7 +293,8 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Outcome 
     let cost = cost(shard);
     let password_hash = tokio::task::spawn_blocking(move || password::hash(&password, cost))
         .await
-        .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?
+        .map_err(|e| e.to_string())
+        .and_then(|hashed| hashed)
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("hashing failed: {e}")))?;
     let user = shard
         .store

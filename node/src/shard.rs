@@ -75,8 +75,9 @@ pub struct Shard {
     /// out to the connection only while they wait to be handled, so an idle
     /// connection holds no read buffer.
     pub scratch: RefCell<Vec<u8>>,
-    /// What JSON connections have written and the store has not been told
-    /// yet: the highest message id per user (see [`Shard::note_delivered`]).
+    /// What JSON connections have written, or clients acknowledged quietly,
+    /// and the store has not been told yet: the highest message id per user
+    /// (see [`Shard::note_delivered`]).
     acks: RefCell<HashMap<UserId, MessageId>>,
     acks_due: Cell<bool>,
     next_conn: Cell<u64>,
@@ -168,8 +169,8 @@ impl Shard {
 
     /// `user` has messages up to `up_to` (a JSON connection wrote them: the
     /// seed's client can not acknowledge, so written counts as delivered; or
-    /// a client acknowledged them quietly). The store is told within [`ACK_DELAY`], one op per user for all the
-    /// shard's writes meanwhile, instead of one store op (and one store
+    /// a client acknowledged them quietly). The store is told within
+    /// [`ACK_DELAY`], one op per user for all the shard's notes meanwhile, instead of one store op (and one store
     /// thread wake-up and commit) per write; a connection that closes tells
     /// its own at once ([`Shard::flush_delivered`]). A crash inside the delay
     /// delivers those messages again at the next login, as it would any

@@ -56,8 +56,35 @@ impl Deadline {
         false
     }
 
-    fn progressed(&mut self) {
-        self.timer = None;
+    /// One read or write: `attempt` it; when it would block, wait for
+    /// readiness (`ready`) and try again, until it makes progress, fails,
+    /// or has waited the whole timeout.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut attempt: impl FnMut() -> io::Result<usize>,
+        mut ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match attempt() {
+                Ok(n) => {
+                    self.timer = None;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match ready(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            if self.expired(cx) {
+                return Poll::Ready(Err(timed_out()));
+            }
+            return Poll::Pending;
+        }
     }
 
     fn set(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -93,10 +120,6 @@ impl Socket {
         self.write.set(timeout)
     }
 
-    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.stream.set_nodelay(nodelay)
-    }
-
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
     }
@@ -113,27 +136,8 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.try_read(buf) {
-                Ok(n) => {
-                    this.read.progressed();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            match this.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-            if this.read.expired(cx) {
-                return Poll::Ready(Err(timed_out()));
-            }
-            return Poll::Pending;
-        }
+        let Socket { stream, read, .. } = self.get_mut();
+        read.poll(cx, || stream.try_read(buf), |cx| stream.poll_read_ready(cx))
     }
 }
 
@@ -143,27 +147,12 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.try_write(buf) {
-                Ok(n) => {
-                    this.write.progressed();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            match this.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-            if this.write.expired(cx) {
-                return Poll::Ready(Err(timed_out()));
-            }
-            return Poll::Pending;
-        }
+        let Socket { stream, write, .. } = self.get_mut();
+        write.poll(
+            cx,
+            || stream.try_write(buf),
+            |cx| stream.poll_write_ready(cx),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
